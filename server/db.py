@@ -1,0 +1,496 @@
+"""The repository: every read and write of control-plane state goes through `Database`.
+
+Works unchanged on SQLite (the embedded default) and PostgreSQL (several replicas):
+
+* SQLite runs in WAL mode with a busy timeout, and every write transaction starts with
+  BEGIN IMMEDIATE: writers queue on the database lock up front instead of failing with
+  "database is locked" when two deferred transactions both try to upgrade to writing.
+* PostgreSQL rows that decide an outcome are locked with SELECT ... FOR UPDATE, always in
+  the order devices -> deployments (sorted by id) so concurrent writers cannot deadlock.
+* One-time enrollment tokens are consumed by a single conditional UPDATE
+  (`... WHERE used_at IS NULL AND expires_at > now`): whichever transaction changes the row
+  wins; everyone else sees rowcount 0.
+
+Methods return ORM rows detached from their session (expire_on_commit=False); callers read
+them, never write through them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+from sqlalchemy import create_engine, event, func, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from proto import fleet_pb2
+from proto.manifest import Manifest
+from server.models import (SCHEMA_VERSION, Artifact, Base, Bundle, BundleArtifact, Deployment,
+                           DeploymentTarget, Device, EnrollmentToken, SchemaInfo)
+
+Phase = fleet_pb2.ReportedState.Phase
+State = fleet_pb2.Deployment.State
+
+PHASE_PENDING = Phase.Name(Phase.PHASE_UNSPECIFIED)   # target created, device not heard from yet
+PHASE_INSTALLED = Phase.Name(Phase.INSTALLED)
+PHASE_FAILED = Phase.Name(Phase.FAILED)
+_PROGRESS_PHASES = {Phase.DOWNLOADING, Phase.VERIFYING, Phase.INSTALLING}
+_TERMINAL_PHASES = {PHASE_INSTALLED, PHASE_FAILED}
+
+IN_PROGRESS = State.Name(State.IN_PROGRESS)
+SUCCEEDED = State.Name(State.SUCCEEDED)
+FAILED = State.Name(State.FAILED)
+TIMED_OUT = State.Name(State.TIMED_OUT)
+
+MAX_LABELS = 64
+MAX_LABEL_KEY = 63
+MAX_LABEL_VALUE = 253
+
+
+class NotFound(LookupError):
+    """An id or digest the database does not know."""
+
+
+class InvalidArgument(ValueError):
+    """A request the database refuses as malformed (bad selector, empty target set...)."""
+
+
+class EnrollmentRefused(PermissionError):
+    """A wrong, expired or already-used enrollment token (message says which)."""
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def parse_selector(selector: str) -> dict[str, str]:
+    """"key=value[,key2=value2]" -> {key: value}; every pair must match (AND)."""
+    wanted: dict[str, str] = {}
+    for part in selector.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise InvalidArgument(f"label selector {selector!r}: expected key=value[,key=value]")
+        wanted[key.strip()] = value.strip()
+    return wanted
+
+
+def check_labels(labels: dict[str, str]) -> dict[str, str]:
+    if len(labels) > MAX_LABELS:
+        raise InvalidArgument(f"{len(labels)} labels, at most {MAX_LABELS} allowed")
+    for key, value in labels.items():
+        if not key or len(key) > MAX_LABEL_KEY or "=" in key or "," in key:
+            raise InvalidArgument(f"label key {key!r} must be 1..{MAX_LABEL_KEY} chars without '=' or ','")
+        if len(value) > MAX_LABEL_VALUE or "," in value:
+            raise InvalidArgument(f"label {key}: value must be at most {MAX_LABEL_VALUE} chars without ','")
+    return dict(labels)
+
+
+def labels_match(labels: dict[str, str], wanted: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in wanted.items())
+
+
+@dataclass
+class DeploymentView:
+    """A deployment with its targets, read in one transaction."""
+
+    deployment: Deployment
+    targets: list[DeploymentTarget]
+
+
+@dataclass
+class DesiredView:
+    bundle_id: str
+    deployment_id: str
+    manifest: bytes
+    signature: bytes
+    publisher_key: bytes
+
+
+@dataclass
+class FleetSnapshot:
+    """What the metrics exporter and GetFleetStatus need, read in one transaction."""
+
+    devices: list[Device]
+    bundles_total: int
+    deployments_by_state: dict[str, int]
+
+
+class Database:
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            self.engine = create_engine(url, echo=echo,
+                                        connect_args={"timeout": 30, "check_same_thread": False})
+            _configure_sqlite(self.engine)
+        else:
+            self.engine = create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10,
+                                        max_overflow=20)
+        # Reads on SQLite start with a plain (deferred) BEGIN so they never queue behind writers.
+        self._read_engine = self.engine.execution_options(edgefleet_read_only=True)
+
+    def create_schema(self) -> None:
+        """Create missing tables (idempotent: restarts keep every row)."""
+        Base.metadata.create_all(self.engine)
+        with self._write() as s:
+            if s.get(SchemaInfo, 1) is None:
+                s.add(SchemaInfo(id=1, version=SCHEMA_VERSION))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with Session(self._read_engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    # -- enrollment and credentials ---------------------------------------------------
+    def create_enrollment_token(self, ttl_seconds: float, labels: dict[str, str] | None = None,
+                                now: float | None = None) -> tuple[str, float]:
+        now = time.time() if now is None else now
+        token = secrets.token_urlsafe(24)
+        expires = now + ttl_seconds
+        with self._write() as s:
+            s.add(EnrollmentToken(token_hash=sha256_hex(token), created_at=now, expires_at=expires,
+                                  labels=check_labels(labels or {})))
+        return token, expires
+
+    def enroll(self, token: str, hostname: str, labels: dict[str, str], info: bytes,
+               now: float | None = None) -> tuple[str, str]:
+        """Consume `token` and create a device. Returns (device_id, credential)."""
+        now = time.time() if now is None else now
+        token_hash = sha256_hex(token)
+        device_id = "dev-" + secrets.token_hex(6)
+        secret = secrets.token_urlsafe(32)
+        with self._write() as s:
+            consumed = s.execute(
+                update(EnrollmentToken)
+                .where(EnrollmentToken.token_hash == token_hash, EnrollmentToken.used_at.is_(None),
+                       EnrollmentToken.expires_at > now)
+                .values(used_at=now, used_by=device_id))
+            if consumed.rowcount != 1:
+                row = s.get(EnrollmentToken, token_hash)
+                if row is None:
+                    raise EnrollmentRefused("enrollment token is not valid")
+                if row.used_at is not None:
+                    raise EnrollmentRefused("enrollment token was already used")
+                raise EnrollmentRefused("enrollment token has expired")
+            row = s.get(EnrollmentToken, token_hash)
+            # The operator's labels (on the token) win over what the device says about itself.
+            merged = check_labels({**labels, **(row.labels or {})})
+            s.add(Device(id=device_id, hostname=hostname[:255], labels=merged, info=info,
+                         credential_hash=sha256_hex(secret), enrolled_at=now, last_seen=None))
+        return device_id, f"{device_id}.{secret}"
+
+    def authenticate(self, credential: str) -> str | None:
+        """The device id a "<device_id>.<secret>" credential belongs to, else None."""
+        device_id, sep, secret = credential.partition(".")
+        if not sep or not device_id or not secret or len(device_id) > 64:
+            return None
+        with self._read() as s:
+            stored = s.scalar(select(Device.credential_hash).where(Device.id == device_id))
+        if stored is None:
+            # Still hash and compare so unknown ids take about as long as wrong secrets.
+            hmac.compare_digest(sha256_hex(secret), "0" * 64)
+            return None
+        return device_id if hmac.compare_digest(sha256_hex(secret), stored) else None
+
+    # -- devices ----------------------------------------------------------------------
+    def get_device(self, device_id: str) -> Device | None:
+        with self._read() as s:
+            return s.get(Device, device_id)
+
+    def list_devices(self, selector: str = "") -> list[Device]:
+        wanted = parse_selector(selector)
+        with self._read() as s:
+            rows = s.scalars(select(Device).order_by(Device.id)).all()
+        return [d for d in rows if labels_match(d.labels or {}, wanted)]
+
+    def set_labels(self, device_id: str, labels: dict[str, str]) -> Device:
+        labels = check_labels(labels)
+        with self._write() as s:
+            device = s.get(Device, device_id, with_for_update=True)
+            if device is None:
+                raise NotFound(f"unknown device {device_id!r}")
+            device.labels = labels
+        return device
+
+    def touch(self, device_id: str, now: float | None = None, info: bytes | None = None) -> None:
+        """Record that the device was heard from (and, from a Hello, what it runs on)."""
+        now = time.time() if now is None else now
+        values: dict = {"last_seen": now}
+        if info is not None:
+            values["info"] = info
+        with self._write() as s:
+            s.execute(update(Device).where(Device.id == device_id).values(**values))
+
+    def desired_state(self, device_id: str) -> DesiredView | None:
+        with self._read() as s:
+            device = s.get(Device, device_id)
+            if device is None or not device.desired_bundle_id:
+                return None
+            bundle = s.get(Bundle, device.desired_bundle_id)
+            return DesiredView(bundle.id, device.desired_deployment_id or "", bundle.manifest,
+                               bundle.signature, bundle.publisher_key)
+
+    def record_report(self, device_id: str, report: fleet_pb2.ReportedState,
+                      now: float | None = None) -> tuple[str, str] | None:
+        """Store the device's reported state and move its deployment target along.
+
+        Returns (deployment_id, new deployment state) when this report ended a deployment.
+        """
+        now = time.time() if now is None else now
+        with self._write() as s:
+            device = s.get(Device, device_id, with_for_update=True)
+            if device is None:
+                return None
+            device.reported = report.SerializeToString()
+            device.reported_at = now
+            device.last_seen = now
+            dep_id = device.desired_deployment_id
+            if not dep_id:
+                return None
+            dep = s.get(Deployment, dep_id, with_for_update=True)
+            if dep is None or dep.state != IN_PROGRESS:
+                return None
+            target = s.get(DeploymentTarget, (dep_id, device_id))
+            if target is None or target.phase in _TERMINAL_PHASES:
+                return None
+            new_phase, error = _phase_from_report(report, dep)
+            if new_phase is None:
+                return None
+            target.phase, target.error, target.updated_at = new_phase, error, now
+            s.flush()
+            ended = self._settle(s, dep, now)
+            return (dep.id, dep.state) if ended else None
+
+    # -- bundles and artifacts --------------------------------------------------------
+    def add_bundle(self, manifest_bytes: bytes, signature: bytes, publisher_key: bytes,
+                   manifest: Manifest, artifact_paths: dict[str, str],
+                   now: float | None = None) -> tuple[Bundle, bool]:
+        """Record a verified bundle whose files are already in the artifact store.
+
+        Returns (bundle, created); uploading the same bundle again returns created=False.
+        """
+        from proto.manifest import bundle_id_of
+
+        now = time.time() if now is None else now
+        bundle_id = bundle_id_of(manifest_bytes)
+        for attempt in range(2):
+            try:
+                with self._write() as s:
+                    existing = s.get(Bundle, bundle_id)
+                    if existing is not None:
+                        return existing, False
+                    for v in manifest.variants:
+                        if s.get(Artifact, v.digest) is None:
+                            s.add(Artifact(digest=v.digest, size=v.size_bytes,
+                                           path=artifact_paths[v.digest], created_at=now))
+                    bundle = Bundle(id=bundle_id, model=manifest.model, version=manifest.version,
+                                    manifest=manifest_bytes, signature=signature,
+                                    publisher_key=publisher_key, total_bytes=manifest.total_bytes,
+                                    created_at=now)
+                    s.add(bundle)
+                    s.flush()
+                    for v in manifest.variants:
+                        s.add(BundleArtifact(bundle_id=bundle_id, variant_id=v.id, digest=v.digest,
+                                             file_name=v.file))
+                    return bundle, True
+            except IntegrityError:
+                # A concurrent upload of the same bundle or artifact won the race: read again.
+                if attempt == 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def get_bundle(self, bundle_id: str) -> Bundle | None:
+        with self._read() as s:
+            return s.get(Bundle, bundle_id)
+
+    def list_bundles(self) -> list[Bundle]:
+        with self._read() as s:
+            return list(s.scalars(select(Bundle).order_by(Bundle.created_at, Bundle.id)).all())
+
+    def get_artifact(self, digest: str) -> Artifact | None:
+        with self._read() as s:
+            return s.get(Artifact, digest)
+
+    def artifact_assigned(self, device_id: str, digest: str) -> bool:
+        """True if `digest` is a file of the bundle the device is asked to hold."""
+        with self._read() as s:
+            hit = s.scalar(
+                select(BundleArtifact.digest)
+                .join(Device, Device.desired_bundle_id == BundleArtifact.bundle_id)
+                .where(Device.id == device_id, BundleArtifact.digest == digest)
+                .limit(1))
+        return hit is not None
+
+    # -- deployments ------------------------------------------------------------------
+    def create_deployment(self, bundle_id: str, device_ids: list[str] | None = None,
+                          selector: str = "", timeout_seconds: float = 900.0,
+                          now: float | None = None) -> DeploymentView:
+        """Point every target device at `bundle_id`; supersede their older deployments."""
+        now = time.time() if now is None else now
+        if device_ids and selector:
+            raise InvalidArgument("give either device ids or a label selector, not both")
+        if timeout_seconds <= 0:
+            raise InvalidArgument("deployment timeout must be positive")
+        wanted = parse_selector(selector) if selector else None
+        with self._write() as s:
+            if s.get(Bundle, bundle_id) is None:
+                raise NotFound(f"unknown bundle {bundle_id!r}")
+            if device_ids:
+                ids = sorted(set(device_ids))
+            elif wanted is not None:
+                candidates = s.scalars(select(Device).order_by(Device.id)).all()
+                ids = [d.id for d in candidates if labels_match(d.labels or {}, wanted)]
+                if not ids:
+                    raise InvalidArgument(f"label selector {selector!r} matches no device")
+            else:
+                raise InvalidArgument("a deployment needs device ids or a label selector")
+            devices = s.scalars(select(Device).where(Device.id.in_(ids)).order_by(Device.id)
+                                .with_for_update()).all()
+            missing = sorted(set(ids) - {d.id for d in devices})
+            if missing:
+                raise NotFound(f"unknown device(s): {', '.join(missing)}")
+            if wanted is not None:   # labels may have changed before the lock was taken
+                devices = [d for d in devices if labels_match(d.labels or {}, wanted)]
+                if not devices:
+                    raise InvalidArgument(f"label selector {selector!r} matches no device")
+
+            dep = Deployment(id="dep-" + secrets.token_hex(6), bundle_id=bundle_id,
+                             state=IN_PROGRESS, created_at=now, deadline=now + timeout_seconds)
+            s.add(dep)
+            old_ids = sorted({d.desired_deployment_id for d in devices if d.desired_deployment_id})
+            old_deps = s.scalars(select(Deployment).where(Deployment.id.in_(old_ids))
+                                 .order_by(Deployment.id).with_for_update()).all() if old_ids else []
+            for old in old_deps:
+                if old.state != IN_PROGRESS:
+                    continue
+                for d in devices:
+                    if d.desired_deployment_id != old.id:
+                        continue
+                    target = s.get(DeploymentTarget, (old.id, d.id))
+                    if target is not None and target.phase not in _TERMINAL_PHASES:
+                        target.phase = PHASE_FAILED
+                        target.error = f"superseded by deployment {dep.id}"
+                        target.updated_at = now
+                s.flush()
+                self._settle(s, old, now)
+            targets = []
+            for d in devices:
+                d.desired_bundle_id = bundle_id
+                d.desired_deployment_id = dep.id
+                targets.append(DeploymentTarget(deployment_id=dep.id, device_id=d.id,
+                                                phase=PHASE_PENDING, error="", updated_at=now))
+            s.add_all(targets)
+            return DeploymentView(dep, targets)
+
+    def get_deployment(self, deployment_id: str) -> DeploymentView | None:
+        with self._read() as s:
+            dep = s.get(Deployment, deployment_id)
+            if dep is None:
+                return None
+            targets = s.scalars(select(DeploymentTarget)
+                                .where(DeploymentTarget.deployment_id == deployment_id)
+                                .order_by(DeploymentTarget.device_id)).all()
+            return DeploymentView(dep, list(targets))
+
+    def list_deployments(self) -> list[DeploymentView]:
+        with self._read() as s:
+            deps = s.scalars(select(Deployment).order_by(Deployment.created_at, Deployment.id)).all()
+            targets = s.scalars(select(DeploymentTarget)
+                                .order_by(DeploymentTarget.deployment_id, DeploymentTarget.device_id)).all()
+        by_dep: dict[str, list[DeploymentTarget]] = {}
+        for t in targets:
+            by_dep.setdefault(t.deployment_id, []).append(t)
+        return [DeploymentView(d, by_dep.get(d.id, [])) for d in deps]
+
+    def time_out_expired(self, now: float | None = None) -> list[str]:
+        """Mark IN_PROGRESS deployments past their deadline TIMED_OUT; return their ids."""
+        now = time.time() if now is None else now
+        with self._write() as s:
+            expired = s.scalars(select(Deployment)
+                                .where(Deployment.state == IN_PROGRESS, Deployment.deadline <= now)
+                                .order_by(Deployment.id)
+                                .with_for_update(skip_locked=True)).all()
+            for dep in expired:
+                dep.state, dep.finished_at = TIMED_OUT, now
+                for t in s.scalars(select(DeploymentTarget)
+                                   .where(DeploymentTarget.deployment_id == dep.id)).all():
+                    if t.phase not in _TERMINAL_PHASES:
+                        t.error = f"deployment timed out (device was at {t.phase})"
+                        t.updated_at = now
+            return [d.id for d in expired]
+
+    @staticmethod
+    def _settle(s: Session, dep: Deployment, now: float) -> bool:
+        """End an IN_PROGRESS deployment once its outcome is decided; True if it ended."""
+        if dep.state != IN_PROGRESS:
+            return False
+        phases = s.scalars(select(DeploymentTarget.phase)
+                           .where(DeploymentTarget.deployment_id == dep.id)).all()
+        if any(p == PHASE_FAILED for p in phases):
+            dep.state = FAILED          # every target must install, so one failure decides it
+        elif phases and all(p == PHASE_INSTALLED for p in phases):
+            dep.state = SUCCEEDED
+        else:
+            return False
+        dep.finished_at = now
+        return True
+
+    # -- fleet ------------------------------------------------------------------------
+    def fleet_snapshot(self) -> FleetSnapshot:
+        with self._read() as s:
+            devices = list(s.scalars(select(Device).order_by(Device.id)).all())
+            bundles_total = s.scalar(select(func.count()).select_from(Bundle)) or 0
+            by_state = dict(s.execute(select(Deployment.state, func.count())
+                                      .group_by(Deployment.state)).all())
+        return FleetSnapshot(devices, int(bundles_total), {k: int(v) for k, v in by_state.items()})
+
+
+def _phase_from_report(report: fleet_pb2.ReportedState, dep: Deployment) -> tuple[str | None, str]:
+    """Which phase a report puts this deployment's target in (None = the report is not about it)."""
+    if report.bundle_id == dep.bundle_id and report.phase in (Phase.INSTALLED, Phase.IDLE):
+        return PHASE_INSTALLED, ""            # the device holds what it was asked to hold
+    about_this = (report.deployment_id == dep.id
+                  or (not report.deployment_id and report.target_bundle_id == dep.bundle_id))
+    if not about_this:
+        return None, ""
+    if report.phase == Phase.FAILED:
+        return PHASE_FAILED, report.error or "device reported a failure without a reason"
+    if report.phase in _PROGRESS_PHASES:
+        return Phase.Name(report.phase), ""
+    return None, ""
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # noqa: ANN001 - DB-API objects
+        # Take transaction control away from the sqlite3 module; "begin" below issues BEGIN.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # noqa: ANN001
+        read_only = conn.get_execution_options().get("edgefleet_read_only", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

@@ -1,0 +1,100 @@
+"""SQLAlchemy tables of the control plane. The database is the only source of truth.
+
+Times are unix seconds in DOUBLE columns (the same on SQLite and PostgreSQL, and what the
+proto messages carry). Protobuf-shaped data the server does not query on (device info,
+last reported state) is stored as serialized proto bytes. Phases and states are stored as
+the proto enum *names* (e.g. "INSTALLED", "IN_PROGRESS") so the rows read well in psql.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, BigInteger, Double, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SCHEMA_VERSION = 1
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SchemaInfo(Base):
+    """One row: the schema version these tables were created with (for future migrations)."""
+
+    __tablename__ = "schema_info"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+
+
+class Device(Base):
+    __tablename__ = "devices"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255), default="")
+    labels: Mapped[dict] = mapped_column(JSON, default=dict)
+    info: Mapped[bytes] = mapped_column(LargeBinary, default=b"")          # DeviceInfo proto
+    credential_hash: Mapped[str] = mapped_column(String(64))               # sha256 hex of secret
+    enrolled_at: Mapped[float] = mapped_column(Double)
+    last_seen: Mapped[float | None] = mapped_column(Double, nullable=True)
+    desired_bundle_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    desired_deployment_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reported: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # ReportedState
+    reported_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+
+
+class EnrollmentToken(Base):
+    __tablename__ = "enrollment_tokens"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex of token
+    created_at: Mapped[float] = mapped_column(Double)
+    expires_at: Mapped[float] = mapped_column(Double)
+    used_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+    used_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    labels: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class Bundle(Base):
+    __tablename__ = "bundles"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)          # sha256 hex of manifest
+    model: Mapped[str] = mapped_column(String(255))
+    version: Mapped[str] = mapped_column(String(255))
+    manifest: Mapped[bytes] = mapped_column(LargeBinary)
+    signature: Mapped[bytes] = mapped_column(LargeBinary)
+    publisher_key: Mapped[bytes] = mapped_column(LargeBinary)
+    total_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[float] = mapped_column(Double)
+
+
+class Artifact(Base):
+    __tablename__ = "artifacts"
+    digest: Mapped[str] = mapped_column(String(71), primary_key=True)      # "sha256:<64 hex>"
+    size: Mapped[int] = mapped_column(BigInteger)
+    path: Mapped[str] = mapped_column(Text)                                # relative to artifacts dir
+    created_at: Mapped[float] = mapped_column(Double)
+
+
+class BundleArtifact(Base):
+    __tablename__ = "bundle_artifacts"
+    bundle_id: Mapped[str] = mapped_column(ForeignKey("bundles.id"), primary_key=True)
+    variant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    digest: Mapped[str] = mapped_column(ForeignKey("artifacts.digest"))
+    file_name: Mapped[str] = mapped_column(String(255))
+    __table_args__ = (Index("ix_bundle_artifacts_digest", "digest"),)
+
+
+class Deployment(Base):
+    __tablename__ = "deployments"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bundle_id: Mapped[str] = mapped_column(ForeignKey("bundles.id"))
+    state: Mapped[str] = mapped_column(String(32))                         # Deployment.State name
+    created_at: Mapped[float] = mapped_column(Double)
+    deadline: Mapped[float] = mapped_column(Double)
+    finished_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+    __table_args__ = (Index("ix_deployments_state_deadline", "state", "deadline"),)
+
+
+class DeploymentTarget(Base):
+    __tablename__ = "deployment_targets"
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    phase: Mapped[str] = mapped_column(String(32))                         # ReportedState.Phase name
+    error: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[float] = mapped_column(Double)
