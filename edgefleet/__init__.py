@@ -1,0 +1,1 @@
+"""The edgefleet command line and the end-to-end demo (imports packages lazily)."""

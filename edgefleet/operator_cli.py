@@ -1,0 +1,205 @@
+"""Operator subcommands: keygen, token, upload, deploy, status, devices, deployments.
+
+Every call but keygen talks to a running server through `server.admin_client.AdminClient`.
+Where to find the server and the operator token, first match wins:
+  --server / $EDGEFLEET_SERVER / <data-dir>/server.json / 127.0.0.1:50051
+  --token  / $EDGEFLEET_OPERATOR_TOKEN / <data-dir>/operator.token
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+def _connection_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", help="server address HOST:PORT")
+    parser.add_argument("--token", help="operator token")
+    parser.add_argument("--data-dir", help="the server's data directory (to read its address and token)")
+
+
+def resolve_address(args: argparse.Namespace) -> str:
+    if args.server:
+        return args.server
+    if os.environ.get("EDGEFLEET_SERVER"):
+        return os.environ["EDGEFLEET_SERVER"]
+    if args.data_dir:
+        info = pathlib.Path(args.data_dir) / "server.json"
+        if info.exists():
+            return json.loads(info.read_text())["address"]
+    return DEFAULT_ADDRESS
+
+
+def resolve_token(args: argparse.Namespace) -> str:
+    if args.token:
+        return args.token
+    if os.environ.get("EDGEFLEET_OPERATOR_TOKEN"):
+        return os.environ["EDGEFLEET_OPERATOR_TOKEN"]
+    if args.data_dir:
+        path = pathlib.Path(args.data_dir) / "operator.token"
+        if path.exists():
+            return path.read_text().strip()
+    raise SystemExit("edgefleet: no operator token: pass --token, set EDGEFLEET_OPERATOR_TOKEN, "
+                     "or point --data-dir at the server's data directory")
+
+
+def _client(args: argparse.Namespace):
+    from server.admin_client import AdminClient
+
+    return AdminClient(resolve_address(args), resolve_token(args))
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"edgefleet: label {pair!r} is not key=value")
+        labels[key] = value
+    return labels
+
+
+# -- subcommands ---------------------------------------------------------------------------
+
+def cmd_keygen(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="edgefleet keygen", description=_doc("keygen"))
+    parser.add_argument("--out", required=True, help="private key path; the raw public key goes to OUT.pub")
+    args = parser.parse_args(argv)
+    from proto import signing
+
+    out = pathlib.Path(args.out)
+    if out.exists():
+        raise SystemExit(f"edgefleet: {out} exists; refusing to overwrite a signing key")
+    key = signing.load_or_create_private_key(out)
+    pub = out.with_name(out.name + ".pub")
+    pub.write_bytes(signing.public_key_bytes(key))
+    print(f"wrote {out} (private, mode 0600) and {pub} (give this to the server with --trust-key)")
+    return 0
+
+
+def cmd_token(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="edgefleet token", description=_doc("token"))
+    _connection_args(parser)
+    parser.add_argument("--ttl", type=float, default=3600.0, help="seconds until the token expires")
+    parser.add_argument("--label", action="append", default=[], help="label for the device, key=value")
+    args = parser.parse_args(argv)
+    token = _client(args).create_enrollment_token(args.ttl, _labels(args.label))
+    print(token.token)
+    return 0
+
+
+def cmd_upload(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="edgefleet upload", description=_doc("upload"))
+    _connection_args(parser)
+    parser.add_argument("bundle_dir", help="folder written by `edgefleet compress`")
+    args = parser.parse_args(argv)
+    bundle = _client(args).upload_bundle(args.bundle_dir)
+    print(f"uploaded bundle {bundle.bundle_id} ({bundle.model} {bundle.version}: "
+          f"{', '.join(bundle.variant_ids)}; {bundle.total_bytes} bytes)")
+    return 0
+
+
+def cmd_deploy(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="edgefleet deploy", description=_doc("deploy"))
+    _connection_args(parser)
+    parser.add_argument("bundle_id")
+    parser.add_argument("--device", action="append", default=[], help="target device id (repeatable)")
+    parser.add_argument("--selector", default="", help="target devices by label, key=value")
+    parser.add_argument("--timeout", type=float, default=0.0, help="deployment deadline in seconds")
+    parser.add_argument("--wait", action="store_true", help="wait until the deployment ends")
+    args = parser.parse_args(argv)
+    if not args.device and not args.selector:
+        raise SystemExit("edgefleet: give --device ID (repeatable) or --selector key=value")
+    client = _client(args)
+    deployment = client.deploy(args.bundle_id, device_ids=args.device or None,
+                               label_selector=args.selector or None, timeout=args.timeout or None)
+    print(f"deployment {deployment.deployment_id}: {len(deployment.targets)} device(s)")
+    if args.wait:
+        deployment = client.wait_deployment(deployment.deployment_id, timeout=args.timeout or 900.0)
+        from proto import fleet_pb2
+
+        state = fleet_pb2.Deployment.State.Name(deployment.state)
+        print(f"deployment {deployment.deployment_id}: {state}")
+        return 0 if deployment.state == fleet_pb2.Deployment.SUCCEEDED else 1
+    return 0
+
+
+def cmd_status(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="edgefleet status", description=_doc("status"))
+    _connection_args(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    status = _client(args).fleet_status()
+    if args.json:
+        from google.protobuf import json_format
+
+        print(json_format.MessageToJson(status))
+        return 0
+    print(f"devices {status.devices_online}/{status.devices_total} online, "
+          f"{status.bundles_total} bundle(s), {status.deployments_in_progress} deployment(s) in progress")
+    _print_devices(status.devices)
+    return 0
+
+
+def cmd_devices(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="edgefleet devices", description=_doc("devices"))
+    _connection_args(parser)
+    parser.add_argument("--selector", default="", help="only devices with this label, key=value")
+    args = parser.parse_args(argv)
+    _print_devices(_client(args).list_devices(args.selector))
+    return 0
+
+
+def cmd_deployments(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="edgefleet deployments", description=_doc("deployments"))
+    _connection_args(parser)
+    args = parser.parse_args(argv)
+    from proto import fleet_pb2
+
+    for d in _client(args).list_deployments():
+        done = sum(1 for t in d.targets if t.phase == fleet_pb2.ReportedState.INSTALLED)
+        print(f"{d.deployment_id}  {fleet_pb2.Deployment.State.Name(d.state):<12} bundle {d.bundle_id[:12]}  "
+              f"{done}/{len(d.targets)} installed  created {time.strftime('%F %T', time.localtime(d.created_unix))}")
+    return 0
+
+
+def _print_devices(devices) -> None:
+    from proto import fleet_pb2
+
+    for d in devices:
+        r = d.reported
+        phase = fleet_pb2.ReportedState.Phase.Name(r.phase) if r.phase else "-"
+        s = r.sensors
+        battery = f"{s.battery_percent:.0f}%" if s.HasField("battery_percent") else "?"
+        temp = f"{s.temperature_celsius:.0f}C" if s.HasField("temperature_celsius") else "?"
+        print(f"{d.device_id}  {'online ' if d.online else 'offline'}  {d.hostname:<16} "
+              f"bundle {(r.bundle_id or '-')[:12]:<12} {phase:<11} variant {r.active_variant or '-':<12} "
+              f"battery {battery:>4} temp {temp:>4}  {r.switch_reason}")
+
+
+_COMMANDS = {
+    "keygen": cmd_keygen, "token": cmd_token, "upload": cmd_upload, "deploy": cmd_deploy,
+    "status": cmd_status, "devices": cmd_devices, "deployments": cmd_deployments,
+}
+
+
+def _doc(name: str) -> str:
+    from edgefleet.cli import _OPERATOR
+
+    return _OPERATOR[name]
+
+
+def main(command: str, argv: list[str]) -> int:
+    import grpc
+
+    try:
+        return _COMMANDS[command](argv)
+    except grpc.RpcError as err:
+        print(f"edgefleet {command}: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 1

@@ -1,0 +1,141 @@
+"""The foundation's acceptance test: a real server process and two real agent processes over
+loopback; the example model compressed, uploaded and deployed; both agents report the bundle
+installed and verified; the local endpoint answers exactly what onnxruntime answers on the same
+variant; a server restart loses no device, bundle or deployment."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import time
+import urllib.request
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edgefleet import processes
+from proto import fleet_pb2
+from proto.manifest import Manifest
+
+pytestmark = pytest.mark.slow
+
+
+def _wait(predicate, timeout: float, what: str):
+    """Poll until predicate() is truthy; generous bound, no assertion on how long it took."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _infer(port: int, inputs: np.ndarray, variant: str) -> tuple[np.ndarray, str]:
+    body = json.dumps({"inputs": {"input": inputs.tolist()}, "variant": variant}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/infer", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer = json.loads(response.read())
+    return np.asarray(answer["outputs"]["logits"], dtype=np.float32), answer["variant"]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    from compressor.demo_bundle import build_demo_bundle
+
+    root = tmp_path_factory.mktemp("bundle")
+    key = root / "publisher.key"
+    bundle_dir = build_demo_bundle(root / "bundle", key, seed=0, epochs=3, log=lambda *a: None)
+    return bundle_dir, key
+
+
+@pytest.fixture
+def fleet(tmp_path, bundle):
+    """A server and two agents; everything is stopped at the end, whatever happens."""
+    _, key = bundle
+    children: list[processes.ManagedProcess] = []
+    try:
+        server = processes.start_server(tmp_path / "server", trust_keys=[str(key) + ".pub"])
+        children.append(server)
+        from server.admin_client import AdminClient
+
+        client = AdminClient(server.info["address"], processes.operator_token(tmp_path / "server"))
+        agents = []
+        for i in range(2):
+            token = client.create_enrollment_token(300, {"ring": "test"}).token
+            agent = processes.start_agent(tmp_path / f"agent{i}", server=server.info["address"], token=token,
+                                          name=f"agent{i}")
+            children.append(agent)
+            agents.append(agent)
+        yield {"server": server, "client": client, "agents": agents, "children": children, "tmp": tmp_path,
+               "key": key}
+    finally:
+        for child in reversed(children):
+            child.stop()
+
+
+def test_compress_deploy_infer_restart(fleet, bundle):
+    bundle_dir, key = bundle
+    client = fleet["client"]
+    agents = fleet["agents"]
+    manifest = Manifest.from_bytes((bundle_dir / "manifest.json").read_bytes())
+    assert {v.method for v in manifest.variants} >= {"fp32"}
+    assert {v.weight_bits for v in manifest.variants} >= {32, 8, 4}
+
+    device_ids = [a.info["device_id"] for a in agents]
+    _wait(lambda: all(d.online for d in client.list_devices("")
+                      if d.device_id in device_ids) and len(client.list_devices("ring=test")) == 2,
+          60, "both agents online")
+
+    uploaded = client.upload_bundle(str(bundle_dir))
+    deployment = client.deploy(uploaded.bundle_id, label_selector="ring=test")
+    assert {t.device_id for t in deployment.targets} == set(device_ids)
+    deployment = client.wait_deployment(deployment.deployment_id, timeout=180)
+    assert deployment.state == fleet_pb2.Deployment.SUCCEEDED, deployment
+
+    # Both agents report the bundle installed (after verifying signature and every digest) ...
+    for device_id in device_ids:
+        reported = client.get_device(device_id).reported
+        assert reported.bundle_id == uploaded.bundle_id
+        assert reported.phase == fleet_pb2.ReportedState.INSTALLED
+        assert {p.variant_id for p in reported.profiles} >= {v.id for v in manifest.variants}
+    # ... and the files they hold are the ones the compressor wrote, byte for byte.
+    for agent in agents:
+        installed = agent.data_dir / "bundles" / uploaded.bundle_id
+        for v in manifest.variants:
+            data = (installed / v.file).read_bytes()
+            assert "sha256:" + hashlib.sha256(data).hexdigest() == v.digest
+
+    # The local endpoint answers exactly what onnxruntime answers on the same variant file.
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 1, 8, 8), dtype=np.float32) * 16
+    for v in manifest.variants:
+        session = ort.InferenceSession(str(bundle_dir / v.file), providers=["CPUExecutionProvider"])
+        expected = session.run(None, {"input": x})[0]
+        for agent in agents:
+            got, served_by = _infer(agent.info["local_port"], x, v.id)
+            assert served_by == v.id
+            np.testing.assert_array_equal(got, expected)
+
+    # Restart the server on the same port and data directory: nothing is lost.
+    devices_before = sorted(d.device_id for d in client.list_devices(""))
+    bundles_before = sorted(b.bundle_id for b in client.list_bundles())
+    deployments_before = {d.deployment_id: d.state for d in client.list_deployments()}
+    server = fleet["server"]
+    port = server.info["grpc_port"]
+    assert server.stop() == 0
+    restarted = processes.start_server(server.data_dir, trust_keys=[str(key) + ".pub"], port=port)
+    fleet["children"].append(restarted)
+    from server.admin_client import AdminClient
+
+    client = AdminClient(restarted.info["address"], processes.operator_token(server.data_dir))
+    assert sorted(d.device_id for d in client.list_devices("")) == devices_before
+    assert sorted(b.bundle_id for b in client.list_bundles()) == bundles_before
+    assert {d.deployment_id: d.state for d in client.list_deployments()} == deployments_before
+    # The agents come back by themselves (jittered backoff) and still hold the bundle.
+    _wait(lambda: all(client.get_device(d).online for d in device_ids), 90, "agents reconnected")
+    for device_id in device_ids:
+        assert client.get_device(device_id).reported.bundle_id == uploaded.bundle_id
