@@ -1,0 +1,224 @@
+"""The runner: holds the variant session that serves inference and hot-swaps it.
+
+Hot swap: the next variant is loaded and warmed (one inference) before the pointer moves,
+and a request takes a reference to the session under the lock and runs outside it, so a
+request that started on a variant finishes on it and no request fails during a switch.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from agent.engines.base import Engine, Session
+from agent.profiling import representative_inputs
+from proto import fleet_pb2
+
+log = logging.getLogger(__name__)
+
+
+class NoBundleError(RuntimeError):
+    """Nothing installed yet: the API answers 503."""
+
+
+class UnknownVariantError(KeyError):
+    """A forced variant id that the active bundle does not hold."""
+
+
+class InputError(ValueError):
+    """Feeds that do not match the session's inputs (names, shapes, types)."""
+
+
+@dataclass(frozen=True)
+class LoadedVariant:
+    bundle_id: str
+    variant_id: str
+    session: Session
+
+
+@dataclass
+class RunResult:
+    outputs: dict[str, np.ndarray]
+    variant: str
+    latency_seconds: float
+    cpu_seconds: float
+
+
+class _Counters:
+    def __init__(self, window: int):
+        self.inferences = 0
+        self.errors = 0
+        self.latency_sum = 0.0
+        self.recent: collections.deque[float] = collections.deque(maxlen=window)
+
+
+def check_feeds(session: Session, feeds: dict[str, object]) -> dict[str, np.ndarray]:
+    """Convert and check feeds against the session's input specs; raise InputError with why."""
+    expected = {s.name: s for s in session.input_specs}
+    if set(feeds) != set(expected):
+        missing = sorted(set(expected) - set(feeds))
+        extra = sorted(set(feeds) - set(expected))
+        raise InputError(f"inputs must be exactly {sorted(expected)}"
+                         + (f"; missing {missing}" if missing else "") + (f"; unknown {extra}" if extra else ""))
+    out = {}
+    for name, spec in expected.items():
+        try:
+            arr = np.asarray(feeds[name], dtype=np.dtype(spec.dtype))
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"input {name!r} is not a regular {spec.dtype} array: {exc}") from None
+        if arr.ndim != len(spec.shape) or any(d is not None and d != a for d, a in zip(spec.shape, arr.shape)):
+            shape = "x".join("?" if d is None else str(d) for d in spec.shape)
+            raise InputError(f"input {name!r} has shape {list(arr.shape)}, expected [{shape}]")
+        out[name] = arr
+    return out
+
+
+class Runner:
+    """Serves inference on the active variant of the active bundle.
+
+    `on_work(cpu_seconds)` and `on_latency(variant, seconds)` are called after each successful
+    inference (sensor work model, scheduler latency feedback); `metrics` is an AgentMetrics.
+    """
+
+    def __init__(self, engine: Engine, *, metrics=None,
+                 on_work: Callable[[float], None] | None = None,
+                 on_latency: Callable[[str, float], None] | None = None, window: int = 256):
+        self.engine = engine
+        self.metrics = metrics
+        self.on_work = on_work
+        self.on_latency = on_latency
+        self.window = window
+        self._lock = threading.Lock()          # guards _bundle, _active, _pinned
+        self._load_lock = threading.Lock()     # one load at a time (memory, CPU)
+        self._bundle = None                    # InstalledBundle
+        self._active: LoadedVariant | None = None
+        self._pinned: dict[str, LoadedVariant] = {}
+        self._counters_lock = threading.Lock()
+        self._counters: dict[str, _Counters] = {}
+
+    # -- state --------------------------------------------------------------------------
+    @property
+    def bundle(self):
+        with self._lock:
+            return self._bundle
+
+    @property
+    def active_variant(self) -> str | None:
+        with self._lock:
+            return self._active.variant_id if self._active else None
+
+    def input_specs(self):
+        with self._lock:
+            return list(self._active.session.input_specs) if self._active else []
+
+    # -- switching ----------------------------------------------------------------------
+    def _load_warm(self, bundle, variant_id: str) -> LoadedVariant:
+        try:
+            path = bundle.variant_path(variant_id)
+        except KeyError:
+            raise UnknownVariantError(variant_id) from None
+        session = self.engine.load(path)
+        session.run(representative_inputs(session.input_specs, bundle.manifest))   # warm up
+        return LoadedVariant(bundle.bundle_id, variant_id, session)
+
+    def activate(self, bundle, variant_id: str) -> None:
+        """Make `variant_id` of `bundle` the active variant (load + warm first, then swap).
+
+        Raises if the new variant cannot load; the old one keeps serving in that case.
+        """
+        with self._lock:
+            current = self._active
+        if current and current.bundle_id == bundle.bundle_id and current.variant_id == variant_id:
+            return
+        with self._load_lock:
+            with self._lock:
+                reuse = self._pinned.get(variant_id) if self._bundle is bundle else None
+            loaded = reuse or self._load_warm(bundle, variant_id)
+            with self._lock:
+                if self._bundle is None or self._bundle.bundle_id != bundle.bundle_id:
+                    self._pinned = {}          # sessions of the old bundle: released when idle
+                self._bundle = bundle
+                self._active = loaded
+        log.info("active variant: %s (bundle %s)", variant_id, bundle.bundle_id[:12])
+        if self.metrics:
+            self.metrics.set_active_variant(variant_id)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._bundle, self._active, self._pinned = None, None, {}
+        if self.metrics:
+            self.metrics.set_active_variant(None)
+
+    def _session_for(self, variant: str | None) -> LoadedVariant:
+        with self._lock:
+            active, bundle = self._active, self._bundle
+            if active is None:
+                raise NoBundleError("no bundle installed yet")
+            if variant is None or variant == active.variant_id:
+                return active
+            pinned = self._pinned.get(variant)
+            if pinned is not None:
+                return pinned
+        if variant not in {v.id for v in bundle.manifest.variants}:
+            raise UnknownVariantError(variant)
+        with self._load_lock:
+            with self._lock:
+                if self._bundle is not bundle:        # swapped under us: ask again
+                    pass
+                elif variant in self._pinned:
+                    return self._pinned[variant]
+            loaded = self._load_warm(bundle, variant)
+            with self._lock:
+                if self._bundle is bundle:
+                    self._pinned[variant] = loaded
+        return loaded
+
+    # -- serving ------------------------------------------------------------------------
+    def run(self, feeds: dict[str, object], variant: str | None = None) -> RunResult:
+        loaded = self._session_for(variant)          # reference taken under the lock
+        arrays = check_feeds(loaded.session, feeds)
+        t0 = time.perf_counter()
+        c0 = time.thread_time()
+        try:
+            outputs = loaded.session.run(arrays)
+        except Exception:
+            self._count(loaded.variant_id, None)
+            raise
+        latency = time.perf_counter() - t0
+        cpu = time.thread_time() - c0
+        self._count(loaded.variant_id, latency)
+        if self.on_work:
+            self.on_work(cpu)
+        if self.on_latency:
+            self.on_latency(loaded.variant_id, latency)
+        return RunResult(outputs, loaded.variant_id, latency, cpu)
+
+    def _count(self, variant: str, latency: float | None) -> None:
+        with self._counters_lock:
+            c = self._counters.setdefault(variant, _Counters(self.window))
+            c.inferences += 1
+            if latency is None:
+                c.errors += 1
+            else:
+                c.latency_sum += latency
+                c.recent.append(latency)
+        if self.metrics:
+            self.metrics.observe_inference(variant, latency or 0.0, latency is not None)
+
+    def counters(self) -> list[fleet_pb2.VariantCounters]:
+        with self._counters_lock:
+            rows = []
+            for vid, c in sorted(self._counters.items()):
+                recent = np.asarray(c.recent) if c.recent else None
+                rows.append(fleet_pb2.VariantCounters(
+                    variant_id=vid, inferences_total=c.inferences, errors_total=c.errors,
+                    latency_seconds_sum=c.latency_sum,
+                    latency_p50_seconds=float(np.percentile(recent, 50)) if recent is not None else 0.0,
+                    latency_p95_seconds=float(np.percentile(recent, 95)) if recent is not None else 0.0))
+            return rows
