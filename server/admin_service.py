@@ -1,0 +1,246 @@
+"""AdminService: what an operator (CLI, demo, tests) asks of the control plane.
+
+Every call needs `authorization: Bearer <operator token>` (compared in constant time).
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+import time
+
+import grpc
+
+from proto import fleet_pb2, fleet_pb2_grpc
+from proto import signing
+from proto.manifest import Manifest, ManifestError, bundle_id_of
+from server.artifacts import ArtifactMismatch, ArtifactStore, PendingArtifact
+from server.db import Database, DeploymentView, InvalidArgument, NotFound
+from server.device_service import bearer_token
+from server.models import Bundle, Device
+from server.sessions import SessionHub
+
+log = logging.getLogger(__name__)
+
+Phase = fleet_pb2.ReportedState.Phase
+State = fleet_pb2.Deployment.State
+
+
+def operator_only(method):
+    """Refuse the call unless it carries the operator token."""
+
+    @functools.wraps(method)
+    def wrapped(self: "AdminService", request, context):
+        token = bearer_token(context).encode("utf-8")
+        if not token or not hmac.compare_digest(token, self.operator_token):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          "operator token missing or wrong (authorization: Bearer <operator token>)")
+        return method(self, request, context)
+
+    return wrapped
+
+
+def device_to_proto(d: Device, now: float, heartbeat_timeout: float) -> fleet_pb2.Device:
+    msg = fleet_pb2.Device(
+        device_id=d.id, hostname=d.hostname or "", labels=d.labels or {},
+        online=d.last_seen is not None and now - d.last_seen <= heartbeat_timeout,
+        last_seen_unix=d.last_seen or 0.0, enrolled_unix=d.enrolled_at,
+        desired_bundle_id=d.desired_bundle_id or "", desired_deployment_id=d.desired_deployment_id or "")
+    if d.info:
+        msg.info.ParseFromString(d.info)
+    if d.reported:
+        msg.reported.ParseFromString(d.reported)
+    return msg
+
+
+def deployment_to_proto(view: DeploymentView) -> fleet_pb2.Deployment:
+    dep = view.deployment
+    return fleet_pb2.Deployment(
+        deployment_id=dep.id, bundle_id=dep.bundle_id, state=State.Value(dep.state),
+        created_unix=dep.created_at, deadline_unix=dep.deadline, finished_unix=dep.finished_at or 0.0,
+        targets=[fleet_pb2.DeploymentTarget(device_id=t.device_id, phase=Phase.Value(t.phase),
+                                            error=t.error or "") for t in view.targets])
+
+
+class AdminService(fleet_pb2_grpc.AdminServiceServicer):
+    def __init__(self, db: Database, store: ArtifactStore, hub: SessionHub, operator_token: str,
+                 trusted_keys: list[bytes], *, heartbeat_timeout_seconds: float = 15.0,
+                 deployment_timeout_seconds: float = 900.0,
+                 enrollment_token_ttl_seconds: float = 3600.0,
+                 max_bundle_bytes: int = 4 << 30) -> None:
+        self.db, self.store, self.hub = db, store, hub
+        self.operator_token = operator_token.encode("utf-8")
+        self.trusted_keys = list(trusted_keys)
+        self.heartbeat_timeout_seconds = heartbeat_timeout_seconds
+        self.deployment_timeout_seconds = deployment_timeout_seconds
+        self.enrollment_token_ttl_seconds = enrollment_token_ttl_seconds
+        self.max_bundle_bytes = max_bundle_bytes
+        self._variant_ids: dict[str, list[str]] = {}    # bundle id -> variant ids (immutable)
+
+    def _device(self, d: Device) -> fleet_pb2.Device:
+        return device_to_proto(d, time.time(), self.heartbeat_timeout_seconds)
+
+    def _bundle(self, b: Bundle) -> fleet_pb2.Bundle:
+        if b.id not in self._variant_ids:
+            self._variant_ids[b.id] = [v.id for v in Manifest.from_bytes(b.manifest).variants]
+        return fleet_pb2.Bundle(bundle_id=b.id, model=b.model, version=b.version,
+                                variant_ids=self._variant_ids[b.id], total_bytes=b.total_bytes,
+                                created_unix=b.created_at, manifest=b.manifest)
+
+    # -- enrollment and devices -------------------------------------------------------
+    @operator_only
+    def CreateEnrollmentToken(self, request, context):
+        if request.ttl_seconds < 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ttl_seconds must not be negative")
+        ttl = request.ttl_seconds or self.enrollment_token_ttl_seconds
+        try:
+            token, expires = self.db.create_enrollment_token(ttl, dict(request.labels))
+        except InvalidArgument as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return fleet_pb2.EnrollmentToken(token=token, expires_unix=expires)
+
+    @operator_only
+    def ListDevices(self, request, context):
+        try:
+            devices = self.db.list_devices(request.label_selector)
+        except InvalidArgument as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return fleet_pb2.ListDevicesResponse(devices=[self._device(d) for d in devices])
+
+    @operator_only
+    def GetDevice(self, request, context):
+        device = self.db.get_device(request.device_id)
+        if device is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown device {request.device_id!r}")
+        return self._device(device)
+
+    @operator_only
+    def SetDeviceLabels(self, request, context):
+        try:
+            device = self.db.set_labels(request.device_id, dict(request.labels))
+        except NotFound as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except InvalidArgument as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return self._device(device)
+
+    # -- bundles ----------------------------------------------------------------------
+    @operator_only
+    def UploadBundle(self, request_iterator, context):
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "header":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be the bundle header")
+        header = first.header
+        if header.publisher_key not in self.trusted_keys:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          "bundle is signed by a key this server does not trust (add the publisher's "
+                          "public key with --trust-key or under data_dir/trusted_publishers/)")
+        try:
+            manifest = signing.verify(header.manifest, header.signature, header.publisher_key,
+                                      self.trusted_keys)
+        except ManifestError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bundle rejected: {exc}")
+        if manifest.total_bytes > self.max_bundle_bytes:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"bundle is {manifest.total_bytes} bytes, over the {self.max_bundle_bytes} limit")
+        sizes: dict[str, int] = {}
+        for v in manifest.variants:
+            if sizes.setdefault(v.digest, v.size_bytes) != v.size_bytes:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"manifest gives {v.digest} two different sizes")
+        bundle_id = bundle_id_of(header.manifest)
+
+        pending: dict[str, PendingArtifact] = {}
+        try:
+            for message in request_iterator:
+                if message.WhichOneof("part") != "chunk":
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "only the first message may be a header")
+                chunk = message.chunk
+                if chunk.digest not in sizes:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"chunk for {chunk.digest[:80]!r}, which the manifest does not list")
+                upload = pending.get(chunk.digest)
+                if upload is None:
+                    upload = pending[chunk.digest] = self.store.begin(chunk.digest, sizes[chunk.digest])
+                try:
+                    upload.write(chunk.data)
+                except ArtifactMismatch as exc:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bundle rejected: {exc}")
+
+            existing = self.db.get_bundle(bundle_id)
+            if existing is not None:
+                return self._bundle(existing)       # same bundle again: nothing to do
+
+            # A file may be left out only if the store already holds it (shared with another bundle).
+            missing = [d for d in sizes if d not in pending
+                       and not (self.store.has(d) and self.db.get_artifact(d) is not None)]
+            if missing:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"bundle upload incomplete: no data for {', '.join(missing)}")
+            for upload in pending.values():
+                try:
+                    upload.finish()
+                except ArtifactMismatch as exc:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bundle rejected: {exc}")
+            # Every file verified: only now does anything become visible.
+            created_files = [u.digest for u in pending.values() if u.publish()]
+            try:
+                bundle, created = self.db.add_bundle(
+                    header.manifest, header.signature, header.publisher_key, manifest,
+                    {d: self.store.relpath(d) for d in sizes})
+            except Exception:
+                for digest in created_files:
+                    self.store.remove(digest)
+                raise
+            if created:
+                log.info("stored bundle %s (%s %s, %d bytes)", bundle_id, manifest.model,
+                         manifest.version, manifest.total_bytes)
+            return self._bundle(bundle)
+        finally:
+            for upload in pending.values():
+                upload.abort()                       # no-op for published files
+
+    @operator_only
+    def ListBundles(self, request, context):
+        return fleet_pb2.ListBundlesResponse(bundles=[self._bundle(b) for b in self.db.list_bundles()])
+
+    # -- deployments ------------------------------------------------------------------
+    @operator_only
+    def CreateDeployment(self, request, context):
+        if request.timeout_seconds < 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "timeout_seconds must not be negative")
+        try:
+            view = self.db.create_deployment(
+                request.bundle_id, list(request.device_ids), request.label_selector,
+                request.timeout_seconds or self.deployment_timeout_seconds)
+        except NotFound as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except InvalidArgument as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        self.hub.notify_desired([t.device_id for t in view.targets])
+        log.info("deployment %s: bundle %s to %d device(s)", view.deployment.id, request.bundle_id,
+                 len(view.targets))
+        return deployment_to_proto(view)
+
+    @operator_only
+    def GetDeployment(self, request, context):
+        view = self.db.get_deployment(request.deployment_id)
+        if view is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown deployment {request.deployment_id!r}")
+        return deployment_to_proto(view)
+
+    @operator_only
+    def ListDeployments(self, request, context):
+        return fleet_pb2.ListDeploymentsResponse(
+            deployments=[deployment_to_proto(v) for v in self.db.list_deployments()])
+
+    @operator_only
+    def GetFleetStatus(self, request, context):
+        snap = self.db.fleet_snapshot()
+        devices = [self._device(d) for d in snap.devices]
+        return fleet_pb2.FleetStatus(
+            devices_total=len(devices), devices_online=sum(d.online for d in devices),
+            bundles_total=snap.bundles_total,
+            deployments_in_progress=snap.deployments_by_state.get("IN_PROGRESS", 0),
+            devices=devices)

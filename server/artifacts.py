@@ -1,0 +1,214 @@
+"""Content-addressed artifact store: root/sha256/<hex>, plus a <hex>.chunks sidecar.
+
+Writes go to a temp file in the same directory, are fsynced and checked against the
+expected digest and size, and only then renamed into place (os.replace), so a half-written
+upload never appears under its digest. The sidecar records the sha256 of every 256 KiB chunk,
+so serving can notice bit rot or tampering on disk chunk by chunk and refuse to send it,
+instead of streaming bad bytes the agent would only reject at the very end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import re
+import secrets
+import threading
+from typing import Iterator
+
+CHUNK_SIZE = 256 * 1024
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_TMP_PREFIX = ".tmp-"
+
+
+class ArtifactCorrupted(Exception):
+    """The stored bytes no longer match what was verified at upload time."""
+
+    def __init__(self, digest: str, offset: int, why: str = "") -> None:
+        self.digest, self.offset = digest, offset
+        super().__init__(f"artifact {digest} is corrupted at offset {offset}" + (f" ({why})" if why else ""))
+
+
+class ArtifactMismatch(ValueError):
+    """Uploaded bytes do not match the digest or size the manifest promised."""
+
+
+def _fsync_dir(path: pathlib.Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PendingArtifact:
+    """One upload in progress: bytes go to a temp file, chunk hashes are kept as they arrive."""
+
+    def __init__(self, store: "ArtifactStore", digest: str, size: int) -> None:
+        self.store, self.digest, self.size = store, digest, size
+        self.tmp_path = store.dir / f"{_TMP_PREFIX}{digest[7:19]}-{secrets.token_hex(6)}"
+        self._file = open(self.tmp_path, "wb")
+        self._whole = hashlib.sha256()
+        self._chunk = hashlib.sha256()
+        self._chunk_len = 0
+        self._chunk_hashes: list[str] = []
+        self.received = 0
+        self.existed_before = False
+
+    def write(self, data: bytes) -> None:
+        if self.received + len(data) > self.size:
+            raise ArtifactMismatch(f"{self.digest}: more than the {self.size} bytes the manifest declares")
+        self._file.write(data)
+        self._whole.update(data)
+        view = memoryview(data)
+        while view:
+            take = min(CHUNK_SIZE - self._chunk_len, len(view))
+            self._chunk.update(view[:take])
+            self._chunk_len += take
+            view = view[take:]
+            if self._chunk_len == CHUNK_SIZE:
+                self._chunk_hashes.append(self._chunk.hexdigest())
+                self._chunk, self._chunk_len = hashlib.sha256(), 0
+        self.received += len(data)
+
+    @property
+    def complete(self) -> bool:
+        return self.received == self.size
+
+    def finish(self) -> None:
+        """Flush to disk and check size and digest (raises ArtifactMismatch); nothing visible yet."""
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        if self.received != self.size:
+            raise ArtifactMismatch(f"{self.digest}: received {self.received} of {self.size} bytes")
+        actual = "sha256:" + self._whole.hexdigest()
+        if actual != self.digest:
+            raise ArtifactMismatch(f"file content is {actual}, manifest says {self.digest}")
+        if self._chunk_len:
+            self._chunk_hashes.append(self._chunk.hexdigest())
+            self._chunk, self._chunk_len = hashlib.sha256(), 0
+
+    def publish(self) -> bool:
+        """Move a finished artifact into place. Returns True if the digest was not stored before."""
+        final = self.store.path(self.digest)
+        self.existed_before = final.exists()
+        # Sidecar first: a data file is never visible without the hashes that guard it.
+        sidecar = {"digest": self.digest, "size": self.size, "chunk_size": CHUNK_SIZE,
+                   "chunks": self._chunk_hashes}
+        side_tmp = self.tmp_path.with_name(self.tmp_path.name + ".chunks")
+        with open(side_tmp, "w") as f:
+            json.dump(sidecar, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(side_tmp, self.store.sidecar_path(self.digest))
+        # Replacing an existing copy is harmless (same bytes) and repairs a corrupted one.
+        os.replace(self.tmp_path, final)
+        _fsync_dir(self.store.dir)
+        self.store.forget(self.digest)
+        return not self.existed_before
+
+    def commit(self) -> bool:
+        self.finish()
+        return self.publish()
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        for p in (self.tmp_path, self.tmp_path.with_name(self.tmp_path.name + ".chunks")):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+
+
+class ArtifactStore:
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = pathlib.Path(root)
+        self.dir = self.root / "sha256"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._sidecars: dict[str, dict] = {}
+        self._lock = threading.Lock()
+        # Temp files of uploads cut short by a crash are garbage: nothing refers to them.
+        for stale in self.dir.glob(_TMP_PREFIX + "*"):
+            stale.unlink(missing_ok=True)
+
+    @staticmethod
+    def _hex(digest: str) -> str:
+        if not DIGEST_RE.match(digest):
+            raise ValueError(f"digest {digest!r} is not sha256:<64 lowercase hex>")
+        return digest[7:]
+
+    def path(self, digest: str) -> pathlib.Path:
+        return self.dir / self._hex(digest)
+
+    def sidecar_path(self, digest: str) -> pathlib.Path:
+        return self.dir / (self._hex(digest) + ".chunks")
+
+    def relpath(self, digest: str) -> str:
+        return f"sha256/{self._hex(digest)}"
+
+    def has(self, digest: str) -> bool:
+        return self.path(digest).is_file() and self.sidecar_path(digest).is_file()
+
+    def begin(self, digest: str, size: int) -> PendingArtifact:
+        self._hex(digest)
+        return PendingArtifact(self, digest, size)
+
+    def remove(self, digest: str) -> None:
+        for p in (self.path(digest), self.sidecar_path(digest)):
+            p.unlink(missing_ok=True)
+        self.forget(digest)
+
+    def forget(self, digest: str) -> None:
+        with self._lock:
+            self._sidecars.pop(digest, None)
+
+    def _sidecar(self, digest: str) -> dict:
+        with self._lock:
+            cached = self._sidecars.get(digest)
+        if cached is not None:
+            return cached
+        try:
+            meta = json.loads(self.sidecar_path(digest).read_text())
+            if meta["chunk_size"] != CHUNK_SIZE or meta["digest"] != digest:
+                raise ValueError("sidecar does not describe this artifact")
+        except (OSError, ValueError, KeyError) as exc:
+            raise ArtifactCorrupted(digest, 0, f"chunk index unreadable: {exc}") from None
+        with self._lock:
+            self._sidecars[digest] = meta
+        return meta
+
+    def size(self, digest: str) -> int:
+        return int(self._sidecar(digest)["size"])
+
+    def read_chunks(self, digest: str, offset: int = 0) -> Iterator[tuple[int, bytes]]:
+        """Yield (offset, data) from `offset` to the end, each piece checked against the
+        chunk index before it leaves. The first piece is the tail of the aligned chunk that
+        holds `offset`, so later pieces line up with the index. Raises ArtifactCorrupted."""
+        meta = self._sidecar(digest)
+        size, hashes = int(meta["size"]), meta["chunks"]
+        if not 0 <= offset <= size:
+            raise ValueError(f"offset {offset} outside 0..{size}")
+        try:
+            f = open(self.path(digest), "rb")
+        except FileNotFoundError:
+            raise ArtifactCorrupted(digest, 0, "file is missing") from None
+        with f:
+            on_disk = os.fstat(f.fileno()).st_size
+            if on_disk != size:
+                raise ArtifactCorrupted(digest, min(on_disk, size), f"file is {on_disk} bytes, expected {size}")
+            index = offset // CHUNK_SIZE
+            f.seek(index * CHUNK_SIZE)
+            while index * CHUNK_SIZE < size:
+                start = index * CHUNK_SIZE
+                block = f.read(min(CHUNK_SIZE, size - start))
+                if index >= len(hashes) or hashlib.sha256(block).hexdigest() != hashes[index]:
+                    raise ArtifactCorrupted(digest, start)
+                skip = max(offset - start, 0)
+                if skip < len(block):
+                    yield start + skip, block[skip:]
+                index += 1

@@ -1,0 +1,45 @@
+"""The deployment reaper: ends every deployment that is past its deadline as TIMED_OUT.
+
+It runs once at start (so deployments whose deadline passed while the server was down end
+right after a restart) and then every `interval` seconds. Safe with several replicas: the
+UPDATE is conditional on IN_PROGRESS and PostgreSQL rows are taken with SKIP LOCKED.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from server.db import Database
+
+log = logging.getLogger(__name__)
+
+
+class DeploymentReaper:
+    def __init__(self, db: Database, interval_seconds: float = 1.0) -> None:
+        self.db = db
+        self.interval_seconds = interval_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="deployment-reaper", daemon=True)
+
+    def reap_once(self) -> list[str]:
+        timed_out = self.db.time_out_expired()
+        for dep_id in timed_out:
+            log.warning("deployment %s timed out", dep_id)
+        return timed_out
+
+    def start(self) -> None:
+        self.reap_once()
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_seconds):
+            try:
+                self.reap_once()
+            except Exception:        # a DB hiccup must not end the reaper for good
+                log.exception("deployment reaper pass failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
