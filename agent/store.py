@@ -145,32 +145,37 @@ class Store:
     # -- install ------------------------------------------------------------------------
     def install(self, manifest_bytes: bytes, signature: bytes, publisher_key: bytes,
                 manifest: Manifest, deployment_id: str) -> InstalledBundle:
-        """Build bundles/<id>/ from verified artifacts, then switch current.json to it.
+        """Stage the bundle folder, then make it active (callers that need to load it first
+        call `stage` and `set_current` themselves)."""
+        bundle = self.stage(manifest_bytes, signature, publisher_key, manifest, deployment_id)
+        self.set_current(bundle.bundle_id, deployment_id)
+        log.info("bundle %s installed and active (deployment %s)", bundle.bundle_id[:12], deployment_id)
+        return bundle
 
-        Callers have verified the signature and every artifact's digest already.
+    def stage(self, manifest_bytes: bytes, signature: bytes, publisher_key: bytes,
+              manifest: Manifest, deployment_id: str) -> InstalledBundle:
+        """Build bundles/<id>/ from verified artifacts under a temp name, then rename it into
+        place. Does not touch current.json. Callers have verified the signature and every
+        artifact's digest already.
         """
         bundle_id = bundle_id_of(manifest_bytes)
         final = self.bundles / bundle_id
         active = self.read_current()
         if active and active.get("bundle_id") == bundle_id and final.is_dir():
-            # Same bundle under a new deployment: only the pointer changes.
-            self.set_current(bundle_id, deployment_id)
-            return InstalledBundle(bundle_id, deployment_id, final, manifest)
+            return InstalledBundle(bundle_id, deployment_id, final, manifest)   # never rebuild the live one
         tmp = self.bundles / f".{bundle_id}{TMP_MARKER}{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
             self._write_bundle_dir(tmp, manifest_bytes, signature, publisher_key, manifest)
             if final.exists():
-                # A leftover, inactive copy (e.g. an older install of the same bundle).
+                # A leftover, inactive copy (an earlier install, or one staged before a crash).
                 shutil.rmtree(final)
             os.replace(tmp, final)
             fsync_dir(self.bundles)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        self.set_current(bundle_id, deployment_id)
-        log.info("bundle %s installed and active (deployment %s)", bundle_id[:12], deployment_id)
         return InstalledBundle(bundle_id, deployment_id, final, manifest)
 
     def _write_bundle_dir(self, folder: pathlib.Path, manifest_bytes: bytes, signature: bytes,

@@ -1,0 +1,91 @@
+"""`edgefleet agent` / `python -m agent`: parse flags, run the daemon until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from agent.config import DEFAULT_LOCAL_PORT, AgentConfig
+from agent.identity import EnrollmentError
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"label {text!r} must be key=value")
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = AgentConfig.__dataclass_fields__
+    p = argparse.ArgumentParser(prog="edgefleet agent", description="edgefleet device agent")
+    p.add_argument("--server", default="127.0.0.1:50051", help="control plane HOST:PORT")
+    p.add_argument("--token", default=None, help="one-time enrollment token (first start only)")
+    p.add_argument("--data-dir", default=defaults["data_dir"].default_factory(),
+                   help="identity, artifacts, bundles, profiles (default: %(default)s)")
+    p.add_argument("--sensors", default="psutil",
+                   help='sensor source: psutil | sim:drain | sim:heat | sim:mains | replay:<csv>')
+    p.add_argument("--sim-speed", type=float, default=1.0, help="time factor of simulated sensors")
+    p.add_argument("--sensor-seed", type=int, default=None, help="seed of simulated sensors")
+    p.add_argument("--local-host", default="127.0.0.1", help="local inference API bind address")
+    p.add_argument("--local-port", type=int, default=DEFAULT_LOCAL_PORT, help="local API port (0 = any free)")
+    p.add_argument("--metrics-port", type=int, default=-1,
+                   help="separate Prometheus /metrics port (-1 = off, 0 = any free)")
+    p.add_argument("--policy", default=None, help="scheduler policy TOML file")
+    p.add_argument("--label", action="append", type=_label, default=[], metavar="KEY=VALUE",
+                   help="device label sent at enrollment (repeatable)")
+    p.add_argument("--tls-ca", default=None, help="CA PEM for a TLS server (default: plaintext)")
+    p.add_argument("--engine", default="onnxruntime", help="inference engine")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads per inference session")
+    p.add_argument("--heartbeat-interval", type=float, default=2.0, help="seconds")
+    p.add_argument("--metrics-interval", type=float, default=2.0, help="seconds between metric pushes")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> AgentConfig:
+    return AgentConfig(server=args.server, enrollment_token=args.token, data_dir=args.data_dir,
+                       sensors=args.sensors, sim_speed=args.sim_speed, sensor_seed=args.sensor_seed,
+                       local_host=args.local_host, local_port=args.local_port, metrics_port=args.metrics_port,
+                       policy_file=args.policy, labels=dict(args.label), tls_ca=args.tls_ca,
+                       engine=args.engine, intra_op_threads=args.threads,
+                       heartbeat_interval=args.heartbeat_interval, metrics_interval=args.metrics_interval)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+    from agent.daemon import Daemon      # after arg parsing: --help stays instant
+
+    daemon = Daemon(config)
+
+    def _on_signal(signum, _frame):
+        logging.getLogger("agent").info("signal %s: shutting down", signal.Signals(signum).name)
+        daemon.stop_event.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        daemon.start()
+        daemon.wait()
+    except EnrollmentError as exc:
+        if daemon.stop_event.is_set():
+            return 0                     # asked to stop while still waiting to enroll
+        logging.getLogger("agent").error("%s", exc)
+        print(f"edgefleet agent: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        daemon.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
