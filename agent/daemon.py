@@ -47,6 +47,11 @@ def reading_to_proto(reading) -> fleet_pb2.SensorReading:
     return msg
 
 
+def reason_text(reason) -> str:
+    """Scheduler reasons are str-Enums; metric labels and the proto want the plain value."""
+    return str(getattr(reason, "value", reason))
+
+
 def reading_to_dict(reading) -> dict:
     if reading is None:
         return {}
@@ -144,17 +149,18 @@ class Daemon:
     def _apply_decision(self, bundle: InstalledBundle, decision, force_switch: bool = False) -> None:
         """Hot-swap to the decided variant (caller holds _switch_lock) and report why."""
         previous = self.runner.active_variant
+        reason = reason_text(decision.reason)
         switching = force_switch or decision.variant_id != previous or self.runner.bundle is not bundle
         if switching:
             self.runner.activate(bundle, decision.variant_id)
         if switching or decision.changed:
-            self.metrics.switches.labels(decision.reason).inc()
-            self._decisions.append({"variant_id": decision.variant_id, "reason": decision.reason,
+            self.metrics.switches.labels(reason).inc()
+            self._decisions.append({"variant_id": decision.variant_id, "reason": reason,
                                     "detail": getattr(decision, "detail", ""), "at": time.time(),
                                     "previous": previous, "changed": True})
-            log.info("variant %s -> %s (%s: %s)", previous, decision.variant_id, decision.reason,
+            log.info("variant %s -> %s (%s: %s)", previous, decision.variant_id, reason,
                      getattr(decision, "detail", ""))
-        self.state.update(active_variant=decision.variant_id, switch_reason=decision.reason)
+        self.state.update(active_variant=decision.variant_id, switch_reason=reason)
 
     def activate_bundle(self, bundle: InstalledBundle) -> None:
         """Benchmark (or load cached profiles), let the scheduler choose, load + warm that variant.
@@ -211,7 +217,8 @@ class Daemon:
             counts = dict(self.scheduler.switch_counts)
         except Exception:
             counts = {}
-        msg.switches.extend(fleet_pb2.SwitchCount(reason=r, total=int(n)) for r, n in sorted(counts.items()))
+        msg.switches.extend(fleet_pb2.SwitchCount(reason=reason_text(r), total=int(n))
+                            for r, n in sorted(counts.items(), key=lambda kv: reason_text(kv[0])))
         return msg
 
     def status(self) -> dict:
@@ -235,7 +242,8 @@ class Daemon:
             "sensors": reading_to_dict(self._last_reading),
             "profiles": [_profile_dict(p) for p in self._profiles],
             "decisions": list(self._decisions),
-            "switch_counts": dict(getattr(self.scheduler, "switch_counts", {}) or {}),
+            "switch_counts": {reason_text(r): n for r, n in dict(getattr(self.scheduler, "switch_counts", {})).items()},
+            "scheduler": self.scheduler.state() if hasattr(self.scheduler, "state") else {},
             "counters": [{"variant_id": c.variant_id, "inferences_total": c.inferences_total,
                           "errors_total": c.errors_total, "latency_p50_seconds": c.latency_p50_seconds,
                           "latency_p95_seconds": c.latency_p95_seconds} for c in self.runner.counters()],

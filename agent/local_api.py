@@ -153,7 +153,7 @@ class LocalApiServer(ThreadingHTTPServer):
         return self.server_address[1]
 
     def start(self) -> "LocalApiServer":
-        self._thread = threading.Thread(target=self.serve_forever, name=f"http-{self.port}", daemon=True)
+        self._thread = threading.Thread(target=self.serve_forever, args=(0.1,), name=f"http-{self.port}", daemon=True)
         self._thread.start()
         return self
 

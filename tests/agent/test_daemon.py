@@ -1,0 +1,180 @@
+"""The whole daemon in-process against a small DeviceService over real gRPC (tests/agent/helpers.py):
+enrollment, the Connect stream, a deployment, inference through the local API, reconnection,
+and a restart that reuses identity, bundle and profiles. Plus the CLI's exit on a bad token."""
+
+from __future__ import annotations
+
+import json
+import stat
+import threading
+import urllib.error
+import urllib.request
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from agent.channel import make_channel
+from agent.config import AgentConfig
+from agent.connection import Connection, backoff_delay
+from agent.daemon import Daemon
+from agent.main import main
+from agent.state import ReportedStateHolder
+from proto import fleet_pb2
+from tests.agent.helpers import IN_DIM, FakeFleet, FakeServer, make_bundle, wait_for
+from tests.conftest import free_port
+
+RS = fleet_pb2.ReportedState
+
+
+def _config(tmp_path, server, **kw) -> AgentConfig:
+    base = dict(server=server.address, enrollment_token="good-token", data_dir=str(tmp_path / "agent"),
+                sensors="sim:mains", sensor_seed=0, local_port=0, metrics_port=0, heartbeat_interval=0.2,
+                metrics_interval=0.2, control_interval=0.2, backoff_base=0.05, backoff_max=0.5,
+                profile_warmup=1, profile_runs=3)
+    base.update(kw)
+    return AgentConfig(**base)
+
+
+def _get(port, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+        return r.read()
+
+
+def _infer(port, x, variant=None):
+    payload = {"inputs": {"input": x.tolist()}}
+    if variant:
+        payload["variant"] = variant
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/infer", data=json.dumps(payload).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture
+def fleet():
+    bundle = make_bundle()
+    fleet = FakeFleet(trusted_keys=[bundle.publisher_key])
+    fleet.artifacts.update(bundle.files)
+    server = FakeServer(fleet, free_port()).start()
+    yield fleet, server, bundle
+    server.stop()
+
+
+def test_enroll_connect_deploy_infer_reconnect_restart(tmp_path, fleet):
+    fleet, server, bundle = fleet
+    config = _config(tmp_path, server)
+    daemon = Daemon(config)
+    try:
+        daemon.start()
+        data_dir = tmp_path / "agent"
+        identity = json.loads((data_dir / "identity.json").read_text())
+        assert identity["device_id"] == "dev-1"
+        assert stat.S_IMODE((data_dir / "identity.json").stat().st_mode) == 0o600
+        info = json.loads((data_dir / "agent.json").read_text())
+        assert info["device_id"] == "dev-1" and info["local_port"] == daemon.api.port
+        assert info["metrics_port"] == daemon.metrics_server.port
+        # No bundle yet: the API says so.
+        with pytest.raises(urllib.error.HTTPError) as err:
+            _infer(info["local_port"], np.zeros((1, IN_DIM), np.float32))
+        assert err.value.code == 503
+
+        wait_for(lambda: {"hello", "heartbeat", "metrics", "state"} <= fleet.kinds(), 30, "stream traffic")
+        assert fleet.received[0].WhichOneof("kind") == "hello"
+
+        fleet.set_desired(bundle.desired("dep-1"))
+        wait_for(lambda: (s := fleet.last_state()) is not None and s.phase == RS.INSTALLED, 60, "INSTALLED")
+        phases = [s.phase for s in fleet.states()]
+        assert phases.index(RS.DOWNLOADING) < phases.index(RS.VERIFYING, phases.index(RS.DOWNLOADING)) \
+            < phases.index(RS.INSTALLED)
+        final = fleet.last_state()
+        assert final.bundle_id == bundle.bundle_id and final.deployment_id == "dep-1"
+        assert {p.variant_id for p in final.profiles} == {"fp32", "int8", "int4"}
+        assert final.active_variant in {"fp32", "int8", "int4"} and final.switch_reason
+        assert json.loads((data_dir / "current.json").read_text())["bundle_id"] == bundle.bundle_id
+        assert (data_dir / "profiles" / f"{bundle.bundle_id}.json").exists()
+
+        x = np.random.default_rng(0).standard_normal((2, IN_DIM)).astype(np.float32)
+        for vid in ("fp32", "int4"):
+            answer = _infer(info["local_port"], x, vid)
+            path = data_dir / "bundles" / bundle.bundle_id / bundle.manifest.variant(vid).file
+            assert path.read_bytes() == bundle.file_of(vid)
+            expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+            assert answer["variant"] == vid
+            np.testing.assert_array_equal(np.asarray(answer["outputs"]["logits"], np.float32), expected)
+        status = json.loads(_get(info["local_port"], "/v1/status"))
+        assert status["device_id"] == "dev-1" and status["bundle"]["bundle_id"] == bundle.bundle_id
+        assert status["active_variant"] == final.active_variant and status["decisions"]
+        assert status["sensors"]["source"].startswith("sim")
+        assert b"edgefleet_agent_inferences_total" in _get(info["metrics_port"], "/metrics")
+        # Metrics upstream carry the inference counters.
+        wait_for(lambda: any(c.inferences_total >= 1 for m in list(fleet.received)
+                             if m.WhichOneof("kind") == "metrics" for c in m.metrics.variants),
+                 30, "counters upstream")
+
+        # The server goes away and comes back on the same port: the agent reconnects by itself.
+        connects = fleet.connects
+        server.stop()
+        wait_for(lambda: not daemon.connection.connected.is_set(), 30, "disconnect noticed")
+        server.start()
+        wait_for(lambda: fleet.connects > connects and daemon.connection.connected.is_set(), 60, "reconnect")
+    finally:
+        daemon.stop()
+
+    # Restart: no token needed (and the token is spent), bundle and profiles are reused.
+    profile_file = tmp_path / "agent" / "profiles" / f"{bundle.bundle_id}.json"
+    mtime = profile_file.stat().st_mtime_ns
+    again = Daemon(_config(tmp_path, server, enrollment_token=None))
+    try:
+        again.start()
+        assert again.identity.device_id == "dev-1"
+        assert again.runner.bundle.bundle_id == bundle.bundle_id
+        assert profile_file.stat().st_mtime_ns == mtime
+        answer = _infer(again.api.port, np.ones((1, IN_DIM), np.float32))
+        assert answer["variant"] in {"fp32", "int8", "int4"}
+    finally:
+        again.stop()
+
+
+def test_rejected_token_exits_nonzero(tmp_path, fleet, capsys):
+    _, server, _ = fleet
+    code = main(["--server", server.address, "--token", "spent-token", "--data-dir", str(tmp_path / "a"),
+                 "--local-port", "0", "--sensors", "sim:mains"])
+    assert code == 2
+    assert "enrollment token rejected" in capsys.readouterr().err
+    assert not (tmp_path / "a" / "identity.json").exists()
+
+
+def test_no_identity_and_no_token_exits_nonzero(tmp_path, fleet, capsys):
+    _, server, _ = fleet
+    code = main(["--server", server.address, "--data-dir", str(tmp_path / "a"), "--local-port", "0"])
+    assert code == 2 and "--token" in capsys.readouterr().err
+
+
+def test_unauthenticated_stream_backs_off_to_max(tmp_path, fleet):
+    _, server, _ = fleet
+    config = _config(tmp_path, server, backoff_max=3.0)
+    channel = make_channel(config)
+    conn = Connection(config, channel, "not-a-credential", ReportedStateHolder(),
+                      info=fleet_pb2.DeviceInfo(), metrics_message=fleet_pb2.DeviceMetrics,
+                      on_desired=lambda d: None)
+    t = threading.Thread(target=conn.run)
+    t.start()
+    try:
+        wait_for(lambda: "UNAUTHENTICATED" in conn.last_error, 30, "rejection")
+        assert conn.attempts >= 64          # pinned: the next wait is backoff_max (jittered)
+    finally:
+        conn.stop()
+        t.join(10)
+        channel.close()
+    assert not t.is_alive()
+
+
+def test_backoff_is_jittered_exponential_and_capped():
+    import random
+    rng = random.Random(0)
+    for attempt in range(12):
+        capped = min(30.0, 0.5 * 2 ** attempt)
+        d = backoff_delay(attempt, 0.5, 30.0, rng)
+        assert capped * 0.5 <= d <= capped
+    assert backoff_delay(1000, 0.5, 30.0, rng) <= 30.0
