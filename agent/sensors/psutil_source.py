@@ -100,7 +100,7 @@ class PsutilSource:
 
     def _sample(self) -> SensorReading:
         failed = self._failed
-        battery = _guarded(psutil.sensors_battery, "battery", failed)
+        battery = _guarded(lambda: psutil.sensors_battery(), "battery", failed)
         percent = plugged = None
         if battery is not None:
             percent = _float_or_none(getattr(battery, "percent", None))
@@ -110,7 +110,7 @@ class PsutilSource:
         temperature = _guarded(lambda: pick_cpu_temperature(temps), "temperature_pick", failed)
         load = _float_or_none(_guarded(lambda: psutil.cpu_percent(interval=None), "cpu_percent", failed))
         memory = _guarded(lambda: psutil.virtual_memory().available, "memory", failed)
-        freq = _guarded(psutil.cpu_freq, "cpu_freq", failed)
+        freq = _guarded(lambda: psutil.cpu_freq(), "cpu_freq", failed)
         mhz = _float_or_none(getattr(freq, "current", None)) if freq is not None else None
         return SensorReading(
             battery_percent=percent,
