@@ -12,12 +12,15 @@ Everything takes an explicit registry (tests use a fresh CollectorRegistry each)
 from __future__ import annotations
 
 import re
+import socket
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import start_http_server
+from prometheus_client import make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
@@ -234,6 +237,28 @@ def register_fleet_collector(registry: CollectorRegistry, collector: FleetCollec
     return collector
 
 
+class _MetricsHTTPServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _MetricsHTTPServer6(_MetricsHTTPServer):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - scrapes every 15 s would flood the log
+        pass
+
+
 def start_metrics_server(host: str, port: int, registry: CollectorRegistry):
-    """Serve /metrics for `registry`; returns (httpd, thread). httpd.server_port is the port."""
-    return start_http_server(port, addr=host, registry=registry)
+    """Serve /metrics for `registry` on a daemon thread; returns (httpd, thread).
+
+    httpd.server_port is the bound port (useful with port 0); httpd.shutdown() stops it.
+    A short poll interval keeps shutdown quick.
+    """
+    server_class = _MetricsHTTPServer6 if ":" in host else _MetricsHTTPServer
+    httpd = make_server(host, port, make_wsgi_app(registry), server_class, handler_class=_QuietHandler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                              name="metrics-http", daemon=True)
+    thread.start()
+    return httpd, thread

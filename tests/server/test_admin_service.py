@@ -1,0 +1,195 @@
+"""AdminService over real gRPC: operator auth, bundle uploads (all-or-nothing), deployments."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import grpc
+import pytest
+
+from proto import fleet_pb2, fleet_pb2_grpc, signing
+from server.admin_client import AdminClient
+from tests.server.conftest import DeviceStream, enroll, make_bundle
+
+Code = grpc.StatusCode
+Phase = fleet_pb2.ReportedState.Phase
+State = fleet_pb2.Deployment.State
+
+
+def _error(call):
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code(), info.value.details()
+
+
+def _nothing_stored(server) -> bool:
+    leftovers = [p.name for p in server.store.dir.iterdir()]
+    return server.db.list_bundles() == [] and leftovers == []
+
+
+def test_operator_token_is_required(server):
+    for token in ("wrong", ""):
+        with AdminClient(server.address, token, timeout=10) as client:
+            code, details = _error(client.list_devices)
+            assert code == Code.UNAUTHENTICATED and "operator token" in details
+    stub = fleet_pb2_grpc.AdminServiceStub(grpc.insecure_channel(server.address))
+    code, _ = _error(lambda: stub.GetFleetStatus(fleet_pb2.GetFleetStatusRequest(), timeout=10))
+    assert code == Code.UNAUTHENTICATED
+
+
+def test_operator_token_file_is_private_and_stable(server):
+    path = server.config.data_dir / "operator.token"
+    assert path.read_text().strip() == server.operator_token
+    assert (path.stat().st_mode & 0o777) == 0o600
+
+
+def test_upload_is_idempotent(server, admin, bundle):
+    folder, manifest, files = bundle
+    first = admin.upload_bundle(folder)
+    second = admin.upload_bundle(folder)
+    assert first.bundle_id == second.bundle_id
+    assert list(first.variant_ids) == [v.id for v in manifest.variants]
+    assert first.total_bytes == sum(len(d) for d in files.values())
+    assert [b.bundle_id for b in admin.list_bundles()] == [first.bundle_id]
+    for v in manifest.variants:
+        assert server.store.path(v.digest).read_bytes() == files[v.file]
+
+
+def test_tampered_manifest_is_rejected(server, admin, bundle):
+    folder, _, _ = bundle
+    raw = json.loads((folder / "manifest.json").read_bytes())
+    raw["variants"][0]["quality"] = 0.999
+    (folder / "manifest.json").write_bytes(json.dumps(raw, sort_keys=True, separators=(",", ":")).encode())
+    code, details = _error(lambda: admin.upload_bundle(folder))
+    assert code == Code.INVALID_ARGUMENT and "signature does not verify" in details
+    assert _nothing_stored(server)
+
+
+def test_untrusted_publisher_is_rejected(server, admin, tmp_path):
+    folder, _, _ = make_bundle(tmp_path / "rogue", signing.generate_private_key())
+    code, details = _error(lambda: admin.upload_bundle(folder))
+    assert code == Code.PERMISSION_DENIED and "does not trust" in details
+    assert _nothing_stored(server)
+
+
+def test_wrong_file_is_rejected_and_nothing_stored(server, admin, bundle):
+    folder, manifest, files = bundle
+    # Same size, different bytes for the second file: its digest cannot match.
+    (folder / "v1.onnx").write_bytes(os.urandom(len(files["v1.onnx"])))
+    code, details = _error(lambda: admin.upload_bundle(folder))
+    assert code == Code.INVALID_ARGUMENT and manifest.variants[1].digest in details
+    assert _nothing_stored(server)          # not even the first, valid file
+
+
+def test_short_and_missing_files_are_rejected(server, admin, bundle):
+    folder, _, files = bundle
+    (folder / "v1.onnx").write_bytes(files["v1.onnx"][:-1])
+    code, details = _error(lambda: admin.upload_bundle(folder))
+    assert code == Code.INVALID_ARGUMENT and "received" in details
+    assert _nothing_stored(server)
+
+    stub = fleet_pb2_grpc.AdminServiceStub(grpc.insecure_channel(server.address))
+    header = fleet_pb2.BundleHeader(manifest=(folder / "manifest.json").read_bytes(),
+                                    signature=(folder / "manifest.sig").read_bytes(),
+                                    publisher_key=(folder / "publisher.pub").read_bytes())
+    code, details = _error(lambda: stub.UploadBundle(
+        iter([fleet_pb2.UploadBundleRequest(header=header)]), timeout=10,
+        metadata=(("authorization", f"Bearer {server.operator_token}"),)))
+    assert code == Code.FAILED_PRECONDITION and "incomplete" in details
+    assert _nothing_stored(server)
+
+
+def test_oversized_message_is_resource_exhausted(server, bundle):
+    folder, manifest, _ = bundle
+    stub = fleet_pb2_grpc.AdminServiceStub(grpc.insecure_channel(server.address))
+    header = fleet_pb2.BundleHeader(manifest=(folder / "manifest.json").read_bytes(),
+                                    signature=(folder / "manifest.sig").read_bytes(),
+                                    publisher_key=(folder / "publisher.pub").read_bytes())
+    too_big = fleet_pb2.FileChunk(digest=manifest.variants[0].digest,
+                                  data=b"\0" * (server.config.max_receive_message_bytes + 1))
+    code, _ = _error(lambda: stub.UploadBundle(
+        iter([fleet_pb2.UploadBundleRequest(header=header), fleet_pb2.UploadBundleRequest(chunk=too_big)]),
+        timeout=20, metadata=(("authorization", f"Bearer {server.operator_token}"),)))
+    assert code == Code.RESOURCE_EXHAUSTED
+    assert _nothing_stored(server)
+
+
+def test_deployment_errors(server, admin, device_channel, bundle):
+    folder, _, _ = bundle
+    device = enroll(admin, device_channel, labels={"site": "lab"})
+    uploaded = admin.upload_bundle(folder)
+    assert _error(lambda: admin.deploy("f" * 64, device_ids=[device.device_id]))[0] == Code.NOT_FOUND
+    assert _error(lambda: admin.deploy(uploaded.bundle_id, device_ids=["dev-nope"]))[0] == Code.NOT_FOUND
+    assert _error(lambda: admin.deploy(uploaded.bundle_id, label_selector="site=moon"))[0] == \
+        Code.INVALID_ARGUMENT
+    assert _error(lambda: admin.deploy(uploaded.bundle_id))[0] == Code.INVALID_ARGUMENT
+    assert _error(lambda: admin.get_deployment("dep-nope"))[0] == Code.NOT_FOUND
+    assert _error(lambda: admin.get_device("dev-nope"))[0] == Code.NOT_FOUND
+    assert admin.list_deployments() == []
+
+
+def test_labels_and_selectors(server, admin, device_channel):
+    a = enroll(admin, device_channel, labels={"site": "lab"})
+    b = enroll(admin, device_channel, labels={"site": "home"})
+    assert [d.device_id for d in admin.list_devices("site=lab")] == [a.device_id]
+    updated = admin.set_labels(b.device_id, {"site": "lab", "power": "battery"})
+    assert dict(updated.labels) == {"site": "lab", "power": "battery"}
+    assert {d.device_id for d in admin.list_devices("site=lab")} == {a.device_id, b.device_id}
+    assert _error(lambda: admin.list_devices("nonsense"))[0] == Code.INVALID_ARGUMENT
+
+
+def test_all_installed_means_succeeded(server, admin, device_channel, bundle):
+    folder, _, _ = bundle
+    devices = [enroll(admin, device_channel, labels={"ring": "canary"}) for _ in range(2)]
+    streams = [DeviceStream(device_channel, d.credential) for d in devices]
+    try:
+        uploaded = admin.upload_bundle(folder)
+        deployment = admin.deploy(uploaded.bundle_id, label_selector="ring=canary", timeout=120)
+        assert deployment.state == State.IN_PROGRESS and len(deployment.targets) == 2
+        for stream in streams:
+            desired = stream.next("desired")
+            stream.send(state=fleet_pb2.ReportedState(target_bundle_id=desired.bundle_id,
+                                                      deployment_id=desired.deployment_id,
+                                                      phase=Phase.DOWNLOADING, progress=0.5))
+            stream.send(state=fleet_pb2.ReportedState(bundle_id=desired.bundle_id,
+                                                      deployment_id=desired.deployment_id,
+                                                      phase=Phase.INSTALLED, active_variant="v0"))
+        done = admin.wait_deployment(deployment.deployment_id, timeout=30)
+        assert done.state == State.SUCCEEDED
+        assert {t.phase for t in done.targets} == {Phase.INSTALLED}
+        status = admin.fleet_status()
+        assert (status.devices_total, status.devices_online, status.bundles_total,
+                status.deployments_in_progress) == (2, 2, 1, 0)
+        assert admin.get_device(devices[0].device_id).reported.active_variant == "v0"
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+def test_device_failure_fails_deployment(server, admin, device_channel, bundle):
+    folder, _, _ = bundle
+    device = enroll(admin, device_channel)
+    stream = DeviceStream(device_channel, device.credential)
+    try:
+        uploaded = admin.upload_bundle(folder)
+        deployment = admin.deploy(uploaded.bundle_id, device_ids=[device.device_id])
+        desired = stream.next("desired")
+        stream.send(state=fleet_pb2.ReportedState(target_bundle_id=desired.bundle_id,
+                                                  deployment_id=desired.deployment_id,
+                                                  phase=Phase.FAILED, error="disk full"))
+        done = admin.wait_deployment(deployment.deployment_id, timeout=30)
+        assert done.state == State.FAILED and done.targets[0].error == "disk full"
+    finally:
+        stream.close()
+
+
+def test_deadline_passed_means_timed_out(server, admin, device_channel, bundle):
+    folder, _, _ = bundle
+    device = enroll(admin, device_channel)
+    uploaded = admin.upload_bundle(folder)
+    deployment = admin.deploy(uploaded.bundle_id, device_ids=[device.device_id], timeout=0.5)
+    done = admin.wait_deployment(deployment.deployment_id, timeout=30, poll_seconds=0.1)
+    assert done.state == State.TIMED_OUT and done.finished_unix >= done.deadline_unix
+    assert "timed out" in done.targets[0].error

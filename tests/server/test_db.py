@@ -1,0 +1,208 @@
+"""The repository layer on both databases it must run on (SQLite file and real PostgreSQL)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from proto import fleet_pb2, signing
+from proto.manifest import Manifest
+from server.db import (FAILED, IN_PROGRESS, SUCCEEDED, TIMED_OUT, Database, EnrollmentRefused,
+                       InvalidArgument, NotFound)
+from tests.server.conftest import make_bundle
+
+Phase = fleet_pb2.ReportedState.Phase
+
+
+@pytest.fixture
+def db(db_url):
+    database = Database(db_url)
+    database.create_schema()
+    yield database
+    database.dispose()
+
+
+def _enroll(db, labels=None):
+    token, _ = db.create_enrollment_token(60, labels or {})
+    return db.enroll(token, "host", {}, b"")
+
+
+def _bundle(db, tmp_path, key):
+    folder, manifest, _ = make_bundle(tmp_path / f"b{time.monotonic_ns()}", key)
+    raw = (folder / "manifest.json").read_bytes()
+    bundle, created = db.add_bundle(raw, (folder / "manifest.sig").read_bytes(),
+                                    signing.public_key_bytes(key), Manifest.from_bytes(raw),
+                                    {v.digest: f"sha256/{v.digest[7:]}" for v in manifest.variants})
+    assert created
+    return bundle, manifest
+
+
+def test_token_is_one_time_and_labels_merge(db):
+    token, expires = db.create_enrollment_token(60, {"site": "lab"})
+    assert expires > time.time()
+    device_id, credential = db.enroll(token, "h1", {"site": "home", "power": "battery"}, b"")
+    assert credential.startswith(device_id + ".")
+    assert db.get_device(device_id).labels == {"site": "lab", "power": "battery"}  # operator wins
+    with pytest.raises(EnrollmentRefused, match="already used"):
+        db.enroll(token, "h2", {}, b"")
+    with pytest.raises(EnrollmentRefused, match="not valid"):
+        db.enroll("no-such-token", "h3", {}, b"")
+    assert len(db.list_devices()) == 1
+
+
+def test_expired_token_is_refused(db):
+    token, _ = db.create_enrollment_token(60, now=time.time() - 3600)
+    with pytest.raises(EnrollmentRefused, match="expired"):
+        db.enroll(token, "h", {}, b"")
+    assert db.list_devices() == []
+
+
+def test_concurrent_enrollments_consume_a_token_once(db):
+    token, _ = db.create_enrollment_token(60)
+    results, errors = [], []
+    barrier = threading.Barrier(6)
+
+    def attempt():
+        barrier.wait()
+        try:
+            results.append(db.enroll(token, "h", {}, b""))
+        except EnrollmentRefused as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=attempt) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 1 and len(errors) == 5
+    assert [d.id for d in db.list_devices()] == [results[0][0]]
+
+
+def test_credentials(db):
+    device_id, credential = _enroll(db)
+    assert db.authenticate(credential) == device_id
+    assert db.authenticate(credential + "x") is None
+    assert db.authenticate("dev-unknown.secret") is None
+    assert db.authenticate("no-dot") is None
+    assert db.authenticate("") is None
+
+
+def test_label_selector(db):
+    a, _ = _enroll(db, {"site": "lab", "power": "battery"})
+    b, _ = _enroll(db, {"site": "lab"})
+    assert {d.id for d in db.list_devices("site=lab")} == {a, b}
+    assert [d.id for d in db.list_devices("site=lab,power=battery")] == [a]
+    db.set_labels(b, {"site": "home"})
+    assert [d.id for d in db.list_devices("site=home")] == [b]
+    with pytest.raises(InvalidArgument):
+        db.list_devices("site")
+    with pytest.raises(NotFound):
+        db.set_labels("dev-nope", {})
+
+
+def test_bundle_is_idempotent(db, tmp_path, publisher_key):
+    bundle, manifest = _bundle(db, tmp_path, publisher_key)
+    again, created = db.add_bundle(bundle.manifest, bundle.signature, bundle.publisher_key, manifest,
+                                   {v.digest: "x" for v in manifest.variants})
+    assert not created and again.id == bundle.id
+    assert [b.id for b in db.list_bundles()] == [bundle.id]
+    assert db.get_artifact(manifest.variants[0].digest).size == manifest.variants[0].size_bytes
+
+
+def test_deployment_succeeds_when_every_target_installs(db, tmp_path, publisher_key):
+    bundle, manifest = _bundle(db, tmp_path, publisher_key)
+    a, _ = _enroll(db, {"ring": "1"})
+    b, _ = _enroll(db, {"ring": "1"})
+    view = db.create_deployment(bundle.id, selector="ring=1", timeout_seconds=60)
+    dep_id = view.deployment.id
+    assert sorted(t.device_id for t in view.targets) == sorted([a, b])
+    assert db.artifact_assigned(a, manifest.variants[0].digest)
+    assert db.desired_state(a).deployment_id == dep_id
+
+    db.record_report(a, fleet_pb2.ReportedState(deployment_id=dep_id, target_bundle_id=bundle.id,
+                                                phase=Phase.DOWNLOADING))
+    assert {t.device_id: t.phase for t in db.get_deployment(dep_id).targets}[a] == "DOWNLOADING"
+    assert db.record_report(a, fleet_pb2.ReportedState(bundle_id=bundle.id, deployment_id=dep_id,
+                                                       phase=Phase.INSTALLED)) is None
+    assert db.get_deployment(dep_id).deployment.state == IN_PROGRESS
+    ended = db.record_report(b, fleet_pb2.ReportedState(bundle_id=bundle.id, deployment_id=dep_id,
+                                                        phase=Phase.INSTALLED))
+    assert ended == (dep_id, SUCCEEDED)
+    done = db.get_deployment(dep_id).deployment
+    assert done.state == SUCCEEDED and done.finished_at is not None
+
+
+def test_failed_target_fails_deployment(db, tmp_path, publisher_key):
+    bundle, _ = _bundle(db, tmp_path, publisher_key)
+    a, _ = _enroll(db)
+    b, _ = _enroll(db)
+    dep_id = db.create_deployment(bundle.id, device_ids=[a, b], timeout_seconds=60).deployment.id
+    db.record_report(a, fleet_pb2.ReportedState(deployment_id=dep_id, target_bundle_id=bundle.id,
+                                                phase=Phase.FAILED, error="digest mismatch"))
+    view = db.get_deployment(dep_id)
+    assert view.deployment.state == FAILED
+    assert {t.device_id: t.error for t in view.targets}[a] == "digest mismatch"
+
+
+def test_newer_deployment_supersedes_older_target(db, tmp_path, publisher_key):
+    first, _ = _bundle(db, tmp_path, publisher_key)
+    second, _ = _bundle(db, tmp_path, publisher_key)
+    a, _ = _enroll(db)
+    old = db.create_deployment(first.id, device_ids=[a], timeout_seconds=60).deployment.id
+    new = db.create_deployment(second.id, device_ids=[a], timeout_seconds=60).deployment.id
+    old_view = db.get_deployment(old)
+    assert old_view.deployment.state == FAILED               # ended, not left in progress
+    assert "superseded by deployment " + new in old_view.targets[0].error
+    assert db.desired_state(a).bundle_id == second.id
+    # A late report about the old deployment does not touch the new one.
+    db.record_report(a, fleet_pb2.ReportedState(deployment_id=old, target_bundle_id=first.id,
+                                                phase=Phase.FAILED, error="late"))
+    assert db.get_deployment(new).deployment.state == IN_PROGRESS
+
+
+def test_create_deployment_errors(db, tmp_path, publisher_key):
+    bundle, _ = _bundle(db, tmp_path, publisher_key)
+    a, _ = _enroll(db, {"site": "lab"})
+    with pytest.raises(NotFound, match="bundle"):
+        db.create_deployment("0" * 64, device_ids=[a])
+    with pytest.raises(NotFound, match="dev-missing"):
+        db.create_deployment(bundle.id, device_ids=[a, "dev-missing"])
+    with pytest.raises(InvalidArgument, match="matches no device"):
+        db.create_deployment(bundle.id, selector="site=mars")
+    with pytest.raises(InvalidArgument):
+        db.create_deployment(bundle.id)
+    assert db.list_deployments() == []
+    assert db.desired_state(a) is None
+
+
+def test_reaper_times_out_past_deadline(db, tmp_path, publisher_key):
+    bundle, _ = _bundle(db, tmp_path, publisher_key)
+    a, _ = _enroll(db)
+    now = time.time()
+    dep_id = db.create_deployment(bundle.id, device_ids=[a], timeout_seconds=5, now=now).deployment.id
+    assert db.time_out_expired(now + 1) == []
+    assert db.time_out_expired(now + 6) == [dep_id]
+    view = db.get_deployment(dep_id)
+    assert view.deployment.state == TIMED_OUT and "timed out" in view.targets[0].error
+    assert db.time_out_expired(now + 7) == []                 # ended once
+
+
+def test_everything_survives_reopening(db_url, tmp_path, publisher_key):
+    first = Database(db_url)
+    first.create_schema()
+    device_id, credential = _enroll(first)
+    bundle, _ = _bundle(first, tmp_path, publisher_key)
+    dep_id = first.create_deployment(bundle.id, device_ids=[device_id]).deployment.id
+    first.dispose()
+
+    second = Database(db_url)
+    second.create_schema()                                    # idempotent on an existing schema
+    try:
+        assert second.authenticate(credential) == device_id
+        assert [b.id for b in second.list_bundles()] == [bundle.id]
+        assert second.get_deployment(dep_id).deployment.state == IN_PROGRESS
+        assert second.fleet_snapshot().deployments_by_state == {IN_PROGRESS: 1}
+    finally:
+        second.dispose()
