@@ -71,3 +71,56 @@ def test_enroll_deploy_install_infer(tmp_path, real_server):
             np.testing.assert_array_equal(np.asarray(answer["outputs"]["logits"], np.float32), expected)
     finally:
         daemon.stop()
+
+
+def test_agent_process_runs_until_sigterm(tmp_path, real_server):
+    """`python -m agent` as a real process: publishes agent.json, answers /v1/status, and exits 0
+    on SIGTERM; started again without a token it reuses its identity."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO_ROOT
+
+    running, client, _ = real_server
+    data_dir = tmp_path / "agent"
+
+    def start(*extra):
+        log = open(tmp_path / "agent.log", "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "agent", "--server", running.address, "--data-dir",
+                                 str(data_dir), "--local-port", "0", "--sensors", "sim:drain", *extra],
+                                cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        info = wait_for(lambda: _agent_info(data_dir, proc), 60, "agent.json")
+        return proc, info
+
+    token = client.create_enrollment_token(300).token
+    proc, info = start("--token", token, "--label", "k=v")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{info['local_port']}/v1/status", timeout=10) as r:
+            status = json.loads(r.read())
+        assert status["device_id"] == info["device_id"]
+        wait_for(lambda: client.get_device(info["device_id"]).online, 30, "online")
+        assert dict(client.get_device(info["device_id"]).labels).get("k") == "v"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        proc, again = start()                 # no token: identity.json is reused
+        assert again["device_id"] == info["device_id"] and again["pid"] != info["pid"]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def _agent_info(data_dir, proc):
+    if proc.poll() is not None:
+        raise AssertionError(f"agent exited with {proc.returncode}")
+    try:
+        info = json.loads((data_dir / "agent.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return info if info.get("pid") == proc.pid else None
