@@ -60,9 +60,9 @@ def bundle(tmp_path, publisher_key):
 
 # -- server ----------------------------------------------------------------------------
 def start_server(data_dir: pathlib.Path, publisher_key, **overrides):
-    config = ServerConfig(data_dir=data_dir, port=0, metrics_port=0,
-                          trusted_publisher_keys=[signing.public_key_bytes(publisher_key)],
-                          reaper_interval_seconds=0.2, **overrides)
+    settings = dict(port=0, metrics_port=0, reaper_interval_seconds=0.2,
+                    trusted_publisher_keys=[signing.public_key_bytes(publisher_key)])
+    config = ServerConfig(data_dir=data_dir, **{**settings, **overrides})
     return serve(config)
 
 
