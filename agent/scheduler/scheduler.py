@@ -76,7 +76,7 @@ class Scheduler:
         self.switch_counts: dict[str, int] = {}
         self._last_switch_at = -_INF
         self._last_reason: Reason | None = None
-        self._active_at_switch: frozenset[Reason] = frozenset()
+        self._active_since_switch: frozenset[Reason] = frozenset()
         # Constraint state (hysteresis memory).
         self._on_battery = False
         self._battery_low = False
@@ -176,16 +176,19 @@ class Scheduler:
         if chosen is not best_feasible:
             active.add(Reason.ON_BATTERY)
         active_set = frozenset(active)
+        # Everything that bound since the last switch: an upgrade is named for what cleared.
+        self._active_since_switch = self._active_since_switch | active_set
 
         # Switch or hold, and why.
-        if current is None:
+        if self.current is None:
             return self._switch(now, chosen, None, Reason.INITIAL, self._binding_text(active, chosen, top), active_set)
-        if self._new_bundle or self.current not in self._variants:
+        if self._new_bundle or current is None:
             self._new_bundle = False
             if chosen is not current:
-                return self._switch(now, chosen, current, Reason.NEW_BUNDLE,
+                gone = " (no longer in the set)" if current is None else ""
+                return self._switch(now, chosen, self.current, Reason.NEW_BUNDLE,
                                     f"new variant set ({len(self._variants)} variants): "
-                                    f"{chosen.variant_id} replaces {current.variant_id}", active_set)
+                                    f"{_describe(chosen)} replaces {self.current}{gone}", active_set)
         if chosen is current:
             reason = _first_in_severity(active) or self._last_reason or Reason.INITIAL
             detail = (self._binding_text(active, chosen, top) if active
@@ -196,7 +199,7 @@ class Scheduler:
             reason = self._why_not(current, caps, latency_ok, chosen, best_feasible) or Reason.LATENCY_BUDGET
             detail = f"{self._condition(reason)}: {_describe(chosen)} instead of {current.variant_id}"
         else:
-            cleared = [r for r in SEVERITY if r in self._active_at_switch and r not in active]
+            cleared = [r for r in SEVERITY if r in self._active_since_switch and r not in active]
             reason = self._clear_reason(cleared[0]) if cleared else Reason.LATENCY_OK
             detail = f"{self._condition(reason)}: {_describe(chosen)} replaces {current.variant_id}"
         since = now - self._last_switch_at
@@ -205,16 +208,15 @@ class Scheduler:
             return self._hold(now, current, held_reason,
                               f"holding {current.variant_id} for the dwell time ({since:.0f} s < "
                               f"{policy.min_dwell_seconds:g} s); next: {detail}")
-        return self._switch(now, chosen, current, reason, detail, active_set)
+        return self._switch(now, chosen, current.variant_id, reason, detail, active_set)
 
-    def _switch(self, now: float, chosen: VariantOption, previous: VariantOption | None,
+    def _switch(self, now: float, chosen: VariantOption, previous: str | None,
                 reason: Reason, detail: str, active: frozenset[Reason]) -> Decision:
-        decision = Decision(chosen.variant_id, reason, detail, now, True,
-                            previous.variant_id if previous is not None else None)
+        decision = Decision(chosen.variant_id, reason, detail, now, True, previous)
         self.current = chosen.variant_id
         self._last_switch_at = now
         self._last_reason = reason
-        self._active_at_switch = active
+        self._active_since_switch = active
         self.switch_counts[reason.value] = self.switch_counts.get(reason.value, 0) + 1
         self.history.append(decision)
         return decision
