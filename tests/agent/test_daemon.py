@@ -178,3 +178,50 @@ def test_backoff_is_jittered_exponential_and_capped():
         d = backoff_delay(attempt, 0.5, 30.0, rng)
         assert capped * 0.5 <= d <= capped
     assert backoff_delay(1000, 0.5, 30.0, rng) <= 30.0
+
+
+def test_draining_battery_switches_variant_without_failing_requests(tmp_path, fleet):
+    """Simulated battery drains fast: the control loop's scheduler decision hot-swaps to a cheaper
+    variant while clients keep sending requests; none fails and the switch is reported upstream."""
+    fleet, server, bundle = fleet
+    daemon = Daemon(_config(tmp_path, server, sensors="sim:drain", sim_speed=40.0, metrics_port=-1))
+    failures, served = [], []
+    stop = threading.Event()
+
+    def client(port):
+        x = np.zeros((1, IN_DIM), np.float32)
+        while not stop.is_set():
+            try:
+                served.append(_infer(port, x)["variant"])
+            except Exception as exc:          # noqa: BLE001 - every failure counts
+                failures.append(repr(exc))
+
+    try:
+        daemon.start()
+        fleet.set_desired(bundle.desired("dep-1"))
+        wait_for(lambda: (s := fleet.last_state()) is not None and s.phase == RS.INSTALLED, 60, "INSTALLED")
+        first = daemon.runner.active_variant
+        threads = [threading.Thread(target=client, args=(daemon.api.port,)) for _ in range(2)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: any(d["reason"] in ("battery_low", "battery_critical") for d in daemon.status()["decisions"]),
+                 90, "a battery-driven switch")
+        stop.set()
+        for t in threads:
+            t.join(30)
+        decisions = daemon.status()["decisions"]
+        battery = [d for d in decisions if d["reason"] in ("battery_low", "battery_critical")]
+        assert battery[0]["previous"] == first and battery[0]["variant_id"] != first
+        assert daemon.runner.active_variant == decisions[-1]["variant_id"]
+        assert failures == []
+        assert served
+        wait_for(lambda: fleet.last_state().switch_reason in ("battery_low", "battery_critical"), 30,
+                 "switch reported upstream")
+        counts = {s.reason: s.total for m in list(fleet.received) if m.WhichOneof("kind") == "metrics"
+                  for s in m.metrics.switches}
+        wait_for(lambda: any(s.reason.startswith("battery") for m in list(fleet.received)
+                             if m.WhichOneof("kind") == "metrics" for s in m.metrics.switches),
+                 30, f"switch counts upstream (so far {counts})")
+    finally:
+        stop.set()
+        daemon.stop()
