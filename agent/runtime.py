@@ -167,15 +167,14 @@ class Runner:
                 return pinned
         if variant not in {v.id for v in bundle.manifest.variants}:
             raise UnknownVariantError(variant)
+        # A forced (pinned) variant: load it once per bundle, outside the serving lock.
         with self._load_lock:
             with self._lock:
-                if self._bundle is not bundle:        # swapped under us: ask again
-                    pass
-                elif variant in self._pinned:
+                if self._bundle is bundle and variant in self._pinned:
                     return self._pinned[variant]
             loaded = self._load_warm(bundle, variant)
             with self._lock:
-                if self._bundle is bundle:
+                if self._bundle is bundle:          # not swapped meanwhile: keep it for next time
                     self._pinned[variant] = loaded
         return loaded
 
