@@ -1,0 +1,26 @@
+"""edgefleet compressor: a PyTorch model -> a signed bundle of ONNX variants.
+
+    from compressor import compress, Fp32Config, Int8StaticConfig, Int4WeightOnlyConfig
+    result = compress(model, [Fp32Config(), Int8StaticConfig(), Int4WeightOnlyConfig()],
+                      calib_data=x_cal, eval_data=(x_test, y_test),
+                      out_dir="bundle", signing_key="publisher.key", model_name="digits-cnn")
+"""
+
+from compressor.configs import (ActivationType, Fp32Config, Int4WeightOnlyConfig,
+                                Int8StaticConfig, VariantConfig, config_from_dict,
+                                config_to_dict)
+from compressor.errors import (BudgetError, CompressionError, EmptyCalibrationError,
+                               UnsupportedLayerError)
+from compressor.evaluate import LatencyConfig
+from compressor.quant.calibration import CalibrationMethod
+from compressor.registry import register_variant_handler
+from compressor.api import BundleResult, compress  # noqa: E402  (after configs)
+from compressor.bundle import read_bundle, write_bundle
+import compressor.quant.handlers  # noqa: F401,E402  registers the quantization handlers
+
+__all__ = [
+    "compress", "BundleResult", "read_bundle", "write_bundle", "register_variant_handler",
+    "VariantConfig", "Fp32Config", "Int8StaticConfig", "Int4WeightOnlyConfig",
+    "ActivationType", "CalibrationMethod", "LatencyConfig", "config_to_dict", "config_from_dict",
+    "CompressionError", "EmptyCalibrationError", "UnsupportedLayerError", "BudgetError",
+]

@@ -1,0 +1,155 @@
+"""User-facing configs: one dataclass per kind of variant (torchao's habit).
+
+Every field has a default, `__post_init__` rejects nonsense early, and `version` is bumped
+when a field's meaning changes. `config_to_dict`/`config_from_dict` serialise a config as
+{"_type", "_version", "_data"} against an allow-list of the classes defined here, so a
+config read from JSON can never name an arbitrary class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import warnings
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from compressor.quant.calibration import CalibrationMethod
+
+_ID_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+class ActivationType(str, enum.Enum):
+    UINT8 = "uint8"
+    """Asymmetric uint8: the fast u8s8 path of onnxruntime's x86 kernels; ReLU ranges
+    [0, max] use every code."""
+    INT8 = "int8"
+    """int8 (symmetric or asymmetric): what ARM kernels and some NPUs prefer."""
+    UINT16 = "uint16"
+    """16-bit activations for layers whose 8-bit error is too large (runs unfused)."""
+    INT16 = "int16"
+    """Signed 16-bit activations."""
+
+
+@dataclass
+class VariantConfig:
+    """Base of all variant configs. `id` names the variant in the bundle (and its file)."""
+
+    version: ClassVar[int] = 1
+    id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            self.id = self.default_id()
+        if not (self.id[0].isalnum() and set(self.id) <= _ID_CHARS and len(self.id) <= 64):
+            raise ValueError(f"variant id {self.id!r}: use lower-case letters, digits, '.', '_', '-'")
+
+    def default_id(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass
+class Fp32Config(VariantConfig):
+    """The exported model as is: the quality reference and every other variant's parent."""
+
+    def default_id(self) -> str:
+        return "fp32"
+
+
+@dataclass
+class Int8StaticConfig(VariantConfig):
+    """Static post-training quantization to int8 in QDQ form.
+
+    Args:
+        calibration: how activation ranges are chosen from the calibration data.
+        percentile: for `calibration="percentile"`, the percentile kept (e.g. 99.99).
+        activation_type: integer type of activations.
+        symmetric_activations: zero point 0 (signed types only); default asymmetric.
+        per_channel: one weight scale per output channel (else one per tensor).
+        weight_bits: 8, or 16 for a 16-bit-weight variant.
+        exclude: node or weight names kept in fp32.
+    """
+
+    calibration: CalibrationMethod = CalibrationMethod.MINMAX
+    percentile: float = 99.99
+    activation_type: ActivationType = ActivationType.UINT8
+    symmetric_activations: bool = False
+    per_channel: bool = True
+    weight_bits: int = 8
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.calibration = CalibrationMethod(self.calibration)
+        self.activation_type = ActivationType(self.activation_type)
+        self.exclude = tuple(self.exclude)
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
+        if self.weight_bits not in (8, 16):
+            raise ValueError(f"Int8StaticConfig.weight_bits must be 8 or 16, got {self.weight_bits}")
+        if self.symmetric_activations and self.activation_type.value.startswith("u"):
+            raise ValueError("symmetric activations need a signed activation_type (int8/int16)")
+        super().__post_init__()
+
+    def default_id(self) -> str:
+        return "int8" if self.weight_bits == 8 and self.activation_type.value.endswith("8") else \
+            f"w{self.weight_bits}a{self.activation_type.value[-2:].strip('t')}"
+
+
+@dataclass
+class Int4WeightOnlyConfig(VariantConfig):
+    """Weight-only block quantization (activations stay fp32).
+
+    Args:
+        group_size: consecutive weights sharing one scale, along the reduction axis
+            (a power of two >= 8; a layer narrower than one group gets a single group).
+        bits: 4, or 2 for an extreme-size variant.
+        symmetric: signed codes with zero point 0; False adds a per-group zero point.
+    """
+
+    group_size: int = 32
+    bits: int = 4
+    symmetric: bool = True
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.group_size < 8 or self.group_size & (self.group_size - 1):
+            raise ValueError(f"group_size must be a power of two >= 8, got {self.group_size}")
+        if self.bits not in (2, 4):
+            raise ValueError(f"Int4WeightOnlyConfig.bits must be 4 or 2, got {self.bits}")
+        self.exclude = tuple(self.exclude)
+        super().__post_init__()
+
+    def default_id(self) -> str:
+        return f"int{self.bits}" if self.group_size == 32 else f"int{self.bits}-g{self.group_size}"
+
+
+# -- serialisation ---------------------------------------------------------------------
+
+def _allowed() -> dict[str, type]:
+    out = {}
+    stack = [VariantConfig]
+    while stack:
+        cls = stack.pop()
+        for sub in cls.__subclasses__():
+            if sub.__module__.startswith("compressor."):
+                out[sub.__name__] = sub
+            stack.append(sub)
+    return out
+
+
+def config_to_dict(config: VariantConfig) -> dict[str, Any]:
+    data = {}
+    for f in dataclasses.fields(config):
+        v = getattr(config, f.name)
+        data[f.name] = v.value if isinstance(v, enum.Enum) else list(v) if isinstance(v, tuple) else v
+    return {"_type": type(config).__name__, "_version": type(config).version, "_data": data}
+
+
+def config_from_dict(d: dict[str, Any]) -> VariantConfig:
+    allowed = _allowed()
+    cls = allowed.get(d.get("_type", ""))
+    if cls is None:
+        raise ValueError(f"unknown config type {d.get('_type')!r}; allowed: {sorted(allowed)}")
+    if d.get("_version") != cls.version:
+        warnings.warn(f"{cls.__name__} version {d.get('_version')} != {cls.version}", stacklevel=2)
+    return cls(**d.get("_data", {}))

@@ -1,0 +1,1 @@
+"""Real, bundled data sets with fixed splits (nothing is downloaded)."""

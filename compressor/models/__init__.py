@@ -1,0 +1,1 @@
+"""Model definitions that ship with the project (no downloaded weights)."""

@@ -1,0 +1,1 @@
+"""Quantization written on the ONNX graph: reference quantizers, calibration, graph rewrites."""

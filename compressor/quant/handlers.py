@@ -1,0 +1,51 @@
+"""Variant handlers for the quantization configs (registered with compress())."""
+
+from __future__ import annotations
+
+from compressor.configs import Fp32Config, Int4WeightOnlyConfig, Int8StaticConfig
+from compressor.context import Artifact, CompressContext, layer_groups_from_report
+from compressor.quant.calibration import check_calibration_data
+from compressor.quant.qdq import QdqOptions, quantize_static_qdq
+from compressor.quant.weight_only import quantize_weight_only
+from compressor.registry import register_variant_handler
+
+
+def _act_bits(dtype: str) -> int:
+    return 32 if dtype == "float32" else int(dtype.lstrip("uint"))
+
+
+@register_variant_handler(Fp32Config)
+def _fp32(config: Fp32Config, ctx: CompressContext) -> Artifact:
+    return Artifact(onnx=ctx.fp32_onnx, method="fp32", weight_bits=32, activation_bits=32)
+
+
+@register_variant_handler(Int8StaticConfig)
+def _int8_static(config: Int8StaticConfig, ctx: CompressContext) -> Artifact:
+    calib = check_calibration_data(ctx.calib_data, f"variant {config.id!r} (static int8)")
+    opts = QdqOptions(activation_dtype=config.activation_type.value,
+                      activation_symmetric=config.symmetric_activations,
+                      weight_bits=config.weight_bits, per_channel=config.per_channel,
+                      method=config.calibration, percentile=config.percentile,
+                      exclude=config.exclude)
+    q, report = quantize_static_qdq(ctx.fp32_onnx, calib, opts)
+    groups = layer_groups_from_report(report["layers"], lambda l: _act_bits(l["activation_dtype"]))
+    return Artifact(
+        onnx=q, method="ptq-static", weight_bits=max(g.weight_bits for g in groups),
+        activation_bits=max(g.activation_bits for g in groups), parent=ctx.parent_id(),
+        layer_groups=groups,
+        details={"calibration": config.calibration.value, "per_channel": config.per_channel,
+                 "activation_type": config.activation_type.value,
+                 "symmetric_activations": config.symmetric_activations,
+                 "calibration_samples": int(len(calib))})
+
+
+@register_variant_handler(Int4WeightOnlyConfig)
+def _weight_only(config: Int4WeightOnlyConfig, ctx: CompressContext) -> Artifact:
+    q, report = quantize_weight_only(ctx.fp32_onnx, bits=config.bits, group_size=config.group_size,
+                                     symmetric=config.symmetric, exclude=config.exclude)
+    groups = layer_groups_from_report(report["layers"], lambda l: 32)
+    return Artifact(
+        onnx=q, method=f"weight-only-int{config.bits}", weight_bits=config.bits,
+        activation_bits=32, parent=ctx.parent_id(), layer_groups=groups,
+        details={"group_size": config.group_size, "symmetric": config.symmetric,
+                 "min_layer_sqnr_db": round(min(l["sqnr_db"] for l in report["layers"]), 2)})
