@@ -117,53 +117,66 @@ def serve(config: ServerConfig, registry: CollectorRegistry | None = None) -> Ru
     store = ArtifactStore(config.artifacts_dir)
     hub, latest, stats = SessionHub(), LatestDeviceMetrics(), ServerStats()
 
-    # Create.
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers,
-                                                    thread_name_prefix="grpc"),
-                         interceptors=[RequestCountingInterceptor(stats)],
-                         options=grpc_server_options(config))
-    # Add servicers.
-    fleet_pb2_grpc.add_DeviceServiceServicer_to_server(
-        DeviceService(db, store, hub, latest, stats, trusted_keys,
-                      desired_recheck_seconds=config.desired_recheck_seconds), server)
-    fleet_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminService(db, store, hub, operator_token, trusted_keys,
-                     heartbeat_timeout_seconds=config.heartbeat_timeout_seconds,
-                     deployment_timeout_seconds=config.deployment_timeout_seconds,
-                     enrollment_token_ttl_seconds=config.enrollment_token_ttl_seconds,
-                     max_bundle_bytes=config.max_bundle_bytes), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (DEVICE_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    # Add the port.
-    port = server.add_insecure_port(_bind(config.host, config.port))
-    # Start.
-    reaper = DeploymentReaper(db, config.reaper_interval_seconds)
-    reaper.start()
-    server.start()
-    for name in ("", DEVICE_SERVICE, ADMIN_SERVICE):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    # Whatever was started before a failure (port taken, metrics port taken...) is undone.
+    undo: list = [db.dispose]
+    try:
+        # Create.
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers,
+                                                        thread_name_prefix="grpc"),
+                             interceptors=[RequestCountingInterceptor(stats)],
+                             options=grpc_server_options(config))
+        # Add servicers.
+        fleet_pb2_grpc.add_DeviceServiceServicer_to_server(
+            DeviceService(db, store, hub, latest, stats, trusted_keys,
+                          desired_recheck_seconds=config.desired_recheck_seconds), server)
+        fleet_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminService(db, store, hub, operator_token, trusted_keys,
+                         heartbeat_timeout_seconds=config.heartbeat_timeout_seconds,
+                         deployment_timeout_seconds=config.deployment_timeout_seconds,
+                         enrollment_token_ttl_seconds=config.enrollment_token_ttl_seconds,
+                         max_bundle_bytes=config.max_bundle_bytes), server)
+        health_servicer = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (DEVICE_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        # Add the port.
+        port = server.add_insecure_port(_bind(config.host, config.port))
+        # Start.
+        reaper = DeploymentReaper(db, config.reaper_interval_seconds)
+        reaper.start()
+        undo.append(reaper.stop)
+        server.start()
+        undo.append(lambda: server.stop(0).wait())
+        for name in ("", DEVICE_SERVICE, ADMIN_SERVICE):
+            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-    registry = registry if registry is not None else CollectorRegistry()
-    register_fleet_collector(registry, FleetCollector(db, latest, stats, config.heartbeat_timeout_seconds,
-                                                      connected=hub.connected))
-    httpd, metrics_port = None, None
-    if config.metrics_port >= 0:
-        httpd, _thread = start_metrics_server(config.host, config.metrics_port, registry)
-        metrics_port = httpd.server_port
+        registry = registry if registry is not None else CollectorRegistry()
+        register_fleet_collector(registry, FleetCollector(db, latest, stats, config.heartbeat_timeout_seconds,
+                                                          connected=hub.connected))
+        httpd, metrics_port = None, None
+        if config.metrics_port >= 0:
+            httpd, _thread = start_metrics_server(config.host, config.metrics_port, registry)
+            metrics_port = httpd.server_port
+            undo.append(lambda: (httpd.shutdown(), httpd.server_close()))
 
-    running = RunningServer(config=config, grpc_server=server, port=port, metrics_port=metrics_port,
-                            address=_address(config.host, port), operator_token=operator_token,
-                            trusted_keys=trusted_keys, db=db, store=store, hub=hub,
-                            latest_metrics=latest, stats=stats, registry=registry,
-                            health=health_servicer, reaper=reaper, _metrics_httpd=httpd)
-    _write_server_json(config.server_json_path, {
-        "pid": os.getpid(), "grpc_port": port, "metrics_port": metrics_port,
-        "address": running.address})
-    log.info("edgefleet server on %s (metrics %s, db %s)", running.address,
-             metrics_port if metrics_port is not None else "disabled", db.engine.url.render_as_string())
-    return running
+        running = RunningServer(config=config, grpc_server=server, port=port, metrics_port=metrics_port,
+                                address=_address(config.host, port), operator_token=operator_token,
+                                trusted_keys=trusted_keys, db=db, store=store, hub=hub,
+                                latest_metrics=latest, stats=stats, registry=registry,
+                                health=health_servicer, reaper=reaper, _metrics_httpd=httpd)
+        _write_server_json(config.server_json_path, {
+            "pid": os.getpid(), "grpc_port": port, "metrics_port": metrics_port,
+            "address": running.address})
+        log.info("edgefleet server on %s (metrics %s, db %s)", running.address,
+                 metrics_port if metrics_port is not None else "disabled", db.engine.url.render_as_string())
+        return running
+    except BaseException:
+        for step in reversed(undo):
+            try:
+                step()
+            except Exception:
+                log.exception("cleanup after a failed start")
+        raise
 
 
 def _bind(host: str, port: int) -> str:

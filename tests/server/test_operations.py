@@ -196,6 +196,16 @@ def test_deadline_passed_while_down_times_out_after_restart(tmp_path, publisher_
         second.stop(grace=0)
 
 
+def test_taken_port_fails_start_cleanly(server, tmp_path, publisher_key):
+    with pytest.raises(RuntimeError, match="bind"):
+        start_server(tmp_path / "second", publisher_key, port=server.port)
+    assert not (tmp_path / "second" / "server.json").exists()
+    # The first server is unaffected.
+    with grpc.insecure_channel(server.address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
 def test_trust_key_files_and_trusted_publishers_dir(tmp_path):
     from server.config import ServerConfig
 
