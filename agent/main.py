@@ -82,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("agent").error("%s", exc)
         print(f"edgefleet agent: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:              # e.g. the local API port is taken
+        logging.getLogger("agent").error("cannot start: %s", exc)
+        print(f"edgefleet agent: cannot start: {exc}", file=sys.stderr)
+        return 1
     finally:
         daemon.stop()
     return 0

@@ -76,11 +76,9 @@ def test_enroll_deploy_install_infer(tmp_path, real_server):
 def test_agent_process_runs_until_sigterm(tmp_path, real_server):
     """`python -m agent` as a real process: publishes agent.json, answers /v1/status, and exits 0
     on SIGTERM; started again without a token it reuses its identity."""
-    import os
     import signal
     import subprocess
     import sys
-    import time
 
     from tests.conftest import REPO_ROOT
 
