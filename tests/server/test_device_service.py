@@ -160,3 +160,29 @@ def test_corrupted_artifact_is_data_loss(server, device_channel, tmp_path, admin
     code, details = _code(lambda: _download(device_channel, device.credential, digest))
     assert code == Code.DATA_LOSS
     assert details == f"artifact {digest} is corrupted at offset {CHUNK_SIZE}"
+
+
+def test_concurrent_enrollments_over_grpc_consume_the_token_once(server, admin, device_channel):
+    import threading
+
+    token = admin.create_enrollment_token(ttl=60).token
+    stub = device_stub(device_channel)
+    outcomes: list = []
+    barrier = threading.Barrier(4)
+
+    def attempt():
+        barrier.wait()
+        try:
+            outcomes.append(stub.Enroll(fleet_pb2.EnrollRequest(token=token), timeout=10).device_id)
+        except grpc.RpcError as exc:
+            outcomes.append(exc.code())
+
+    threads = [threading.Thread(target=attempt) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [o for o in outcomes if isinstance(o, str)]
+    assert len(winners) == 1
+    assert sorted(o.name for o in outcomes if not isinstance(o, str)) == ["UNAUTHENTICATED"] * 3
+    assert [d.device_id for d in admin.list_devices()] == winners
