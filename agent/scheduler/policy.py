@@ -49,7 +49,7 @@ class BatteryPolicy:
     critical_clear_percent: float = 13.0
     low_max_cost_fraction: float = 0.5    # when low: cost <= this x the costliest variant's
     # On battery (no trip): take the cheapest variant whose quality is at most this fraction
-    # of the best allowed variant's quality below it (0.01 = 1 %, 0.7 points at 72 % top-1).
+    # of the best variant's quality below it (0.01 = 1 %, 0.7 points at 72 % top-1).
     # 0 disables the battery saver.
     saver_max_quality_loss: float = 0.01
 

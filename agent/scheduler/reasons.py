@@ -28,7 +28,7 @@ class Reason(str, enum.Enum):
 
     ON_BATTERY = "on_battery"
     """On battery with no trip: the cheapest variant whose quality is within
-    battery.saver_max_quality_loss of the best allowed one (battery saver)."""
+    battery.saver_max_quality_loss of the best variant's (battery saver)."""
 
     CHARGING = "charging"
     """Plugged in: battery constraints and the battery saver are lifted."""

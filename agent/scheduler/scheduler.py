@@ -8,7 +8,8 @@ Each `decide(reading)`:
      (battery critical -> the cheapest; thermal trip, battery low, load high -> a fraction
      of the costliest), and predicted p95 latency within the budget;
   3. takes the highest quality among them (the cheapest, if none passes), or on battery the
-     cheapest whose quality is close enough to that (the battery saver);
+     cheapest of them whose quality is within battery.saver_max_quality_loss of the best
+     variant overall (the battery saver);
   4. switches only if the dwell time since the last switch has passed, unless the switch is
      downward for an emergency (`dwell_exempt`) or the variant set changed.
 
@@ -162,7 +163,9 @@ class Scheduler:
         best_feasible = chosen
         saver = policy.battery.saver_max_quality_loss
         if self._on_battery and saver > 0 and not self._battery_critical:
-            floor = best_feasible.quality - saver * abs(best_feasible.quality)
+            # The allowance is against the best variant of all, so it does not compound
+            # with the quality other constraints already cost.
+            floor = top.quality - saver * abs(top.quality)
             for v in self._by_quality:
                 if v.quality < floor:
                     break

@@ -314,3 +314,34 @@ def test_bad_policy_files_fail_with_a_clear_message(tmp_path, text, message):
 def test_missing_policy_file_is_a_policy_error(tmp_path):
     with pytest.raises(PolicyError, match="cannot read policy file"):
         PolicyConfig.load(str(tmp_path / "nope.toml"))
+
+
+def test_battery_saver_does_not_compound_with_other_constraints():
+    # Load excludes fp32 by latency; on battery the saver must not then also give up
+    # sparse-int8's extra quality: its allowance is against the best variant (fp32, 72.0).
+    policy = PolicyConfig(latency=LatencyPolicy(budget_p95_seconds=30 * MS))
+    s, clock = make(policy)
+    d = s.decide(SensorReading(battery_percent=80, power_plugged=False))
+    assert d.variant_id == "int8"           # fp32's 36 ms p95 is over budget; 71.6 >= 72 - 0.72
+    assert s.current != "sparse-int8"
+
+
+def test_on_this_machine_psutil_readings_are_unknown_and_latency_still_adapts():
+    from agent.scheduler.policy import LoadPolicy
+    source = make_sensor_source("psutil")
+    reading = source.read()
+    # This machine's real CPU load may be anything (it is shared): let it trip nothing here.
+    policy = PolicyConfig(latency=LatencyPolicy(budget_p95_seconds=50 * MS),
+                          cpu_load=LoadPolicy(max_cost_fraction=1.0))
+    s, clock = make(policy)
+    s.decide(reading)
+    state = s.state()
+    if reading.battery_percent is None:
+        assert not state["on_battery"] and state["readings"]["battery_percent"] is None
+    if reading.temperature_celsius is None:
+        assert not state["thermal_trip"] and state["readings"]["temperature_celsius"] is None
+    assert s.current == "fp32"
+    for _ in range(16):
+        s.observe_latency("fp32", 120 * MS)
+    d = step(s, clock, source.read(), 20)
+    assert d.changed and d.reason is Reason.LATENCY_BUDGET and d.variant_id != "fp32"
