@@ -193,6 +193,23 @@ def _render(watcher: FleetWatcher, traffic: dict[str, TrafficStats], elapsed: fl
 
 # -- the run ---------------------------------------------------------------------------------
 
+def build_bundle(out_dir: pathlib.Path, signing_key: pathlib.Path, *, seed: int = 0,
+                 epochs: int | None = None) -> pathlib.Path:
+    """Train the digits CNN and write the demo's signed bundle (fp32, int8, int4) to out_dir.
+    The key is created if missing, with its raw public key beside it as <name>.pub."""
+    from compressor import Fp32Config, Int4WeightOnlyConfig, Int8StaticConfig, compress
+    from compressor.examples import digits_cnn
+    from proto import signing
+
+    key = signing.load_or_create_private_key(signing_key)
+    signing_key.with_suffix(".pub").write_bytes(signing.public_key_bytes(key))
+    example = digits_cnn(seed=seed) if epochs is None else digits_cnn(seed=seed, epochs=epochs)
+    compress(example.model, [Fp32Config(), Int8StaticConfig(), Int4WeightOnlyConfig(group_size=32)],
+             calib_data=example.calibration[0], eval_data=example.heldout, out_dir=str(out_dir),
+             signing_key=key, model_name="digits-cnn", version="1")
+    return pathlib.Path(out_dir)
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="edgefleet demo",
@@ -240,15 +257,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, console, workdir: pathlib.Path, children: list) -> int:
-    from compressor.demo_bundle import build_demo_bundle, heldout_digits
+    from compressor.data.digits import load_digits_splits
     from proto import fleet_pb2
     from server.admin_client import AdminClient
 
     # 1. compress
     console.rule("1. compress: train a CNN on the bundled digits, build fp32 / int8 / int4 variants")
     key_path = workdir / "publisher.key"
-    bundle_dir = build_demo_bundle(workdir / "bundle", key_path, seed=args.seed, epochs=args.epochs,
-                                   log=console.print)
+    bundle_dir = build_bundle(workdir / "bundle", key_path, seed=args.seed, epochs=args.epochs)
     from proto.manifest import Manifest
 
     manifest = Manifest.from_bytes((bundle_dir / "manifest.json").read_bytes())
@@ -259,7 +275,7 @@ def _run(args, console, workdir: pathlib.Path, children: list) -> int:
 
     # 2. server and agents
     console.rule("2. start a server and three agents (real processes, gRPC over loopback)")
-    server = processes.start_server(workdir / "server", trust_keys=[str(key_path) + ".pub"])
+    server = processes.start_server(workdir / "server", trust_keys=[str(key_path.with_suffix(".pub"))])
     children.append(server)
     address = server.info["address"]
     client = AdminClient(address, processes.operator_token(workdir / "server"))
@@ -294,7 +310,8 @@ def _run(args, console, workdir: pathlib.Path, children: list) -> int:
     # 4. traffic + live table
     console.rule(f"4. {args.rate:.0f} requests/s to each device for {args.duration:.0f} s; "
                  f"sensors simulated at {args.sim_speed:g}x")
-    samples, labels = heldout_digits()
+    heldout = load_digits_splits().heldout
+    samples, labels = heldout.x, heldout.y
     stop = threading.Event()
     traffic = {device_id: TrafficStats() for device_id in agents}
     threads = [threading.Thread(target=_drive_traffic, daemon=True,

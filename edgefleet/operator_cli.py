@@ -69,7 +69,9 @@ def _labels(pairs: list[str]) -> dict[str, str]:
 
 def cmd_keygen(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="edgefleet keygen", description=_doc("keygen"))
-    parser.add_argument("--out", required=True, help="private key path; the raw public key goes to OUT.pub")
+    parser.add_argument("--out", required=True,
+                        help="private key path, e.g. publisher.key; the raw public key goes beside it "
+                             "with the suffix .pub (publisher.pub)")
     args = parser.parse_args(argv)
     from proto import signing
 
@@ -77,7 +79,7 @@ def cmd_keygen(argv: list[str]) -> int:
     if out.exists():
         raise SystemExit(f"edgefleet: {out} exists; refusing to overwrite a signing key")
     key = signing.load_or_create_private_key(out)
-    pub = out.with_name(out.name + ".pub")
+    pub = out.with_suffix(".pub")
     pub.write_bytes(signing.public_key_bytes(key))
     print(f"wrote {out} (private, mode 0600) and {pub} (give this to the server with --trust-key)")
     return 0

@@ -37,7 +37,7 @@ def test_unknown_command_is_an_error():
 def test_keygen_writes_a_key_pair_and_refuses_to_overwrite(tmp_path):
     key = tmp_path / "publisher.key"
     assert _run("keygen", "--out", str(key)).returncode == 0
-    assert len((tmp_path / "publisher.key.pub").read_bytes()) == 32
+    assert len((tmp_path / "publisher.pub").read_bytes()) == 32
     assert key.stat().st_mode & 0o077 == 0
     again = _run("keygen", "--out", str(key))
     assert again.returncode != 0 and "refusing" in again.stderr

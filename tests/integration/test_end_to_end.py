@@ -44,11 +44,11 @@ def _infer(port: int, inputs: np.ndarray, variant: str) -> tuple[np.ndarray, str
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    from compressor.demo_bundle import build_demo_bundle
+    from edgefleet.demo import build_bundle
 
     root = tmp_path_factory.mktemp("bundle")
     key = root / "publisher.key"
-    bundle_dir = build_demo_bundle(root / "bundle", key, seed=0, epochs=3, log=lambda *a: None)
+    bundle_dir = build_bundle(root / "bundle", key, seed=0, epochs=3)
     return bundle_dir, key
 
 
@@ -58,7 +58,7 @@ def fleet(tmp_path, bundle):
     _, key = bundle
     children: list[processes.ManagedProcess] = []
     try:
-        server = processes.start_server(tmp_path / "server", trust_keys=[str(key) + ".pub"])
+        server = processes.start_server(tmp_path / "server", trust_keys=[str(key.with_suffix(".pub"))])
         children.append(server)
         from server.admin_client import AdminClient
 
@@ -111,9 +111,12 @@ def test_compress_deploy_infer_restart(fleet, bundle):
 
     # The local endpoint answers exactly what onnxruntime answers on the same variant file.
     rng = np.random.default_rng(0)
-    x = rng.random((4, 1, 8, 8), dtype=np.float32) * 16
+    x = rng.random((4, 1, 8, 8), dtype=np.float32)  # digits are scaled to [0, 1]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1     # as the agent runs it (--threads 1): same reduction order
     for v in manifest.variants:
-        session = ort.InferenceSession(str(bundle_dir / v.file), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(bundle_dir / v.file), sess_options=options,
+                                       providers=["CPUExecutionProvider"])
         expected = session.run(None, {"input": x})[0]
         for agent in agents:
             got, served_by = _infer(agent.info["local_port"], x, v.id)
@@ -127,7 +130,7 @@ def test_compress_deploy_infer_restart(fleet, bundle):
     server = fleet["server"]
     port = server.info["grpc_port"]
     assert server.stop() == 0
-    restarted = processes.start_server(server.data_dir, trust_keys=[str(key) + ".pub"], port=port)
+    restarted = processes.start_server(server.data_dir, trust_keys=[str(key.with_suffix(".pub"))], port=port)
     fleet["children"].append(restarted)
     from server.admin_client import AdminClient
 
