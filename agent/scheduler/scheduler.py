@@ -77,6 +77,7 @@ class Scheduler:
         self.switch_counts: dict[str, int] = {}
         self._last_switch_at = -_INF
         self._last_reason: Reason | None = None
+        self._recorded_reason: Reason | None = None    # the reason history last showed
         self._active_since_switch: frozenset[Reason] = frozenset()
         # Constraint state (hysteresis memory).
         self._on_battery = False
@@ -220,14 +221,17 @@ class Scheduler:
         self._last_switch_at = now
         self._last_reason = reason
         self._active_since_switch = active
+        self._recorded_reason = _first_in_severity(active) or reason
         self.switch_counts[reason.value] = self.switch_counts.get(reason.value, 0) + 1
         self.history.append(decision)
         return decision
 
     def _hold(self, now: float, current: VariantOption, reason: Reason, detail: str) -> Decision:
         decision = Decision(current.variant_id, reason, detail, now, False, current.variant_id)
-        # The history keeps switches and changes of reason, not every unchanged tick.
-        if not self.history or self.history[-1].reason is not reason:
+        # The history keeps switches and changes of reason, not every unchanged tick (a
+        # switch already names the constraint that binds after it).
+        if reason is not self._recorded_reason:
+            self._recorded_reason = reason
             self.history.append(decision)
         return decision
 

@@ -1,7 +1,7 @@
 """Device sensors for the scheduler: real (psutil), simulated, or replayed from CSV.
 
     source = make_sensor_source("psutil")            # the device's own sensors
-    source = make_sensor_source("sim:drain", speed=1.0, seed=0)
+    source = make_sensor_source("sim:drain", speed=DEMO_SPEED, seed=0)   # profiles tuned for 10x
     source = make_sensor_source("replay:/path/trace.csv")
     reading = source.read()                           # SensorReading, fields may be None
     source.record_work(cpu_seconds)                   # after each inference
@@ -16,7 +16,7 @@ from typing import Callable
 
 from agent.sensors.battery import BatteryConfig, BatteryModel, PowerModel
 from agent.sensors.clock import ManualClock, ScaledClock
-from agent.sensors.profiles import PROFILES
+from agent.sensors.profiles import DEMO_SPEED, PROFILES
 from agent.sensors.reading import SensorReading, SensorSource
 from agent.sensors.replay import ReplaySource, TraceError
 from agent.sensors.schedule import StepSchedule, Window
@@ -24,7 +24,7 @@ from agent.sensors.simulated import NoiseConfig, SimConfig, SimulatedSource
 from agent.sensors.thermal import ThermalConfig, ThermalModel
 
 __all__ = [
-    "BatteryConfig", "BatteryModel", "ManualClock", "NoiseConfig", "PROFILES", "PowerModel",
+    "BatteryConfig", "BatteryModel", "DEMO_SPEED", "ManualClock", "NoiseConfig", "PROFILES", "PowerModel",
     "ReplaySource", "ScaledClock", "SensorReading", "SensorSource", "SimConfig", "SimulatedSource",
     "StepSchedule", "ThermalConfig", "ThermalModel", "TraceError", "Window", "make_sensor_source",
 ]

@@ -9,7 +9,7 @@ import pytest
 from agent.scheduler import (Decision, NoVariantsError, PolicyConfig, PolicyError, Reason, Scheduler,
                              VariantOption)
 from agent.scheduler.policy import BatteryPolicy, LatencyPolicy, ThermalPolicy
-from agent.sensors import ManualClock, SensorReading, make_sensor_source
+from agent.sensors import DEMO_SPEED, ManualClock, SensorReading, make_sensor_source
 
 MS = 1e-3
 FP32 = VariantOption("fp32", quality=72.0, latency_p50_seconds=30 * MS, latency_p95_seconds=36 * MS,
@@ -244,10 +244,11 @@ def test_decide_without_variants_is_a_clear_error():
 
 
 def test_follows_a_simulated_device_through_a_hot_period():
-    # sim:heat: on mains, a hot period from 20 s to 80 s. 20 inferences a second of the
-    # running variant heat the device; the scheduler must step down and come back.
+    # sim:heat at the demo's speed, as the demo runs it: the scheduler on wall time, the
+    # device 10x faster, with a hot period from 20 s to 80 s of wall time. 20 inferences a
+    # second of the running variant heat the device; the scheduler must step down and back.
     clock = ManualClock()
-    source = make_sensor_source("sim:heat", clock=clock, seed=3)
+    source = make_sensor_source("sim:heat", clock=clock, seed=3, speed=DEMO_SPEED)
     s = Scheduler(clock=clock)
     s.set_variants(ALL)
     cost = {v.variant_id: v.cpu_seconds_per_inference for v in ALL}

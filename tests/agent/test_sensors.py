@@ -9,7 +9,7 @@ import sys
 import psutil
 import pytest
 
-from agent.sensors import (BatteryConfig, ManualClock, NoiseConfig, PowerModel, ReplaySource,
+from agent.sensors import (DEMO_SPEED, BatteryConfig, ManualClock, NoiseConfig, PowerModel, ReplaySource,
                            SensorReading, SensorSource, SimConfig, SimulatedSource, StepSchedule,
                            ThermalConfig, TraceError, Window, make_sensor_source)
 from agent.sensors.psutil_source import PsutilSource, pick_cpu_temperature
@@ -260,9 +260,10 @@ def test_a_device_without_battery_or_thermal_zone_reads_none():
 
 
 def test_demo_profiles_do_what_they_promise_within_a_demo():
+    # At the demo's speed, stepping the clock in wall seconds.
     # sim:drain crosses the 20 % low trip within ~1 minute (idle: no work recorded at all).
     clock = ManualClock()
-    drain = make_sensor_source("sim:drain", clock=clock, seed=0)
+    drain = make_sensor_source("sim:drain", clock=clock, seed=0, speed=DEMO_SPEED)
     first = drain.read()
     assert 55.0 < first.battery_percent < 65.0 and first.power_plugged is False
     crossed = None
@@ -275,7 +276,7 @@ def test_demo_profiles_do_what_they_promise_within_a_demo():
     assert r.power_plugged is True      # the charger comes at 75 s
     # sim:heat crosses 80 degC within the first minute on mains, then cools.
     clock = ManualClock()
-    heat = make_sensor_source("sim:heat", clock=clock, seed=0)
+    heat = make_sensor_source("sim:heat", clock=clock, seed=0, speed=DEMO_SPEED)
     peak, hot_at = 0.0, None
     for t in range(1, 121):
         clock.advance(1.0)
@@ -287,7 +288,7 @@ def test_demo_profiles_do_what_they_promise_within_a_demo():
     assert hot_at is not None and hot_at <= 60 and heat.temperature_celsius < 72.0
     # sim:mains is plugged, cool and steady.
     clock = ManualClock()
-    mains = make_sensor_source("sim:mains", clock=clock, seed=0)
+    mains = make_sensor_source("sim:mains", clock=clock, seed=0, speed=DEMO_SPEED)
     temps = []
     for _ in range(120):
         clock.advance(1.0)
