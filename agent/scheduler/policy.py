@@ -47,6 +47,10 @@ class BatteryPolicy:
     low_clear_percent: float = 25.0
     critical_trip_percent: float = 10.0
     critical_clear_percent: float = 13.0
+    # Unplugged, a reading above a clear level must hold this long before the trip clears
+    # (a discharging battery does not really recover: short excursions are gauge noise).
+    # Plugging in clears at once.
+    clear_hold_seconds: float = 60.0
     low_max_cost_fraction: float = 0.5    # when low: cost <= this x the costliest variant's
     # On battery (no trip): take the cheapest variant whose quality is at most this fraction
     # of the best variant's quality below it (0.01 = 1 %, 0.7 points at 72 % top-1).
@@ -66,6 +70,7 @@ class BatteryPolicy:
             raise PolicyError(f"battery.low_clear_percent ({lc}) must be above low_trip_percent ({lt})")
         if not ct < lt:
             raise PolicyError(f"battery.critical_trip_percent ({ct}) must be below low_trip_percent ({lt})")
+        _non_negative("battery.clear_hold_seconds", self.clear_hold_seconds)
         _fraction("battery.low_max_cost_fraction", self.low_max_cost_fraction)
         if not 0.0 <= self.saver_max_quality_loss < 1.0:
             raise PolicyError("battery.saver_max_quality_loss must be within [0, 1)")

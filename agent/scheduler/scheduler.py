@@ -1,8 +1,8 @@
 """The on-device scheduler: which variant to run now, and why.
 
 Each `decide(reading)`:
-  1. updates the constraint flags from the reading, with trip/clear hysteresis (and a clear
-     hold for temperature and load); a reading that is missing leaves its flag as it was
+  1. updates the constraint flags from the reading, with trip/clear hysteresis and a clear
+     hold (the reading must stay clear for a while before the flag clears); a reading that is missing leaves its flag as it was
      until it has been missing for `stale_after_seconds`, then the constraint is lifted;
   2. filters the variants: cost (CPU seconds per inference) under the tightest active cap
      (battery critical -> the cheapest; thermal trip, battery low, load high -> a fraction
@@ -83,6 +83,8 @@ class Scheduler:
         self._on_battery = False
         self._battery_low = False
         self._battery_critical = False
+        self._low_ok_since: float | None = None
+        self._critical_ok_since: float | None = None
         self._hot = False
         self._cool_since: float | None = None
         self._load_high = False
@@ -247,32 +249,26 @@ class Scheduler:
             pct, b = r.battery_percent, p.battery
             if not self._on_battery:
                 self._battery_low = self._battery_critical = False
+                self._critical_ok_since = self._low_ok_since = None
             elif pct is not None:
-                if pct <= b.critical_trip_percent:
-                    self._battery_critical = True
-                elif pct >= b.critical_clear_percent:
-                    self._battery_critical = False
-                if pct <= b.low_trip_percent:
-                    self._battery_low = True
-                elif pct >= b.low_clear_percent:
-                    self._battery_low = False
+                self._battery_critical, self._critical_ok_since = _trip_clear(
+                    self._battery_critical, self._critical_ok_since, pct <= b.critical_trip_percent,
+                    pct >= b.critical_clear_percent, now, b.clear_hold_seconds)
+                self._battery_low, self._low_ok_since = _trip_clear(
+                    self._battery_low, self._low_ok_since, pct <= b.low_trip_percent,
+                    pct >= b.low_clear_percent, now, b.clear_hold_seconds)
         elif now - self._seen["battery"] > stale:
             self._on_battery = self._battery_low = self._battery_critical = False
+            self._critical_ok_since = self._low_ok_since = None
             last["battery_percent"] = last["power_plugged"] = None
 
         t = r.temperature_celsius
         if t is not None:
             self._seen["temperature"] = now
             last["temperature_celsius"] = t
-            if t >= p.thermal.trip_celsius:
-                self._hot, self._cool_since = True, None
-            elif self._hot and t <= p.thermal.clear_celsius:
-                if self._cool_since is None:
-                    self._cool_since = now
-                if now - self._cool_since >= p.thermal.clear_hold_seconds:
-                    self._hot, self._cool_since = False, None
-            else:
-                self._cool_since = None
+            self._hot, self._cool_since = _trip_clear(
+                self._hot, self._cool_since, t >= p.thermal.trip_celsius, t <= p.thermal.clear_celsius,
+                now, p.thermal.clear_hold_seconds)
         elif now - self._seen["temperature"] > stale:
             self._hot, self._cool_since = False, None
             last["temperature_celsius"] = None
@@ -281,15 +277,9 @@ class Scheduler:
         if load is not None:
             self._seen["load"] = now
             last["cpu_load_percent"] = load
-            if load >= p.cpu_load.high_percent:
-                self._load_high, self._calm_since = True, None
-            elif self._load_high and load <= p.cpu_load.clear_percent:
-                if self._calm_since is None:
-                    self._calm_since = now
-                if now - self._calm_since >= p.cpu_load.clear_hold_seconds:
-                    self._load_high, self._calm_since = False, None
-            else:
-                self._calm_since = None
+            self._load_high, self._calm_since = _trip_clear(
+                self._load_high, self._calm_since, load >= p.cpu_load.high_percent,
+                load <= p.cpu_load.clear_percent, now, p.cpu_load.clear_hold_seconds)
         elif now - self._seen["load"] > stale:
             self._load_high, self._calm_since = False, None
             last["cpu_load_percent"] = None
@@ -408,6 +398,26 @@ class Scheduler:
                 "observed_p95_seconds": {vid: w.p95(now) for vid, w in self._latency.items()},
                 "switch_counts": dict(self.switch_counts),
             }
+
+
+def _trip_clear(active: bool, ok_since: float | None, tripped: bool, clear: bool, now: float,
+                hold: float) -> tuple[bool, float | None]:
+    """One hysteresis step: trip at once; clear only after reading clear for `hold` seconds.
+
+    Returns the new (active, ok_since). Between the trip and clear levels nothing changes
+    except that the clear timer restarts.
+    """
+    if tripped:
+        return True, None
+    if not active:
+        return False, None
+    if not clear:
+        return True, None
+    if ok_since is None:
+        ok_since = now
+    if now - ok_since >= hold:
+        return False, None
+    return True, ok_since
 
 
 def _first_in_severity(reasons: set[Reason] | frozenset[Reason]) -> Reason | None:

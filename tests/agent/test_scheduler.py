@@ -346,3 +346,20 @@ def test_on_this_machine_psutil_readings_are_unknown_and_latency_still_adapts():
         s.observe_latency("fp32", 120 * MS)
     d = step(s, clock, source.read(), 20)
     assert d.changed and d.reason is Reason.LATENCY_BUDGET and d.variant_id != "fp32"
+
+
+def test_battery_gauge_noise_across_the_narrow_critical_band_does_not_flap():
+    # Critical trips at 10 % and clears at 13 %: a gauge with sd 2 % reading a battery at
+    # 11 % crosses both all the time. Only a level that holds above clear may clear it.
+    rng = random.Random(11)
+    s, clock = make(NO_SAVER)
+    decisions = [step(s, clock, SensorReading(battery_percent=11 + rng.gauss(0, 2), power_plugged=False))
+                 for _ in range(1800)]
+    assert [d.reason for d in switches(decisions)] in ([Reason.INITIAL, Reason.BATTERY_CRITICAL],
+                                                        [Reason.INITIAL])
+    assert s.current == "int4"
+    # A real recovery (a gauge recalibration, a swapped battery) clears after the hold (60 s).
+    for _ in range(59):
+        assert not step(s, clock, SensorReading(battery_percent=40, power_plugged=False)).changed
+    d = step(s, clock, SensorReading(battery_percent=40, power_plugged=False), 2)
+    assert d.changed and d.reason is Reason.BATTERY_OK and d.variant_id == "fp32"
