@@ -7,7 +7,7 @@
 """
 
 from compressor.configs import (ActivationType, Fp32Config, Int4WeightOnlyConfig,
-                                Int8StaticConfig, VariantConfig, config_from_dict,
+                                Int8DynamicConfig, Int8StaticConfig, VariantConfig, config_from_dict,
                                 config_to_dict)
 from compressor.errors import (BudgetError, CompressionError, EmptyCalibrationError,
                                UnsupportedLayerError)
@@ -20,7 +20,7 @@ import compressor.quant.handlers  # noqa: F401,E402  registers the quantization 
 
 __all__ = [
     "compress", "BundleResult", "read_bundle", "write_bundle", "register_variant_handler",
-    "VariantConfig", "Fp32Config", "Int8StaticConfig", "Int4WeightOnlyConfig",
+    "VariantConfig", "Fp32Config", "Int8StaticConfig", "Int8DynamicConfig", "Int4WeightOnlyConfig",
     "ActivationType", "CalibrationMethod", "LatencyConfig", "config_to_dict", "config_from_dict",
     "CompressionError", "EmptyCalibrationError", "UnsupportedLayerError", "BudgetError",
 ]

@@ -132,7 +132,7 @@ def compress(model: nn.Module, configs: Sequence[VariantConfig], *,
         art = handler_for(cfg)(cfg, ctx)
         ctx.built[cfg.id] = art
         say(f"measuring {cfg.id}")
-        m = measure(art.onnx, eval_fn, example_input, latency)
+        m = measure(art.onnx, eval_fn, example_input, latency, art.session_config)
         data = art.onnx.SerializeToString()
         fname = f"{cfg.id}.onnx"
         files[fname] = data
@@ -143,7 +143,9 @@ def compress(model: nn.Module, configs: Sequence[VariantConfig], *,
                     latency_p95_seconds=m.latency_p95_seconds, memory_bytes=m.memory_bytes,
                     sparsity=round(float(art.sparsity), 6), sparsity_pattern=art.sparsity_pattern,
                     parent=art.parent, layer_groups=art.layer_groups,
-                    details={**art.details, "config": _config_json(cfg)})
+                    details={**art.details, "config": _config_json(cfg),
+                             **({"onnxruntime_session_config": art.session_config}
+                                if art.session_config else {})})
         results.append(MeasuredVariant(v, art, m))
     manifest = Manifest(model=model_name, version=version, quality_metric=quality_metric,
                         inputs=_specs(fp32.graph.input), outputs=_specs(fp32.graph.output),

@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("input", help="fp32 .onnx file")
     q.add_argument("--calib", help=".npy or .npz with calibration inputs (N, ...)")
     q.add_argument("--out", required=True)
-    q.add_argument("--format", default="int8", choices=["int8", "int4", "int2"])
+    q.add_argument("--format", default="int8", choices=["int8", "int4"])
     q.add_argument("--method", default="minmax", choices=["minmax", "percentile", "mse", "entropy"])
     q.add_argument("--percentile", type=float, default=99.99)
     q.add_argument("--activation-type", default="uint8", choices=["uint8", "int8", "uint16", "int16"])

@@ -102,7 +102,8 @@ class Int4WeightOnlyConfig(VariantConfig):
     Args:
         group_size: consecutive weights sharing one scale, along the reduction axis
             (a power of two >= 8; a layer narrower than one group gets a single group).
-        bits: 4, or 2 for an extreme-size variant.
+        bits: 4. (2 is refused: ONNX has INT2 since opset 25, but onnxruntime 1.32 has no
+            DequantizeLinear kernel for it, so the file would not load on devices.)
         symmetric: signed codes with zero point 0; False adds a per-group zero point.
     """
 
@@ -114,13 +115,36 @@ class Int4WeightOnlyConfig(VariantConfig):
     def __post_init__(self) -> None:
         if self.group_size < 8 or self.group_size & (self.group_size - 1):
             raise ValueError(f"group_size must be a power of two >= 8, got {self.group_size}")
-        if self.bits not in (2, 4):
-            raise ValueError(f"Int4WeightOnlyConfig.bits must be 4 or 2, got {self.bits}")
+        if self.bits != 4:
+            raise ValueError(f"Int4WeightOnlyConfig.bits must be 4, got {self.bits} (onnxruntime "
+                             "1.32 cannot run INT2 DequantizeLinear)")
         self.exclude = tuple(self.exclude)
         super().__post_init__()
 
     def default_id(self) -> str:
         return f"int{self.bits}" if self.group_size == 32 else f"int{self.bits}-g{self.group_size}"
+
+
+@dataclass
+class Int8DynamicConfig(VariantConfig):
+    """Dynamic quantization: int8 per-channel weights, activations quantized per call
+    (no calibration data needed).
+
+    Args:
+        include_conv: also quantize Conv layers (ConvInteger; usually slower than fp32 on
+            onnxruntime's CPU kernels, so off by default, like torch.ao's dynamic mode).
+        exclude: node or weight names kept in fp32.
+    """
+
+    include_conv: bool = False
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.exclude = tuple(self.exclude)
+        super().__post_init__()
+
+    def default_id(self) -> str:
+        return "int8-dynamic"
 
 
 # -- serialisation ---------------------------------------------------------------------

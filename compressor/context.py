@@ -25,6 +25,9 @@ class Artifact:
     sparsity_pattern: str = "none"
     layer_groups: tuple[LayerGroup, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
+    # onnxruntime session config entries this variant should run with (recorded in the
+    # manifest details as "onnxruntime_session_config" and used when measuring it)
+    session_config: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -44,7 +44,8 @@ class Measurement:
     memory_bytes: int
 
 
-def session(model: bytes | onnx.ModelProto, threads: int = 1):
+def session(model: bytes | onnx.ModelProto, threads: int = 1,
+            config: dict[str, str] | None = None):
     import onnxruntime as ort
 
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
@@ -52,6 +53,8 @@ def session(model: bytes | onnx.ModelProto, threads: int = 1):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    for k, v in (config or {}).items():
+        opts.add_session_config_entry(k, v)
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 
@@ -115,9 +118,10 @@ def _proto_numel(t: onnx.TensorProto) -> int:
 
 
 def measure(model: onnx.ModelProto, eval_fn: Callable, sample: np.ndarray,
-            latency: LatencyConfig = LatencyConfig()) -> Measurement:
+            latency: LatencyConfig = LatencyConfig(),
+            session_config: dict[str, str] | None = None) -> Measurement:
     data = model.SerializeToString()
-    sess = session(data, latency.threads)
+    sess = session(data, latency.threads, session_config)
     quality = float(eval_fn(sess))
     p50, p95 = measure_latency(sess, sample, latency)
     return Measurement(quality=quality, size_bytes=len(data), latency_p50_seconds=p50,

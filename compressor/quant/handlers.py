@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from compressor.configs import Fp32Config, Int4WeightOnlyConfig, Int8StaticConfig
+from compressor.configs import Fp32Config, Int4WeightOnlyConfig, Int8DynamicConfig, Int8StaticConfig
 from compressor.context import Artifact, CompressContext, layer_groups_from_report
 from compressor.quant.calibration import check_calibration_data
+from compressor.quant.dynamic import quantize_dynamic_int8
 from compressor.quant.qdq import QdqOptions, quantize_static_qdq
 from compressor.quant.weight_only import quantize_weight_only
 from compressor.registry import register_variant_handler
@@ -43,9 +44,44 @@ def _int8_static(config: Int8StaticConfig, ctx: CompressContext) -> Artifact:
 def _weight_only(config: Int4WeightOnlyConfig, ctx: CompressContext) -> Artifact:
     q, report = quantize_weight_only(ctx.fp32_onnx, bits=config.bits, group_size=config.group_size,
                                      symmetric=config.symmetric, exclude=config.exclude)
+    return weight_only_artifact(q, report, config.bits, ctx, method=f"weight-only-int{config.bits}",
+                                details={"group_size": config.group_size, "symmetric": config.symmetric})
+
+
+# Without a MatMul to fuse into MatMulNBits, onnxruntime would run every blocked
+# DequantizeLinear on every call (8x slower than fp32 for the digits CNN). With QDQ handling
+# off, it folds them into fp32 weights once at load: fp32 speed, int4 download and storage.
+FOLD_DQ_AT_LOAD = {"session.disable_quant_qdq": "1"}
+
+
+def weight_only_artifact(q, report, bits: int, ctx: CompressContext, method: str,
+                         details: dict) -> Artifact:
     groups = layer_groups_from_report(report["layers"], lambda l: 32)
+    has_matmul = any(l["op"] == "MatMul" for l in report["layers"])
     return Artifact(
-        onnx=q, method=f"weight-only-int{config.bits}", weight_bits=config.bits,
+        onnx=q, method=method, weight_bits=max(g.weight_bits for g in groups),
         activation_bits=32, parent=ctx.parent_id(), layer_groups=groups,
-        details={"group_size": config.group_size, "symmetric": config.symmetric,
-                 "min_layer_sqnr_db": round(min(l["sqnr_db"] for l in report["layers"]), 2)})
+        session_config={} if has_matmul else dict(FOLD_DQ_AT_LOAD),
+        details={**details, "min_layer_sqnr_db": round(min(l.get("sqnr_db", 99.0) for l in report["layers"]), 2)})
+
+
+@register_variant_handler(Int8DynamicConfig)
+def _int8_dynamic(config: Int8DynamicConfig, ctx: CompressContext) -> Artifact:
+    ops = ("Gemm", "MatMul", "Conv") if config.include_conv else ("Gemm", "MatMul")
+    q, report = quantize_dynamic_int8(ctx.fp32_onnx, ops=ops, exclude=config.exclude)
+    if not report["layers"]:
+        from compressor.errors import UnsupportedLayerError
+        raise UnsupportedLayerError(f"variant {config.id!r}: no {'/'.join(ops)} layer to quantize "
+                                    "dynamically (set include_conv=True for convolutions)")
+    groups = layer_groups_from_report(report["layers"], lambda l: 8)
+    quantized = {l["weight"] for l in report["layers"]}
+    widest = 32 if len(quantized) < _n_sites(ctx) else 8    # convs left in fp32 count
+    return Artifact(onnx=q, method="ptq-dynamic", weight_bits=widest, activation_bits=widest,
+                    parent=ctx.parent_id(), layer_groups=groups,
+                    details={"ops": list(ops), "quantized_layers": sorted(quantized)})
+
+
+def _n_sites(ctx: CompressContext) -> int:
+    from compressor.quant.graph import Graph
+    return len(Graph(ctx.fp32_onnx).weight_sites())
+

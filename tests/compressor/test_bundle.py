@@ -134,7 +134,7 @@ def test_bad_configs_and_arguments(digits):
 def test_config_json_round_trip():
     for cfg in (Fp32Config(), Int8StaticConfig(calibration="percentile", percentile=99.9,
                                                 activation_type="int8", exclude=("fc2",)),
-                Int4WeightOnlyConfig(group_size=64, bits=2, symmetric=False)):
+                Int4WeightOnlyConfig(group_size=64, symmetric=False)):
         d = json.loads(json.dumps(config_to_dict(cfg)))
         assert config_from_dict(d) == cfg
     with pytest.raises(ValueError, match="unknown config type"):
