@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     from rich.console import Console
 
-    console = Console()
+    # Logs and CI have no terminal width to go by: give the table room instead of 80 columns.
+    console = Console() if Console().is_terminal else Console(width=150)
     keep = args.workdir is not None
     workdir = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="edgefleet-demo-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
