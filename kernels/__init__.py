@@ -1,0 +1,171 @@
+"""edgefleet native kernels: int8 / int4 / int2 / sparse / convolution on numpy arrays.
+
+C kernels (portable reference, AVX2+FMA, NEON) chosen at run time from the CPU's features;
+the GIL is released while they run and work is split over a small persistent thread pool.
+
+    import kernels
+    w = kernels.pack_qs8(w_q, w_scale)                 # once per model
+    y = kernels.qs8_linear(a_q, a_scale, a_zp, w)      # every inference
+
+`kernels.set_isa("scalar")` (or EDGEFLEET_KERNELS_ISA=scalar) forces the reference path.
+This package imports only numpy: no torch, no onnx.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import numpy as np
+
+from . import _kernels, quant
+from ._kernels import Packed
+
+__all__ = [
+    "Packed",
+    "cpu_features",
+    "set_isa",
+    "get_isa",
+    "available_isas",
+    "use_isa",
+    "set_num_threads",
+    "get_num_threads",
+    "pack_qs8",
+    "qs8_linear",
+    "qs8_gemm",
+    "quant",
+]
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def cpu_features() -> dict:
+    """Detected CPU features ({'avx2': bool, 'neon': bool, 'machine': str}) plus the ISA
+    the dispatcher uses now ('isa') and the thread count ('threads')."""
+    return _kernels.cpu_features()
+
+
+def set_isa(name: str) -> None:
+    """Restrict dispatch: 'auto' (best available), 'scalar' (portable reference), 'avx2', 'neon'.
+    Raises ValueError for an unknown name or an ISA this CPU lacks."""
+    if not isinstance(name, str):
+        raise TypeError(f"ISA name must be a str, got {type(name).__name__}")
+    _kernels.set_isa(name)
+
+
+def get_isa() -> str:
+    return _kernels.get_isa()
+
+
+def available_isas() -> list[str]:
+    """ISAs this CPU can run, reference first: e.g. ['scalar', 'avx2']."""
+    f = _kernels.cpu_features()
+    return ["scalar"] + [isa for isa in ("avx2", "neon") if f[isa]]
+
+
+@contextlib.contextmanager
+def use_isa(name: str) -> Iterator[None]:
+    """Context manager: run the block with `name` forced, then restore the previous setting."""
+    previous = get_isa()
+    set_isa(name)
+    try:
+        yield
+    finally:
+        _kernels.set_isa("auto")
+        if previous != get_isa():
+            _kernels.set_isa(previous)
+
+
+def set_num_threads(n: int) -> None:
+    """Threads per kernel call (the caller's thread included); n <= 0 means one per CPU."""
+    _kernels.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    return _kernels.get_num_threads()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _per_row(value, m: int, dtype, name: str) -> np.ndarray:
+    arr = np.asarray(value)
+    if dtype is np.int32 and arr.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected integers, got dtype {arr.dtype}")
+    if dtype is np.float32 and arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name}: expected floats, got dtype {arr.dtype}")
+    if arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] not in (1, m)):
+        raise ValueError(f"{name}: expected a scalar or shape ({m},), got shape {arr.shape}")
+    return np.ascontiguousarray(np.broadcast_to(arr.astype(dtype), (m,)))
+
+
+def _as_2d(a: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array, got {type(a).__name__}")
+    if a.ndim == 1:
+        return a.reshape(1, -1), True
+    return a, False
+
+
+def _vector(value, n: int, dtype, name: str) -> np.ndarray | None:
+    if value is None:
+        return None
+    arr = np.asarray(value)
+    if dtype is np.int32 and arr.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected integers, got dtype {arr.dtype}")
+    if arr.shape != (n,):
+        raise ValueError(f"{name}: expected shape ({n},), got {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- int8 x int8
+
+
+def pack_qs8(w: np.ndarray, w_scales, w_zero_points=None, bias=None) -> Packed:
+    """Pack int8 weights w [N, K] (per-output-channel scales [N], optional zero points [N]
+    in [-128, 127], optional fp32 bias [N]) into the qs8 kernels' layout. Do it once per model."""
+    if not isinstance(w, np.ndarray):
+        raise TypeError(f"w: expected a numpy int8 array, got {type(w).__name__}")
+    if w.ndim != 2:
+        raise ValueError(f"w: expected 2 dimensions [N, K], got {w.ndim}")
+    n = w.shape[0]
+    return _kernels.qs8_pack(
+        w,
+        _vector(w_scales, n, np.float32, "w_scales"),
+        _vector(w_zero_points, n, np.int32, "w_zero_points"),
+        _vector(bias, n, np.float32, "bias"),
+    )
+
+
+def qs8_linear(a: np.ndarray, a_scale, a_zero_point, w: Packed, relu: bool = False,
+               out_scale: float | None = None, out_zero_point: int = 0) -> np.ndarray:
+    """y = ((a - a_zp) x (w - w_zp)^T) * a_scale * w_scale + bias, optional ReLU.
+
+    a: int8 [M, K] or [K]; a_scale/a_zero_point: per tensor (scalar) or per row ([M], e.g.
+    from quant.quantize_rows_dynamic). Returns float32 [M, N], or int8 requantized with
+    out_scale/out_zero_point when out_scale is given.
+    """
+    a2, squeeze = _as_2d(a, "a")
+    m = a2.shape[0]
+    if not isinstance(w, Packed):
+        raise TypeError(f"w: expected weights from pack_qs8, got {type(w).__name__}")
+    out = np.empty((m, w.n), dtype=np.float32 if out_scale is None else np.int8)
+    _kernels.qs8_gemm(
+        a2,
+        _per_row(a_scale, m, np.float32, "a_scale"),
+        _per_row(a_zero_point, m, np.int32, "a_zero_point"),
+        w,
+        out,
+        bool(relu),
+        1.0 if out_scale is None else float(out_scale),
+        int(out_zero_point),
+    )
+    return out[0] if squeeze else out
+
+
+def qs8_gemm(a: np.ndarray, a_scale, a_zero_point, w: np.ndarray, w_scales, w_zero_points=None,
+             bias=None, relu: bool = False, out_scale: float | None = None, out_zero_point: int = 0) -> np.ndarray:
+    """One-shot qs8_linear on unpacked int8 weights w [N, K] (packs, then runs)."""
+    return qs8_linear(a, a_scale, a_zero_point, pack_qs8(w, w_scales, w_zero_points, bias),
+                      relu=relu, out_scale=out_scale, out_zero_point=out_zero_point)

@@ -1,0 +1,60 @@
+/* Shared definitions for every kernel family: ISA flags, target attributes, small helpers.
+ *
+ * Kernel naming (XNNPACK grammar, documented in kernels/README.md):
+ *   ef_<dtype>_<op>_<fused>_ukernel_<MR>x<NR>c<KR>__<isa>
+ * e.g. ef_qs8_qc8w_gemm_minmax_ukernel_4x16c2__avx2 = int8 activations, int8 per-channel
+ * weights, GEMM, fused clamp, a 4-row by 16-column output tile that consumes K two at a time,
+ * AVX2. The part after "__" says where it runs, the part before says what it computes.
+ */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* One bit per instruction set a kernel may need. A bit is set in the arch-flags mask only
+ * when the build can emit that code AND the running CPU has it (see isa.c). */
+enum {
+  EF_ARCH_SCALAR = 0,
+  EF_ARCH_X86_AVX2 = 1u << 0, /* AVX2 + FMA (+F16C): Haswell / Zen 1 and later */
+  EF_ARCH_ARM_NEON = 1u << 1, /* aarch64 Advanced SIMD (always present on aarch64) */
+};
+
+#if defined(__x86_64__) || defined(__i386__)
+#define EF_ARCH_X86 1
+/* AVX2 code is compiled per function, so one binary runs on any x86-64 and the dispatcher
+ * only calls these functions when cpuid says the CPU has AVX2 and FMA. */
+#define EF_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#else
+#define EF_ARCH_X86 0
+#endif
+
+#if defined(__aarch64__)
+#define EF_ARCH_ARM64 1
+#else
+#define EF_ARCH_ARM64 0
+#endif
+
+#define EF_INLINE static inline __attribute__((always_inline))
+#define EF_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define EF_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define EF_ROUND_UP(x, q) ((((x) + (q) - 1) / (q)) * (q))
+#define EF_DIV_UP(x, q) (((x) + (q) - 1) / (q))
+
+/* Arch flags: detected once; ef_arch_flags() is the detected set narrowed by the override
+ * (EDGEFLEET_KERNELS_ISA env var or ef_set_isa()). Dispatchers consult ef_arch_flags(). */
+uint32_t ef_arch_flags(void);
+uint32_t ef_arch_flags_detected(void);
+/* name: "auto", "scalar", "avx2", "neon". Returns 0 on success, -1 if unknown, -2 if the
+ * CPU (or this build) cannot run it. */
+int ef_set_isa(const char* name);
+const char* ef_isa_name(void); /* name of the best ISA in the current mask */
+
+/* Unaligned loads of small integers without breaking strict aliasing. */
+EF_INLINE int32_t ef_load_i32(const void* p) { int32_t v; memcpy(&v, p, sizeof v); return v; }
+EF_INLINE uint64_t ef_load_u64(const void* p) { uint64_t v; memcpy(&v, p, sizeof v); return v; }
+
+/* 64-byte aligned allocation for packed weights and scratch (cache-line aligned so SIMD
+ * loads never split lines in the hot loops). */
+void* ef_aligned_alloc(size_t bytes);
+void ef_aligned_free(void* p);

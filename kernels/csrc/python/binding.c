@@ -1,0 +1,327 @@
+/* CPython binding of the kernels (module kernels._kernels).
+ *
+ * Arrays come in through the buffer protocol (numpy arrays, or anything that exports a
+ * typed buffer), so the build needs no numpy headers. Every argument is checked here --
+ * element type, C-contiguity, number of dimensions, shapes -- and a mismatch raises
+ * TypeError/ValueError with the argument's name; the C kernels below never see a bad
+ * pointer or size. Outputs are allocated by the Python layer (kernels/__init__.py) and
+ * passed in; they are validated like inputs. The GIL is released while kernels run. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "common.h"
+#include "qs8-gemm/qs8-gemm.h"
+#include "threadpool.h"
+
+/* ------------------------------------------------------------------ buffer checking */
+
+/* Normalizes a struct-module format ("b", "<f", "=i", "@B") to its type code, or 0 when the
+ * byte order is not native. */
+static char format_code(const char* fmt) {
+  if (fmt == NULL) return 'B';
+  if (fmt[0] == '@' || fmt[0] == '=') fmt++;
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  else if (fmt[0] == '<') fmt++;
+  else if (fmt[0] == '>' || fmt[0] == '!') return 0;
+#else
+  else if (fmt[0] == '>' || fmt[0] == '!') fmt++;
+  else if (fmt[0] == '<') return 0;
+#endif
+  if (fmt[0] == '\0' || fmt[1] != '\0') return 0;
+  char code = fmt[0];
+  if (code == 'l' && sizeof(long) == 4) code = 'i';
+  if (code == 'L' && sizeof(long) == 4) code = 'I';
+  return code;
+}
+
+static const char* type_name(char code) {
+  switch (code) {
+    case 'b': return "int8";
+    case 'B': return "uint8";
+    case 'h': return "int16";
+    case 'H': return "uint16";
+    case 'i': return "int32";
+    case 'I': return "uint32";
+    case 'f': return "float32";
+    default: return "?";
+  }
+}
+
+static size_t code_size(char code) {
+  switch (code) {
+    case 'b': case 'B': return 1;
+    case 'h': case 'H': return 2;
+    case 'i': case 'I': case 'f': return 4;
+    default: return 0;
+  }
+}
+
+/* Gets a C-contiguous buffer of element type `code` and `ndim` dimensions. On failure sets
+ * a Python exception and returns -1 (view is then released/empty). */
+static int get_array(PyObject* obj, Py_buffer* view, const char* name, char code, int ndim, int writable) {
+  memset(view, 0, sizeof *view);
+  if (obj == NULL || obj == Py_None) {
+    PyErr_Format(PyExc_TypeError, "%s: expected a %s array, got None", name, type_name(code));
+    return -1;
+  }
+  int flags = PyBUF_STRIDES | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+  if (PyObject_GetBuffer(obj, view, flags) != 0) {
+    PyErr_Clear();
+    PyErr_Format(PyExc_TypeError, "%s: expected a %s%s array, got %.100s", name, writable ? "writable " : "",
+                 type_name(code), Py_TYPE(obj)->tp_name);
+    return -1;
+  }
+  const char got = format_code(view->format);
+  if (got != code || (size_t)view->itemsize != code_size(code)) {
+    PyErr_Format(PyExc_TypeError, "%s: expected dtype %s, got format '%s'", name, type_name(code),
+                 view->format ? view->format : "B");
+    goto fail;
+  }
+  if (view->ndim != ndim) {
+    PyErr_Format(PyExc_ValueError, "%s: expected %d dimension(s), got %d", name, ndim, view->ndim);
+    goto fail;
+  }
+  if (!PyBuffer_IsContiguous(view, 'C')) {
+    PyErr_Format(PyExc_ValueError, "%s: array must be C-contiguous (use numpy.ascontiguousarray)", name);
+    goto fail;
+  }
+  return 0;
+fail:
+  PyBuffer_Release(view);
+  memset(view, 0, sizeof *view);
+  return -1;
+}
+
+static Py_ssize_t dim(const Py_buffer* v, int i) { return v->shape ? v->shape[i] : v->len / v->itemsize; }
+
+static int expect_dim(const Py_buffer* v, int i, Py_ssize_t want, const char* name, const char* what) {
+  if (dim(v, i) != want) {
+    PyErr_Format(PyExc_ValueError, "%s: dimension %d must be %s = %zd, got %zd", name, i, what, want, dim(v, i));
+    return -1;
+  }
+  return 0;
+}
+
+/* Up to 8 views released together at the end of a call. */
+typedef struct {
+  Py_buffer v[8];
+  int n;
+} views;
+
+static Py_buffer* views_add(views* vs) { return &vs->v[vs->n++]; }
+static void views_release(views* vs) {
+  for (int i = 0; i < vs->n; i++)
+    if (vs->v[i].obj) PyBuffer_Release(&vs->v[i]);
+  vs->n = 0;
+}
+
+/* ------------------------------------------------------------------ packed weights */
+
+typedef enum { PACKED_QS8 = 1 } packed_kind;
+
+typedef struct {
+  PyObject_HEAD packed_kind kind;
+  union {
+    ef_qs8_packed qs8;
+  } u;
+} PackedObject;
+
+static void packed_dealloc(PackedObject* self) {
+  if (self->kind == PACKED_QS8) ef_qs8_packed_free(&self->u.qs8);
+  Py_TYPE(self)->tp_free((PyObject*)self);
+}
+
+static PyObject* packed_get_n(PackedObject* self, void* unused) {
+  return PyLong_FromSize_t(self->u.qs8.n);
+}
+static PyObject* packed_get_k(PackedObject* self, void* unused) {
+  return PyLong_FromSize_t(self->u.qs8.k);
+}
+static PyObject* packed_get_nbytes(PackedObject* self, void* unused) {
+  return PyLong_FromSize_t(self->u.qs8.n_blocks * self->u.qs8.block_bytes);
+}
+static PyObject* packed_get_kind(PackedObject* self, void* unused) {
+  return PyUnicode_FromString(self->kind == PACKED_QS8 ? "qs8" : "?");
+}
+
+static PyGetSetDef packed_getset[] = {
+    {"n", (getter)packed_get_n, NULL, "output channels (rows of the weight matrix)", NULL},
+    {"k", (getter)packed_get_k, NULL, "input channels (columns of the weight matrix)", NULL},
+    {"nbytes", (getter)packed_get_nbytes, NULL, "bytes of packed storage", NULL},
+    {"kind", (getter)packed_get_kind, NULL, "weight format", NULL},
+    {NULL}};
+
+static PyTypeObject PackedType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "kernels._kernels.Packed",
+    .tp_basicsize = sizeof(PackedObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Weights packed once into a kernel's layout (create with the pack_* functions).",
+    .tp_dealloc = (destructor)packed_dealloc,
+    .tp_getset = packed_getset,
+};
+
+static PackedObject* packed_arg(PyObject* obj, packed_kind kind, const char* name) {
+  if (!PyObject_TypeCheck(obj, &PackedType) || ((PackedObject*)obj)->kind != kind) {
+    PyErr_Format(PyExc_TypeError, "%s: expected packed weights of the right kind, got %.100s", name,
+                 Py_TYPE(obj)->tp_name);
+    return NULL;
+  }
+  return (PackedObject*)obj;
+}
+
+/* ------------------------------------------------------------------ qs8 */
+
+static PyObject* py_qs8_pack(PyObject* self, PyObject* args) {
+  PyObject *w_obj, *scale_obj, *zp_obj, *bias_obj;
+  if (!PyArg_ParseTuple(args, "OOOO", &w_obj, &scale_obj, &zp_obj, &bias_obj)) return NULL;
+  views vs = {.n = 0};
+  Py_buffer *w = views_add(&vs), *scale = views_add(&vs), *zp = views_add(&vs), *bias = views_add(&vs);
+  if (get_array(w_obj, w, "w", 'b', 2, 0)) goto fail;
+  const Py_ssize_t n = dim(w, 0), k = dim(w, 1);
+  if (n == 0 || k == 0) { PyErr_SetString(PyExc_ValueError, "w: shape must be non-empty"); goto fail; }
+  if (k > EF_QS8_MAX_K) {
+    PyErr_Format(PyExc_ValueError, "w: K = %zd exceeds %d, the largest K whose int32 accumulation is exact", k, EF_QS8_MAX_K);
+    goto fail;
+  }
+  if (get_array(scale_obj, scale, "w_scale", 'f', 1, 0) || expect_dim(scale, 0, n, "w_scale", "N")) goto fail;
+  if (zp_obj != Py_None && (get_array(zp_obj, zp, "w_zero_point", 'i', 1, 0) || expect_dim(zp, 0, n, "w_zero_point", "N"))) goto fail;
+  if (bias_obj != Py_None && (get_array(bias_obj, bias, "bias", 'f', 1, 0) || expect_dim(bias, 0, n, "bias", "N"))) goto fail;
+  if (zp->buf) {
+    const int32_t* z = zp->buf;
+    for (Py_ssize_t i = 0; i < n; i++)
+      if (z[i] < -128 || z[i] > 127) {
+        PyErr_Format(PyExc_ValueError, "w_zero_point[%zd] = %d is outside the int8 range [-128, 127]", i, z[i]);
+        goto fail;
+      }
+  }
+  PackedObject* p = PyObject_New(PackedObject, &PackedType);
+  if (p == NULL) goto fail;
+  p->kind = PACKED_QS8;
+  int rc;
+  Py_BEGIN_ALLOW_THREADS rc = ef_qs8_pack(w->buf, (size_t)n, (size_t)k, scale->buf, zp->buf, bias->buf, &p->u.qs8);
+  Py_END_ALLOW_THREADS if (rc != 0) {
+    p->u.qs8.data = NULL;
+    Py_DECREF(p);
+    PyErr_NoMemory();
+    goto fail;
+  }
+  views_release(&vs);
+  return (PyObject*)p;
+fail:
+  views_release(&vs);
+  return NULL;
+}
+
+static PyObject* py_qs8_gemm(PyObject* self, PyObject* args) {
+  PyObject *a_obj, *scale_obj, *zp_obj, *packed_obj, *out_obj;
+  int relu;
+  float out_scale;
+  int out_zp;
+  if (!PyArg_ParseTuple(args, "OOOOOpfi", &a_obj, &scale_obj, &zp_obj, &packed_obj, &out_obj, &relu, &out_scale, &out_zp))
+    return NULL;
+  PackedObject* p = packed_arg(packed_obj, PACKED_QS8, "packed");
+  if (p == NULL) return NULL;
+  const ef_qs8_packed* w = &p->u.qs8;
+  views vs = {.n = 0};
+  Py_buffer *a = views_add(&vs), *scale = views_add(&vs), *zp = views_add(&vs), *out = views_add(&vs);
+  if (get_array(a_obj, a, "a", 'b', 2, 0) || expect_dim(a, 1, (Py_ssize_t)w->k, "a", "K of the packed weights")) goto fail;
+  const Py_ssize_t m = dim(a, 0);
+  if (get_array(scale_obj, scale, "a_scale", 'f', 1, 0) || expect_dim(scale, 0, m, "a_scale", "M")) goto fail;
+  if (get_array(zp_obj, zp, "a_zero_point", 'i', 1, 0) || expect_dim(zp, 0, m, "a_zero_point", "M")) goto fail;
+  const int32_t* z = zp->buf;
+  for (Py_ssize_t i = 0; i < m; i++)
+    if (z[i] < -128 || z[i] > 127) {
+      PyErr_Format(PyExc_ValueError, "a_zero_point[%zd] = %d is outside the int8 range [-128, 127]", i, z[i]);
+      goto fail;
+    }
+  /* The output's dtype selects dequantized fp32 or requantized int8. */
+  int out_int8 = 0;
+  if (PyObject_GetBuffer(out_obj, out, PyBUF_FORMAT | PyBUF_STRIDES) == 0) {
+    out_int8 = format_code(out->format) == 'b';
+    PyBuffer_Release(out);
+    memset(out, 0, sizeof *out);
+  } else {
+    PyErr_Clear();
+  }
+  if (get_array(out_obj, out, "out", out_int8 ? 'b' : 'f', 2, 1) || expect_dim(out, 0, m, "out", "M") ||
+      expect_dim(out, 1, (Py_ssize_t)w->n, "out", "N"))
+    goto fail;
+  if (out_int8 && (!(out_scale > 0.0f) || !isfinite(out_scale) || out_zp < -128 || out_zp > 127)) {
+    PyErr_SetString(PyExc_ValueError, "int8 output needs out_scale > 0 (finite) and out_zero_point in [-128, 127]");
+    goto fail;
+  }
+  ef_qs8_gemm_params params = {.k = w->k, .relu = relu, .out_int8 = out_int8,
+                               .out_inv_scale = out_int8 ? 1.0f / out_scale : 1.0f, .out_zp = out_int8 ? out_zp : 0};
+  int rc;
+  Py_BEGIN_ALLOW_THREADS rc = ef_qs8_gemm(NULL, (size_t)m, a->buf, zp->buf, scale->buf, w, out->buf, &params);
+  Py_END_ALLOW_THREADS views_release(&vs);
+  if (rc != 0) return PyErr_NoMemory();
+  Py_RETURN_NONE;
+fail:
+  views_release(&vs);
+  return NULL;
+}
+
+/* ------------------------------------------------------------------ dispatch control */
+
+static PyObject* py_cpu_features(PyObject* self, PyObject* unused) {
+  const uint32_t det = ef_arch_flags_detected();
+  return Py_BuildValue("{s:N,s:N,s:s,s:s,s:i}", "avx2", PyBool_FromLong(det & EF_ARCH_X86_AVX2), "neon",
+                       PyBool_FromLong(det & EF_ARCH_ARM_NEON), "machine",
+#if EF_ARCH_X86
+                       "x86_64",
+#elif EF_ARCH_ARM64
+                       "aarch64",
+#else
+                       "other",
+#endif
+                       "isa", ef_isa_name(), "threads", ef_get_num_threads());
+}
+
+static PyObject* py_set_isa(PyObject* self, PyObject* args) {
+  const char* name;
+  if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
+  const int rc = ef_set_isa(name);
+  if (rc == -1) return PyErr_Format(PyExc_ValueError, "unknown ISA %R (use 'auto', 'scalar', 'avx2' or 'neon')", PyTuple_GET_ITEM(args, 0));
+  if (rc == -2) return PyErr_Format(PyExc_ValueError, "ISA %R is not available on this CPU/build", PyTuple_GET_ITEM(args, 0));
+  Py_RETURN_NONE;
+}
+
+static PyObject* py_get_isa(PyObject* self, PyObject* unused) { return PyUnicode_FromString(ef_isa_name()); }
+
+static PyObject* py_set_num_threads(PyObject* self, PyObject* args) {
+  int n;
+  if (!PyArg_ParseTuple(args, "i", &n)) return NULL;
+  ef_set_num_threads(n);
+  Py_RETURN_NONE;
+}
+
+static PyObject* py_get_num_threads(PyObject* self, PyObject* unused) { return PyLong_FromLong(ef_get_num_threads()); }
+
+static PyMethodDef methods[] = {
+    {"cpu_features", py_cpu_features, METH_NOARGS, "Detected CPU features and the active ISA."},
+    {"set_isa", py_set_isa, METH_VARARGS, "set_isa(name): 'auto', 'scalar', 'avx2' or 'neon'."},
+    {"get_isa", py_get_isa, METH_NOARGS, "Name of the ISA the dispatcher uses now."},
+    {"set_num_threads", py_set_num_threads, METH_VARARGS, "Threads per kernel call (<= 0: one per CPU)."},
+    {"get_num_threads", py_get_num_threads, METH_NOARGS, "Threads per kernel call."},
+    {"qs8_pack", py_qs8_pack, METH_VARARGS, "qs8_pack(w, w_scale, w_zero_point|None, bias|None) -> Packed"},
+    {"qs8_gemm", py_qs8_gemm, METH_VARARGS,
+     "qs8_gemm(a, a_scale, a_zero_point, packed, out, relu, out_scale, out_zero_point)"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, .m_name = "_kernels", .m_doc = "edgefleet native kernels", .m_size = -1, .m_methods = methods};
+
+PyMODINIT_FUNC PyInit__kernels(void) {
+  if (PyType_Ready(&PackedType) < 0) return NULL;
+  PyObject* m = PyModule_Create(&module);
+  if (m == NULL) return NULL;
+  Py_INCREF(&PackedType);
+  if (PyModule_AddObject(m, "Packed", (PyObject*)&PackedType) < 0) {
+    Py_DECREF(&PackedType);
+    Py_DECREF(m);
+    return NULL;
+  }
+  PyModule_AddIntConstant(m, "QS8_MAX_K", EF_QS8_MAX_K);
+  return m;
+}

@@ -1,0 +1,120 @@
+/* qs8-gemm operator: weight packing, activation preparation, kernel selection and the
+ * split of the output over threads. ISA-independent; the kernels live in scalar.c/avx2.c/neon.c. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "qs8-gemm.h"
+#include "threadpool.h"
+
+const ef_qs8_gemm_config* ef_qs8_gemm_select(void) {
+  const uint32_t flags = ef_arch_flags();
+#if EF_ARCH_X86
+  if (flags & EF_ARCH_X86_AVX2) return &ef_qs8_gemm_config_avx2;
+#endif
+#if EF_ARCH_ARM64
+  if (flags & EF_ARCH_ARM_NEON) return &ef_qs8_gemm_config_neon;
+#endif
+  (void)flags;
+  return &ef_qs8_gemm_config_scalar;
+}
+
+int ef_qs8_pack(const int8_t* w, size_t n, size_t k, const float* w_scale, const int32_t* w_zp,
+                const float* bias, ef_qs8_packed* out) {
+  memset(out, 0, sizeof *out);
+  if (n == 0 || k == 0 || k > EF_QS8_MAX_K) return -1;
+  out->n = n;
+  out->k = k;
+  out->kp = EF_ROUND_UP(k, 4);
+  out->n_blocks = EF_DIV_UP(n, EF_QS8_NR);
+  out->block_bytes = EF_QS8_BLOCK_HEADER_BYTES + out->kp * EF_QS8_NR;
+  out->data = ef_aligned_alloc(out->n_blocks * out->block_bytes);
+  if (out->data == NULL) return -2;
+  memset(out->data, 0, out->n_blocks * out->block_bytes);
+
+  for (size_t b = 0; b < out->n_blocks; b++) {
+    uint8_t* block = out->data + b * out->block_bytes;
+    int32_t* colsum = (int32_t*)block;
+    int32_t* zp = colsum + EF_QS8_NR;
+    float* scale = (float*)(zp + EF_QS8_NR);
+    float* bs = scale + EF_QS8_NR;
+    int8_t* wp = (int8_t*)(block + EF_QS8_BLOCK_HEADER_BYTES);
+    for (size_t j = 0; j < EF_QS8_NR && b * EF_QS8_NR + j < n; j++) {
+      const size_t col = b * EF_QS8_NR + j;
+      const int8_t* wrow = w + col * k;
+      int32_t sum = 0;
+      for (size_t kk = 0; kk < k; kk++) {
+        sum += wrow[kk];
+        wp[(kk / 2) * 2 * EF_QS8_NR + 2 * j + (kk % 2)] = wrow[kk];
+      }
+      colsum[j] = sum;
+      zp[j] = w_zp ? w_zp[col] : 0;
+      scale[j] = w_scale[col];
+      bs[j] = bias ? bias[col] : 0.0f;
+      if (zp[j] != 0) out->has_w_zp = 1;
+    }
+  }
+  return 0;
+}
+
+void ef_qs8_packed_free(ef_qs8_packed* p) {
+  ef_aligned_free(p->data);
+  p->data = NULL;
+}
+
+typedef struct {
+  const ef_qs8_gemm_config* config;
+  size_t m;
+  const int16_t* a16;
+  const int32_t* a_zp;
+  const float* a_scale;
+  const int32_t* rowsum;
+  const ef_qs8_packed* w;
+  void* c;
+  size_t elem; /* output element size */
+  const ef_qs8_gemm_params* params;
+} gemm_job;
+
+/* One thread's share: a range of 16-column blocks, all M rows for each block. Block-outer
+ * order keeps one block of weights in L1/L2 while every row tile reuses it. */
+static void gemm_range(void* ctx, size_t begin, size_t end) {
+  const gemm_job* j = ctx;
+  const size_t mr_max = j->config->mr;
+  const size_t kp = j->w->kp;
+  for (size_t b = begin; b < end; b++) {
+    const uint8_t* block = j->w->data + b * j->w->block_bytes;
+    const size_t n0 = b * EF_QS8_NR;
+    const size_t nc = EF_MIN(EF_QS8_NR, j->w->n - n0);
+    for (size_t m0 = 0; m0 < j->m; m0 += mr_max) {
+      const size_t mr = EF_MIN(mr_max, j->m - m0);
+      j->config->ukernel[mr - 1](mr, nc, kp, j->a16 + m0 * kp, kp, j->a_zp + m0, j->a_scale + m0, j->rowsum + m0,
+                                 block, (uint8_t*)j->c + (m0 * j->w->n + n0) * j->elem, j->w->n, j->params);
+    }
+  }
+}
+
+int ef_qs8_gemm(const ef_qs8_gemm_config* config, size_t m, const int8_t* a, const int32_t* a_zp,
+                const float* a_scale, const ef_qs8_packed* w, void* c, const ef_qs8_gemm_params* params) {
+  if (config == NULL) config = ef_qs8_gemm_select();
+  if (m == 0) return 0;
+  const size_t k = w->k, kp = w->kp;
+  /* Activations are widened to int16 once per call (O(MK), against O(MNK) for the GEMM):
+   * every kernel then multiplies int16 pairs, and the row sums come for free. */
+  int16_t* a16 = ef_aligned_alloc(m * kp * sizeof(int16_t) + m * sizeof(int32_t));
+  if (a16 == NULL) return -2;
+  int32_t* rowsum = (int32_t*)(a16 + m * kp);
+  for (size_t r = 0; r < m; r++) {
+    const int8_t* src = a + r * k;
+    int16_t* dst = a16 + r * kp;
+    int32_t sum = 0;
+    for (size_t kk = 0; kk < k; kk++) {
+      dst[kk] = src[kk];
+      sum += src[kk];
+    }
+    for (size_t kk = k; kk < kp; kk++) dst[kk] = 0;
+    rowsum[r] = sum;
+  }
+  gemm_job job = {config, m, a16, a_zp, a_scale, rowsum, w, c, params->out_int8 ? 1 : sizeof(float), params};
+  ef_parallel_for(w->n_blocks, gemm_range, &job);
+  ef_aligned_free(a16);
+  return 0;
+}

@@ -1,0 +1,118 @@
+/* qs8-gemm: int8 activations x int8 per-output-channel weights ("qc8w"), int32 accumulation,
+ * fused zero-point correction, bias, optional ReLU, and fp32 output (dequantize) or int8
+ * output (requantize).
+ *
+ * What one output element means (the scalar kernel is the executable definition):
+ *   acc[m,n] = sum_k (a[m,k] - a_zp[m]) * (w[n,k] - w_zp[n])            exact in int32
+ *   y[m,n]   = (float)acc * (a_scale[m] * w_scale[n]) + bias[n]         two roundings, no FMA
+ *   relu:      y = y > 0 ? y : 0
+ *   fp32 out:  c = y
+ *   int8 out:  t = clamp(y * out_inv_scale, -128 - out_zp, 127 - out_zp);
+ *              c = nearbyint(t) + out_zp                                 (ties to even)
+ * Every variant (scalar, AVX2, NEON) computes exactly this, bit for bit; tests compare them
+ * with ==. acc is exact when K * 255 * 255 < 2^31, i.e. K <= EF_QS8_MAX_K.
+ *
+ * The kernels expand the zero points algebraically so the inner loop is a plain dot product:
+ *   acc = sum a*w - a_zp*colsum[n] - w_zp[n]*rowsum[m] + K*a_zp*w_zp[n]      (mod 2^32)
+ * colsum is computed at pack time, rowsum when the activations are prepared.
+ */
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common.h"
+
+#define EF_QS8_NR 16 /* output columns per packed block, the same for every ISA */
+#define EF_QS8_KR 2  /* K values consumed per step: one int16 pair per pmaddwd lane */
+#define EF_QS8_MR_MAX 4
+#define EF_QS8_MAX_K 33025 /* largest K with K*255*255 < 2^31 */
+
+/* Packed weights: one block per 16 output columns, blocks back to back.
+ *
+ *   int32 colsum[16]   sum_k w[n,k] (raw weights, before zero points)
+ *   int32 w_zp[16]     weight zero points (0 for symmetric)
+ *   float w_scale[16]
+ *   float bias[16]     0 when there is no bias
+ *   int8  w[kp/2][16][2]   for each K pair: column 0 (k, k+1), column 1 (k, k+1), ...
+ *
+ * Columns past N and K past the true K are zero, so kernels never branch on them inside
+ * the loop. kp is K rounded up to 4, which keeps every block a multiple of 64 bytes. */
+#define EF_QS8_BLOCK_HEADER_BYTES (4 * EF_QS8_NR * 4)
+
+typedef struct ef_qs8_packed {
+  size_t n, k, kp;
+  size_t n_blocks, block_bytes;
+  int has_w_zp;
+  uint8_t* data;
+} ef_qs8_packed;
+
+/* Per-call parameters shared by every tile. */
+typedef struct ef_qs8_gemm_params {
+  size_t k;            /* true K (for the K*a_zp*w_zp term) */
+  int relu;
+  int out_int8;        /* 0: fp32 output; 1: requantized int8 output */
+  float out_inv_scale; /* int8 output only */
+  int32_t out_zp;      /* int8 output only */
+} ef_qs8_gemm_params;
+
+/* Computes an mr x nc tile (mr <= MR of the kernel, nc <= 16) of the output.
+ *   a       int16 activations (int8 values sign-extended, K zero-padded to kp), row stride a_stride
+ *   a_zp, a_scale, a_rowsum: per-row arrays for these mr rows
+ *   block   one packed block (header + weights)
+ *   c       output tile start (float* or int8_t*), row stride c_stride elements */
+typedef void (*ef_qs8_gemm_ukernel_fn)(size_t mr, size_t nc, size_t kp, const int16_t* a, size_t a_stride,
+                                        const int32_t* a_zp, const float* a_scale, const int32_t* a_rowsum,
+                                        const uint8_t* block, void* c, size_t c_stride,
+                                        const ef_qs8_gemm_params* params);
+
+/* One ISA's kernels, indexed by rows - 1 (a 1-row kernel for GEMV, up to MR). */
+typedef struct ef_qs8_gemm_config {
+  const char* isa;
+  uint32_t arch_flags;
+  size_t mr;
+  ef_qs8_gemm_ukernel_fn ukernel[EF_QS8_MR_MAX];
+} ef_qs8_gemm_config;
+
+extern const ef_qs8_gemm_config ef_qs8_gemm_config_scalar;
+#if EF_ARCH_X86
+extern const ef_qs8_gemm_config ef_qs8_gemm_config_avx2;
+#endif
+#if EF_ARCH_ARM64
+extern const ef_qs8_gemm_config ef_qs8_gemm_config_neon;
+#endif
+
+/* Best config the current arch flags allow (avx2 -> neon -> scalar). */
+const ef_qs8_gemm_config* ef_qs8_gemm_select(void);
+
+/* Packing and the operator (operator.c). Return 0 or a negative error. */
+int ef_qs8_pack(const int8_t* w, size_t n, size_t k, const float* w_scale, const int32_t* w_zp,
+                const float* bias, ef_qs8_packed* out);
+void ef_qs8_packed_free(ef_qs8_packed* p);
+
+/* C[M,N] = epilogue(A[M,K] x packed^T). a is int8 row-major (stride k). Uses the thread pool
+ * over N blocks and the kernels of `config` (NULL = ef_qs8_gemm_select()). */
+int ef_qs8_gemm(const ef_qs8_gemm_config* config, size_t m, const int8_t* a, const int32_t* a_zp,
+                const float* a_scale, const ef_qs8_packed* w, void* c, const ef_qs8_gemm_params* params);
+
+/* Scalar epilogue for one element; shared by the scalar kernel and SIMD tails so that the
+ * definition above lives in exactly one place. */
+#include <math.h>
+EF_INLINE float ef_qs8_dequant(int32_t acc, float a_scale, float w_scale, float bias, int relu) {
+  float y = (float)acc * (a_scale * w_scale);
+  y = y + bias;
+  if (relu) y = y > 0.0f ? y : 0.0f;
+  return y;
+}
+EF_INLINE int8_t ef_qs8_requant(float y, float inv_scale, int32_t zp) {
+  const float lo = (float)(-128 - zp), hi = (float)(127 - zp);
+  float t = y * inv_scale;
+  t = t > lo ? t : lo; /* NaN -> lo, the same as max_ps(t, lo) */
+  t = t < hi ? t : hi;
+  return (int8_t)((int32_t)nearbyintf(t) + zp);
+}
+/* Zero-point expansion in wrapping unsigned arithmetic (exact mod 2^32, no signed overflow). */
+EF_INLINE int32_t ef_qs8_correct(uint32_t raw, int32_t a_zp, int32_t colsum, int32_t w_zp, int32_t rowsum, uint32_t k) {
+  uint32_t acc = raw - (uint32_t)a_zp * (uint32_t)colsum - (uint32_t)w_zp * (uint32_t)rowsum +
+                 k * (uint32_t)a_zp * (uint32_t)w_zp;
+  return (int32_t)acc;
+}

@@ -1,0 +1,40 @@
+/* Portable qs8-gemm kernel: the reference every SIMD variant is tested against, and the
+ * fallback on CPUs without one. Plain loops, not designed to be fast. */
+#include "qs8-gemm.h"
+
+static void ef_qs8_qc8w_gemm_minmax_ukernel_4x16c2__scalar(
+    size_t mr, size_t nc, size_t kp, const int16_t* a, size_t a_stride, const int32_t* a_zp,
+    const float* a_scale, const int32_t* a_rowsum, const uint8_t* block, void* c, size_t c_stride,
+    const ef_qs8_gemm_params* p) {
+  const int32_t* colsum = (const int32_t*)block;
+  const int32_t* w_zp = colsum + EF_QS8_NR;
+  const float* w_scale = (const float*)(w_zp + EF_QS8_NR);
+  const float* bias = w_scale + EF_QS8_NR;
+  const int8_t* w = (const int8_t*)(block + EF_QS8_BLOCK_HEADER_BYTES);
+
+  for (size_t r = 0; r < mr; r++) {
+    const int16_t* arow = a + r * a_stride;
+    for (size_t j = 0; j < nc; j++) {
+      uint32_t raw = 0; /* wrapping sum; exact whenever the true result fits int32 */
+      for (size_t kk = 0; kk < kp; kk += 2) {
+        const int8_t* wp = w + kk * EF_QS8_NR + 2 * j; /* pair kk/2, column j */
+        raw += (uint32_t)((int32_t)arow[kk] * wp[0] + (int32_t)arow[kk + 1] * wp[1]);
+      }
+      int32_t acc = ef_qs8_correct(raw, a_zp[r], colsum[j], w_zp[j], a_rowsum[r], (uint32_t)p->k);
+      float y = ef_qs8_dequant(acc, a_scale[r], w_scale[j], bias[j], p->relu);
+      if (p->out_int8) {
+        ((int8_t*)c)[r * c_stride + j] = ef_qs8_requant(y, p->out_inv_scale, p->out_zp);
+      } else {
+        ((float*)c)[r * c_stride + j] = y;
+      }
+    }
+  }
+}
+
+const ef_qs8_gemm_config ef_qs8_gemm_config_scalar = {
+    .isa = "scalar",
+    .arch_flags = EF_ARCH_SCALAR,
+    .mr = 4,
+    .ukernel = {ef_qs8_qc8w_gemm_minmax_ukernel_4x16c2__scalar, ef_qs8_qc8w_gemm_minmax_ukernel_4x16c2__scalar,
+                ef_qs8_qc8w_gemm_minmax_ukernel_4x16c2__scalar, ef_qs8_qc8w_gemm_minmax_ukernel_4x16c2__scalar},
+};

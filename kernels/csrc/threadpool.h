@@ -1,0 +1,11 @@
+/* A small persistent thread pool: ef_parallel_for splits [0, count) into one contiguous
+ * range per thread; the calling thread runs the first range itself. Kernels split work
+ * over output columns (N), so threads never write the same output. */
+#pragma once
+#include <stddef.h>
+
+typedef void (*ef_range_fn)(void* ctx, size_t begin, size_t end);
+
+void ef_parallel_for(size_t count, ef_range_fn fn, void* ctx);
+void ef_set_num_threads(int n); /* n <= 0 means one per online CPU */
+int ef_get_num_threads(void);

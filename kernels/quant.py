@@ -1,0 +1,91 @@
+"""numpy reference quantizers and reference GEMMs for the native kernels.
+
+These are the deterministic definitions: the compressor uses the quantizers to produce
+weights, and the tests compare every native kernel against the reference functions here
+(integer parts exactly, float parts with the named tolerances below). Plain numpy, slow,
+no dependency beyond numpy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Tolerances for float outputs whose summation order differs between variants
+#: (int4/int2 group sums, fp32 sparse and convolution): |ours - ref| <= ATOL + RTOL*|ref|.
+FLOAT_SUM_RTOL = 1e-5
+FLOAT_SUM_ATOL = 1e-5
+
+QS8_MAX_K = 33025  # largest K for which K * 255 * 255 fits in int32
+
+
+# ----------------------------------------------------------------------------- int8
+
+
+def quantize_per_channel(w: np.ndarray, symmetric: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-output-channel int8 quantization of w [N, K] (float).
+
+    Returns (q int8 [N,K], scale float32 [N], zero_point int32 [N]); w ~= (q - zp) * scale.
+    Symmetric uses [-127, 127] and zp = 0; asymmetric maps [min, max] (widened to include 0)
+    onto [-128, 127].
+    """
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim != 2:
+        raise ValueError(f"w must be 2-D [N, K], got shape {w.shape}")
+    if symmetric:
+        amax = np.abs(w).max(axis=1)
+        scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+        q = np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8)
+        return q, scale, np.zeros(w.shape[0], np.int32)
+    lo = np.minimum(w.min(axis=1), 0.0)
+    hi = np.maximum(w.max(axis=1), 0.0)
+    scale = np.where(hi > lo, (hi - lo) / 255.0, 1.0).astype(np.float32)
+    zp = np.clip(np.rint(-128.0 - lo / scale), -128, 127).astype(np.int32)
+    q = np.clip(np.rint(w / scale[:, None]) + zp[:, None], -128, 127).astype(np.int8)
+    return q, scale, zp
+
+
+def quantize_rows_dynamic(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row asymmetric int8 quantization of activations x [M, K] (dynamic quantization).
+
+    Returns (q int8 [M,K], scale float32 [M], zero_point int32 [M]).
+    """
+    x = np.asarray(x, dtype=np.float32)
+    lo = np.minimum(x.min(axis=1), 0.0)
+    hi = np.maximum(x.max(axis=1), 0.0)
+    scale = np.where(hi > lo, (hi - lo) / 255.0, 1.0).astype(np.float32)
+    zp = np.clip(np.rint(-128.0 - lo / scale), -128, 127).astype(np.int32)
+    q = np.clip(np.rint(x / scale[:, None]) + zp[:, None], -128, 127).astype(np.int8)
+    return q, scale, zp
+
+
+def qs8_accumulate_ref(a: np.ndarray, a_zp: np.ndarray, w: np.ndarray, w_zp: np.ndarray) -> np.ndarray:
+    """Exact integer part: acc[m, n] = sum_k (a[m,k] - a_zp[m]) * (w[n,k] - w_zp[n]) (int64)."""
+    a64 = a.astype(np.int64) - np.asarray(a_zp, np.int64).reshape(-1, 1)
+    w64 = w.astype(np.int64) - np.asarray(w_zp, np.int64).reshape(-1, 1)
+    return a64 @ w64.T
+
+
+def qs8_gemm_ref(a, a_scale, a_zp, w, w_scale, w_zp=None, bias=None, relu=False, out_scale=None, out_zp=0):
+    """Reference for kernels.qs8_gemm with the kernels' exact float rounding sequence:
+    y = float32(acc) * (a_scale * w_scale) + bias, ReLU, then optional requantization
+    (clamp in float, round half to even, add zero point)."""
+    m, n = a.shape[0], w.shape[0]
+    a_scale = np.broadcast_to(np.asarray(a_scale, np.float32), (m,))
+    a_zp = np.broadcast_to(np.asarray(a_zp, np.int64), (m,))
+    w_zp = np.zeros(n, np.int64) if w_zp is None else np.asarray(w_zp, np.int64)
+    acc = qs8_accumulate_ref(a, a_zp, w, w_zp)
+    assert np.abs(acc).max(initial=0) < 2**31, "accumulator outside int32"
+    s = a_scale[:, None] * np.asarray(w_scale, np.float32)[None, :]
+    y = acc.astype(np.int32).astype(np.float32) * s
+    if bias is not None:
+        y = y + np.asarray(bias, np.float32)[None, :]
+    else:
+        y = y + np.float32(0)
+    if relu:
+        y = np.where(y > 0, y, np.float32(0)).astype(np.float32)
+    if out_scale is None:
+        return y
+    inv = np.float32(1) / np.float32(out_scale)
+    t = y * inv
+    t = np.clip(t, np.float32(-128 - out_zp), np.float32(127 - out_zp))
+    return (np.rint(t).astype(np.int32) + out_zp).astype(np.int8)

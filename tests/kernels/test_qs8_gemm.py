@@ -1,0 +1,197 @@
+"""int8 x int8 GEMM/GEMV: every ISA bit-exact against the numpy reference, for random and
+adversarial inputs, odd shapes, both output types, 1 and 2 threads; bad input raises."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kernels
+from kernels import quant
+
+from .tester import assert_bitexact, isa_params
+
+SHAPES = [(1, 1, 1), (1, 16, 32), (1, 17, 33), (2, 31, 7), (3, 5, 64), (4, 16, 2), (5, 33, 129), (7, 48, 31), (9, 100, 257)]
+
+
+def _case(rng, m, n, k, w_zp: bool, bias: bool):
+    a = rng.integers(-128, 128, (m, k), dtype=np.int8)
+    w = rng.integers(-128, 128, (n, k), dtype=np.int8)
+    a_scale = rng.uniform(0.001, 0.1, m).astype(np.float32)
+    a_zp = rng.integers(-128, 128, m).astype(np.int32)
+    w_scale = rng.uniform(0.001, 0.1, n).astype(np.float32)
+    wz = rng.integers(-128, 128, n).astype(np.int32) if w_zp else None
+    b = rng.standard_normal(n).astype(np.float32) if bias else None
+    return a, a_scale, a_zp, w, w_scale, wz, b
+
+
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("m,n,k", SHAPES)
+@pytest.mark.parametrize("w_zp,bias,relu", [(False, False, False), (True, True, True), (True, False, True), (False, True, False)])
+def test_matches_reference_bit_exact(isa, m, n, k, w_zp, bias, relu):
+    rng = np.random.default_rng(m * 1000 + n * 10 + k)
+    a, a_scale, a_zp, w, w_scale, wz, b = _case(rng, m, n, k, w_zp, bias)
+    packed = kernels.pack_qs8(w, w_scale, wz, b)
+    with kernels.use_isa(isa):
+        got = kernels.qs8_linear(a, a_scale, a_zp, packed, relu=relu)
+        got_q = kernels.qs8_linear(a, a_scale, a_zp, packed, relu=relu, out_scale=0.05, out_zero_point=-7)
+    assert_bitexact(got, quant.qs8_gemm_ref(a, a_scale, a_zp, w, w_scale, wz, b, relu), f"{isa} fp32 out")
+    assert_bitexact(got_q, quant.qs8_gemm_ref(a, a_scale, a_zp, w, w_scale, wz, b, relu, 0.05, -7), f"{isa} int8 out")
+
+
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("a_val,a_zp,w_val,w_zp", [(-128, 127, -128, 127), (-128, 127, 127, -128), (127, -128, 127, -128),
+                                                  (-128, 0, -128, 0), (127, 0, -128, 0), (-128, -128, -128, -128)])
+def test_extreme_values_do_not_saturate(isa, a_val, a_zp, w_val, w_zp):
+    """All -128/127 with zero points at the extremes: the accumulators reach +-K*255*255,
+    where a vpmaddubsw-style int16 pair sum would saturate."""
+    m, n, k = 3, 17, quant.QS8_MAX_K
+    a = np.full((m, k), a_val, np.int8)
+    w = np.full((n, k), w_val, np.int8)
+    packed = kernels.pack_qs8(w, np.ones(n, np.float32), np.full(n, w_zp, np.int32))
+    with kernels.use_isa(isa):
+        got = kernels.qs8_linear(a, 1.0, a_zp, packed)
+    want = quant.qs8_gemm_ref(a, 1.0, a_zp, w, np.ones(n, np.float32), np.full(n, w_zp))
+    assert_bitexact(got, want, isa)
+    assert got[0, 0] == np.float32((a_val - a_zp) * (w_val - w_zp) * k)
+
+
+@pytest.mark.parametrize("isa", isa_params())
+def test_gemv_alternating_extremes(isa):
+    rng = np.random.default_rng(7)
+    k, n = 1001, 65
+    a = np.where(rng.random((1, k)) < 0.5, -128, 127).astype(np.int8)
+    w = np.where(rng.random((n, k)) < 0.5, -128, 127).astype(np.int8)
+    ws = np.full(n, 0.5, np.float32)
+    packed = kernels.pack_qs8(w, ws)
+    with kernels.use_isa(isa):
+        got = kernels.qs8_linear(a[0], 0.25, -128, packed)
+    assert got.shape == (n,)
+    assert_bitexact(got, quant.qs8_gemm_ref(a, 0.25, -128, w, ws)[0], isa)
+
+
+def test_threads_do_not_change_results():
+    rng = np.random.default_rng(3)
+    a, a_scale, a_zp, w, w_scale, wz, b = _case(rng, 9, 200, 130, True, True)
+    packed = kernels.pack_qs8(w, w_scale, wz, b)
+    before = kernels.get_num_threads()
+    try:
+        kernels.set_num_threads(1)
+        one = kernels.qs8_linear(a, a_scale, a_zp, packed)
+        kernels.set_num_threads(2)
+        two = kernels.qs8_linear(a, a_scale, a_zp, packed)
+    finally:
+        kernels.set_num_threads(before)
+    assert_bitexact(one, two, "1 vs 2 threads")
+
+
+def test_dynamic_rows_end_to_end_close_to_float():
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((4, 96)).astype(np.float32)
+    wf = rng.standard_normal((24, 96)).astype(np.float32)
+    q, xs, xz = quant.quantize_rows_dynamic(x)
+    wq, wsc, wz = quant.quantize_per_channel(wf, symmetric=False)
+    y = kernels.qs8_gemm(q, xs, xz, wq, wsc, wz)
+    ref = x @ wf.T
+    assert np.abs(y - ref).max() < 0.05 * np.abs(ref).max()
+
+
+int8s = st.integers(-128, 127)
+
+
+@settings(max_examples=60, deadline=None)
+@given(m=st.integers(1, 6), n=st.integers(1, 40), k=st.integers(1, 70), seed=st.integers(0, 2**32 - 1),
+       extreme=st.booleans(), a_zp=int8s, w_zp=int8s, relu=st.booleans(), out_zp=int8s)
+def test_property_every_isa_equals_reference(m, n, k, seed, extreme, a_zp, w_zp, relu, out_zp):
+    rng = np.random.default_rng(seed)
+    if extreme:  # only the two extreme values, the worst case for int16 intermediates
+        a = rng.choice(np.array([-128, 127], np.int8), (m, k))
+        w = rng.choice(np.array([-128, 127], np.int8), (n, k))
+    else:
+        a = rng.integers(-128, 128, (m, k), dtype=np.int8)
+        w = rng.integers(-128, 128, (n, k), dtype=np.int8)
+    ws = rng.uniform(1e-3, 1.0, n).astype(np.float32)
+    wz = np.full(n, w_zp, np.int32)
+    b = rng.standard_normal(n).astype(np.float32)
+    packed = kernels.pack_qs8(w, ws, wz, b)
+    want = quant.qs8_gemm_ref(a, 0.01, a_zp, w, ws, wz, b, relu)
+    want_q = quant.qs8_gemm_ref(a, 0.01, a_zp, w, ws, wz, b, relu, 0.7, out_zp)
+    for isa in kernels.available_isas():
+        with kernels.use_isa(isa):
+            assert_bitexact(kernels.qs8_linear(a, 0.01, a_zp, packed, relu=relu), want, isa)
+            assert_bitexact(kernels.qs8_linear(a, 0.01, a_zp, packed, relu=relu, out_scale=0.7, out_zero_point=out_zp), want_q, isa)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+@pytest.fixture(scope="module")
+def packed():
+    return kernels.pack_qs8(np.zeros((8, 16), np.int8), np.ones(8, np.float32))
+
+
+def test_wrong_dtype_raises_type_error(packed):
+    with pytest.raises(TypeError, match="a: expected dtype int8"):
+        kernels.qs8_linear(np.zeros((2, 16), np.int16), 1.0, 0, packed)
+    with pytest.raises(TypeError, match="w: expected dtype int8"):
+        kernels.pack_qs8(np.zeros((8, 16), np.float32), np.ones(8))
+    with pytest.raises(TypeError, match="a_zero_point: expected integers"):
+        kernels.qs8_linear(np.zeros((2, 16), np.int8), 1.0, 0.5, packed)
+    with pytest.raises(TypeError, match="w: expected weights from pack_qs8"):
+        kernels.qs8_linear(np.zeros((2, 16), np.int8), 1.0, 0, np.zeros((8, 16), np.int8))
+
+
+def test_non_contiguous_raises(packed):
+    a = np.zeros((2, 32), np.int8)[:, ::2]
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kernels.qs8_linear(a, 1.0, 0, packed)
+
+
+def test_shape_mismatches_raise(packed):
+    with pytest.raises(ValueError, match="K of the packed weights"):
+        kernels.qs8_linear(np.zeros((2, 15), np.int8), 1.0, 0, packed)
+    with pytest.raises(ValueError, match="a_scale"):
+        kernels.qs8_linear(np.zeros((2, 16), np.int8), np.ones(3), 0, packed)
+    with pytest.raises(ValueError, match="w_scales"):
+        kernels.pack_qs8(np.zeros((8, 16), np.int8), np.ones(7))
+    with pytest.raises(ValueError, match="dimensions"):
+        kernels.pack_qs8(np.zeros((2, 8, 16), np.int8), np.ones(2))
+    with pytest.raises(ValueError, match="exceeds"):
+        kernels.pack_qs8(np.zeros((1, quant.QS8_MAX_K + 1), np.int8), np.ones(1))
+
+
+def test_zero_points_out_of_range_raise(packed):
+    with pytest.raises(ValueError, match="int8 range"):
+        kernels.qs8_linear(np.zeros((1, 16), np.int8), 1.0, 200, packed)
+    with pytest.raises(ValueError, match="int8 range"):
+        kernels.pack_qs8(np.zeros((8, 16), np.int8), np.ones(8), np.full(8, -129))
+    with pytest.raises(ValueError, match="out_scale"):
+        kernels.qs8_linear(np.zeros((1, 16), np.int8), 1.0, 0, packed, out_scale=-1.0)
+
+
+def test_packed_attributes(packed):
+    assert (packed.n, packed.k, packed.kind) == (8, 16, "qs8")
+    assert packed.nbytes >= 8 * 16
+
+
+# ------------------------------------------------------------------ dispatch
+
+
+def test_set_isa_scalar_and_back():
+    assert "scalar" in kernels.available_isas()
+    with kernels.use_isa("scalar"):
+        assert kernels.get_isa() == "scalar"
+    assert kernels.get_isa() == kernels.available_isas()[-1]
+    with pytest.raises(ValueError, match="unknown ISA"):
+        kernels.set_isa("sse9")
+
+
+def test_env_var_forces_scalar_and_import_is_light():
+    code = ("import sys, kernels; print(kernels.get_isa()); "
+            "print(any(m in sys.modules for m in ('torch', 'onnx', 'onnxruntime')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"EDGEFLEET_KERNELS_ISA": "scalar", "PYTHONPATH": str(__import__("pathlib").Path(kernels.__file__).parent.parent)})
+    assert out.stdout.split() == ["scalar", "False"]
