@@ -15,7 +15,7 @@ import time
 import numpy as np
 import psutil
 
-from agent.engines.base import Engine, IOSpec, Session
+from agent.engines.base import Engine, IOSpec, Session, load_variant
 from agent.fsutil import atomic_write_json
 from proto import fleet_pb2
 from proto.manifest import Manifest
@@ -77,9 +77,16 @@ def profile_session(session: Session, feeds: dict[str, np.ndarray], variant_id: 
 
 def profile_variant(engine: Engine, path: str | os.PathLike, variant_id: str, manifest: Manifest | None,
                     *, warmup: int = 2, runs: int = 10) -> fleet_pb2.VariantProfile:
-    """Load the variant, benchmark it and release it (peak RSS delta includes the load)."""
+    """Load the variant (with its session config, as it will serve), benchmark it and release
+    it (peak RSS delta includes the load)."""
     rss_before = psutil.Process().memory_info().rss
-    session = engine.load(path)
+    variant = None
+    if manifest is not None:
+        try:
+            variant = manifest.variant(variant_id)
+        except KeyError:
+            variant = None
+    session = load_variant(engine, path, variant)
     feeds = representative_inputs(session.input_specs, manifest)
     return profile_session(session, feeds, variant_id, engine.name, warmup=warmup, runs=runs,
                            rss_before=rss_before)

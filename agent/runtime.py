@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from agent.engines.base import Engine, Session
+from agent.engines.base import Engine, Session, load_variant
 from agent.profiling import representative_inputs
 from proto import fleet_pb2
 
@@ -123,7 +123,7 @@ class Runner:
             path = bundle.variant_path(variant_id)
         except KeyError:
             raise UnknownVariantError(variant_id) from None
-        session = self.engine.load(path)
+        session = load_variant(self.engine, path, bundle.manifest.variant(variant_id))
         session.run(representative_inputs(session.input_specs, bundle.manifest))   # warm up
         return LoadedVariant(bundle.bundle_id, variant_id, session)
 

@@ -36,10 +36,34 @@ class Session(Protocol):
 
 @runtime_checkable
 class Engine(Protocol):
+    """`load(path)` compiles/opens one ONNX variant. An engine that sets
+    `accepts_session_config = True` also takes `load(path, session_config={...})`: the
+    variant's onnxruntime session config from its manifest (see load_variant)."""
+
     name: str
 
     def load(self, path: str | os.PathLike) -> Session:
         ...
+
+
+SESSION_CONFIG_DETAIL = "onnxruntime_session_config"
+
+
+def variant_session_config(variant) -> dict:
+    """The raw `details["onnxruntime_session_config"]` of a manifest Variant ({} if none).
+    The engine filters it against its allow-list."""
+    details = getattr(variant, "details", None) or {}
+    raw = details.get(SESSION_CONFIG_DETAIL) if isinstance(details, dict) else None
+    return raw if raw is not None else {}
+
+
+def load_variant(engine: Engine, path: str | os.PathLike, variant=None) -> Session:
+    """Load one variant on `engine`, with the variant's session config where the engine takes one
+    (profiling and serving both go through here, so they measure and run the same session)."""
+    config = variant_session_config(variant) if variant is not None else {}
+    if config and getattr(engine, "accepts_session_config", False):
+        return engine.load(path, session_config=config)
+    return engine.load(path)
 
 
 EngineFactory = Callable[..., Engine]

@@ -40,6 +40,34 @@ def linear_model_bytes(seed: int, in_dim: int = IN_DIM, out_dim: int = OUT_DIM, 
     return model.SerializeToString()
 
 
+def dequant_model_bytes(seed: int, in_dim: int = IN_DIM, out_dim: int = OUT_DIM) -> bytes:
+    """A weight-only quantized layer: int8 weights -> DequantizeLinear (per output channel)
+    -> MatMul, same inputs/outputs as the linear model; dequant_reference() is its output."""
+    w, scale = _dequant_weights(seed, in_dim, out_dim)
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["wq", "scale"], ["w"], axis=1),
+         helper.make_node("MatMul", ["input", "w"], ["logits"])],
+        f"dq{seed}",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", in_dim])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", out_dim])],
+        initializer=[numpy_helper.from_array(w, "wq"), numpy_helper.from_array(scale, "scale")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def _dequant_weights(seed: int, in_dim: int, out_dim: int):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(-127, 128, (in_dim, out_dim)).astype(np.int8),
+            (rng.random(out_dim) * 0.05 + 0.01).astype(np.float32))
+
+
+def dequant_reference(seed: int, x: np.ndarray) -> np.ndarray:
+    w, scale = _dequant_weights(seed, x.shape[1], OUT_DIM)
+    return x @ (w.astype(np.float32) * scale)
+
+
 @dataclass
 class TestBundle:
     manifest: Manifest
@@ -71,18 +99,22 @@ class TestBundle:
         return folder
 
 
-def make_bundle(key=None, seeds=(1, 2, 3), version: str = "1") -> TestBundle:
+def make_bundle(key=None, seeds=(1, 2, 3), version: str = "1", details: dict[str, dict] | None = None,
+                models: dict[str, bytes] | None = None) -> TestBundle:
+    """fp32/int8/int4 variants of the tiny model; `details` and `models` override a variant's
+    manifest details and ONNX bytes by variant id."""
     key = key or signing.generate_private_key()
+    details, models = details or {}, models or {}
     variants, files = [], {}
     specs = [("fp32", 32, 0.95), ("int8", 8, 0.93), ("int4", 4, 0.90)]
     for (vid, bits, quality), seed in zip(specs, seeds):
-        data = linear_model_bytes(seed)
+        data = models.get(vid) or linear_model_bytes(seed)
         digest = sha256_digest(data)
         files[digest] = data
         variants.append(Variant(id=vid, file=f"model-{vid}.onnx", digest=digest, size_bytes=len(data),
                                 method="fp32" if bits == 32 else "ptq-static", weight_bits=bits,
                                 activation_bits=32 if bits == 32 else 8, quality=quality,
-                                layer_groups=(LayerGroup("*", bits, 32),)))
+                                layer_groups=(LayerGroup("*", bits, 32),), details=details.get(vid, {})))
     manifest = Manifest(model="tiny", version=version, quality_metric="accuracy",
                         inputs=(TensorSpec("input", (None, IN_DIM)),),
                         outputs=(TensorSpec("logits", (None, OUT_DIM)),),
