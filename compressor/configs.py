@@ -147,6 +147,61 @@ class Int8DynamicConfig(VariantConfig):
         return "int8-dynamic"
 
 
+class SparsityPattern(str, enum.Enum):
+    UNSTRUCTURED = "unstructured"
+    """Any weight may be zeroed (needs a sparse kernel to run faster)."""
+    TWO_FOUR = "2:4"
+    """2 of every 4 consecutive weights zeroed (hardware-friendly N:M)."""
+    CHANNEL = "channel"
+    """Whole filters removed: a smaller dense model with fewer MACs."""
+
+
+@dataclass
+class PruneConfig(VariantConfig):
+    """Pruning, fine-tuning, and optionally static int8 on top.
+
+    Args:
+        sparsity: fraction of weights (unstructured), or of channels per group (channel),
+            to remove; 2:4 is always 0.5 of the eligible weights.
+        pattern: unstructured | 2:4 | channel.
+        importance: magnitude (data-free) or activation (data-aware, calibration data).
+        scope: for unstructured, per layer or one global threshold.
+        finetune_epochs: training epochs after pruning (pruned weights held at zero);
+            0 skips fine-tuning. Needs train_data.
+        finetune_lr: learning rate for fine-tuning.
+        int8: quantize the pruned model with static int8 (min-max, per-channel).
+        seed: seeds fine-tuning.
+    """
+
+    sparsity: float = 0.5
+    pattern: SparsityPattern = SparsityPattern.UNSTRUCTURED
+    importance: str = "magnitude"
+    scope: str = "layer"
+    finetune_epochs: int = 5
+    finetune_lr: float = 1e-3
+    int8: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from compressor.prune.importance import Importance
+        from compressor.prune.masks import Scope
+        self.pattern = SparsityPattern(self.pattern)
+        self.importance = Importance(self.importance).value
+        self.scope = Scope(self.scope).value
+        if self.pattern is SparsityPattern.TWO_FOUR:
+            self.sparsity = 0.5
+        if not 0.0 < self.sparsity < 1.0:
+            raise ValueError(f"sparsity must be in (0, 1), got {self.sparsity}")
+        if self.finetune_epochs < 0:
+            raise ValueError("finetune_epochs must be >= 0")
+        super().__post_init__()
+
+    def default_id(self) -> str:
+        pat = {"unstructured": "sparse", "2:4": "sparse24", "channel": "pruned"}[self.pattern.value]
+        base = pat if self.pattern is SparsityPattern.TWO_FOUR else f"{pat}{round(self.sparsity * 100)}"
+        return base + ("-int8" if self.int8 else "")
+
+
 # -- serialisation ---------------------------------------------------------------------
 
 def _allowed() -> dict[str, type]:

@@ -113,6 +113,52 @@ def estimate_memory(model: onnx.ModelProto) -> int:
     return int(weights + acts)
 
 
+def count_macs(model: onnx.ModelProto) -> int:
+    """Multiply-accumulates of Conv/Gemm/MatMul at batch 1 (from inferred shapes)."""
+    from onnx import numpy_helper
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for i in m.graph.input:
+        d = i.type.tensor_type.shape.dim
+        if d and not d[0].HasField("dim_value"):
+            d[0].dim_value = 1
+    inferred = onnx.shape_inference.infer_shapes(m)
+    shapes = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else 1
+                           for d in vi.type.tensor_type.shape.dim]
+    for t in m.graph.initializer:
+        shapes[t.name] = list(t.dims)
+    # the weight of a quantized op comes out of a DequantizeLinear / Reshape: follow it back
+    producer = {o: n for n in m.graph.node for o in n.output}
+
+    def wshape(name):
+        while name not in shapes or not shapes[name]:
+            n = producer.get(name)
+            if n is None:
+                return None
+            name = n.input[0] if n.op_type != "Reshape" else n.output[0]
+            if n.op_type == "Reshape" and n.input[1] in m.graph.initializer:
+                break
+        return shapes.get(name)
+
+    macs = 0
+    for n in m.graph.node:
+        if n.op_type not in ("Conv", "ConvInteger", "QLinearConv", "Gemm", "MatMul", "MatMulInteger"):
+            continue
+        out = shapes.get(n.output[0])
+        w = wshape(n.input[1])
+        if not out or not w:
+            continue
+        if n.op_type.startswith("Conv") or n.op_type == "QLinearConv":
+            macs += int(np.prod(out)) * int(np.prod(w[1:]))
+        else:
+            k = w[0] if n.op_type != "Gemm" or not any(
+                a.name == "transB" and a.i for a in n.attribute) else w[1]
+            macs += int(np.prod(out)) * int(k)
+    return macs
+
+
 def _proto_numel(t: onnx.TensorProto) -> int:
     return int(np.prod(t.dims)) if t.dims else 1
 

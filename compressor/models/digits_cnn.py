@@ -30,6 +30,18 @@ class DigitsCNN(nn.Module):
         c = self.pool2(torch.relu(self.conv3(b)))
         return [a, b, c]
 
+    def channel_groups(self):
+        """Channels that structured pruning may remove together (see prune/structured.py)."""
+        from compressor.prune.structured import ChannelGroup
+        return [ChannelGroup("conv1", ("conv1",), ("conv2",)),
+                ChannelGroup("conv2", ("conv2",), ("conv3",)),
+                ChannelGroup("conv3", ("conv3",), ("fc1",), inp_repeat=4),   # 2x2 after pool
+                ChannelGroup("fc1", ("fc1",), ("fc2",))]
+
+    def make_student(self, width: float) -> "DigitsCNN":
+        """A narrower network of the same shape (distillation students)."""
+        return DigitsCNN(width=width, num_classes=self.fc2.out_features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.features(x)[-1]
         h = torch.relu(self.fc1(torch.flatten(c, 1)))

@@ -1,0 +1,1 @@
+"""Pruning: importance scores, unstructured / 2:4 masks, structured channel removal."""
