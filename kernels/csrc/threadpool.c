@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #define EF_MAX_THREADS 64
+#define EF_MIN_COST_PER_THREAD ((size_t)1 << 17) /* ~128K multiply-adds, ~5-10 us */
+#define EF_MAX(a, b) ((a) > (b) ? (a) : (b))
 
 static struct {
   pthread_mutex_t lock;      /* guards everything below */
@@ -38,6 +40,19 @@ static void run_part(ef_range_fn fn, void* ctx, size_t count, int part, int part
   if (begin < end) fn(ctx, begin, end);
 }
 
+/* Spin this many polls before sleeping: on a busy machine a futex wake-up can take tens of
+ * microseconds, longer than a whole small GEMV, while back-to-back kernel calls (one per
+ * layer) arrive well within the spin window. */
+#define EF_SPIN_POLLS 20000
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
 static void* worker_main(void* arg) {
   const int id = (int)(intptr_t)arg; /* workers are parts 1..threads-1 */
   pthread_mutex_lock(&pool.lock);
@@ -45,6 +60,9 @@ static void* worker_main(void* arg) {
    * created it may already have been published by the time it takes the lock. */
   uint64_t seen = start_generation[id];
   for (;;) {
+    pthread_mutex_unlock(&pool.lock);
+    for (int i = 0; i < EF_SPIN_POLLS && __atomic_load_n(&pool.generation, __ATOMIC_ACQUIRE) == seen; i++) cpu_relax();
+    pthread_mutex_lock(&pool.lock);
     while (pool.generation == seen) pthread_cond_wait(&pool.wake, &pool.lock);
     seen = pool.generation;
     const int parts = pool.job_threads;
@@ -55,7 +73,7 @@ static void* worker_main(void* arg) {
     pthread_mutex_unlock(&pool.lock);
     run_part(fn, ctx, count, id, parts);
     pthread_mutex_lock(&pool.lock);
-    if (--pool.pending == 0) pthread_cond_signal(&pool.done);
+    if (__atomic_sub_fetch(&pool.pending, 1, __ATOMIC_ACQ_REL) == 0) pthread_cond_signal(&pool.done);
   }
   return NULL;
 }
@@ -111,10 +129,14 @@ static int ensure_workers(int threads) {
   return pool.started + 1 < threads ? pool.started + 1 : threads;
 }
 
-void ef_parallel_for(size_t count, ef_range_fn fn, void* ctx) {
+void ef_parallel_for(size_t count, size_t cost_per_item, ef_range_fn fn, void* ctx) {
   if (count == 0) return;
   int threads = ef_get_num_threads();
   if ((size_t)threads > count) threads = (int)count;
+  /* Below ~EF_MIN_COST_PER_THREAD units of work per thread, waking a thread costs more than
+   * it saves. */
+  const size_t total = count * (cost_per_item ? cost_per_item : 1);
+  if ((size_t)threads > total / EF_MIN_COST_PER_THREAD) threads = (int)EF_MAX(1, total / EF_MIN_COST_PER_THREAD);
   if (threads <= 1 || pthread_mutex_trylock(&pool.call_lock) != 0) {
     fn(ctx, 0, count);
     return;
@@ -126,12 +148,13 @@ void ef_parallel_for(size_t count, ef_range_fn fn, void* ctx) {
   pool.count = count;
   pool.job_threads = threads;
   pool.pending = threads - 1;
-  pool.generation++;
+  __atomic_add_fetch(&pool.generation, 1, __ATOMIC_RELEASE);
   pthread_cond_broadcast(&pool.wake);
   pthread_mutex_unlock(&pool.lock);
 
   run_part(fn, ctx, count, 0, threads);
 
+  for (int i = 0; i < EF_SPIN_POLLS && __atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE) > 0; i++) cpu_relax();
   pthread_mutex_lock(&pool.lock);
   while (pool.pending > 0) pthread_cond_wait(&pool.done, &pool.lock);
   pthread_mutex_unlock(&pool.lock);

@@ -6,6 +6,7 @@
 
 typedef void (*ef_range_fn)(void* ctx, size_t begin, size_t end);
 
-void ef_parallel_for(size_t count, ef_range_fn fn, void* ctx);
+/* cost_per_item: rough multiply-adds per item, so tiny jobs stay on the calling thread. */
+void ef_parallel_for(size_t count, size_t cost_per_item, ef_range_fn fn, void* ctx);
 void ef_set_num_threads(int n); /* n <= 0 means one per online CPU */
 int ef_get_num_threads(void);

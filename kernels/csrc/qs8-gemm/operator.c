@@ -114,7 +114,7 @@ int ef_qs8_gemm(const ef_qs8_gemm_config* config, size_t m, const int8_t* a, con
     rowsum[r] = sum;
   }
   gemm_job job = {config, m, a16, a_zp, a_scale, rowsum, w, c, params->out_int8 ? 1 : sizeof(float), params};
-  ef_parallel_for(w->n_blocks, gemm_range, &job);
+  ef_parallel_for(w->n_blocks, m * kp * EF_QS8_NR, gemm_range, &job);
   ef_aligned_free(a16);
   return 0;
 }
