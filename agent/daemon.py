@@ -110,6 +110,9 @@ class Daemon:
         # and the deployment worker (a stale decision could revert a fresh bundle).
         self._switch_lock = threading.RLock()
         self._decisions: collections.deque[dict] = collections.deque(maxlen=50)
+        # Switches applied here, by reason: the one source for the local counter
+        # (edgefleet_agent_variant_switches_total), /v1/status and DeviceMetrics.switches.
+        self._switch_counts: dict[str, int] = {}
         self._last_reading = None
         self._profiles: list[fleet_pb2.VariantProfile] = []
         self._options = []
@@ -155,6 +158,7 @@ class Daemon:
             self.runner.activate(bundle, decision.variant_id)
         if switching or decision.changed:
             self.metrics.switches.labels(reason).inc()
+            self._switch_counts[reason] = self._switch_counts.get(reason, 0) + 1
             self._decisions.append({"variant_id": decision.variant_id, "reason": reason,
                                     "detail": getattr(decision, "detail", ""), "at": time.time(),
                                     "previous": previous, "changed": True})
@@ -177,6 +181,7 @@ class Daemon:
             try:
                 decision = self.scheduler.decide(reading)
                 self._apply_decision(bundle, decision, force_switch=True)
+                self._update_pause()
             except Exception:
                 self.scheduler.set_variants(old_options)
                 raise
@@ -192,6 +197,7 @@ class Daemon:
             if bundle is None or not self._options:
                 return
             decision = self.scheduler.decide(reading)
+            self._update_pause()
             if decision.variant_id == self.runner.active_variant and not decision.changed:
                 return
             try:
@@ -199,6 +205,18 @@ class Daemon:
             except Exception as exc:
                 log.error("could not switch to variant %s: %s; staying on %s", decision.variant_id, exc,
                           self.runner.active_variant)
+
+    def _update_pause(self) -> None:
+        """Pause low-priority requests while the scheduler holds a thermal trip or critical battery."""
+        try:
+            pause = self.scheduler.low_priority_pause() if hasattr(self.scheduler, "low_priority_pause") else None
+        except Exception:
+            log.debug("low_priority_pause failed", exc_info=True)
+            return
+        if pause is None:
+            self.runner.set_low_priority_pause(None)
+        else:
+            self.runner.set_low_priority_pause(reason_text(pause[0]), pause[1])
 
     def _control_loop(self) -> None:
         while not self.stop_event.wait(self.config.control_interval):
@@ -213,17 +231,14 @@ class Daemon:
         if self._last_reading is not None:
             msg.sensors.CopyFrom(reading_to_proto(self._last_reading))
         msg.variants.extend(self.runner.counters())
-        try:
-            counts = dict(self.scheduler.switch_counts)
-        except Exception:
-            counts = {}
-        msg.switches.extend(fleet_pb2.SwitchCount(reason=reason_text(r), total=int(n))
-                            for r, n in sorted(counts.items(), key=lambda kv: reason_text(kv[0])))
+        counts = dict(self._switch_counts)
+        msg.switches.extend(fleet_pb2.SwitchCount(reason=r, total=int(n)) for r, n in sorted(counts.items()))
         return msg
 
     def status(self) -> dict:
         _, reported = self.state.snapshot()
         bundle = self.runner.bundle
+        pause = self.runner.low_priority_pause
         return {
             "device_id": self.identity.device_id if self.identity else None,
             "server": self.config.server,
@@ -241,8 +256,14 @@ class Daemon:
             "reason": reported.switch_reason,
             "sensors": reading_to_dict(self._last_reading),
             "profiles": [_profile_dict(p) for p in self._profiles],
+            # Switches applied (newest 50), and the scheduler's own history: every switch and
+            # every change of reason while holding, each with reason + detail.
             "decisions": list(self._decisions),
-            "switch_counts": {reason_text(r): n for r, n in dict(getattr(self.scheduler, "switch_counts", {})).items()},
+            "scheduler_history": (self.scheduler.history_snapshot(50)
+                                  if hasattr(self.scheduler, "history_snapshot") else []),
+            "switch_counts": dict(self._switch_counts),
+            "low_priority_paused": None if pause is None else {"reason": pause[0],
+                                                                "retry_after_seconds": pause[1]},
             "scheduler": self.scheduler.state() if hasattr(self.scheduler, "state") else {},
             "counters": [{"variant_id": c.variant_id, "inferences_total": c.inferences_total,
                           "errors_total": c.errors_total, "latency_p50_seconds": c.latency_p50_seconds,

@@ -1,7 +1,11 @@
 """Local inference endpoint for apps on the device (stdlib HTTP, one thread per request).
 
-    POST /v1/infer   {"inputs": {name: nested list}, "variant": optional id}
+    POST /v1/infer   {"inputs": {name: nested list}, "variant": optional id,
+                      "priority": "normal" (default) | "low"}
                      -> {"outputs": {name: nested list}, "variant": id, "latency_seconds": x}
+                     A low-priority request while the device is hot (thermal trip) or its
+                     battery critical gets 503 + Retry-After at once (not queued); normal
+                     requests still run.
     GET  /v1/status  device, bundle, active variant and why, sensors, profiles, decisions
     GET  /metrics    Prometheus text of the agent's own registry
 
@@ -13,11 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-from agent.runtime import InputError, NoBundleError, Runner, UnknownVariantError
+from agent.runtime import PRIORITIES, InputError, NoBundleError, PausedError, Runner, UnknownVariantError
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +52,20 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, obj, close: bool = False) -> None:
         self._send(status, json.dumps(obj).encode("utf-8"), "application/json", close)
 
-    def _error(self, status: int, message: str, close: bool = False) -> None:
-        self._json(status, {"error": message}, close)
+    def _error(self, status: int, message: str, close: bool = False,
+                headers: dict[str, str] | None = None, **extra) -> None:
+        body = json.dumps({"error": message, **extra}).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     # -- routes -------------------------------------------------------------------------
     def do_GET(self):
@@ -115,8 +132,17 @@ class _Handler(BaseHTTPRequestHandler):
         if variant is not None and not isinstance(variant, str):
             self._error(400, '"variant" must be a string')
             return
+        priority = request.get("priority", "normal")
+        if priority not in PRIORITIES:
+            self._error(400, f'"priority" must be one of {list(PRIORITIES)}')
+            return
         try:
-            result = self.server.runner.run(request["inputs"], variant=variant or None)
+            result = self.server.runner.run(request["inputs"], variant=variant or None, priority=priority)
+        except PausedError as exc:
+            retry = max(1, math.ceil(exc.retry_after_seconds))
+            self._error(503, str(exc), headers={"Retry-After": str(retry)}, paused=exc.reason,
+                        retry_after_seconds=retry)
+            return
         except InputError as exc:
             self._error(400, str(exc))
             return

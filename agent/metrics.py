@@ -30,6 +30,12 @@ class AgentMetrics:
                                     "1 for the variant now serving inference", ["variant"], registry=r)
         self.switches = Counter("edgefleet_agent_variant_switches", "Variant switches by reason",
                                 ["reason"], registry=r)
+        self.low_priority_rejected = Counter(
+            "edgefleet_agent_low_priority_rejected", "Low-priority requests refused (503) while paused, by reason",
+            ["reason"], registry=r)
+        self.low_priority_paused = Gauge("edgefleet_agent_low_priority_paused",
+                                         "1 while low-priority requests are paused (hot, battery critical)",
+                                         registry=r)
         self.battery = Gauge("edgefleet_agent_battery_percent", "Battery charge (absent if unknown)", registry=r)
         self.power_plugged = Gauge("edgefleet_agent_power_plugged", "1 on mains power", registry=r)
         self.temperature = Gauge("edgefleet_agent_temperature_celsius", "Hottest CPU temperature", registry=r)

@@ -35,6 +35,23 @@ class InputError(ValueError):
     """Feeds that do not match the session's inputs (names, shapes, types)."""
 
 
+PRIORITIES = ("low", "normal")
+
+
+class PausedError(RuntimeError):
+    """A low-priority request while low-priority work is paused (too hot, battery critical).
+
+    The local API answers 503 with Retry-After: rejecting at once keeps the device cool and
+    the caller in charge of when to try again, where a queue would hold sockets and memory
+    on a device that is already struggling.
+    """
+
+    def __init__(self, reason: str, retry_after_seconds: float):
+        super().__init__(f"low-priority work is paused ({reason}); retry in {retry_after_seconds:.0f} s")
+        self.reason = reason
+        self.retry_after_seconds = retry_after_seconds
+
+
 @dataclass(frozen=True)
 class LoadedVariant:
     bundle_id: str
@@ -101,6 +118,7 @@ class Runner:
         self._pinned: dict[str, LoadedVariant] = {}
         self._counters_lock = threading.Lock()
         self._counters: dict[str, _Counters] = {}
+        self._pause: tuple[str, float] | None = None     # (reason, retry after seconds)
 
     # -- state --------------------------------------------------------------------------
     @property
@@ -178,8 +196,33 @@ class Runner:
                     self._pinned[variant] = loaded
         return loaded
 
+    # -- low-priority pause -------------------------------------------------------------
+    def set_low_priority_pause(self, reason: str | None, retry_after_seconds: float = 0.0) -> None:
+        """Pause (reason given) or resume (None) low-priority requests; the control loop calls it."""
+        pause = None if reason is None else (str(reason), max(1.0, float(retry_after_seconds)))
+        changed = pause != self._pause
+        self._pause = pause                  # one reference assignment: readers need no lock
+        if changed:
+            if pause:
+                log.info("low-priority requests paused: %s", pause[0])
+            else:
+                log.info("low-priority requests resumed")
+            if self.metrics:
+                self.metrics.low_priority_paused.set(1 if pause else 0)
+
+    @property
+    def low_priority_pause(self) -> tuple[str, float] | None:
+        return self._pause
+
     # -- serving ------------------------------------------------------------------------
-    def run(self, feeds: dict[str, object], variant: str | None = None) -> RunResult:
+    def run(self, feeds: dict[str, object], variant: str | None = None, priority: str = "normal") -> RunResult:
+        if priority not in PRIORITIES:
+            raise InputError(f"priority must be one of {list(PRIORITIES)}, got {priority!r}")
+        pause = self._pause
+        if priority == "low" and pause is not None:
+            if self.metrics:
+                self.metrics.low_priority_rejected.labels(pause[0]).inc()
+            raise PausedError(*pause)
         loaded = self._session_for(variant)          # reference taken under the lock
         arrays = check_feeds(loaded.session, feeds)
         t0 = time.perf_counter()

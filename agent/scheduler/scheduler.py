@@ -381,6 +381,25 @@ class Scheduler:
             return f"{_describe(chosen)}: the best variant, fits every constraint"
         return f"{self._condition(reason)}: {_describe(chosen)} instead of {top.variant_id}"
 
+    def low_priority_pause(self) -> tuple[Reason, float] | None:
+        """Why low-priority work should pause now, and the earliest it could resume (seconds):
+        while the thermal trip holds (it clears only after thermal.clear_hold_seconds at or
+        below the clear point) or the battery is critical (battery.clear_hold_seconds)."""
+        with self._lock:
+            if self._battery_critical:
+                return Reason.BATTERY_CRITICAL, self.policy.battery.clear_hold_seconds
+            if self._hot:
+                return Reason.THERMAL_TRIP, self.policy.thermal.clear_hold_seconds
+            return None
+
+    def history_snapshot(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The newest `limit` decisions of the history (switches and changes of reason), oldest first."""
+        with self._lock:
+            items = list(self.history)
+        if limit is not None:
+            items = items[-limit:]
+        return [d.as_dict() for d in items]
+
     # -- for status pages -------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """A snapshot for the local API and reports: constraints, readings, latencies."""

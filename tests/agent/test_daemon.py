@@ -225,3 +225,101 @@ def test_draining_battery_switches_variant_without_failing_requests(tmp_path, fl
     finally:
         stop.set()
         daemon.stop()
+
+
+class SettableSensors:
+    """A sensor source whose reading the test sets (cool on mains to start)."""
+
+    def __init__(self):
+        from agent.sensors import SensorReading
+        self.reading = SensorReading(power_plugged=True, temperature_celsius=50.0, source="test")
+
+    def read(self):
+        return self.reading
+
+    def record_work(self, cpu_seconds):
+        pass
+
+
+def test_hot_device_pauses_low_priority_and_every_decision_is_visible(tmp_path):
+    """Too hot: the scheduler steps down (thermal_trip) and low-priority requests get 503 +
+    Retry-After while normal ones run; cool again: back up (thermal_clear), low runs again.
+    Each decision is in /v1/status with reason + detail, the reason goes upstream in
+    ReportedState.switch_reason, and switches by reason agree between /metrics, /v1/status and
+    DeviceMetrics.switches."""
+    from agent.scheduler import PolicyConfig, Scheduler, ThermalPolicy
+    from agent.sensors import SensorReading
+    from tests.agent.helpers import linear_model_bytes
+
+    # fp32 costs far more than the others, so the thermal cap (0.4 x costliest) excludes it.
+    bundle = make_bundle(models={"fp32": linear_model_bytes(1, hidden=4096)})
+    fleet = FakeFleet(trusted_keys=[bundle.publisher_key])
+    fleet.artifacts.update(bundle.files)
+    server = FakeServer(fleet, free_port()).start()
+    sensors = SettableSensors()
+    scheduler = Scheduler(PolicyConfig(min_dwell_seconds=0.0,
+                                       thermal=ThermalPolicy(clear_hold_seconds=0.0)))
+    daemon = Daemon(_config(tmp_path, server, profile_runs=5), sensor_source=sensors, scheduler=scheduler)
+    x = np.zeros((1, IN_DIM), np.float32)
+
+    def infer(priority):
+        try:
+            answer = _infer_priority(daemon.api.port, x, priority)
+            return 200, answer, None
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read()), err.headers.get("Retry-After")
+
+    try:
+        daemon.start()
+        fleet.set_desired(bundle.desired("dep-1"))
+        wait_for(lambda: (s := fleet.last_state()) is not None and s.phase == RS.INSTALLED, 60, "INSTALLED")
+        assert daemon.runner.active_variant == "fp32"
+        assert infer("low")[0] == 200
+
+        sensors.reading = SensorReading(power_plugged=True, temperature_celsius=95.0, source="test")
+        wait_for(lambda: daemon.runner.active_variant != "fp32"
+                 and daemon.status()["low_priority_paused"], 30, "thermal step-down")
+        code, answer, retry_after = infer("low")
+        assert code == 503 and answer["paused"] == "thermal_trip" and retry_after == "1"
+        code, answer, _ = infer("normal")
+        assert code == 200 and answer["variant"] == daemon.runner.active_variant
+        status = daemon.status()
+        hot = status["decisions"][-1]
+        assert hot["reason"] == "thermal_trip" and hot["previous"] == "fp32"
+        assert "temperature 95.0" in hot["detail"] and hot["variant_id"] in ("int8", "int4")
+        assert [d["reason"] for d in status["scheduler_history"]][-1] == "thermal_trip"
+        assert all(d["detail"] for d in status["scheduler_history"])
+        assert status["reason"] == "thermal_trip"
+        wait_for(lambda: fleet.last_state().switch_reason == "thermal_trip", 30, "reason upstream")
+        metrics_text = _get(daemon.metrics_server.port, "/metrics").decode()
+        assert 'edgefleet_agent_low_priority_rejected_total{reason="thermal_trip"} 1.0' in metrics_text
+        assert "edgefleet_agent_low_priority_paused 1.0" in metrics_text
+
+        sensors.reading = SensorReading(power_plugged=True, temperature_celsius=40.0, source="test")
+        wait_for(lambda: daemon.runner.active_variant == "fp32"
+                 and not daemon.status()["low_priority_paused"], 30, "thermal clear")
+        assert infer("low")[0] == 200
+        status = daemon.status()
+        assert status["decisions"][-1]["reason"] == "thermal_clear"
+        counts = status["switch_counts"]
+        assert counts["thermal_trip"] == 1 and counts["thermal_clear"] == 1
+        metrics_text = _get(daemon.metrics_server.port, "/metrics").decode()
+        for reason, n in counts.items():
+            assert f'edgefleet_agent_variant_switches_total{{reason="{reason}"}} {float(n)}' in metrics_text
+        wait_for(lambda: fleet.last_state().switch_reason == "thermal_clear", 30, "clear upstream")
+
+        def upstream():
+            pushed = [m.metrics for m in list(fleet.received) if m.WhichOneof("kind") == "metrics"]
+            return pushed and {s.reason: s.total for s in pushed[-1].switches} == counts
+        wait_for(upstream, 30, f"DeviceMetrics.switches == {counts}")
+    finally:
+        daemon.stop()
+        server.stop()
+
+
+def _infer_priority(port, x, priority):
+    payload = {"inputs": {"input": x.tolist()}, "priority": priority}
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/infer", data=json.dumps(payload).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())

@@ -115,3 +115,50 @@ def test_status_and_metrics(api):
     assert "edgefleet_agent_inference_latency_seconds_bucket" in text
     status, _, _ = _request(server, "GET", "/nope")
     assert status == 404
+
+
+def _infer_full(server, payload):
+    body = json.dumps(payload).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("POST", "/v1/infer", body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read()), response.getheader("Retry-After")
+    finally:
+        conn.close()
+
+
+def test_low_priority_is_refused_with_retry_after_while_paused(api):
+    server, runner, installed = api
+    runner.activate(installed, "fp32")
+    x = [[0.25] * IN_DIM]
+    registry = server.metrics.registry
+    # Not paused: both priorities run.
+    for priority in ("low", "normal"):
+        status, answer, _ = _infer_full(server, {"inputs": {"input": x}, "priority": priority})
+        assert status == 200, answer
+    runner.set_low_priority_pause("thermal_trip", 29.2)
+    assert registry.get_sample_value("edgefleet_agent_low_priority_paused") == 1
+    status, answer, retry_after = _infer_full(server, {"inputs": {"input": x}, "priority": "low"})
+    assert status == 503 and retry_after == "30"
+    assert answer["paused"] == "thermal_trip" and answer["retry_after_seconds"] == 30
+    assert "paused" in answer["error"]
+    # Normal priority (explicit or by default) still runs while hot.
+    assert _infer_full(server, {"inputs": {"input": x}, "priority": "normal"})[0] == 200
+    assert _infer_full(server, {"inputs": {"input": x}})[0] == 200
+    _infer_full(server, {"inputs": {"input": x}, "priority": "low"})
+    assert registry.get_sample_value("edgefleet_agent_low_priority_rejected_total",
+                                     {"reason": "thermal_trip"}) == 2
+    # Served counts exclude refusals: 2 before + 2 normal while paused.
+    assert registry.get_sample_value("edgefleet_agent_inferences_total", {"variant": "fp32"}) == 4
+    runner.set_low_priority_pause(None)
+    assert registry.get_sample_value("edgefleet_agent_low_priority_paused") == 0
+    assert _infer_full(server, {"inputs": {"input": x}, "priority": "low"})[0] == 200
+
+
+@pytest.mark.parametrize("priority", ["high", "", 1, None, ["low"]])
+def test_bad_priority_is_400(api, priority):
+    server, runner, installed = api
+    runner.activate(installed, "fp32")
+    status, answer, _ = _infer_full(server, {"inputs": {"input": [[0.0] * IN_DIM]}, "priority": priority})
+    assert status == 400 and '"priority"' in answer["error"]
