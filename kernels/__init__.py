@@ -33,6 +33,8 @@ __all__ = [
     "pack_qs8",
     "qs8_linear",
     "qs8_gemm",
+    "pack_qb",
+    "qb_linear",
     "quant",
 ]
 
@@ -169,3 +171,34 @@ def qs8_gemm(a: np.ndarray, a_scale, a_zero_point, w: np.ndarray, w_scales, w_ze
     """One-shot qs8_linear on unpacked int8 weights w [N, K] (packs, then runs)."""
     return qs8_linear(a, a_scale, a_zero_point, pack_qs8(w, w_scales, w_zero_points, bias),
                       relu=relu, out_scale=out_scale, out_zero_point=out_zero_point)
+
+
+# ----------------------------------------------------------------------------- int4 / int2 groups
+
+
+def pack_qb(q: np.ndarray, scales, offsets, bits: int, group_size: int, bias=None) -> Packed:
+    """Pack group-quantized weights (from quant.quantize_groups): q uint8 [N, K] with values
+    < 2^bits, scales/offsets float32 [N, ceil(K/group_size)], weight = scale * q + offset.
+    bits: 4 or 2; group_size: 32, 64 or 128. The packed blocks are the formats in
+    kernels/csrc/blocks.h (4.5 bits per weight for int4 with groups of 128)."""
+    if not isinstance(q, np.ndarray):
+        raise TypeError(f"q: expected a numpy uint8 array, got {type(q).__name__}")
+    if q.ndim != 2:
+        raise ValueError(f"q: expected 2 dimensions [N, K], got {q.ndim}")
+    n = q.shape[0]
+    return _kernels.qb_pack(q, int(bits), int(group_size),
+                            np.ascontiguousarray(scales, dtype=np.float32),
+                            np.ascontiguousarray(offsets, dtype=np.float32),
+                            _vector(bias, n, np.float32, "bias"))
+
+
+def qb_linear(x: np.ndarray, w: Packed) -> np.ndarray:
+    """y = x @ dequant(w)^T + bias for fp32 x [M, K] or [K]. The activations are quantized
+    per row to int8 inside (dynamic quantization), then multiplied exactly with the 4/2-bit
+    quants; see quant.qb_linear_ref for the definition."""
+    x2, squeeze = _as_2d(x, "x")
+    if not isinstance(w, Packed) or not w.kind.startswith(("q4_", "q2_")):
+        raise TypeError(f"w: expected weights from pack_qb, got {type(w).__name__}")
+    out = np.empty((x2.shape[0], w.n), np.float32)
+    _kernels.qb_gemm(x2, w, out)
+    return out[0] if squeeze else out

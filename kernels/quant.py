@@ -15,6 +15,12 @@ import numpy as np
 FLOAT_SUM_RTOL = 1e-5
 FLOAT_SUM_ATOL = 1e-5
 
+#: qb (int4/int2) kernels sum group results in float in an order that differs per ISA:
+#: |ours - ref| <= QB_RTOL * (|dequant(w)| @ |x|) + QB_ATOL, i.e. relative to the size of
+#: the terms summed, not of the (possibly cancelling) result.
+QB_RTOL = 2e-6
+QB_ATOL = 1e-6
+
 QS8_MAX_K = 33025  # largest K for which K * 255 * 255 fits in int32
 
 
@@ -89,3 +95,68 @@ def qs8_gemm_ref(a, a_scale, a_zp, w, w_scale, w_zp=None, bias=None, relu=False,
     t = y * inv
     t = np.clip(t, np.float32(-128 - out_zp), np.float32(127 - out_zp))
     return (np.rint(t).astype(np.int32) + out_zp).astype(np.int8)
+
+
+# ----------------------------------------------------------------------------- int4 / int2 groups
+
+
+def quantize_groups(w: np.ndarray, bits: int, group_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric group quantization of w [N, K] along K (the deterministic reference quantizer).
+
+    Returns (q uint8 [N, K] in [0, 2^bits-1], scales float32 [N, G], offsets float32 [N, G]) with
+    G = ceil(K / group_size) and w ~= scales * q + offsets (offsets = the group minimum).
+    """
+    w = np.asarray(w, dtype=np.float32)
+    if bits not in (2, 4) or group_size not in (32, 64, 128) or w.ndim != 2:
+        raise ValueError("bits must be 2 or 4, group_size 32/64/128, w 2-D")
+    n, k = w.shape
+    groups = -(-k // group_size)
+    padded = np.zeros((n, groups * group_size), np.float32)
+    padded[:, :k] = w
+    g = padded.reshape(n, groups, group_size)
+    # Padding must not widen the range of the last group: use its real elements only.
+    valid = (np.arange(groups * group_size) < k).reshape(groups, group_size)
+    lo = np.where(valid, g, np.inf).min(axis=2)
+    hi = np.where(valid, g, -np.inf).max(axis=2)
+    qmax = (1 << bits) - 1
+    scale = np.where(hi > lo, (hi - lo) / qmax, 1.0).astype(np.float32)
+    q = np.clip(np.rint((g - lo[:, :, None]) / scale[:, :, None]), 0, qmax).astype(np.uint8)
+    return q.reshape(n, -1)[:, :k].copy(), scale, lo.astype(np.float32)
+
+
+def dequantize_groups(q: np.ndarray, scales: np.ndarray, offsets: np.ndarray, group_size: int) -> np.ndarray:
+    """w = scales * q + offsets, per group along K."""
+    n, k = q.shape
+    idx = np.arange(k) // group_size
+    return (scales[:, idx] * q.astype(np.float32) + offsets[:, idx]).astype(np.float32)
+
+
+def quantize_row_symmetric_int8(x: np.ndarray) -> tuple[np.ndarray, np.float32]:
+    """The kernels' dynamic activation quantizer for one row: scale = max|x| / 127,
+    q = round_half_even(x / scale) clamped to [-127, 127]."""
+    x = np.asarray(x, np.float32)
+    amax = np.float32(np.abs(x).max(initial=0.0))
+    scale = np.float32(amax / np.float32(127)) if amax > 0 else np.float32(1)
+    inv = np.float32(1) / scale
+    return np.clip(np.rint(x * inv), -127, 127).astype(np.int8), scale
+
+
+def qb_linear_ref(x: np.ndarray, q: np.ndarray, scales: np.ndarray, offsets: np.ndarray, group_size: int,
+                  bias: np.ndarray | None = None) -> np.ndarray:
+    """Reference for kernels.qb_linear: activations quantized per row exactly as the kernels
+    do, group sums exact, the rest in float64."""
+    x = np.atleast_2d(np.asarray(x, np.float32))
+    w = dequantize_groups(q, scales, offsets, group_size).astype(np.float64)
+    out = np.empty((x.shape[0], q.shape[0]), np.float64)
+    for r in range(x.shape[0]):
+        xq, sx = quantize_row_symmetric_int8(x[r])
+        out[r] = (w @ xq.astype(np.float64)) * np.float64(sx)
+    if bias is not None:
+        out += np.asarray(bias, np.float64)[None, :]
+    return out.astype(np.float32)
+
+
+def qb_tolerance(x: np.ndarray, q: np.ndarray, scales: np.ndarray, offsets: np.ndarray, group_size: int) -> np.ndarray:
+    """Per-element bound for kernels.qb_linear against qb_linear_ref (see QB_RTOL)."""
+    w = np.abs(dequantize_groups(q, scales, offsets, group_size)).astype(np.float64)
+    return QB_RTOL * (np.abs(np.atleast_2d(x)).astype(np.float64) @ w.T) + QB_ATOL

@@ -10,6 +10,7 @@
 #include <Python.h>
 
 #include "common.h"
+#include "qb-gemm/qb-gemm.h"
 #include "qs8-gemm/qs8-gemm.h"
 #include "threadpool.h"
 
@@ -117,31 +118,49 @@ static void views_release(views* vs) {
 
 /* ------------------------------------------------------------------ packed weights */
 
-typedef enum { PACKED_QS8 = 1 } packed_kind;
+typedef enum { PACKED_QS8 = 1, PACKED_QB } packed_kind;
 
 typedef struct {
   PyObject_HEAD packed_kind kind;
   union {
     ef_qs8_packed qs8;
+    ef_qb_packed qb;
   } u;
 } PackedObject;
 
 static void packed_dealloc(PackedObject* self) {
   if (self->kind == PACKED_QS8) ef_qs8_packed_free(&self->u.qs8);
+  if (self->kind == PACKED_QB) ef_qb_packed_free(&self->u.qb);
   Py_TYPE(self)->tp_free((PyObject*)self);
 }
 
 static PyObject* packed_get_n(PackedObject* self, void* unused) {
-  return PyLong_FromSize_t(self->u.qs8.n);
+  switch (self->kind) {
+    case PACKED_QS8: return PyLong_FromSize_t(self->u.qs8.n);
+    case PACKED_QB: return PyLong_FromSize_t(self->u.qb.n);
+  }
+  Py_RETURN_NONE;
 }
 static PyObject* packed_get_k(PackedObject* self, void* unused) {
-  return PyLong_FromSize_t(self->u.qs8.k);
+  switch (self->kind) {
+    case PACKED_QS8: return PyLong_FromSize_t(self->u.qs8.k);
+    case PACKED_QB: return PyLong_FromSize_t(self->u.qb.k);
+  }
+  Py_RETURN_NONE;
 }
 static PyObject* packed_get_nbytes(PackedObject* self, void* unused) {
-  return PyLong_FromSize_t(self->u.qs8.n_blocks * self->u.qs8.block_bytes);
+  switch (self->kind) {
+    case PACKED_QS8: return PyLong_FromSize_t(self->u.qs8.n_blocks * self->u.qs8.block_bytes);
+    case PACKED_QB: return PyLong_FromSize_t(self->u.qb.n * self->u.qb.row_bytes + self->u.qb.n * sizeof(float));
+  }
+  Py_RETURN_NONE;
 }
 static PyObject* packed_get_kind(PackedObject* self, void* unused) {
-  return PyUnicode_FromString(self->kind == PACKED_QS8 ? "qs8" : "?");
+  switch (self->kind) {
+    case PACKED_QS8: return PyUnicode_FromString("qs8");
+    case PACKED_QB: return PyUnicode_FromFormat("q%d_g%d", self->u.qb.bits, self->u.qb.group);
+  }
+  Py_RETURN_NONE;
 }
 
 static PyGetSetDef packed_getset[] = {
@@ -262,6 +281,68 @@ fail:
   return NULL;
 }
 
+/* ------------------------------------------------------------------ qb (4/2-bit groups) */
+
+static PyObject* py_qb_pack(PyObject* self, PyObject* args) {
+  PyObject *q_obj, *d_obj, *m_obj, *bias_obj;
+  int bits, group;
+  if (!PyArg_ParseTuple(args, "OiiOOO", &q_obj, &bits, &group, &d_obj, &m_obj, &bias_obj)) return NULL;
+  if (bits != 4 && bits != 2) return PyErr_Format(PyExc_ValueError, "bits must be 4 or 2, got %d", bits);
+  if (group != 32 && group != 64 && group != 128)
+    return PyErr_Format(PyExc_ValueError, "group_size must be 32, 64 or 128, got %d", group);
+  views vs = {.n = 0};
+  Py_buffer *q = views_add(&vs), *d = views_add(&vs), *m = views_add(&vs), *bias = views_add(&vs);
+  if (get_array(q_obj, q, "q", 'B', 2, 0)) goto fail;
+  const Py_ssize_t n = dim(q, 0), k = dim(q, 1);
+  if (n == 0 || k == 0) { PyErr_SetString(PyExc_ValueError, "q: shape must be non-empty"); goto fail; }
+  const Py_ssize_t groups = (k + group - 1) / group;
+  if (get_array(d_obj, d, "scales", 'f', 2, 0) || expect_dim(d, 0, n, "scales", "N") || expect_dim(d, 1, groups, "scales", "ceil(K / group_size)")) goto fail;
+  if (get_array(m_obj, m, "offsets", 'f', 2, 0) || expect_dim(m, 0, n, "offsets", "N") || expect_dim(m, 1, groups, "offsets", "ceil(K / group_size)")) goto fail;
+  if (bias_obj != Py_None && (get_array(bias_obj, bias, "bias", 'f', 1, 0) || expect_dim(bias, 0, n, "bias", "N"))) goto fail;
+  const uint8_t* qv = q->buf;
+  for (Py_ssize_t i = 0; i < n * k; i++)
+    if (qv[i] >> bits) {
+      PyErr_Format(PyExc_ValueError, "q[%zd, %zd] = %d does not fit in %d bits", i / k, i % k, qv[i], bits);
+      goto fail;
+    }
+  PackedObject* p = PyObject_New(PackedObject, &PackedType);
+  if (p == NULL) goto fail;
+  p->kind = PACKED_QB;
+  int rc;
+  Py_BEGIN_ALLOW_THREADS rc = ef_qb_pack(q->buf, (size_t)n, (size_t)k, bits, group, d->buf, m->buf, bias->buf, &p->u.qb);
+  Py_END_ALLOW_THREADS if (rc != 0) {
+    Py_DECREF(p);
+    PyErr_NoMemory();
+    goto fail;
+  }
+  views_release(&vs);
+  return (PyObject*)p;
+fail:
+  views_release(&vs);
+  return NULL;
+}
+
+static PyObject* py_qb_gemm(PyObject* self, PyObject* args) {
+  PyObject *x_obj, *packed_obj, *out_obj;
+  if (!PyArg_ParseTuple(args, "OOO", &x_obj, &packed_obj, &out_obj)) return NULL;
+  PackedObject* p = packed_arg(packed_obj, PACKED_QB, "packed");
+  if (p == NULL) return NULL;
+  const ef_qb_packed* w = &p->u.qb;
+  views vs = {.n = 0};
+  Py_buffer *x = views_add(&vs), *out = views_add(&vs);
+  if (get_array(x_obj, x, "x", 'f', 2, 0) || expect_dim(x, 1, (Py_ssize_t)w->k, "x", "K of the packed weights")) goto fail;
+  const Py_ssize_t m = dim(x, 0);
+  if (get_array(out_obj, out, "out", 'f', 2, 1) || expect_dim(out, 0, m, "out", "M") || expect_dim(out, 1, (Py_ssize_t)w->n, "out", "N")) goto fail;
+  int rc;
+  Py_BEGIN_ALLOW_THREADS rc = ef_qb_gemm(NULL, (size_t)m, x->buf, w, out->buf);
+  Py_END_ALLOW_THREADS views_release(&vs);
+  if (rc != 0) return PyErr_NoMemory();
+  Py_RETURN_NONE;
+fail:
+  views_release(&vs);
+  return NULL;
+}
+
 /* ------------------------------------------------------------------ dispatch control */
 
 static PyObject* py_cpu_features(PyObject* self, PyObject* unused) {
@@ -307,6 +388,8 @@ static PyMethodDef methods[] = {
     {"qs8_pack", py_qs8_pack, METH_VARARGS, "qs8_pack(w, w_scale, w_zero_point|None, bias|None) -> Packed"},
     {"qs8_gemm", py_qs8_gemm, METH_VARARGS,
      "qs8_gemm(a, a_scale, a_zero_point, packed, out, relu, out_scale, out_zero_point)"},
+    {"qb_pack", py_qb_pack, METH_VARARGS, "qb_pack(q, bits, group_size, scales, offsets, bias|None) -> Packed"},
+    {"qb_gemm", py_qb_gemm, METH_VARARGS, "qb_gemm(x, packed, out)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {

@@ -1,0 +1,45 @@
+/* Portable qb-gemm kernels (4-bit and 2-bit): reference and fallback. */
+#include "qb-gemm.h"
+
+/* Quant i (0..31) of one chunk, following the layout in blocks.h. */
+static inline uint32_t q4_at(const uint8_t* chunk, size_t i) { return i < 16 ? chunk[i] & 15 : chunk[i - 16] >> 4; }
+static inline uint32_t q2_at(const uint8_t* chunk, size_t i) { return (chunk[i % 8] >> (2 * (i / 8))) & 3; }
+
+static void qb_tile(int bits, size_t mr, size_t groups, size_t group, const int8_t* xq, size_t x_stride,
+                    const int32_t* xsum, const float* sx, const uint8_t* row, float bias, float* c, size_t c_stride) {
+  const size_t block_bytes = EF_QB_BLOCK_BYTES(bits, group);
+  for (size_t r = 0; r < mr; r++) {
+    const int8_t* xr = xq + r * x_stride;
+    float acc = 0.0f;
+    for (size_t g = 0; g < groups; g++) {
+      const uint8_t* block = row + g * block_bytes;
+      float d, mm;
+      memcpy(&d, block, 4);
+      memcpy(&mm, block + 4, 4);
+      const uint8_t* qs = block + EF_QB_HEADER_BYTES;
+      int32_t isum = 0;
+      for (size_t i = 0; i < group; i++) {
+        const uint8_t* chunk = qs + (i / EF_QB_CHUNK) * EF_QB_CHUNK_BYTES(bits);
+        const uint32_t q = bits == 4 ? q4_at(chunk, i % EF_QB_CHUNK) : q2_at(chunk, i % EF_QB_CHUNK);
+        isum += (int32_t)q * xr[g * group + i];
+      }
+      acc += d * (float)isum + mm * (float)xsum[r * groups + g];
+    }
+    c[r * c_stride] = acc * sx[r] + bias;
+  }
+}
+
+static void ef_qd8_f32_qb4w_gemm_ukernel_4x1c32__scalar(size_t mr, size_t groups, size_t group, const int8_t* xq,
+                                                        size_t x_stride, const int32_t* xsum, const float* sx,
+                                                        const uint8_t* row, float bias, float* c, size_t c_stride) {
+  qb_tile(4, mr, groups, group, xq, x_stride, xsum, sx, row, bias, c, c_stride);
+}
+static void ef_qd8_f32_qb2w_gemm_ukernel_4x1c32__scalar(size_t mr, size_t groups, size_t group, const int8_t* xq,
+                                                        size_t x_stride, const int32_t* xsum, const float* sx,
+                                                        const uint8_t* row, float bias, float* c, size_t c_stride) {
+  qb_tile(2, mr, groups, group, xq, x_stride, xsum, sx, row, bias, c, c_stride);
+}
+
+#define Q4 ef_qd8_f32_qb4w_gemm_ukernel_4x1c32__scalar
+#define Q2 ef_qd8_f32_qb2w_gemm_ukernel_4x1c32__scalar
+const ef_qb_gemm_config ef_qb_gemm_config_scalar = {.isa = "scalar", .mr = 4, .q4 = {Q4, Q4, Q4, Q4}, .q2 = {Q2, Q2, Q2, Q2}};

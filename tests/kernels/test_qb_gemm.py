@@ -1,0 +1,104 @@
+"""int4/int2 group-quantized weights x fp32 activations: every ISA within the stated
+tolerance of the numpy reference; packing, block sizes and bad input."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kernels
+from kernels import quant
+
+from .tester import isa_params
+
+
+def _check(isa, x, q, d, o, bits, group, bias=None):
+    p = kernels.pack_qb(q, d, o, bits=bits, group_size=group, bias=bias)
+    with kernels.use_isa(isa):
+        got = kernels.qb_linear(x, p)
+    want = quant.qb_linear_ref(x, q, d, o, group, bias)
+    tol = quant.qb_tolerance(x, q, d, o, group)
+    err = np.abs(got.astype(np.float64) - want)
+    assert np.all(err <= tol), f"{isa}: max err {err.max():.3g}, bound {tol.min():.3g}"
+    return got
+
+
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("bits", [4, 2])
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 19, 100), (2, 16, 256), (3, 7, 33), (5, 33, 129), (9, 4, 384)])
+def test_matches_reference(isa, bits, group, m, n, k):
+    rng = np.random.default_rng(bits * 7 + group + m * 100 + n + k)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    q, d, o = quant.quantize_groups(w, bits, group)
+    _check(isa, x, q, d, o, bits, group, rng.standard_normal(n).astype(np.float32))
+
+
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("bits", [4, 2])
+def test_extreme_quants_and_activations(isa, bits):
+    """All quants at the maximum and activations at +-max: the int16 pairs inside
+    vpmaddubsw reach 2 * 15 * 127 and must not saturate."""
+    n, k, group = 5, 256, 32
+    q = np.full((n, k), (1 << bits) - 1, np.uint8)
+    d = np.ones((n, k // group), np.float32)
+    o = np.zeros((n, k // group), np.float32)
+    x = np.where(np.arange(k) % 3 == 0, -1.0, 1.0).astype(np.float32)[None, :]
+    got = _check(isa, x, q, d, o, bits, group)
+    assert got[0, 0] == pytest.approx(((1 << bits) - 1) * float(x.sum()), rel=1e-6)
+
+
+def test_group_quantization_roundtrip_error_is_bounded():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 200)).astype(np.float32)
+    for bits in (4, 2):
+        q, d, o = quant.quantize_groups(w, bits, 64)
+        err = np.abs(quant.dequantize_groups(q, d, o, 64) - w)
+        assert q.max() < (1 << bits)
+        assert np.all(err <= d[:, np.arange(200) // 64] / 2 + 1e-6)
+
+
+def test_packed_is_smaller_than_int8():
+    q, d, o = quant.quantize_groups(np.ones((64, 1024), np.float32), 4, 128)
+    p4 = kernels.pack_qb(q, d, o, 4, 128)
+    q2, d2, o2 = quant.quantize_groups(np.ones((64, 1024), np.float32), 2, 128)
+    p2 = kernels.pack_qb(q2, d2, o2, 2, 128)
+    assert p4.kind == "q4_g128" and p2.kind == "q2_g128"
+    assert p4.nbytes <= 64 * 1024 * 4.5 / 8 + 64 * 4
+    assert p2.nbytes < p4.nbytes
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 5), n=st.integers(1, 20), k=st.integers(1, 300), bits=st.sampled_from([2, 4]),
+       group=st.sampled_from([32, 64, 128]), seed=st.integers(0, 2**32 - 1), scale=st.sampled_from([1e-3, 1.0, 1e3]))
+def test_property_all_isas(m, n, k, bits, group, seed, scale):
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((n, k)) * scale).astype(np.float32)
+    x = (rng.standard_normal((m, k)) / scale).astype(np.float32)
+    q, d, o = quant.quantize_groups(w, bits, group)
+    for isa in kernels.available_isas():
+        _check(isa, x, q, d, o, bits, group)
+
+
+def test_bad_input():
+    q, d, o = quant.quantize_groups(np.ones((4, 64), np.float32), 4, 32)
+    with pytest.raises(ValueError, match="bits must be 4 or 2"):
+        kernels.pack_qb(q, d, o, 3, 32)
+    with pytest.raises(ValueError, match="group_size"):
+        kernels.pack_qb(q, d, o, 4, 48)
+    with pytest.raises(ValueError, match="does not fit in 2 bits"):
+        kernels.pack_qb(np.full((4, 64), 5, np.uint8), d, o, 2, 32)
+    with pytest.raises(ValueError, match="scales: dimension 1"):
+        kernels.pack_qb(q, d[:, :1], o, 4, 32)
+    with pytest.raises(TypeError, match="q: expected dtype uint8"):
+        kernels.pack_qb(q.astype(np.int8), d, o, 4, 32)
+    p = kernels.pack_qb(q, d, o, 4, 32)
+    with pytest.raises(TypeError, match="x: expected dtype float32"):
+        kernels.qb_linear(np.ones((1, 64)), p)
+    with pytest.raises(ValueError, match="K of the packed weights"):
+        kernels.qb_linear(np.ones((1, 63), np.float32), p)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kernels.qb_linear(np.ones((1, 128), np.float32)[:, ::2], p)
+    with pytest.raises(TypeError, match="pack_qb"):
+        kernels.qb_linear(np.ones((1, 64), np.float32), kernels.pack_qs8(np.zeros((4, 64), np.int8), np.ones(4)))
