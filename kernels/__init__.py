@@ -35,6 +35,8 @@ __all__ = [
     "qs8_gemm",
     "pack_qb",
     "qb_linear",
+    "pack_sparse",
+    "sparse_linear",
     "quant",
 ]
 
@@ -201,4 +203,40 @@ def qb_linear(x: np.ndarray, w: Packed) -> np.ndarray:
         raise TypeError(f"w: expected weights from pack_qb, got {type(w).__name__}")
     out = np.empty((x2.shape[0], w.n), np.float32)
     _kernels.qb_gemm(x2, w, out)
+    return out[0] if squeeze else out
+
+
+# ----------------------------------------------------------------------------- sparse
+
+
+def pack_sparse(w: np.ndarray, w_scales=None, bias=None) -> Packed:
+    """Compress the nonzeros of w [N, K] (float32, or int8 with per-row scales w_scales [N])
+    into compressed rows (uint16 columns, K <= 65535). Any pattern: unstructured, blocks, 2:4.
+    `Packed.nnz` and `Packed.nbytes` report the stored size."""
+    if not isinstance(w, np.ndarray):
+        raise TypeError(f"w: expected a numpy int8 or float32 array, got {type(w).__name__}")
+    if w.ndim != 2:
+        raise ValueError(f"w: expected 2 dimensions [N, K], got {w.ndim}")
+    n = w.shape[0]
+    if w.dtype == np.int8 and w_scales is None:
+        raise ValueError("w_scales: int8 sparse weights need per-row scales")
+    return _kernels.sparse_pack(w, _vector(w_scales, n, np.float32, "w_scales"), _vector(bias, n, np.float32, "bias"))
+
+
+def sparse_linear(x: np.ndarray, w: Packed, x_scale=None, x_zero_point=None, relu: bool = False) -> np.ndarray:
+    """y = x @ W^T + bias with sparse W from pack_sparse, fp32 output [M, N] (or [N]).
+    float32 weights take float32 x; int8 weights take int8 x with x_scale/x_zero_point
+    (scalar or per row) and follow the qs8 definition exactly."""
+    x2, squeeze = _as_2d(x, "x")
+    if not isinstance(w, Packed) or not w.kind.startswith("sparse"):
+        raise TypeError(f"w: expected weights from pack_sparse, got {type(w).__name__}")
+    m = x2.shape[0]
+    out = np.empty((m, w.n), np.float32)
+    if w.kind == "sparse_qs8":
+        if x_scale is None or x_zero_point is None:
+            raise ValueError("int8 sparse weights need x_scale and x_zero_point")
+        _kernels.sparse_gemm(x2, _per_row(x_scale, m, np.float32, "x_scale"),
+                             _per_row(x_zero_point, m, np.int32, "x_zero_point"), w, out, bool(relu))
+    else:
+        _kernels.sparse_gemm(x2, None, None, w, out, bool(relu))
     return out[0] if squeeze else out

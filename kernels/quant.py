@@ -160,3 +160,54 @@ def qb_tolerance(x: np.ndarray, q: np.ndarray, scales: np.ndarray, offsets: np.n
     """Per-element bound for kernels.qb_linear against qb_linear_ref (see QB_RTOL)."""
     w = np.abs(dequantize_groups(q, scales, offsets, group_size)).astype(np.float64)
     return QB_RTOL * (np.abs(np.atleast_2d(x)).astype(np.float64) @ w.T) + QB_ATOL
+
+
+# ----------------------------------------------------------------------------- sparsity
+
+
+def prune_unstructured(w: np.ndarray, sparsity: float) -> np.ndarray:
+    """Zero the smallest-magnitude fraction `sparsity` of each row (reference pruner)."""
+    w = np.array(w, copy=True)
+    drop = int(round(sparsity * w.shape[1]))
+    if drop:
+        idx = np.argsort(np.abs(w), axis=1, kind="stable")[:, :drop]
+        np.put_along_axis(w, idx, 0, axis=1)
+    return w
+
+
+def prune_2_4(w: np.ndarray) -> np.ndarray:
+    """Keep the 2 largest-magnitude weights of every aligned group of 4 along K (K % 4 == 0)."""
+    n, k = w.shape
+    if k % 4:
+        raise ValueError("2:4 needs K divisible by 4")
+    g = np.array(w, copy=True).reshape(n, k // 4, 4)
+    idx = np.argsort(np.abs(g), axis=2, kind="stable")[:, :, :2]
+    np.put_along_axis(g, idx, 0, axis=2)
+    return g.reshape(n, k)
+
+
+def prune_blocks(w: np.ndarray, sparsity: float, block: tuple[int, int] = (1, 16)) -> np.ndarray:
+    """Zero the lowest-L1 fraction of (rows x cols) blocks (block pattern)."""
+    n, k = w.shape
+    bn, bk = block
+    if n % bn or k % bk:
+        raise ValueError(f"shape {w.shape} not divisible by block {block}")
+    blocks = np.abs(w).reshape(n // bn, bn, k // bk, bk).sum(axis=(1, 3))
+    cut = int(round(sparsity * blocks.size))
+    keep = np.ones(blocks.size, bool)
+    keep[np.argsort(blocks, axis=None, kind="stable")[:cut]] = False
+    mask = np.repeat(np.repeat(keep.reshape(blocks.shape), bn, axis=0), bk, axis=1)
+    return np.where(mask, w, 0).astype(w.dtype)
+
+
+def sparse_linear_ref(x, w, x_scale=None, x_zp=None, w_scale=None, bias=None, relu=False):
+    """Reference for kernels.sparse_linear on the dense form of the weights: int8 follows
+    qs8_gemm_ref exactly (symmetric weights); float32 in float64."""
+    if w.dtype == np.int8:
+        return qs8_gemm_ref(np.atleast_2d(x), x_scale, x_zp, w, w_scale, None, bias, relu)
+    y = np.atleast_2d(x).astype(np.float64) @ w.astype(np.float64).T
+    if bias is not None:
+        y += np.asarray(bias, np.float64)
+    if relu:
+        y = np.maximum(y, 0)
+    return y.astype(np.float32)

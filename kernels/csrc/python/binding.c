@@ -12,6 +12,7 @@
 #include "common.h"
 #include "qb-gemm/qb-gemm.h"
 #include "qs8-gemm/qs8-gemm.h"
+#include "sparse-gemm/sparse-gemm.h"
 #include "threadpool.h"
 
 /* ------------------------------------------------------------------ buffer checking */
@@ -118,19 +119,21 @@ static void views_release(views* vs) {
 
 /* ------------------------------------------------------------------ packed weights */
 
-typedef enum { PACKED_QS8 = 1, PACKED_QB } packed_kind;
+typedef enum { PACKED_QS8 = 1, PACKED_QB, PACKED_SPARSE } packed_kind;
 
 typedef struct {
   PyObject_HEAD packed_kind kind;
   union {
     ef_qs8_packed qs8;
     ef_qb_packed qb;
+    ef_sparse_packed sp;
   } u;
 } PackedObject;
 
 static void packed_dealloc(PackedObject* self) {
   if (self->kind == PACKED_QS8) ef_qs8_packed_free(&self->u.qs8);
   if (self->kind == PACKED_QB) ef_qb_packed_free(&self->u.qb);
+  if (self->kind == PACKED_SPARSE) ef_sparse_packed_free(&self->u.sp);
   Py_TYPE(self)->tp_free((PyObject*)self);
 }
 
@@ -138,6 +141,7 @@ static PyObject* packed_get_n(PackedObject* self, void* unused) {
   switch (self->kind) {
     case PACKED_QS8: return PyLong_FromSize_t(self->u.qs8.n);
     case PACKED_QB: return PyLong_FromSize_t(self->u.qb.n);
+    case PACKED_SPARSE: return PyLong_FromSize_t(self->u.sp.n);
   }
   Py_RETURN_NONE;
 }
@@ -145,6 +149,7 @@ static PyObject* packed_get_k(PackedObject* self, void* unused) {
   switch (self->kind) {
     case PACKED_QS8: return PyLong_FromSize_t(self->u.qs8.k);
     case PACKED_QB: return PyLong_FromSize_t(self->u.qb.k);
+    case PACKED_SPARSE: return PyLong_FromSize_t(self->u.sp.k);
   }
   Py_RETURN_NONE;
 }
@@ -152,6 +157,11 @@ static PyObject* packed_get_nbytes(PackedObject* self, void* unused) {
   switch (self->kind) {
     case PACKED_QS8: return PyLong_FromSize_t(self->u.qs8.n_blocks * self->u.qs8.block_bytes);
     case PACKED_QB: return PyLong_FromSize_t(self->u.qb.n * self->u.qb.row_bytes + self->u.qb.n * sizeof(float));
+    case PACKED_SPARSE: {
+      const ef_sparse_packed* sp = &self->u.sp;
+      const size_t per_nz = sizeof(uint16_t) + (sp->dtype == EF_SPARSE_F32 ? 4 : 1);
+      return PyLong_FromSize_t(sp->nnz * per_nz + (sp->n + 1) * 4 + sp->n * (sp->dtype == EF_SPARSE_F32 ? 4 : 12));
+    }
   }
   Py_RETURN_NONE;
 }
@@ -159,11 +169,18 @@ static PyObject* packed_get_kind(PackedObject* self, void* unused) {
   switch (self->kind) {
     case PACKED_QS8: return PyUnicode_FromString("qs8");
     case PACKED_QB: return PyUnicode_FromFormat("q%d_g%d", self->u.qb.bits, self->u.qb.group);
+    case PACKED_SPARSE: return PyUnicode_FromString(self->u.sp.dtype == EF_SPARSE_F32 ? "sparse_f32" : "sparse_qs8");
   }
   Py_RETURN_NONE;
 }
 
+static PyObject* packed_get_nnz(PackedObject* self, void* unused) {
+  if (self->kind == PACKED_SPARSE) return PyLong_FromSize_t(self->u.sp.nnz);
+  Py_RETURN_NONE;
+}
+
 static PyGetSetDef packed_getset[] = {
+    {"nnz", (getter)packed_get_nnz, NULL, "stored nonzeros (sparse formats; None otherwise)", NULL},
     {"n", (getter)packed_get_n, NULL, "output channels (rows of the weight matrix)", NULL},
     {"k", (getter)packed_get_k, NULL, "input channels (columns of the weight matrix)", NULL},
     {"nbytes", (getter)packed_get_nbytes, NULL, "bytes of packed storage", NULL},
@@ -343,6 +360,83 @@ fail:
   return NULL;
 }
 
+/* ------------------------------------------------------------------ sparse */
+
+static PyObject* py_sparse_pack(PyObject* self, PyObject* args) {
+  PyObject *w_obj, *scale_obj, *bias_obj;
+  if (!PyArg_ParseTuple(args, "OOO", &w_obj, &scale_obj, &bias_obj)) return NULL;
+  views vs = {.n = 0};
+  Py_buffer *w = views_add(&vs), *scale = views_add(&vs), *bias = views_add(&vs);
+  /* The weight dtype picks the format: int8 (with per-row scales) or float32. */
+  ef_sparse_dtype dtype = EF_SPARSE_F32;
+  if (PyObject_GetBuffer(w_obj, w, PyBUF_FORMAT | PyBUF_STRIDES) == 0) {
+    if (format_code(w->format) == 'b') dtype = EF_SPARSE_QS8;
+    PyBuffer_Release(w);
+    memset(w, 0, sizeof *w);
+  } else {
+    PyErr_Clear();
+  }
+  if (get_array(w_obj, w, "w", dtype == EF_SPARSE_QS8 ? 'b' : 'f', 2, 0)) goto fail;
+  const Py_ssize_t n = dim(w, 0), k = dim(w, 1);
+  if (n == 0 || k == 0 || k > 65535) { PyErr_Format(PyExc_ValueError, "w: need 0 < N and 0 < K <= 65535, got [%zd, %zd]", n, k); goto fail; }
+  if (dtype == EF_SPARSE_QS8) {
+    if (get_array(scale_obj, scale, "w_scale", 'f', 1, 0) || expect_dim(scale, 0, n, "w_scale", "N")) goto fail;
+  } else if (scale_obj != Py_None) {
+    PyErr_SetString(PyExc_ValueError, "w_scale: only int8 sparse weights take scales");
+    goto fail;
+  }
+  if (bias_obj != Py_None && (get_array(bias_obj, bias, "bias", 'f', 1, 0) || expect_dim(bias, 0, n, "bias", "N"))) goto fail;
+  PackedObject* p = PyObject_New(PackedObject, &PackedType);
+  if (p == NULL) goto fail;
+  p->kind = PACKED_SPARSE;
+  int rc;
+  Py_BEGIN_ALLOW_THREADS rc = ef_sparse_pack(dtype, w->buf, (size_t)n, (size_t)k, scale->buf, bias->buf, &p->u.sp);
+  Py_END_ALLOW_THREADS if (rc != 0) {
+    Py_DECREF(p);
+    PyErr_NoMemory();
+    goto fail;
+  }
+  views_release(&vs);
+  return (PyObject*)p;
+fail:
+  views_release(&vs);
+  return NULL;
+}
+
+static PyObject* py_sparse_gemm(PyObject* self, PyObject* args) {
+  PyObject *x_obj, *scale_obj, *zp_obj, *packed_obj, *out_obj;
+  int relu;
+  if (!PyArg_ParseTuple(args, "OOOOOp", &x_obj, &scale_obj, &zp_obj, &packed_obj, &out_obj, &relu)) return NULL;
+  PackedObject* pk = packed_arg(packed_obj, PACKED_SPARSE, "packed");
+  if (pk == NULL) return NULL;
+  const ef_sparse_packed* w = &pk->u.sp;
+  const int is_q8 = w->dtype == EF_SPARSE_QS8;
+  views vs = {.n = 0};
+  Py_buffer *x = views_add(&vs), *scale = views_add(&vs), *zp = views_add(&vs), *out = views_add(&vs);
+  if (get_array(x_obj, x, "x", is_q8 ? 'b' : 'f', 2, 0) || expect_dim(x, 1, (Py_ssize_t)w->k, "x", "K of the packed weights")) goto fail;
+  const Py_ssize_t m = dim(x, 0);
+  if (is_q8) {
+    if (get_array(scale_obj, scale, "x_scale", 'f', 1, 0) || expect_dim(scale, 0, m, "x_scale", "M")) goto fail;
+    if (get_array(zp_obj, zp, "x_zero_point", 'i', 1, 0) || expect_dim(zp, 0, m, "x_zero_point", "M")) goto fail;
+    const int32_t* z = zp->buf;
+    for (Py_ssize_t i = 0; i < m; i++)
+      if (z[i] < -128 || z[i] > 127) {
+        PyErr_Format(PyExc_ValueError, "x_zero_point[%zd] = %d is outside the int8 range [-128, 127]", i, z[i]);
+        goto fail;
+      }
+  }
+  if (get_array(out_obj, out, "out", 'f', 2, 1) || expect_dim(out, 0, m, "out", "M") || expect_dim(out, 1, (Py_ssize_t)w->n, "out", "N")) goto fail;
+  ef_sparse_params params = {.relu = relu, .x_scale = scale->buf, .x_zp = zp->buf};
+  int rc;
+  Py_BEGIN_ALLOW_THREADS rc = ef_sparse_gemm(NULL, (size_t)m, x->buf, w, out->buf, &params);
+  Py_END_ALLOW_THREADS views_release(&vs);
+  if (rc != 0) return PyErr_NoMemory();
+  Py_RETURN_NONE;
+fail:
+  views_release(&vs);
+  return NULL;
+}
+
 /* ------------------------------------------------------------------ dispatch control */
 
 static PyObject* py_cpu_features(PyObject* self, PyObject* unused) {
@@ -390,6 +484,8 @@ static PyMethodDef methods[] = {
      "qs8_gemm(a, a_scale, a_zero_point, packed, out, relu, out_scale, out_zero_point)"},
     {"qb_pack", py_qb_pack, METH_VARARGS, "qb_pack(q, bits, group_size, scales, offsets, bias|None) -> Packed"},
     {"qb_gemm", py_qb_gemm, METH_VARARGS, "qb_gemm(x, packed, out)"},
+    {"sparse_pack", py_sparse_pack, METH_VARARGS, "sparse_pack(w int8|float32, w_scale|None, bias|None) -> Packed"},
+    {"sparse_gemm", py_sparse_gemm, METH_VARARGS, "sparse_gemm(x, x_scale|None, x_zero_point|None, packed, out, relu)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {

@@ -1,0 +1,137 @@
+/* AVX2 sparse-gemm kernels.
+ *
+ * dot (GEMV): 8 nonzeros per step; the uint16 columns are widened and the activations
+ * gathered (vgatherdps / vpgatherdd). For int8 the gathered lanes hold x in their low 16
+ * bits with zero above, and the weights are sign-extended to int32, so vpmaddwd computes
+ * x * w + 0 * (high half) exactly -- no saturation, no widening multiply.
+ *
+ * mvec (GEMM, M >= 4): each nonzero is broadcast and multiplied with 8 consecutive rows of
+ * the transposed activations; a tile of up to 32 rows (4 accumulators) per pass. */
+#include "sparse-gemm.h"
+
+#if EF_ARCH_X86
+#include <immintrin.h>
+
+EF_INLINE EF_TARGET_AVX2 float hsum_ps(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+EF_INLINE EF_TARGET_AVX2 int32_t hsum_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+
+static EF_TARGET_AVX2 void ef_f32_spmm_dot_ukernel__avx2(const ef_sparse_packed* w, size_t n0, size_t n1, size_t m,
+                                                         const void* x, float* y, const ef_sparse_params* p) {
+  const float* val = w->val;
+  for (size_t r = 0; r < m; r++) {
+    const float* xr = (const float*)x + r * w->k;
+    for (size_t n = n0; n < n1; n++) {
+      uint32_t j = w->row_ptr[n];
+      const uint32_t end = w->row_ptr[n + 1];
+      __m256 acc = _mm256_setzero_ps();
+      for (; j + 8 <= end; j += 8) {
+        const __m256i idx = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(w->col + j)));
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(val + j), _mm256_i32gather_ps(xr, idx, 4), acc);
+      }
+      float s = hsum_ps(acc);
+      for (; j < end; j++) s += val[j] * xr[w->col[j]];
+      y[r * w->n + n] = ef_sparse_f32_out(s, w->bias[n], p->relu);
+    }
+  }
+}
+
+static EF_TARGET_AVX2 void ef_qs8_spmm_dot_ukernel__avx2(const ef_sparse_packed* w, size_t n0, size_t n1, size_t m,
+                                                         const void* x, float* y, const ef_sparse_params* p) {
+  const int8_t* val = w->val;
+  for (size_t r = 0; r < m; r++) {
+    const int32_t* xr = (const int32_t*)x + r * w->k;
+    for (size_t n = n0; n < n1; n++) {
+      uint32_t j = w->row_ptr[n];
+      const uint32_t end = w->row_ptr[n + 1];
+      /* two independent accumulators hide the gather latency a little */
+      __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
+      for (; j + 16 <= end; j += 16) {
+        const __m256i i0 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(w->col + j)));
+        const __m256i i1 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(w->col + j + 8)));
+        const __m256i w0 = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(val + j)));
+        const __m256i w1 = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(val + j + 8)));
+        acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(_mm256_i32gather_epi32((const int*)xr, i0, 4), w0));
+        acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(_mm256_i32gather_epi32((const int*)xr, i1, 4), w1));
+      }
+      uint32_t raw = (uint32_t)hsum_epi32(_mm256_add_epi32(acc0, acc1));
+      for (; j < end; j++) raw += (uint32_t)((int16_t)xr[w->col[j]] * val[j]);
+      y[r * w->n + n] = ef_sparse_qs8_out((int32_t)raw, p->x_zp[r], w->wsum[n], p->x_scale[r], w->w_scale[n], w->bias[n], p->relu);
+    }
+  }
+}
+
+/* Stores 8 results of output column n for rows r0..r0+7 (fewer at the end of M). */
+EF_INLINE EF_TARGET_AVX2 void store_column(float* y, size_t ld, size_t r0, size_t m, __m256 v) {
+  float tmp[8];
+  _mm256_storeu_ps(tmp, v);
+  for (size_t i = 0; i < 8 && r0 + i < m; i++) y[(r0 + i) * ld] = tmp[i];
+}
+
+static EF_TARGET_AVX2 void ef_f32_spmm_mvec_ukernel__avx2(const ef_sparse_packed* w, size_t n0, size_t n1, size_t m,
+                                                          size_t mp, const void* xt, float* y, const ef_sparse_params* p) {
+  const float* val = w->val;
+  const float* x = xt;
+  for (size_t n = n0; n < n1; n++) {
+    const uint32_t begin = w->row_ptr[n], end = w->row_ptr[n + 1];
+    const __m256 bias = _mm256_set1_ps(w->bias[n]);
+    for (size_t r0 = 0; r0 < mp; r0 += 32) {
+      const size_t tiles = EF_MIN(4, (mp - r0) / 8);
+      __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+      for (uint32_t j = begin; j < end; j++) {
+        const __m256 wv = _mm256_set1_ps(val[j]);
+        const float* xk = x + (size_t)w->col[j] * mp + r0;
+        for (size_t t = 0; t < tiles; t++) acc[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xk + 8 * t), acc[t]);
+      }
+      for (size_t t = 0; t < tiles; t++) {
+        __m256 v = _mm256_add_ps(acc[t], bias);
+        if (p->relu) v = _mm256_max_ps(v, _mm256_setzero_ps());
+        store_column(y + n, w->n, r0 + 8 * t, m, v);
+      }
+    }
+  }
+}
+
+static EF_TARGET_AVX2 void ef_qs8_spmm_mvec_ukernel__avx2(const ef_sparse_packed* w, size_t n0, size_t n1, size_t m,
+                                                          size_t mp, const void* xt, float* y, const ef_sparse_params* p) {
+  const int8_t* val = w->val;
+  const int32_t* x = xt;
+  for (size_t n = n0; n < n1; n++) {
+    const uint32_t begin = w->row_ptr[n], end = w->row_ptr[n + 1];
+    for (size_t r0 = 0; r0 < mp; r0 += 32) {
+      const size_t tiles = EF_MIN(4, (mp - r0) / 8);
+      __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+      for (uint32_t j = begin; j < end; j++) {
+        const __m256i wv = _mm256_set1_epi32(val[j]); /* sign-extended; x's high halves are 0 */
+        const int32_t* xk = x + (size_t)w->col[j] * mp + r0;
+        for (size_t t = 0; t < tiles; t++)
+          acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(wv, _mm256_loadu_si256((const __m256i*)(xk + 8 * t))));
+      }
+      for (size_t t = 0; t < tiles; t++) {
+        int32_t raw[8];
+        _mm256_storeu_si256((__m256i*)raw, acc[t]);
+        for (size_t i = 0; i < 8 && r0 + 8 * t + i < m; i++) {
+          const size_t r = r0 + 8 * t + i;
+          y[r * w->n + n] = ef_sparse_qs8_out(raw[i], p->x_zp[r], w->wsum[n], p->x_scale[r], w->w_scale[n], w->bias[n], p->relu);
+        }
+      }
+    }
+  }
+}
+
+const ef_sparse_config ef_sparse_config_avx2 = {
+    .isa = "avx2",
+    .dot = {ef_f32_spmm_dot_ukernel__avx2, ef_qs8_spmm_dot_ukernel__avx2},
+    .mvec = {ef_f32_spmm_mvec_ukernel__avx2, ef_qs8_spmm_mvec_ukernel__avx2},
+};
+#endif /* EF_ARCH_X86 */

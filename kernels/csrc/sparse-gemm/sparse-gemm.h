@@ -1,0 +1,94 @@
+/* sparse-gemm: y = x W^T with a sparse weight matrix W [N, K], fp32 or int8 values.
+ *
+ * Storage (compact, also the on-disk idea for sparse variants): compressed rows.
+ *   row_ptr[N+1]  uint32   nonzeros of row n are [row_ptr[n], row_ptr[n+1])
+ *   col[nnz]      uint16   column of each nonzero, ascending within a row (K <= 65535)
+ *   val[nnz]      int8 or fp32
+ * = 3 bytes per nonzero for int8 (0.75 B/weight at 75% sparsity, against 1 B dense) and
+ *   6 bytes for fp32 (1.5 B/weight against 4). A 2:4 pattern is a special case (exactly two
+ *   nonzeros per aligned group of four columns) stored the same way.
+ *
+ * int8 follows the qs8 definition (qs8-gemm.h) with symmetric weights (a zero weight must
+ * stay zero): acc = sum_k (x[m,k] - x_zp[m]) * w[n,k] = sum x*w - x_zp * wsum[n], exact in
+ * int32; y = (float)acc * (x_scale[m] * w_scale[n]) + bias[n], optional ReLU. Bit-exact
+ * across ISAs. fp32 sums in a different order per ISA: named tolerance in the tests.
+ *
+ * Two kernel shapes:
+ *   dot   (few rows, GEMV): per output, gather x at the nonzeros' columns.
+ *   mvec  (M >= EF_SPARSE_MVEC_MIN_M): x transposed to [K][M]; every nonzero w[n,k] is
+ *         broadcast and multiplied with a contiguous vector of M activations, so no gather
+ *         and no index per multiply-add: the work is nnz * M / 8 vector FMAs. */
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common.h"
+
+#define EF_SPARSE_MVEC_MIN_M 4
+#define EF_SPARSE_PAD 16 /* col/val arrays are padded so vector loads may run past nnz */
+
+typedef enum { EF_SPARSE_F32 = 0, EF_SPARSE_QS8 = 1 } ef_sparse_dtype;
+
+typedef struct ef_sparse_packed {
+  size_t n, k, nnz;
+  ef_sparse_dtype dtype;
+  uint32_t* row_ptr;
+  uint16_t* col;
+  void* val;          /* float* or int8_t* */
+  int32_t* wsum;      /* int8: sum of each row's values */
+  float* w_scale;     /* int8: per row */
+  float* bias;        /* per row (zeros when none) */
+} ef_sparse_packed;
+
+typedef struct ef_sparse_params {
+  int relu;
+  /* int8 only: per activation row */
+  const float* x_scale;
+  const int32_t* x_zp;
+} ef_sparse_params;
+
+/* dot: outputs n in [n0, n1) for m rows of x (row-major, stride k); y row stride = N.
+ *      int8 x is passed widened to int32 with the value in the low 16 bits (upper 16 zero),
+ *      which lets AVX2 gather it and multiply with vpmaddwd exactly. */
+typedef void (*ef_sparse_dot_fn)(const ef_sparse_packed* w, size_t n0, size_t n1, size_t m, const void* x, float* y,
+                                 const ef_sparse_params* p);
+/* mvec: outputs n in [n0, n1) for all m rows; xt is [K][mp] (mp = m rounded up to 8, zero
+ *       padded), fp32 or, for int8, int32 holding the value in the low 16 bits. */
+typedef void (*ef_sparse_mvec_fn)(const ef_sparse_packed* w, size_t n0, size_t n1, size_t m, size_t mp, const void* xt,
+                                  float* y, const ef_sparse_params* p);
+
+typedef struct ef_sparse_config {
+  const char* isa;
+  ef_sparse_dot_fn dot[2];   /* by dtype */
+  ef_sparse_mvec_fn mvec[2]; /* by dtype */
+} ef_sparse_config;
+
+extern const ef_sparse_config ef_sparse_config_scalar;
+#if EF_ARCH_X86
+extern const ef_sparse_config ef_sparse_config_avx2;
+#endif
+#if EF_ARCH_ARM64
+extern const ef_sparse_config ef_sparse_config_neon;
+#endif
+const ef_sparse_config* ef_sparse_select(void);
+
+/* Packs the nonzeros of a dense matrix (exact zeros are dropped). */
+int ef_sparse_pack(ef_sparse_dtype dtype, const void* w, size_t n, size_t k, const float* w_scale, const float* bias,
+                   ef_sparse_packed* out);
+void ef_sparse_packed_free(ef_sparse_packed* p);
+/* x: fp32 or int8 [m, k]; y: fp32 [m, n]. */
+int ef_sparse_gemm(const ef_sparse_config* config, size_t m, const void* x, const ef_sparse_packed* w, float* y,
+                   const ef_sparse_params* p);
+
+/* Shared epilogues (one definition for every ISA). */
+EF_INLINE float ef_sparse_f32_out(float acc, float bias, int relu) {
+  float y = acc + bias;
+  return relu ? (y > 0.0f ? y : 0.0f) : y;
+}
+EF_INLINE float ef_sparse_qs8_out(int32_t raw, int32_t x_zp, int32_t wsum, float x_scale, float w_scale, float bias,
+                                  int relu) {
+  const int32_t acc = (int32_t)((uint32_t)raw - (uint32_t)x_zp * (uint32_t)wsum);
+  float y = (float)acc * (x_scale * w_scale);
+  y = y + bias;
+  return relu ? (y > 0.0f ? y : 0.0f) : y;
+}

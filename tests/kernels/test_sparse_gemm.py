@@ -1,0 +1,114 @@
+"""Sparse weights (unstructured, block, 2:4), int8 and fp32, GEMV and GEMM paths: int8
+bit-exact with the dense qs8 reference on every ISA, fp32 within the named tolerance;
+compact storage; bad input."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kernels
+from kernels import quant
+
+from .tester import assert_bitexact, assert_close, isa_params
+
+PATTERNS = {
+    "unstructured50": lambda w: quant.prune_unstructured(w, 0.5),
+    "unstructured75": lambda w: quant.prune_unstructured(w, 0.75),
+    "unstructured95": lambda w: quant.prune_unstructured(w, 0.95),
+    "2:4": quant.prune_2_4,
+    "block1x16": lambda w: quant.prune_blocks(w, 0.75, (1, 16)),
+    "empty_rows": lambda w: np.where(np.arange(w.shape[0])[:, None] % 3 == 0, 0, w).astype(w.dtype),
+}
+
+
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("pattern", sorted(PATTERNS))
+@pytest.mark.parametrize("m", [1, 3, 4, 9, 40])  # GEMV path below 4 rows, transposed GEMM path from 4
+def test_int8_bit_exact_and_fp32_close(isa, pattern, m):
+    rng = np.random.default_rng(len(pattern) * 31 + m)
+    n, k = 24, 64
+    wq = PATTERNS[pattern](rng.integers(-128, 128, (n, k)).astype(np.int8))
+    wf = PATTERNS[pattern](rng.standard_normal((n, k)).astype(np.float32))
+    ws = rng.uniform(0.01, 1, n).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    xq = rng.integers(-128, 128, (m, k)).astype(np.int8)
+    xs = rng.uniform(0.01, 1, m).astype(np.float32)
+    xz = rng.integers(-128, 128, m).astype(np.int32)
+    xf = rng.standard_normal((m, k)).astype(np.float32)
+    pq, pf = kernels.pack_sparse(wq, ws, b), kernels.pack_sparse(wf, bias=b)
+    with kernels.use_isa(isa):
+        yq = kernels.sparse_linear(xq, pq, xs, xz, relu=True)
+        yf = kernels.sparse_linear(xf, pf, relu=False)
+    assert_bitexact(yq, quant.sparse_linear_ref(xq, wq, xs, xz, ws, b, True), f"{isa} int8")
+    assert_close(yf, quant.sparse_linear_ref(xf, wf, bias=b), quant.FLOAT_SUM_RTOL, quant.FLOAT_SUM_ATOL, f"{isa} fp32")
+
+
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("m", [1, 8])
+def test_int8_extremes(isa, m):
+    n, k = 9, 4001
+    w = np.where(np.arange(k) % 4 == 0, -128, 0).astype(np.int8)[None, :].repeat(n, 0)
+    x = np.full((m, k), -128, np.int8)
+    p = kernels.pack_sparse(w, np.ones(n, np.float32))
+    with kernels.use_isa(isa):
+        y = kernels.sparse_linear(x, p, 1.0, 127)
+    assert_bitexact(y, quant.sparse_linear_ref(x, w, 1.0, 127, np.ones(n, np.float32)), isa)
+    assert y[0, 0] == np.float32(-255 * -128 * 1001)
+
+
+def test_storage_is_compact():
+    rng = np.random.default_rng(0)
+    w = quant.prune_unstructured(rng.integers(-128, 128, (256, 1024)).astype(np.int8), 0.75)
+    p = kernels.pack_sparse(w, np.ones(256, np.float32))
+    assert p.nnz == np.count_nonzero(w)
+    assert p.nbytes < 0.8 * w.nbytes
+    wf = quant.prune_unstructured(rng.standard_normal((256, 1024)).astype(np.float32), 0.75)
+    assert kernels.pack_sparse(wf).nbytes < 0.4 * wf.nbytes
+
+
+def test_pruners():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((8, 64)).astype(np.float32)
+    assert np.count_nonzero(quant.prune_unstructured(w, 0.75)) == 8 * 16
+    w24 = quant.prune_2_4(w)
+    assert np.all(np.count_nonzero(w24.reshape(8, 16, 4), axis=2) == 2)
+    wb = quant.prune_blocks(w, 0.5, (1, 16))
+    assert np.all(np.isin(np.count_nonzero(wb.reshape(8, 4, 16), axis=2), [0, 16]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 12), n=st.integers(1, 20), k=st.integers(1, 90), sparsity=st.floats(0, 1),
+       seed=st.integers(0, 2**32 - 1), relu=st.booleans())
+def test_property_all_isas(m, n, k, sparsity, seed, relu):
+    rng = np.random.default_rng(seed)
+    w = quant.prune_unstructured(rng.integers(-128, 128, (n, k)).astype(np.int8), sparsity)
+    x = rng.integers(-128, 128, (m, k)).astype(np.int8)
+    ws = rng.uniform(0.01, 1, n).astype(np.float32)
+    zp = rng.integers(-128, 128, m).astype(np.int32)
+    p = kernels.pack_sparse(w, ws)
+    want = quant.sparse_linear_ref(x, w, 0.5, zp, ws, None, relu)
+    for isa in kernels.available_isas():
+        with kernels.use_isa(isa):
+            assert_bitexact(kernels.sparse_linear(x, p, 0.5, zp, relu=relu), want, isa)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="per-row scales"):
+        kernels.pack_sparse(np.zeros((2, 8), np.int8))
+    with pytest.raises(TypeError, match="w: expected dtype float32"):
+        kernels.pack_sparse(np.zeros((2, 8), np.float64))
+    with pytest.raises(ValueError, match="K <= 65535"):
+        kernels.pack_sparse(np.zeros((1, 70000), np.float32))
+    pf = kernels.pack_sparse(np.eye(8, dtype=np.float32))
+    pq = kernels.pack_sparse(np.eye(8, dtype=np.int8), np.ones(8, np.float32))
+    with pytest.raises(TypeError, match="x: expected dtype float32"):
+        kernels.sparse_linear(np.ones((1, 8), np.int8), pf)
+    with pytest.raises(ValueError, match="x_scale and x_zero_point"):
+        kernels.sparse_linear(np.ones((1, 8), np.int8), pq)
+    with pytest.raises(ValueError, match="K of the packed weights"):
+        kernels.sparse_linear(np.ones((1, 7), np.float32), pf)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kernels.sparse_linear(np.ones((8, 8), np.float32).T[::2], pf)
+    with pytest.raises(ValueError, match="int8 range"):
+        kernels.sparse_linear(np.ones((1, 8), np.int8), pq, 1.0, 128)
