@@ -105,7 +105,7 @@ class Daemon:
         self.store = Store(self.data_dir)
         self.profile_cache = ProfileCache(self.store.profiles)
         self.runner = Runner(self.engine, metrics=self.metrics, on_work=self._record_work,
-                             on_latency=self._observe_latency)
+                             on_latency=self._observe_latency, load_nice=config.load_nice)
         # One switch at a time: decide + activate must not interleave between the control loop
         # and the deployment worker (a stale decision could revert a fresh bundle).
         self._switch_lock = threading.RLock()

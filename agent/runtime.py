@@ -3,12 +3,22 @@
 Hot swap: the next variant is loaded and warmed (one inference) before the pointer moves,
 and a request takes a reference to the session under the lock and runs outside it, so a
 request that started on a variant finishes on it and no request fails during a switch.
+
+Loading a variant costs tens of milliseconds of CPU; on a two-core device that CPU comes out
+of the requests being served. So loads run on one loader thread at a lower CPU priority
+(Linux nice +`load_nice`, per thread): serving keeps its latency and a switch takes longer
+instead (benchmarks/agent_hot_swap.py). This is only done when the engine runs each
+inference on the calling thread (intra_op_threads == 1): a thread pool created by a niced
+thread would inherit its priority and serve at it.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import os
+import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -96,6 +106,39 @@ def check_feeds(session: Session, feeds: dict[str, object]) -> dict[str, np.ndar
     return out
 
 
+class _Loader:
+    """One daemon thread, at lower CPU priority, that runs the loads it is handed."""
+
+    def __init__(self, nice: int):
+        self.nice = nice
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name="agent-variant-loader", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + self.nice)
+        except (OSError, AttributeError) as exc:
+            log.debug("could not lower the loader thread's priority: %s", exc)
+        while True:
+            fn, done, box = self._jobs.get()
+            try:
+                box.append((True, fn()))
+            except BaseException as exc:      # handed back to the caller
+                box.append((False, exc))
+            done.set()
+
+    def call(self, fn):
+        done, box = threading.Event(), []
+        self._jobs.put((fn, done, box))
+        done.wait()
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+
 class Runner:
     """Serves inference on the active variant of the active bundle.
 
@@ -105,8 +148,14 @@ class Runner:
 
     def __init__(self, engine: Engine, *, metrics=None,
                  on_work: Callable[[float], None] | None = None,
-                 on_latency: Callable[[str, float], None] | None = None, window: int = 256):
+                 on_latency: Callable[[str, float], None] | None = None, window: int = 256,
+                 load_nice: int = 10):
         self.engine = engine
+        # Low-priority loads only where safe (see the module docstring) and possible (Linux
+        # threads have their own nice value; elsewhere setpriority would renice the process).
+        low = (load_nice > 0 and sys.platform.startswith("linux")
+               and getattr(engine, "intra_op_threads", None) == 1)
+        self._loader = _Loader(load_nice) if low else None
         self.metrics = metrics
         self.on_work = on_work
         self.on_latency = on_latency
@@ -141,8 +190,13 @@ class Runner:
             path = bundle.variant_path(variant_id)
         except KeyError:
             raise UnknownVariantError(variant_id) from None
-        session = load_variant(self.engine, path, bundle.manifest.variant(variant_id))
-        session.run(representative_inputs(session.input_specs, bundle.manifest))   # warm up
+
+        def load() -> Session:
+            session = load_variant(self.engine, path, bundle.manifest.variant(variant_id))
+            session.run(representative_inputs(session.input_specs, bundle.manifest))   # warm up
+            return session
+
+        session = self._loader.call(load) if self._loader else load()
         return LoadedVariant(bundle.bundle_id, variant_id, session)
 
     def activate(self, bundle, variant_id: str) -> None:

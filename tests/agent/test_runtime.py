@@ -3,6 +3,8 @@ no request; counters add up."""
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 
 import numpy as np
@@ -115,3 +117,22 @@ def test_hot_swap_under_concurrent_requests_fails_nothing(installed):
     assert metrics.registry.get_sample_value("edgefleet_agent_active_variant_info", {"variant": "fp32"}) == 1
     assert metrics.registry.get_sample_value("edgefleet_agent_active_variant_info", {"variant": "int4"}) == 0
     assert len(work) == len(answers) and all(w >= 0 for w in work)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux-only")
+def test_loads_run_at_lower_priority_and_a_failed_load_keeps_the_old_variant(installed):
+    _, bundle = installed
+    runner = Runner(get_engine("onnxruntime", intra_op_threads=1), load_nice=7)
+    runner.activate(bundle, "fp32")
+    loader = next(t for t in threading.enumerate() if t.name == "agent-variant-loader" and t is runner._loader._thread)
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert os.getpriority(os.PRIO_PROCESS, loader.native_id) == min(19, base + 7)
+    # A variant that cannot load: the error reaches the caller, fp32 keeps serving.
+    bundle.variant_path("int4").write_bytes(b"not an onnx file")
+    with pytest.raises(Exception, match="(?i)protobuf|invalid|load"):
+        runner.activate(bundle, "int4")
+    assert runner.active_variant == "fp32"
+    assert runner.run({"input": np.zeros((1, IN_DIM), np.float32)}).variant == "fp32"
+    # Several threads (the engine's own pool would inherit the nice value): loads stay in the caller.
+    assert Runner(get_engine("onnxruntime", intra_op_threads=2))._loader is None
+    assert Runner(get_engine("onnxruntime", intra_op_threads=1), load_nice=0)._loader is None
