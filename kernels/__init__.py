@@ -112,6 +112,25 @@ def _as_2d(a: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
     return a, False
 
 
+_ACTIVATIONS = {None: (-np.inf, np.inf), "relu": (0.0, np.inf), "relu6": (0.0, 6.0)}
+
+
+def _clamp(activation, relu: bool) -> tuple[float, float]:
+    """(lo, hi) of the fused activation: None, 'relu', 'relu6' or an explicit (lo, hi)."""
+    if relu:
+        if activation not in (None, "relu"):
+            raise ValueError("pass either relu=True or activation=..., not both")
+        activation = "relu"
+    if isinstance(activation, tuple):
+        lo, hi = (float(v) for v in activation)
+        if not lo <= hi:
+            raise ValueError(f"activation clamp needs lo <= hi, got {activation}")
+        return lo, hi
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be None, 'relu', 'relu6' or (lo, hi), got {activation!r}")
+    return _ACTIVATIONS[activation]
+
+
 def _vector(value, n: int, dtype, name: str) -> np.ndarray | None:
     if value is None:
         return None
@@ -143,8 +162,9 @@ def pack_qs8(w: np.ndarray, w_scales, w_zero_points=None, bias=None) -> Packed:
 
 
 def qs8_linear(a: np.ndarray, a_scale, a_zero_point, w: Packed, relu: bool = False,
-               out_scale: float | None = None, out_zero_point: int = 0) -> np.ndarray:
-    """y = ((a - a_zp) x (w - w_zp)^T) * a_scale * w_scale + bias, optional ReLU.
+               out_scale: float | None = None, out_zero_point: int = 0, activation=None) -> np.ndarray:
+    """y = ((a - a_zp) x (w - w_zp)^T) * a_scale * w_scale + bias, then the fused activation
+    (relu=True, or activation='relu'/'relu6'/(lo, hi)).
 
     a: int8 [M, K] or [K]; a_scale/a_zero_point: per tensor (scalar) or per row ([M], e.g.
     from quant.quantize_rows_dynamic). Returns float32 [M, N], or int8 requantized with
@@ -161,7 +181,7 @@ def qs8_linear(a: np.ndarray, a_scale, a_zero_point, w: Packed, relu: bool = Fal
         _per_row(a_zero_point, m, np.int32, "a_zero_point"),
         w,
         out,
-        bool(relu),
+        *_clamp(activation, relu),
         1.0 if out_scale is None else float(out_scale),
         int(out_zero_point),
     )
@@ -169,10 +189,11 @@ def qs8_linear(a: np.ndarray, a_scale, a_zero_point, w: Packed, relu: bool = Fal
 
 
 def qs8_gemm(a: np.ndarray, a_scale, a_zero_point, w: np.ndarray, w_scales, w_zero_points=None,
-             bias=None, relu: bool = False, out_scale: float | None = None, out_zero_point: int = 0) -> np.ndarray:
+             bias=None, relu: bool = False, out_scale: float | None = None, out_zero_point: int = 0,
+             activation=None) -> np.ndarray:
     """One-shot qs8_linear on unpacked int8 weights w [N, K] (packs, then runs)."""
     return qs8_linear(a, a_scale, a_zero_point, pack_qs8(w, w_scales, w_zero_points, bias),
-                      relu=relu, out_scale=out_scale, out_zero_point=out_zero_point)
+                      relu=relu, out_scale=out_scale, out_zero_point=out_zero_point, activation=activation)
 
 
 # ----------------------------------------------------------------------------- int4 / int2 groups
@@ -223,7 +244,8 @@ def pack_sparse(w: np.ndarray, w_scales=None, bias=None) -> Packed:
     return _kernels.sparse_pack(w, _vector(w_scales, n, np.float32, "w_scales"), _vector(bias, n, np.float32, "bias"))
 
 
-def sparse_linear(x: np.ndarray, w: Packed, x_scale=None, x_zero_point=None, relu: bool = False) -> np.ndarray:
+def sparse_linear(x: np.ndarray, w: Packed, x_scale=None, x_zero_point=None, relu: bool = False,
+                  activation=None) -> np.ndarray:
     """y = x @ W^T + bias with sparse W from pack_sparse, fp32 output [M, N] (or [N]).
     float32 weights take float32 x; int8 weights take int8 x with x_scale/x_zero_point
     (scalar or per row) and follow the qs8 definition exactly."""
@@ -236,7 +258,7 @@ def sparse_linear(x: np.ndarray, w: Packed, x_scale=None, x_zero_point=None, rel
         if x_scale is None or x_zero_point is None:
             raise ValueError("int8 sparse weights need x_scale and x_zero_point")
         _kernels.sparse_gemm(x2, _per_row(x_scale, m, np.float32, "x_scale"),
-                             _per_row(x_zero_point, m, np.int32, "x_zero_point"), w, out, bool(relu))
+                             _per_row(x_zero_point, m, np.int32, "x_zero_point"), w, out, *_clamp(activation, relu))
     else:
-        _kernels.sparse_gemm(x2, None, None, w, out, bool(relu))
+        _kernels.sparse_gemm(x2, None, None, w, out, *_clamp(activation, relu))
     return out[0] if squeeze else out

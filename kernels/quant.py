@@ -71,10 +71,24 @@ def qs8_accumulate_ref(a: np.ndarray, a_zp: np.ndarray, w: np.ndarray, w_zp: np.
     return a64 @ w64.T
 
 
-def qs8_gemm_ref(a, a_scale, a_zp, w, w_scale, w_zp=None, bias=None, relu=False, out_scale=None, out_zp=0):
+def clamp_f32(y: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """The kernels' activation clamp: y > lo ? y : lo, then y < hi ? y : hi (float32)."""
+    y = np.where(y > np.float32(lo), y, np.float32(lo)).astype(np.float32)
+    return np.where(y < np.float32(hi), y, np.float32(hi)).astype(np.float32)
+
+
+def requantize_ref(y: np.ndarray, out_scale: float, out_zp: int) -> np.ndarray:
+    """int8 = round_half_even(clamp(y * (1/out_scale), -128 - zp, 127 - zp)) + zp, in float32."""
+    inv = np.float32(1) / np.float32(out_scale)
+    t = np.clip(y * inv, np.float32(-128 - out_zp), np.float32(127 - out_zp))
+    return (np.rint(t).astype(np.int32) + out_zp).astype(np.int8)
+
+
+def qs8_gemm_ref(a, a_scale, a_zp, w, w_scale, w_zp=None, bias=None, relu=False, out_scale=None, out_zp=0,
+                 clamp=None):
     """Reference for kernels.qs8_gemm with the kernels' exact float rounding sequence:
-    y = float32(acc) * (a_scale * w_scale) + bias, ReLU, then optional requantization
-    (clamp in float, round half to even, add zero point)."""
+    y = float32(acc) * (a_scale * w_scale) + bias, clamp (relu or (lo, hi)), then optional
+    requantization (clamp in float, round half to even, add zero point)."""
     m, n = a.shape[0], w.shape[0]
     a_scale = np.broadcast_to(np.asarray(a_scale, np.float32), (m,))
     a_zp = np.broadcast_to(np.asarray(a_zp, np.int64), (m,))
@@ -88,13 +102,12 @@ def qs8_gemm_ref(a, a_scale, a_zp, w, w_scale, w_zp=None, bias=None, relu=False,
     else:
         y = y + np.float32(0)
     if relu:
-        y = np.where(y > 0, y, np.float32(0)).astype(np.float32)
+        y = clamp_f32(y, 0.0, np.inf)
+    if clamp is not None:
+        y = clamp_f32(y, *clamp)
     if out_scale is None:
         return y
-    inv = np.float32(1) / np.float32(out_scale)
-    t = y * inv
-    t = np.clip(t, np.float32(-128 - out_zp), np.float32(127 - out_zp))
-    return (np.rint(t).astype(np.int32) + out_zp).astype(np.int8)
+    return requantize_ref(y, out_scale, out_zp)
 
 
 # ----------------------------------------------------------------------------- int4 / int2 groups

@@ -50,6 +50,14 @@ uint32_t ef_arch_flags_detected(void);
 int ef_set_isa(const char* name);
 const char* ef_isa_name(void); /* name of the best ISA in the current mask */
 
+/* Activation clamp shared by every epilogue: ReLU is [0, inf], ReLU6 [0, 6], none
+ * [-inf, inf]. Written as compares so NaN maps to lo, exactly like AVX2 max_ps(y, lo) and
+ * NEON's fmax... sequence used in the SIMD epilogues. */
+EF_INLINE float ef_clamp(float y, float lo, float hi) {
+  y = y > lo ? y : lo;
+  return y < hi ? y : hi;
+}
+
 /* Unaligned loads of small integers without breaking strict aliasing. */
 EF_INLINE int32_t ef_load_i32(const void* p) { int32_t v; memcpy(&v, p, sizeof v); return v; }
 EF_INLINE uint64_t ef_load_u64(const void* p) { uint64_t v; memcpy(&v, p, sizeof v); return v; }

@@ -250,10 +250,10 @@ fail:
 
 static PyObject* py_qs8_gemm(PyObject* self, PyObject* args) {
   PyObject *a_obj, *scale_obj, *zp_obj, *packed_obj, *out_obj;
-  int relu;
+  float out_min, out_max;
   float out_scale;
   int out_zp;
-  if (!PyArg_ParseTuple(args, "OOOOOpfi", &a_obj, &scale_obj, &zp_obj, &packed_obj, &out_obj, &relu, &out_scale, &out_zp))
+  if (!PyArg_ParseTuple(args, "OOOOOfffi", &a_obj, &scale_obj, &zp_obj, &packed_obj, &out_obj, &out_min, &out_max, &out_scale, &out_zp))
     return NULL;
   PackedObject* p = packed_arg(packed_obj, PACKED_QS8, "packed");
   if (p == NULL) return NULL;
@@ -286,7 +286,7 @@ static PyObject* py_qs8_gemm(PyObject* self, PyObject* args) {
     PyErr_SetString(PyExc_ValueError, "int8 output needs out_scale > 0 (finite) and out_zero_point in [-128, 127]");
     goto fail;
   }
-  ef_qs8_gemm_params params = {.k = w->k, .relu = relu, .out_int8 = out_int8,
+  ef_qs8_gemm_params params = {.k = w->k, .out_min = out_min, .out_max = out_max, .out_int8 = out_int8,
                                .out_inv_scale = out_int8 ? 1.0f / out_scale : 1.0f, .out_zp = out_int8 ? out_zp : 0};
   int rc;
   Py_BEGIN_ALLOW_THREADS rc = ef_qs8_gemm(NULL, (size_t)m, a->buf, zp->buf, scale->buf, w, out->buf, &params);
@@ -405,8 +405,8 @@ fail:
 
 static PyObject* py_sparse_gemm(PyObject* self, PyObject* args) {
   PyObject *x_obj, *scale_obj, *zp_obj, *packed_obj, *out_obj;
-  int relu;
-  if (!PyArg_ParseTuple(args, "OOOOOp", &x_obj, &scale_obj, &zp_obj, &packed_obj, &out_obj, &relu)) return NULL;
+  float out_min, out_max;
+  if (!PyArg_ParseTuple(args, "OOOOOff", &x_obj, &scale_obj, &zp_obj, &packed_obj, &out_obj, &out_min, &out_max)) return NULL;
   PackedObject* pk = packed_arg(packed_obj, PACKED_SPARSE, "packed");
   if (pk == NULL) return NULL;
   const ef_sparse_packed* w = &pk->u.sp;
@@ -426,7 +426,7 @@ static PyObject* py_sparse_gemm(PyObject* self, PyObject* args) {
       }
   }
   if (get_array(out_obj, out, "out", 'f', 2, 1) || expect_dim(out, 0, m, "out", "M") || expect_dim(out, 1, (Py_ssize_t)w->n, "out", "N")) goto fail;
-  ef_sparse_params params = {.relu = relu, .x_scale = scale->buf, .x_zp = zp->buf};
+  ef_sparse_params params = {.out_min = out_min, .out_max = out_max, .x_scale = scale->buf, .x_zp = zp->buf};
   int rc;
   Py_BEGIN_ALLOW_THREADS rc = ef_sparse_gemm(NULL, (size_t)m, x->buf, w, out->buf, &params);
   Py_END_ALLOW_THREADS views_release(&vs);
@@ -481,11 +481,11 @@ static PyMethodDef methods[] = {
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Threads per kernel call."},
     {"qs8_pack", py_qs8_pack, METH_VARARGS, "qs8_pack(w, w_scale, w_zero_point|None, bias|None) -> Packed"},
     {"qs8_gemm", py_qs8_gemm, METH_VARARGS,
-     "qs8_gemm(a, a_scale, a_zero_point, packed, out, relu, out_scale, out_zero_point)"},
+     "qs8_gemm(a, a_scale, a_zero_point, packed, out, out_min, out_max, out_scale, out_zero_point)"},
     {"qb_pack", py_qb_pack, METH_VARARGS, "qb_pack(q, bits, group_size, scales, offsets, bias|None) -> Packed"},
     {"qb_gemm", py_qb_gemm, METH_VARARGS, "qb_gemm(x, packed, out)"},
     {"sparse_pack", py_sparse_pack, METH_VARARGS, "sparse_pack(w int8|float32, w_scale|None, bias|None) -> Packed"},
-    {"sparse_gemm", py_sparse_gemm, METH_VARARGS, "sparse_gemm(x, x_scale|None, x_zero_point|None, packed, out, relu)"},
+    {"sparse_gemm", py_sparse_gemm, METH_VARARGS, "sparse_gemm(x, x_scale|None, x_zero_point|None, packed, out, out_min, out_max)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {

@@ -36,7 +36,7 @@ EF_INLINE EF_TARGET_AVX2 void store_8(__m256i raw, size_t col0, size_t nc, int32
   /* y = (float)acc * (a_scale * w_scale) + bias: the same two roundings as ef_qs8_dequant. */
   const __m256 s = _mm256_mul_ps(_mm256_set1_ps(a_scale), _mm256_loadu_ps(w_scale));
   __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc), s), _mm256_loadu_ps(bias));
-  if (p->relu) y = _mm256_max_ps(y, _mm256_setzero_ps());
+  y = _mm256_min_ps(_mm256_max_ps(y, _mm256_set1_ps(p->out_min)), _mm256_set1_ps(p->out_max));
 
   if (!p->out_int8) {
     if (nc >= 8) {

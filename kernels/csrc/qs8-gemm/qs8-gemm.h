@@ -5,7 +5,7 @@
  * What one output element means (the scalar kernel is the executable definition):
  *   acc[m,n] = sum_k (a[m,k] - a_zp[m]) * (w[n,k] - w_zp[n])            exact in int32
  *   y[m,n]   = (float)acc * (a_scale[m] * w_scale[n]) + bias[n]         two roundings, no FMA
- *   relu:      y = y > 0 ? y : 0
+ *   clamp:     y = min(max(y, out_min), out_max)   (ReLU = [0, inf], ReLU6 = [0, 6])
  *   fp32 out:  c = y
  *   int8 out:  t = clamp(y * out_inv_scale, -128 - out_zp, 127 - out_zp);
  *              c = nearbyint(t) + out_zp                                 (ties to even)
@@ -49,7 +49,7 @@ typedef struct ef_qs8_packed {
 /* Per-call parameters shared by every tile. */
 typedef struct ef_qs8_gemm_params {
   size_t k;            /* true K (for the K*a_zp*w_zp term) */
-  int relu;
+  float out_min, out_max; /* activation clamp */
   int out_int8;        /* 0: fp32 output; 1: requantized int8 output */
   float out_inv_scale; /* int8 output only */
   int32_t out_zp;      /* int8 output only */
@@ -97,11 +97,10 @@ int ef_qs8_gemm(const ef_qs8_gemm_config* config, size_t m, const int8_t* a, con
 /* Scalar epilogue for one element; shared by the scalar kernel and SIMD tails so that the
  * definition above lives in exactly one place. */
 #include <math.h>
-EF_INLINE float ef_qs8_dequant(int32_t acc, float a_scale, float w_scale, float bias, int relu) {
+EF_INLINE float ef_qs8_dequant(int32_t acc, float a_scale, float w_scale, float bias, float lo, float hi) {
   float y = (float)acc * (a_scale * w_scale);
   y = y + bias;
-  if (relu) y = y > 0.0f ? y : 0.0f;
-  return y;
+  return ef_clamp(y, lo, hi);
 }
 EF_INLINE int8_t ef_qs8_requant(float y, float inv_scale, int32_t zp) {
   const float lo = (float)(-128 - zp), hi = (float)(127 - zp);

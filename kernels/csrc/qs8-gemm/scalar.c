@@ -21,7 +21,7 @@ static void ef_qs8_qc8w_gemm_minmax_ukernel_4x16c2__scalar(
         raw += (uint32_t)((int32_t)arow[kk] * wp[0] + (int32_t)arow[kk + 1] * wp[1]);
       }
       int32_t acc = ef_qs8_correct(raw, a_zp[r], colsum[j], w_zp[j], a_rowsum[r], (uint32_t)p->k);
-      float y = ef_qs8_dequant(acc, a_scale[r], w_scale[j], bias[j], p->relu);
+      float y = ef_qs8_dequant(acc, a_scale[r], w_scale[j], bias[j], p->out_min, p->out_max);
       if (p->out_int8) {
         ((int8_t*)c)[r * c_stride + j] = ef_qs8_requant(y, p->out_inv_scale, p->out_zp);
       } else {

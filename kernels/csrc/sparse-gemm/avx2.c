@@ -41,7 +41,7 @@ static EF_TARGET_AVX2 void ef_f32_spmm_dot_ukernel__avx2(const ef_sparse_packed*
       }
       float s = hsum_ps(acc);
       for (; j < end; j++) s += val[j] * xr[w->col[j]];
-      y[r * w->n + n] = ef_sparse_f32_out(s, w->bias[n], p->relu);
+      y[r * w->n + n] = ef_sparse_f32_out(s, w->bias[n], p->out_min, p->out_max);
     }
   }
 }
@@ -66,7 +66,7 @@ static EF_TARGET_AVX2 void ef_qs8_spmm_dot_ukernel__avx2(const ef_sparse_packed*
       }
       uint32_t raw = (uint32_t)hsum_epi32(_mm256_add_epi32(acc0, acc1));
       for (; j < end; j++) raw += (uint32_t)((int16_t)xr[w->col[j]] * val[j]);
-      y[r * w->n + n] = ef_sparse_qs8_out((int32_t)raw, p->x_zp[r], w->wsum[n], p->x_scale[r], w->w_scale[n], w->bias[n], p->relu);
+      y[r * w->n + n] = ef_sparse_qs8_out((int32_t)raw, p->x_zp[r], w->wsum[n], p->x_scale[r], w->w_scale[n], w->bias[n], p->out_min, p->out_max);
     }
   }
 }
@@ -95,7 +95,7 @@ static EF_TARGET_AVX2 void ef_f32_spmm_mvec_ukernel__avx2(const ef_sparse_packed
       }
       for (size_t t = 0; t < tiles; t++) {
         __m256 v = _mm256_add_ps(acc[t], bias);
-        if (p->relu) v = _mm256_max_ps(v, _mm256_setzero_ps());
+        v = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(p->out_min)), _mm256_set1_ps(p->out_max));
         store_column(y + n, w->n, r0 + 8 * t, m, v);
       }
     }
@@ -122,7 +122,7 @@ static EF_TARGET_AVX2 void ef_qs8_spmm_mvec_ukernel__avx2(const ef_sparse_packed
         _mm256_storeu_si256((__m256i*)raw, acc[t]);
         for (size_t i = 0; i < 8 && r0 + 8 * t + i < m; i++) {
           const size_t r = r0 + 8 * t + i;
-          y[r * w->n + n] = ef_sparse_qs8_out(raw[i], p->x_zp[r], w->wsum[n], p->x_scale[r], w->w_scale[n], w->bias[n], p->relu);
+          y[r * w->n + n] = ef_sparse_qs8_out(raw[i], p->x_zp[r], w->wsum[n], p->x_scale[r], w->w_scale[n], w->bias[n], p->out_min, p->out_max);
         }
       }
     }

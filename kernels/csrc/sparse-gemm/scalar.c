@@ -9,7 +9,7 @@ static void ef_f32_spmm_dot_ukernel__scalar(const ef_sparse_packed* w, size_t n0
     for (size_t n = n0; n < n1; n++) {
       float acc = 0.0f;
       for (uint32_t j = w->row_ptr[n]; j < w->row_ptr[n + 1]; j++) acc += val[j] * xr[w->col[j]];
-      y[r * w->n + n] = ef_sparse_f32_out(acc, w->bias[n], p->relu);
+      y[r * w->n + n] = ef_sparse_f32_out(acc, w->bias[n], p->out_min, p->out_max);
     }
   }
 }
@@ -22,7 +22,7 @@ static void ef_qs8_spmm_dot_ukernel__scalar(const ef_sparse_packed* w, size_t n0
     for (size_t n = n0; n < n1; n++) {
       uint32_t raw = 0;
       for (uint32_t j = w->row_ptr[n]; j < w->row_ptr[n + 1]; j++) raw += (uint32_t)((int16_t)xr[w->col[j]] * val[j]);
-      y[r * w->n + n] = ef_sparse_qs8_out((int32_t)raw, p->x_zp[r], w->wsum[n], p->x_scale[r], w->w_scale[n], w->bias[n], p->relu);
+      y[r * w->n + n] = ef_sparse_qs8_out((int32_t)raw, p->x_zp[r], w->wsum[n], p->x_scale[r], w->w_scale[n], w->bias[n], p->out_min, p->out_max);
     }
   }
 }
@@ -37,7 +37,7 @@ static void ef_f32_spmm_mvec_ukernel__scalar(const ef_sparse_packed* w, size_t n
     for (size_t r = 0; r < m; r++) {
       float acc = 0.0f;
       for (uint32_t j = w->row_ptr[n]; j < w->row_ptr[n + 1]; j++) acc += val[j] * x[w->col[j] * mp + r];
-      y[r * w->n + n] = ef_sparse_f32_out(acc, w->bias[n], p->relu);
+      y[r * w->n + n] = ef_sparse_f32_out(acc, w->bias[n], p->out_min, p->out_max);
     }
 }
 
@@ -49,7 +49,7 @@ static void ef_qs8_spmm_mvec_ukernel__scalar(const ef_sparse_packed* w, size_t n
     for (size_t r = 0; r < m; r++) {
       uint32_t raw = 0;
       for (uint32_t j = w->row_ptr[n]; j < w->row_ptr[n + 1]; j++) raw += (uint32_t)((int16_t)x[w->col[j] * mp + r] * val[j]);
-      y[r * w->n + n] = ef_sparse_qs8_out((int32_t)raw, p->x_zp[r], w->wsum[n], p->x_scale[r], w->w_scale[n], w->bias[n], p->relu);
+      y[r * w->n + n] = ef_sparse_qs8_out((int32_t)raw, p->x_zp[r], w->wsum[n], p->x_scale[r], w->w_scale[n], w->bias[n], p->out_min, p->out_max);
     }
 }
 

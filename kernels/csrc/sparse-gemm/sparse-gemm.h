@@ -10,7 +10,7 @@
  *
  * int8 follows the qs8 definition (qs8-gemm.h) with symmetric weights (a zero weight must
  * stay zero): acc = sum_k (x[m,k] - x_zp[m]) * w[n,k] = sum x*w - x_zp * wsum[n], exact in
- * int32; y = (float)acc * (x_scale[m] * w_scale[n]) + bias[n], optional ReLU. Bit-exact
+ * int32; y = (float)acc * (x_scale[m] * w_scale[n]) + bias[n], clamp (ReLU/ReLU6). Bit-exact
  * across ISAs. fp32 sums in a different order per ISA: named tolerance in the tests.
  *
  * Two kernel shapes:
@@ -41,7 +41,7 @@ typedef struct ef_sparse_packed {
 } ef_sparse_packed;
 
 typedef struct ef_sparse_params {
-  int relu;
+  float out_min, out_max; /* activation clamp */
   /* int8 only: per activation row */
   const float* x_scale;
   const int32_t* x_zp;
@@ -81,14 +81,11 @@ int ef_sparse_gemm(const ef_sparse_config* config, size_t m, const void* x, cons
                    const ef_sparse_params* p);
 
 /* Shared epilogues (one definition for every ISA). */
-EF_INLINE float ef_sparse_f32_out(float acc, float bias, int relu) {
-  float y = acc + bias;
-  return relu ? (y > 0.0f ? y : 0.0f) : y;
-}
+EF_INLINE float ef_sparse_f32_out(float acc, float bias, float lo, float hi) { return ef_clamp(acc + bias, lo, hi); }
 EF_INLINE float ef_sparse_qs8_out(int32_t raw, int32_t x_zp, int32_t wsum, float x_scale, float w_scale, float bias,
-                                  int relu) {
+                                  float lo, float hi) {
   const int32_t acc = (int32_t)((uint32_t)raw - (uint32_t)x_zp * (uint32_t)wsum);
   float y = (float)acc * (x_scale * w_scale);
   y = y + bias;
-  return relu ? (y > 0.0f ? y : 0.0f) : y;
+  return ef_clamp(y, lo, hi);
 }

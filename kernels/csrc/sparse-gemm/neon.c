@@ -1,0 +1,109 @@
+/* NEON sparse-gemm kernels. NEON has no gather, so the GEMV path sums each row with four
+ * independent scalar accumulators (breaking the add dependency chain); the GEMM path
+ * broadcasts each nonzero against 4-row vectors of the transposed activations. */
+#include "sparse-gemm.h"
+
+#if EF_ARCH_ARM64
+#include <arm_neon.h>
+
+static void ef_f32_spmm_dot_ukernel__neon(const ef_sparse_packed* w, size_t n0, size_t n1, size_t m, const void* x,
+                                          float* y, const ef_sparse_params* p) {
+  const float* val = w->val;
+  for (size_t r = 0; r < m; r++) {
+    const float* xr = (const float*)x + r * w->k;
+    for (size_t n = n0; n < n1; n++) {
+      uint32_t j = w->row_ptr[n];
+      const uint32_t end = w->row_ptr[n + 1];
+      float32x4_t acc = vdupq_n_f32(0.0f);
+      for (; j + 4 <= end; j += 4) {
+        const float g[4] = {xr[w->col[j]], xr[w->col[j + 1]], xr[w->col[j + 2]], xr[w->col[j + 3]]};
+        acc = vfmaq_f32(acc, vld1q_f32(val + j), vld1q_f32(g));
+      }
+      float s = vaddvq_f32(acc);
+      for (; j < end; j++) s += val[j] * xr[w->col[j]];
+      y[r * w->n + n] = ef_sparse_f32_out(s, w->bias[n], p->out_min, p->out_max);
+    }
+  }
+}
+
+static void ef_qs8_spmm_dot_ukernel__neon(const ef_sparse_packed* w, size_t n0, size_t n1, size_t m, const void* x,
+                                          float* y, const ef_sparse_params* p) {
+  const int8_t* val = w->val;
+  for (size_t r = 0; r < m; r++) {
+    const int32_t* xr = (const int32_t*)x + r * w->k;
+    for (size_t n = n0; n < n1; n++) {
+      uint32_t j = w->row_ptr[n];
+      const uint32_t end = w->row_ptr[n + 1];
+      uint32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      for (; j + 4 <= end; j += 4) {
+        s0 += (uint32_t)((int16_t)xr[w->col[j]] * val[j]);
+        s1 += (uint32_t)((int16_t)xr[w->col[j + 1]] * val[j + 1]);
+        s2 += (uint32_t)((int16_t)xr[w->col[j + 2]] * val[j + 2]);
+        s3 += (uint32_t)((int16_t)xr[w->col[j + 3]] * val[j + 3]);
+      }
+      uint32_t raw = s0 + s1 + s2 + s3;
+      for (; j < end; j++) raw += (uint32_t)((int16_t)xr[w->col[j]] * val[j]);
+      y[r * w->n + n] = ef_sparse_qs8_out((int32_t)raw, p->x_zp[r], w->wsum[n], p->x_scale[r], w->w_scale[n], w->bias[n], p->out_min, p->out_max);
+    }
+  }
+}
+
+static void ef_f32_spmm_mvec_ukernel__neon(const ef_sparse_packed* w, size_t n0, size_t n1, size_t m, size_t mp,
+                                           const void* xt, float* y, const ef_sparse_params* p) {
+  const float* val = w->val;
+  const float* x = xt;
+  for (size_t n = n0; n < n1; n++) {
+    const uint32_t begin = w->row_ptr[n], end = w->row_ptr[n + 1];
+    for (size_t r0 = 0; r0 < mp; r0 += 32) {
+      const size_t tiles = EF_MIN(8, (mp - r0) / 4);
+      float32x4_t acc[8];
+      for (size_t t = 0; t < 8; t++) acc[t] = vdupq_n_f32(0.0f);
+      for (uint32_t j = begin; j < end; j++) {
+        const float* xk = x + (size_t)w->col[j] * mp + r0;
+        for (size_t t = 0; t < tiles; t++) acc[t] = vfmaq_n_f32(acc[t], vld1q_f32(xk + 4 * t), val[j]);
+      }
+      for (size_t t = 0; t < tiles; t++) {
+        float tmp[4];
+        vst1q_f32(tmp, acc[t]);
+        for (size_t i = 0; i < 4 && r0 + 4 * t + i < m; i++) y[(r0 + 4 * t + i) * w->n + n] = ef_sparse_f32_out(tmp[i], w->bias[n], p->out_min, p->out_max);
+      }
+    }
+  }
+}
+
+static void ef_qs8_spmm_mvec_ukernel__neon(const ef_sparse_packed* w, size_t n0, size_t n1, size_t m, size_t mp,
+                                           const void* xt, float* y, const ef_sparse_params* p) {
+  const int8_t* val = w->val;
+  const int32_t* x = xt;
+  for (size_t n = n0; n < n1; n++) {
+    const uint32_t begin = w->row_ptr[n], end = w->row_ptr[n + 1];
+    for (size_t r0 = 0; r0 < mp; r0 += 32) {
+      const size_t tiles = EF_MIN(8, (mp - r0) / 4);
+      int32x4_t acc[8];
+      for (size_t t = 0; t < 8; t++) acc[t] = vdupq_n_s32(0);
+      for (uint32_t j = begin; j < end; j++) {
+        const int32_t* xk = x + (size_t)w->col[j] * mp + r0;
+        for (size_t t = 0; t < tiles; t++) {
+          /* x holds the int16 value in the low half: shift up and back to sign-extend */
+          const int32x4_t xv = vshrq_n_s32(vshlq_n_s32(vld1q_s32(xk + 4 * t), 16), 16);
+          acc[t] = vmlaq_n_s32(acc[t], xv, val[j]);
+        }
+      }
+      for (size_t t = 0; t < tiles; t++) {
+        int32_t raw[4];
+        vst1q_s32(raw, acc[t]);
+        for (size_t i = 0; i < 4 && r0 + 4 * t + i < m; i++) {
+          const size_t r = r0 + 4 * t + i;
+          y[r * w->n + n] = ef_sparse_qs8_out(raw[i], p->x_zp[r], w->wsum[n], p->x_scale[r], w->w_scale[n], w->bias[n], p->out_min, p->out_max);
+        }
+      }
+    }
+  }
+}
+
+const ef_sparse_config ef_sparse_config_neon = {
+    .isa = "neon",
+    .dot = {ef_f32_spmm_dot_ukernel__neon, ef_qs8_spmm_dot_ukernel__neon},
+    .mvec = {ef_f32_spmm_mvec_ukernel__neon, ef_qs8_spmm_mvec_ukernel__neon},
+};
+#endif /* EF_ARCH_ARM64 */

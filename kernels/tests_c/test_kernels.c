@@ -1,0 +1,214 @@
+/* Standalone C test harness: every optimized kernel against the scalar reference, with no
+ * Python involved, so the NEON kernels can be tested on x86 under qemu-aarch64.
+ *
+ *   make -C kernels/tests_c native      # gcc: scalar vs AVX2 (when the CPU has it)
+ *   make -C kernels/tests_c aarch64     # aarch64-linux-gnu-gcc + qemu-aarch64: scalar vs NEON
+ *
+ * Integer-exact families (qs8 GEMM, int8 sparse, int8 convolution) must match bit for bit;
+ * float-summing ones (qb, fp32 sparse, fp32 convolution) within the named tolerances. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "conv/conv.h"
+#include "qb-gemm/qb-gemm.h"
+#include "qs8-gemm/qs8-gemm.h"
+#include "sparse-gemm/sparse-gemm.h"
+
+#define FLOAT_SUM_RTOL 1e-5
+#define FLOAT_SUM_ATOL 1e-4
+
+static int failures = 0, checks = 0;
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+
+static uint32_t rnd(void) { /* xorshift64*: deterministic on every platform */
+  rng_state ^= rng_state >> 12;
+  rng_state ^= rng_state << 25;
+  rng_state ^= rng_state >> 27;
+  return (uint32_t)((rng_state * 0x2545F4914F6CDD1Dull) >> 32);
+}
+static int8_t rnd_i8(int extreme) { return extreme ? ((rnd() & 1) ? 127 : -128) : (int8_t)(rnd() & 0xFF); }
+static float rnd_f(void) { return (float)((int)(rnd() % 20001) - 10000) / 5000.0f; }
+
+static void expect_same_bytes(const char* what, const char* isa, const void* a, const void* b, size_t bytes) {
+  checks++;
+  if (memcmp(a, b, bytes) != 0) {
+    failures++;
+    printf("FAIL %s [%s]: differs from scalar\n", what, isa);
+  }
+}
+
+static void expect_close(const char* what, const char* isa, const float* got, const float* want, size_t n) {
+  checks++;
+  for (size_t i = 0; i < n; i++) {
+    if (!(fabsf(got[i] - want[i]) <= FLOAT_SUM_ATOL + FLOAT_SUM_RTOL * fabsf(want[i]))) {
+      failures++;
+      printf("FAIL %s [%s]: element %zu: %.9g vs scalar %.9g\n", what, isa, i, got[i], want[i]);
+      return;
+    }
+  }
+}
+
+/* ----------------------------------------------------------------------- qs8 */
+
+static void test_qs8(const ef_qs8_gemm_config* cfg, size_t m, size_t n, size_t k, int extreme, int out_int8) {
+  int8_t* a = malloc(m * k);
+  int8_t* w = malloc(n * k);
+  float *ws = malloc(n * 4), *bias = malloc(n * 4), *as = malloc(m * 4);
+  int32_t *wz = malloc(n * 4), *az = malloc(m * 4);
+  for (size_t i = 0; i < m * k; i++) a[i] = rnd_i8(extreme);
+  for (size_t i = 0; i < n * k; i++) w[i] = rnd_i8(extreme);
+  for (size_t i = 0; i < n; i++) { ws[i] = 0.001f + (rnd() % 1000) * 1e-4f; bias[i] = rnd_f(); wz[i] = extreme ? -128 : rnd_i8(0); }
+  for (size_t i = 0; i < m; i++) { as[i] = 0.01f; az[i] = extreme ? 127 : rnd_i8(0); }
+  ef_qs8_packed pw;
+  if (ef_qs8_pack(w, n, k, ws, wz, bias, &pw) != 0) { printf("pack failed\n"); exit(2); }
+  const size_t elem = out_int8 ? 1 : 4;
+  void *ref = malloc(m * n * elem), *got = malloc(m * n * elem);
+  ef_qs8_gemm_params p = {.k = k, .relu = (int)(rnd() & 1), .out_int8 = out_int8, .out_inv_scale = 1.0f / 3.0f, .out_zp = -5};
+  ef_qs8_gemm(&ef_qs8_gemm_config_scalar, m, a, az, as, &pw, ref, &p);
+  ef_qs8_gemm(cfg, m, a, az, as, &pw, got, &p);
+  char what[96];
+  snprintf(what, sizeof what, "qs8 %zux%zux%zu%s%s", m, n, k, extreme ? " extreme" : "", out_int8 ? " int8-out" : "");
+  expect_same_bytes(what, cfg->isa, got, ref, m * n * elem);
+  ef_qs8_packed_free(&pw);
+  free(a); free(w); free(ws); free(bias); free(as); free(wz); free(az); free(ref); free(got);
+}
+
+/* ----------------------------------------------------------------------- qb */
+
+static void test_qb(const ef_qb_gemm_config* cfg, int bits, int group, size_t m, size_t n, size_t k) {
+  const size_t groups = EF_DIV_UP(k, (size_t)group);
+  uint8_t* q = malloc(n * k);
+  float *d = malloc(n * groups * 4), *mn = malloc(n * groups * 4), *x = malloc(m * k * 4);
+  for (size_t i = 0; i < n * k; i++) q[i] = (uint8_t)(rnd() & ((1u << bits) - 1));
+  for (size_t i = 0; i < n * groups; i++) { d[i] = 0.01f + (rnd() % 100) * 1e-3f; mn[i] = -d[i] * (1 << (bits - 1)); }
+  for (size_t i = 0; i < m * k; i++) x[i] = rnd_f();
+  ef_qb_packed pw;
+  if (ef_qb_pack(q, n, k, bits, group, d, mn, NULL, &pw) != 0) { printf("pack failed\n"); exit(2); }
+  float *ref = malloc(m * n * 4), *got = malloc(m * n * 4);
+  ef_qb_gemm(&ef_qb_gemm_config_scalar, m, x, &pw, ref);
+  ef_qb_gemm(cfg, m, x, &pw, got);
+  char what[96];
+  snprintf(what, sizeof what, "q%d_g%d %zux%zux%zu", bits, group, m, n, k);
+  expect_close(what, cfg->isa, got, ref, m * n);
+  ef_qb_packed_free(&pw);
+  free(q); free(d); free(mn); free(x); free(ref); free(got);
+}
+
+/* ----------------------------------------------------------------------- sparse */
+
+static void test_sparse(const ef_sparse_config* cfg, ef_sparse_dtype dt, size_t m, size_t n, size_t k, unsigned keep_pct) {
+  const size_t elem = dt == EF_SPARSE_F32 ? 4 : 1;
+  uint8_t* w = calloc(n * k, elem);
+  uint8_t* x = malloc(m * k * elem);
+  float *ws = malloc(n * 4), *xs = malloc(m * 4);
+  int32_t* xz = malloc(m * 4);
+  for (size_t i = 0; i < n * k; i++) {
+    if (rnd() % 100 >= keep_pct) continue;
+    if (dt == EF_SPARSE_F32) ((float*)w)[i] = rnd_f();
+    else ((int8_t*)w)[i] = rnd_i8(0);
+  }
+  for (size_t i = 0; i < m * k; i++) {
+    if (dt == EF_SPARSE_F32) ((float*)x)[i] = rnd_f();
+    else ((int8_t*)x)[i] = rnd_i8(0);
+  }
+  for (size_t i = 0; i < n; i++) ws[i] = 0.5f;
+  for (size_t i = 0; i < m; i++) { xs[i] = 0.25f; xz[i] = rnd_i8(0); }
+  ef_sparse_packed pw;
+  if (ef_sparse_pack(dt, w, n, k, ws, NULL, &pw) != 0) { printf("pack failed\n"); exit(2); }
+  ef_sparse_params p = {.relu = 0, .x_scale = xs, .x_zp = xz};
+  float *ref = malloc(m * n * 4), *got = malloc(m * n * 4);
+  ef_sparse_gemm(&ef_sparse_config_scalar, m, x, &pw, ref, &p);
+  ef_sparse_gemm(cfg, m, x, &pw, got, &p);
+  char what[96];
+  snprintf(what, sizeof what, "sparse %s %zux%zux%zu keep %u%%", dt == EF_SPARSE_F32 ? "f32" : "qs8", m, n, k, keep_pct);
+  if (dt == EF_SPARSE_F32) expect_close(what, cfg->isa, got, ref, m * n);
+  else expect_same_bytes(what, cfg->isa, got, ref, m * n * 4);
+  ef_sparse_packed_free(&pw);
+  free(w); free(x); free(ws); free(xs); free(xz); free(ref); free(got);
+}
+
+/* ----------------------------------------------------------------------- conv */
+
+static void test_dwconv(const ef_conv_config* cfg, int q8, size_t h, size_t w, size_t c, size_t stride) {
+  const size_t elem = q8 ? 1 : 4;
+  const size_t oh = (h + 2 - 3) / stride + 1, ow = (w + 2 - 3) / stride + 1;
+  uint8_t* x = malloc(h * w * c * elem);
+  uint8_t* wt = malloc(9 * c * elem);
+  float *bias = malloc(c * 4), *ws = malloc(c * 4);
+  for (size_t i = 0; i < h * w * c; i++) {
+    if (q8) ((int8_t*)x)[i] = rnd_i8(0);
+    else ((float*)x)[i] = rnd_f();
+  }
+  for (size_t i = 0; i < 9 * c; i++) {
+    if (q8) ((int8_t*)wt)[i] = rnd_i8(0);
+    else ((float*)wt)[i] = rnd_f();
+  }
+  for (size_t i = 0; i < c; i++) { bias[i] = rnd_f(); ws[i] = 0.01f; }
+  ef_dwconv_params p = {.h = h, .w = w, .c = c, .stride = stride, .relu6 = 1, .x_scale = 0.02f, .x_zp = 3, .w_scale = ws,
+                        .out_inv_scale = 10.0f, .out_zp = -2};
+  float* ref = malloc(oh * ow * c * 4);
+  float* got = malloc(oh * ow * c * 4);
+  if (q8) {
+    ef_dwconv3x3_qs8(&ef_conv_config_scalar, x, wt, bias, (int8_t*)ref, &p);
+    ef_dwconv3x3_qs8(cfg, x, wt, bias, (int8_t*)got, &p);
+  } else {
+    ef_dwconv3x3_f32(&ef_conv_config_scalar, (float*)x, (float*)wt, bias, ref, &p);
+    ef_dwconv3x3_f32(cfg, (float*)x, (float*)wt, bias, got, &p);
+  }
+  char what[96];
+  snprintf(what, sizeof what, "dwconv3x3 %s %zux%zux%zu s%zu", q8 ? "qs8" : "f32", h, w, c, stride);
+  if (q8) expect_same_bytes(what, cfg->isa, got, ref, oh * ow * c);
+  else expect_close(what, cfg->isa, got, ref, oh * ow * c);
+  free(x); free(wt); free(bias); free(ws); free(ref); free(got);
+}
+
+int main(void) {
+  const uint32_t flags = ef_arch_flags_detected();
+  const ef_qs8_gemm_config* qs8[2] = {NULL, NULL};
+  const ef_qb_gemm_config* qb[2] = {NULL, NULL};
+  const ef_sparse_config* sp[2] = {NULL, NULL};
+  const ef_conv_config* cv[2] = {NULL, NULL};
+  int nconf = 0;
+#if EF_ARCH_X86
+  if (flags & EF_ARCH_X86_AVX2) {
+    qs8[nconf] = &ef_qs8_gemm_config_avx2; qb[nconf] = &ef_qb_gemm_config_avx2;
+    sp[nconf] = &ef_sparse_config_avx2; cv[nconf] = &ef_conv_config_avx2; nconf++;
+  }
+#endif
+#if EF_ARCH_ARM64
+  if (flags & EF_ARCH_ARM_NEON) {
+    qs8[nconf] = &ef_qs8_gemm_config_neon; qb[nconf] = &ef_qb_gemm_config_neon;
+    sp[nconf] = &ef_sparse_config_neon; cv[nconf] = &ef_conv_config_neon; nconf++;
+  }
+#endif
+  /* The scalar config against itself checks the harness and runs everywhere. */
+  qs8[nconf] = &ef_qs8_gemm_config_scalar; qb[nconf] = &ef_qb_gemm_config_scalar;
+  sp[nconf] = &ef_sparse_config_scalar; cv[nconf] = &ef_conv_config_scalar; nconf++;
+
+  static const size_t shapes[][3] = {{1, 1, 1}, {1, 17, 33}, {2, 31, 7}, {3, 16, 64}, {4, 33, 129}, {5, 48, 300}, {9, 20, 1001}};
+  for (int c = 0; c < nconf; c++) {
+    printf("== %s\n", qs8[c]->isa);
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+      const size_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
+      for (int extreme = 0; extreme < 2; extreme++)
+        for (int out8 = 0; out8 < 2; out8++) test_qs8(qs8[c], m, n, k, extreme, out8);
+      for (int bits = 2; bits <= 4; bits += 2)
+        for (int g = 32; g <= 128; g *= 2) test_qb(qb[c], bits, g, m, n, k);
+      for (unsigned keep = 5; keep <= 100; keep += 45) {
+        test_sparse(sp[c], EF_SPARSE_F32, m, n, k, keep);
+        test_sparse(sp[c], EF_SPARSE_QS8, m, n, k, keep);
+        test_sparse(sp[c], EF_SPARSE_QS8, m + 8, n, k, keep); /* transposed GEMM path */
+      }
+    }
+    test_qs8(qs8[c], 2, 17, EF_QS8_MAX_K, 1, 0);
+    static const size_t conv_shapes[][3] = {{1, 1, 1}, {5, 7, 3}, {8, 8, 16}, {9, 11, 37}, {14, 14, 96}};
+    for (size_t s = 0; s < sizeof conv_shapes / sizeof conv_shapes[0]; s++)
+      for (size_t stride = 1; stride <= 2; stride++)
+        for (int q8 = 0; q8 < 2; q8++) test_dwconv(cv[c], q8, conv_shapes[s][0], conv_shapes[s][1], conv_shapes[s][2], stride);
+  }
+  printf("%d checks, %d failures\n", checks, failures);
+  return failures != 0;
+}
