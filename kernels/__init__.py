@@ -37,6 +37,14 @@ __all__ = [
     "qb_linear",
     "pack_sparse",
     "sparse_linear",
+    "pack_f32",
+    "f32_linear",
+    "ConvWeights",
+    "pack_conv",
+    "conv2d",
+    "conv2d_qs8",
+    "dwconv3x3",
+    "dwconv3x3_qs8",
     "quant",
 ]
 
@@ -262,3 +270,28 @@ def sparse_linear(x: np.ndarray, w: Packed, x_scale=None, x_zero_point=None, rel
     else:
         _kernels.sparse_gemm(x2, None, None, w, out, *_clamp(activation, relu))
     return out[0] if squeeze else out
+
+
+# ----------------------------------------------------------------------------- fp32
+
+
+def pack_f32(w: np.ndarray, bias=None) -> Packed:
+    """Pack float32 weights w [N, K] (optional bias [N]) for f32_linear."""
+    if not isinstance(w, np.ndarray):
+        raise TypeError(f"w: expected a numpy float32 array, got {type(w).__name__}")
+    if w.ndim != 2:
+        raise ValueError(f"w: expected 2 dimensions [N, K], got {w.ndim}")
+    return _kernels.f32_pack(w, _vector(bias, w.shape[0], np.float32, "bias"))
+
+
+def f32_linear(x: np.ndarray, w: Packed, relu: bool = False, activation=None) -> np.ndarray:
+    """y = clamp(x @ W^T + bias) for float32 x [M, K] or [K]."""
+    x2, squeeze = _as_2d(x, "x")
+    if not isinstance(w, Packed) or w.kind != "f32":
+        raise TypeError(f"w: expected weights from pack_f32, got {type(w).__name__}")
+    out = np.empty((x2.shape[0], w.n), np.float32)
+    _kernels.f32_gemm(x2, w, out, *_clamp(activation, relu))
+    return out[0] if squeeze else out
+
+
+from .conv import ConvWeights, conv2d, conv2d_qs8, dwconv3x3, dwconv3x3_qs8, pack_conv  # noqa: E402

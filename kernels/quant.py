@@ -224,3 +224,63 @@ def sparse_linear_ref(x, w, x_scale=None, x_zp=None, w_scale=None, bias=None, re
     if relu:
         y = np.maximum(y, 0)
     return y.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- convolution
+
+
+def im2col_ref(x: np.ndarray, kh: int, kw: int, stride: int, pads: tuple[int, int, int, int], pad_value) -> np.ndarray:
+    """NHWC patches [N*OH*OW, kh*kw*C] in (kh, kw, c) order, padding filled with pad_value."""
+    top, left, bottom, right = pads
+    n, h, w, c = x.shape
+    xp = np.full((n, h + top + bottom, w + left + right, c), pad_value, x.dtype)
+    xp[:, top:top + h, left:left + w] = x
+    oh = (h + top + bottom - kh) // stride + 1
+    ow = (w + left + right - kw) // stride + 1
+    cols = np.empty((n, oh, ow, kh, kw, c), x.dtype)
+    for ky in range(kh):
+        for kx in range(kw):
+            cols[:, :, :, ky, kx] = xp[:, ky:ky + stride * (oh - 1) + 1:stride, kx:kx + stride * (ow - 1) + 1:stride]
+    return cols.reshape(n * oh * ow, kh * kw * c), oh, ow
+
+
+def conv2d_ref(x: np.ndarray, w_oihw: np.ndarray, bias=None, stride: int = 1, pads=(0, 0, 0, 0)) -> np.ndarray:
+    """fp32 NHWC convolution in float64."""
+    cout, cin, kh, kw = w_oihw.shape
+    cols, oh, ow = im2col_ref(x.astype(np.float64), kh, kw, stride, pads, 0.0)
+    y = cols @ w_oihw.transpose(0, 2, 3, 1).reshape(cout, -1).astype(np.float64).T
+    if bias is not None:
+        y += bias
+    return y.reshape(x.shape[0], oh, ow, cout).astype(np.float32)
+
+
+def conv2d_qs8_ref(x, x_scale, x_zp, w_oihw, w_scale, bias=None, stride=1, pads=(0, 0, 0, 0), out_scale=None,
+                   out_zp=0, clamp=None):
+    """int8 NHWC convolution with the qs8 definition (padding = the zero point), exact."""
+    cout = w_oihw.shape[0]
+    cols, oh, ow = im2col_ref(x, w_oihw.shape[2], w_oihw.shape[3], stride, pads, np.int8(x_zp))
+    wr = w_oihw.transpose(0, 2, 3, 1).reshape(cout, -1)
+    y = qs8_gemm_ref(cols, x_scale, x_zp, wr, w_scale, None, bias, False, out_scale, out_zp, clamp)
+    return y.reshape(x.shape[0], oh, ow, cout)
+
+
+def dwconv3x3_ref(x: np.ndarray, w: np.ndarray, bias=None, stride: int = 1) -> np.ndarray:
+    """fp32 depthwise 3x3, padding 1, NHWC, w [3, 3, C], in float64."""
+    cols, oh, ow = im2col_ref(x.astype(np.float64), 3, 3, stride, (1, 1, 1, 1), 0.0)
+    c = x.shape[3]
+    y = (cols.reshape(-1, 9, c) * w.reshape(9, c).astype(np.float64)).sum(axis=1)
+    if bias is not None:
+        y += bias
+    return y.reshape(x.shape[0], oh, ow, c).astype(np.float32)
+
+
+def dwconv3x3_qs8_ref(x, x_scale, x_zp, w, w_scale, bias, out_scale, out_zp, stride=1, clamp=(-np.inf, np.inf)):
+    """int8 depthwise 3x3 with the kernels' exact sequence: integer taps, then
+    float32(acc) * (x_scale * w_scale) + bias, clamp, requantize."""
+    cols, oh, ow = im2col_ref(x, 3, 3, stride, (1, 1, 1, 1), np.int8(x_zp))
+    c = x.shape[3]
+    acc = ((cols.reshape(-1, 9, c).astype(np.int64) - x_zp) * w.reshape(9, c).astype(np.int64)).sum(axis=1)
+    s = np.float32(x_scale) * np.asarray(w_scale, np.float32)
+    b = np.zeros(c, np.float32) if bias is None else np.asarray(bias, np.float32)
+    y = clamp_f32(acc.astype(np.float32) * s + b, *clamp)
+    return requantize_ref(y, out_scale, out_zp).reshape(x.shape[0], oh, ow, c)

@@ -13,6 +13,7 @@
 
 #include "common.h"
 #include "conv/conv.h"
+#include "f32-gemm/f32-gemm.h"
 #include "qb-gemm/qb-gemm.h"
 #include "qs8-gemm/qs8-gemm.h"
 #include "sparse-gemm/sparse-gemm.h"
@@ -66,7 +67,7 @@ static void test_qs8(const ef_qs8_gemm_config* cfg, size_t m, size_t n, size_t k
   if (ef_qs8_pack(w, n, k, ws, wz, bias, &pw) != 0) { printf("pack failed\n"); exit(2); }
   const size_t elem = out_int8 ? 1 : 4;
   void *ref = malloc(m * n * elem), *got = malloc(m * n * elem);
-  ef_qs8_gemm_params p = {.k = k, .relu = (int)(rnd() & 1), .out_int8 = out_int8, .out_inv_scale = 1.0f / 3.0f, .out_zp = -5};
+  ef_qs8_gemm_params p = {.k = k, .out_min = (rnd() & 1) ? 0.0f : -INFINITY, .out_max = INFINITY, .out_int8 = out_int8, .out_inv_scale = 1.0f / 3.0f, .out_zp = -5};
   ef_qs8_gemm(&ef_qs8_gemm_config_scalar, m, a, az, as, &pw, ref, &p);
   ef_qs8_gemm(cfg, m, a, az, as, &pw, got, &p);
   char what[96];
@@ -118,7 +119,7 @@ static void test_sparse(const ef_sparse_config* cfg, ef_sparse_dtype dt, size_t 
   for (size_t i = 0; i < m; i++) { xs[i] = 0.25f; xz[i] = rnd_i8(0); }
   ef_sparse_packed pw;
   if (ef_sparse_pack(dt, w, n, k, ws, NULL, &pw) != 0) { printf("pack failed\n"); exit(2); }
-  ef_sparse_params p = {.relu = 0, .x_scale = xs, .x_zp = xz};
+  ef_sparse_params p = {.out_min = -INFINITY, .out_max = INFINITY, .x_scale = xs, .x_zp = xz};
   float *ref = malloc(m * n * 4), *got = malloc(m * n * 4);
   ef_sparse_gemm(&ef_sparse_config_scalar, m, x, &pw, ref, &p);
   ef_sparse_gemm(cfg, m, x, &pw, got, &p);
@@ -128,6 +129,25 @@ static void test_sparse(const ef_sparse_config* cfg, ef_sparse_dtype dt, size_t 
   else expect_same_bytes(what, cfg->isa, got, ref, m * n * 4);
   ef_sparse_packed_free(&pw);
   free(w); free(x); free(ws); free(xs); free(xz); free(ref); free(got);
+}
+
+/* ----------------------------------------------------------------------- f32 gemm */
+
+static void test_f32(const ef_f32_gemm_config* cfg, size_t m, size_t n, size_t k) {
+  float *x = malloc(m * k * 4), *w = malloc(n * k * 4), *b = malloc(n * 4);
+  for (size_t i = 0; i < m * k; i++) x[i] = rnd_f();
+  for (size_t i = 0; i < n * k; i++) w[i] = rnd_f();
+  for (size_t i = 0; i < n; i++) b[i] = rnd_f();
+  ef_f32_packed pw;
+  if (ef_f32_pack(w, n, k, b, &pw) != 0) { printf("pack failed\n"); exit(2); }
+  float *ref = malloc(m * n * 4), *got = malloc(m * n * 4);
+  ef_f32_gemm(&ef_f32_gemm_config_scalar, m, x, &pw, ref, -INFINITY, INFINITY);
+  ef_f32_gemm(cfg, m, x, &pw, got, -INFINITY, INFINITY);
+  char what[96];
+  snprintf(what, sizeof what, "f32 gemm %zux%zux%zu", m, n, k);
+  expect_close(what, cfg->isa, got, ref, m * n);
+  ef_f32_packed_free(&pw);
+  free(x); free(w); free(b); free(ref); free(got);
 }
 
 /* ----------------------------------------------------------------------- conv */
@@ -147,16 +167,16 @@ static void test_dwconv(const ef_conv_config* cfg, int q8, size_t h, size_t w, s
     else ((float*)wt)[i] = rnd_f();
   }
   for (size_t i = 0; i < c; i++) { bias[i] = rnd_f(); ws[i] = 0.01f; }
-  ef_dwconv_params p = {.h = h, .w = w, .c = c, .stride = stride, .relu6 = 1, .x_scale = 0.02f, .x_zp = 3, .w_scale = ws,
+  ef_dwconv_params p = {.h = h, .w = w, .c = c, .stride = stride, .out_min = 0.0f, .out_max = 6.0f, .x_scale = 0.02f, .x_zp = 3, .w_scale = ws,
                         .out_inv_scale = 10.0f, .out_zp = -2};
   float* ref = malloc(oh * ow * c * 4);
   float* got = malloc(oh * ow * c * 4);
   if (q8) {
-    ef_dwconv3x3_qs8(&ef_conv_config_scalar, x, wt, bias, (int8_t*)ref, &p);
-    ef_dwconv3x3_qs8(cfg, x, wt, bias, (int8_t*)got, &p);
+    ef_dwconv3x3_qs8(&ef_conv_config_scalar, (const int8_t*)x, (const int8_t*)wt, bias, (int8_t*)ref, &p);
+    ef_dwconv3x3_qs8(cfg, (const int8_t*)x, (const int8_t*)wt, bias, (int8_t*)got, &p);
   } else {
-    ef_dwconv3x3_f32(&ef_conv_config_scalar, (float*)x, (float*)wt, bias, ref, &p);
-    ef_dwconv3x3_f32(cfg, (float*)x, (float*)wt, bias, got, &p);
+    ef_dwconv3x3_f32(&ef_conv_config_scalar, (const float*)x, (const float*)wt, bias, ref, &p);
+    ef_dwconv3x3_f32(cfg, (const float*)x, (const float*)wt, bias, got, &p);
   }
   char what[96];
   snprintf(what, sizeof what, "dwconv3x3 %s %zux%zux%zu s%zu", q8 ? "qs8" : "f32", h, w, c, stride);
@@ -171,22 +191,26 @@ int main(void) {
   const ef_qb_gemm_config* qb[2] = {NULL, NULL};
   const ef_sparse_config* sp[2] = {NULL, NULL};
   const ef_conv_config* cv[2] = {NULL, NULL};
+  const ef_f32_gemm_config* f32[2] = {NULL, NULL};
   int nconf = 0;
 #if EF_ARCH_X86
   if (flags & EF_ARCH_X86_AVX2) {
     qs8[nconf] = &ef_qs8_gemm_config_avx2; qb[nconf] = &ef_qb_gemm_config_avx2;
-    sp[nconf] = &ef_sparse_config_avx2; cv[nconf] = &ef_conv_config_avx2; nconf++;
+    sp[nconf] = &ef_sparse_config_avx2; cv[nconf] = &ef_conv_config_avx2;
+    f32[nconf] = &ef_f32_gemm_config_avx2; nconf++;
   }
 #endif
 #if EF_ARCH_ARM64
   if (flags & EF_ARCH_ARM_NEON) {
     qs8[nconf] = &ef_qs8_gemm_config_neon; qb[nconf] = &ef_qb_gemm_config_neon;
-    sp[nconf] = &ef_sparse_config_neon; cv[nconf] = &ef_conv_config_neon; nconf++;
+    sp[nconf] = &ef_sparse_config_neon; cv[nconf] = &ef_conv_config_neon;
+    f32[nconf] = &ef_f32_gemm_config_neon; nconf++;
   }
 #endif
   /* The scalar config against itself checks the harness and runs everywhere. */
   qs8[nconf] = &ef_qs8_gemm_config_scalar; qb[nconf] = &ef_qb_gemm_config_scalar;
-  sp[nconf] = &ef_sparse_config_scalar; cv[nconf] = &ef_conv_config_scalar; nconf++;
+  sp[nconf] = &ef_sparse_config_scalar; cv[nconf] = &ef_conv_config_scalar;
+  f32[nconf] = &ef_f32_gemm_config_scalar; nconf++;
 
   static const size_t shapes[][3] = {{1, 1, 1}, {1, 17, 33}, {2, 31, 7}, {3, 16, 64}, {4, 33, 129}, {5, 48, 300}, {9, 20, 1001}};
   for (int c = 0; c < nconf; c++) {
@@ -195,6 +219,7 @@ int main(void) {
       const size_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
       for (int extreme = 0; extreme < 2; extreme++)
         for (int out8 = 0; out8 < 2; out8++) test_qs8(qs8[c], m, n, k, extreme, out8);
+      test_f32(f32[c], m, n, k);
       for (int bits = 2; bits <= 4; bits += 2)
         for (int g = 32; g <= 128; g *= 2) test_qb(qb[c], bits, g, m, n, k);
       for (unsigned keep = 5; keep <= 100; keep += 45) {

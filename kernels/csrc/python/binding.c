@@ -10,6 +10,8 @@
 #include <Python.h>
 
 #include "common.h"
+#include "conv/conv.h"
+#include "f32-gemm/f32-gemm.h"
 #include "qb-gemm/qb-gemm.h"
 #include "qs8-gemm/qs8-gemm.h"
 #include "sparse-gemm/sparse-gemm.h"
@@ -119,7 +121,7 @@ static void views_release(views* vs) {
 
 /* ------------------------------------------------------------------ packed weights */
 
-typedef enum { PACKED_QS8 = 1, PACKED_QB, PACKED_SPARSE } packed_kind;
+typedef enum { PACKED_QS8 = 1, PACKED_QB, PACKED_SPARSE, PACKED_F32 } packed_kind;
 
 typedef struct {
   PyObject_HEAD packed_kind kind;
@@ -127,6 +129,7 @@ typedef struct {
     ef_qs8_packed qs8;
     ef_qb_packed qb;
     ef_sparse_packed sp;
+    ef_f32_packed f32;
   } u;
 } PackedObject;
 
@@ -134,6 +137,7 @@ static void packed_dealloc(PackedObject* self) {
   if (self->kind == PACKED_QS8) ef_qs8_packed_free(&self->u.qs8);
   if (self->kind == PACKED_QB) ef_qb_packed_free(&self->u.qb);
   if (self->kind == PACKED_SPARSE) ef_sparse_packed_free(&self->u.sp);
+  if (self->kind == PACKED_F32) ef_f32_packed_free(&self->u.f32);
   Py_TYPE(self)->tp_free((PyObject*)self);
 }
 
@@ -142,6 +146,7 @@ static PyObject* packed_get_n(PackedObject* self, void* unused) {
     case PACKED_QS8: return PyLong_FromSize_t(self->u.qs8.n);
     case PACKED_QB: return PyLong_FromSize_t(self->u.qb.n);
     case PACKED_SPARSE: return PyLong_FromSize_t(self->u.sp.n);
+    case PACKED_F32: return PyLong_FromSize_t(self->u.f32.n);
   }
   Py_RETURN_NONE;
 }
@@ -150,6 +155,7 @@ static PyObject* packed_get_k(PackedObject* self, void* unused) {
     case PACKED_QS8: return PyLong_FromSize_t(self->u.qs8.k);
     case PACKED_QB: return PyLong_FromSize_t(self->u.qb.k);
     case PACKED_SPARSE: return PyLong_FromSize_t(self->u.sp.k);
+    case PACKED_F32: return PyLong_FromSize_t(self->u.f32.k);
   }
   Py_RETURN_NONE;
 }
@@ -157,6 +163,7 @@ static PyObject* packed_get_nbytes(PackedObject* self, void* unused) {
   switch (self->kind) {
     case PACKED_QS8: return PyLong_FromSize_t(self->u.qs8.n_blocks * self->u.qs8.block_bytes);
     case PACKED_QB: return PyLong_FromSize_t(self->u.qb.n * self->u.qb.row_bytes + self->u.qb.n * sizeof(float));
+    case PACKED_F32: return PyLong_FromSize_t(self->u.f32.n_blocks * self->u.f32.block_floats * sizeof(float));
     case PACKED_SPARSE: {
       const ef_sparse_packed* sp = &self->u.sp;
       const size_t per_nz = sizeof(uint16_t) + (sp->dtype == EF_SPARSE_F32 ? 4 : 1);
@@ -170,6 +177,7 @@ static PyObject* packed_get_kind(PackedObject* self, void* unused) {
     case PACKED_QS8: return PyUnicode_FromString("qs8");
     case PACKED_QB: return PyUnicode_FromFormat("q%d_g%d", self->u.qb.bits, self->u.qb.group);
     case PACKED_SPARSE: return PyUnicode_FromString(self->u.sp.dtype == EF_SPARSE_F32 ? "sparse_f32" : "sparse_qs8");
+    case PACKED_F32: return PyUnicode_FromString("f32");
   }
   Py_RETURN_NONE;
 }
@@ -437,6 +445,150 @@ fail:
   return NULL;
 }
 
+/* ------------------------------------------------------------------ f32 gemm */
+
+static PyObject* py_f32_pack(PyObject* self, PyObject* args) {
+  PyObject *w_obj, *bias_obj;
+  if (!PyArg_ParseTuple(args, "OO", &w_obj, &bias_obj)) return NULL;
+  views vs = {.n = 0};
+  Py_buffer *w = views_add(&vs), *bias = views_add(&vs);
+  if (get_array(w_obj, w, "w", 'f', 2, 0)) goto fail;
+  const Py_ssize_t n = dim(w, 0), k = dim(w, 1);
+  if (n == 0 || k == 0) { PyErr_SetString(PyExc_ValueError, "w: shape must be non-empty"); goto fail; }
+  if (bias_obj != Py_None && (get_array(bias_obj, bias, "bias", 'f', 1, 0) || expect_dim(bias, 0, n, "bias", "N"))) goto fail;
+  PackedObject* p = PyObject_New(PackedObject, &PackedType);
+  if (p == NULL) goto fail;
+  p->kind = PACKED_F32;
+  int rc;
+  Py_BEGIN_ALLOW_THREADS rc = ef_f32_pack(w->buf, (size_t)n, (size_t)k, bias->buf, &p->u.f32);
+  Py_END_ALLOW_THREADS if (rc != 0) {
+    Py_DECREF(p);
+    PyErr_NoMemory();
+    goto fail;
+  }
+  views_release(&vs);
+  return (PyObject*)p;
+fail:
+  views_release(&vs);
+  return NULL;
+}
+
+static PyObject* py_f32_gemm(PyObject* self, PyObject* args) {
+  PyObject *x_obj, *packed_obj, *out_obj;
+  float lo, hi;
+  if (!PyArg_ParseTuple(args, "OOOff", &x_obj, &packed_obj, &out_obj, &lo, &hi)) return NULL;
+  PackedObject* pk = packed_arg(packed_obj, PACKED_F32, "packed");
+  if (pk == NULL) return NULL;
+  const ef_f32_packed* w = &pk->u.f32;
+  views vs = {.n = 0};
+  Py_buffer *x = views_add(&vs), *out = views_add(&vs);
+  if (get_array(x_obj, x, "x", 'f', 2, 0) || expect_dim(x, 1, (Py_ssize_t)w->k, "x", "K of the packed weights")) goto fail;
+  const Py_ssize_t m = dim(x, 0);
+  if (get_array(out_obj, out, "out", 'f', 2, 1) || expect_dim(out, 0, m, "out", "M") || expect_dim(out, 1, (Py_ssize_t)w->n, "out", "N")) goto fail;
+  Py_BEGIN_ALLOW_THREADS ef_f32_gemm(NULL, (size_t)m, x->buf, w, out->buf, lo, hi);
+  Py_END_ALLOW_THREADS views_release(&vs);
+  Py_RETURN_NONE;
+fail:
+  views_release(&vs);
+  return NULL;
+}
+
+/* ------------------------------------------------------------------ convolution */
+
+/* dwconv3x3(x [N,H,W,C], w [3,3,C], bias [C], out [N,OH,OW,C], stride, lo, hi,
+ *           x_scale, x_zp, w_scale [C] | None, out_scale, out_zp)
+ * The dtype of x (float32 or int8) selects the kernel; int8 needs w_scale and out params. */
+static PyObject* py_dwconv3x3(PyObject* self, PyObject* args) {
+  PyObject *x_obj, *w_obj, *bias_obj, *out_obj, *ws_obj;
+  int stride, x_zp, out_zp;
+  float lo, hi, x_scale, out_scale;
+  if (!PyArg_ParseTuple(args, "OOOOifffiOfi", &x_obj, &w_obj, &bias_obj, &out_obj, &stride, &lo, &hi, &x_scale, &x_zp,
+                        &ws_obj, &out_scale, &out_zp))
+    return NULL;
+  if (stride != 1 && stride != 2) return PyErr_Format(PyExc_ValueError, "stride must be 1 or 2, got %d", stride);
+  views vs = {.n = 0};
+  Py_buffer *x = views_add(&vs), *w = views_add(&vs), *bias = views_add(&vs), *out = views_add(&vs), *ws = views_add(&vs);
+  int q8 = 0;
+  if (PyObject_GetBuffer(x_obj, x, PyBUF_FORMAT | PyBUF_STRIDES) == 0) {
+    q8 = format_code(x->format) == 'b';
+    PyBuffer_Release(x);
+    memset(x, 0, sizeof *x);
+  } else {
+    PyErr_Clear();
+  }
+  const char t = q8 ? 'b' : 'f';
+  if (get_array(x_obj, x, "x", t, 4, 0)) goto fail;
+  const Py_ssize_t nb = dim(x, 0), h = dim(x, 1), wd = dim(x, 2), c = dim(x, 3);
+  if (h == 0 || wd == 0 || c == 0) { PyErr_SetString(PyExc_ValueError, "x: H, W and C must be non-zero"); goto fail; }
+  if (get_array(w_obj, w, "w", t, 3, 0) || expect_dim(w, 0, 3, "w", "3") || expect_dim(w, 1, 3, "w", "3") || expect_dim(w, 2, c, "w", "C")) goto fail;
+  if (get_array(bias_obj, bias, "bias", 'f', 1, 0) || expect_dim(bias, 0, c, "bias", "C")) goto fail;
+  const Py_ssize_t oh = (Py_ssize_t)ef_dwconv_out_size((size_t)h, (size_t)stride), ow = (Py_ssize_t)ef_dwconv_out_size((size_t)wd, (size_t)stride);
+  if (get_array(out_obj, out, "out", t, 4, 1) || expect_dim(out, 0, nb, "out", "N") || expect_dim(out, 1, oh, "out", "output height") ||
+      expect_dim(out, 2, ow, "out", "output width") || expect_dim(out, 3, c, "out", "C"))
+    goto fail;
+  if (q8) {
+    if (get_array(ws_obj, ws, "w_scale", 'f', 1, 0) || expect_dim(ws, 0, c, "w_scale", "C")) goto fail;
+    if (x_zp < -128 || x_zp > 127 || out_zp < -128 || out_zp > 127 || !(out_scale > 0.0f) || !isfinite(out_scale)) {
+      PyErr_SetString(PyExc_ValueError, "int8 depthwise needs zero points in [-128, 127] and out_scale > 0");
+      goto fail;
+    }
+  }
+  ef_dwconv_params p = {.h = (size_t)h, .w = (size_t)wd, .c = (size_t)c, .stride = (size_t)stride, .out_min = lo, .out_max = hi,
+                        .x_scale = x_scale, .x_zp = x_zp, .w_scale = ws->buf, .out_inv_scale = q8 ? 1.0f / out_scale : 1.0f, .out_zp = out_zp};
+  int rc = 0;
+  Py_BEGIN_ALLOW_THREADS for (Py_ssize_t i = 0; i < nb && rc == 0; i++) {
+    if (q8)
+      rc = ef_dwconv3x3_qs8(NULL, (const int8_t*)x->buf + i * h * wd * c, w->buf, bias->buf, (int8_t*)out->buf + i * oh * ow * c, &p);
+    else
+      rc = ef_dwconv3x3_f32(NULL, (const float*)x->buf + i * h * wd * c, w->buf, bias->buf, (float*)out->buf + i * oh * ow * c, &p);
+  }
+  Py_END_ALLOW_THREADS views_release(&vs);
+  if (rc != 0) return PyErr_NoMemory();
+  Py_RETURN_NONE;
+fail:
+  views_release(&vs);
+  return NULL;
+}
+
+/* im2col(x [N,H,W,C] int8|float32, kh, kw, sh, sw, pad_top, pad_left, oh, ow, pad_value, out [N, oh*ow, kh*kw*C]) */
+static PyObject* py_im2col(PyObject* self, PyObject* args) {
+  PyObject *x_obj, *out_obj;
+  Py_ssize_t kh, kw, sh, sw, pt, pl, oh, ow;
+  double pad_value;
+  if (!PyArg_ParseTuple(args, "OnnnnnnnndO", &x_obj, &kh, &kw, &sh, &sw, &pt, &pl, &oh, &ow, &pad_value, &out_obj)) return NULL;
+  if (kh <= 0 || kw <= 0 || sh <= 0 || sw <= 0 || pt < 0 || pl < 0 || oh <= 0 || ow <= 0)
+    return PyErr_Format(PyExc_ValueError, "im2col: kernel, strides and output size must be positive, padding >= 0");
+  views vs = {.n = 0};
+  Py_buffer *x = views_add(&vs), *out = views_add(&vs);
+  int q8 = 0;
+  if (PyObject_GetBuffer(x_obj, x, PyBUF_FORMAT | PyBUF_STRIDES) == 0) {
+    q8 = format_code(x->format) == 'b';
+    PyBuffer_Release(x);
+    memset(x, 0, sizeof *x);
+  } else {
+    PyErr_Clear();
+  }
+  const char t = q8 ? 'b' : 'f';
+  if (get_array(x_obj, x, "x", t, 4, 0)) goto fail;
+  const Py_ssize_t nb = dim(x, 0), h = dim(x, 1), w = dim(x, 2), c = dim(x, 3);
+  /* Taps outside the image read pad_value, so any output size stays in bounds. */
+  if (get_array(out_obj, out, "out", t, 3, 1) || expect_dim(out, 0, nb, "out", "N") || expect_dim(out, 1, oh * ow, "out", "OH*OW") ||
+      expect_dim(out, 2, kh * kw * c, "out", "KH*KW*C"))
+    goto fail;
+  const size_t elem = q8 ? 1 : 4;
+  int8_t pad8 = (int8_t)pad_value;
+  float padf = (float)pad_value;
+  const void* pad = q8 ? (const void*)&pad8 : (const void*)&padf;
+  Py_BEGIN_ALLOW_THREADS for (Py_ssize_t i = 0; i < nb; i++)
+    ef_im2col(elem, (const uint8_t*)x->buf + i * h * w * c * elem, (size_t)h, (size_t)w, (size_t)c, (size_t)kh, (size_t)kw, (size_t)sh,
+              (size_t)sw, (size_t)pt, (size_t)pl, (size_t)oh, (size_t)ow, pad, (uint8_t*)out->buf + i * oh * ow * kh * kw * c * elem);
+  Py_END_ALLOW_THREADS views_release(&vs);
+  Py_RETURN_NONE;
+fail:
+  views_release(&vs);
+  return NULL;
+}
+
 /* ------------------------------------------------------------------ dispatch control */
 
 static PyObject* py_cpu_features(PyObject* self, PyObject* unused) {
@@ -486,6 +638,10 @@ static PyMethodDef methods[] = {
     {"qb_gemm", py_qb_gemm, METH_VARARGS, "qb_gemm(x, packed, out)"},
     {"sparse_pack", py_sparse_pack, METH_VARARGS, "sparse_pack(w int8|float32, w_scale|None, bias|None) -> Packed"},
     {"sparse_gemm", py_sparse_gemm, METH_VARARGS, "sparse_gemm(x, x_scale|None, x_zero_point|None, packed, out, out_min, out_max)"},
+    {"f32_pack", py_f32_pack, METH_VARARGS, "f32_pack(w, bias|None) -> Packed"},
+    {"f32_gemm", py_f32_gemm, METH_VARARGS, "f32_gemm(x, packed, out, out_min, out_max)"},
+    {"dwconv3x3", py_dwconv3x3, METH_VARARGS, "dwconv3x3(x, w, bias, out, stride, lo, hi, x_scale, x_zp, w_scale, out_scale, out_zp)"},
+    {"im2col", py_im2col, METH_VARARGS, "im2col(x, kh, kw, sh, sw, pad_top, pad_left, oh, ow, pad_value, out)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {

@@ -1,0 +1,75 @@
+/* Convolution for CNNs such as MobileNetV2, activations in NHWC (channels last):
+ *
+ *   depthwise 3x3 (padding 1, stride 1 or 2)  this family: one kernel per output pixel over
+ *                                              all channels, SIMD across channels
+ *   pointwise 1x1                              = GEMM on the [H*W, C] matrix (qs8-gemm, f32-gemm)
+ *   general KxK                                = im2col (here) + GEMM
+ *
+ * Input taps come through an indirection array (XNNPACK's trick): for each output pixel, 9
+ * pointers to the C channels of each input tap, padding taps pointing at a row of "zeros"
+ * (0.0f, or the activation zero point for int8 so that x - x_zp = 0). The kernels then
+ * have no edge cases.
+ *
+ * int8 follows the qs8 definition per channel c (symmetric weights):
+ *   acc = sum_t (x_t[c] - x_zp) * w[t][c]                                  exact int32
+ *   y = clamp((float)acc * (x_scale * w_scale[c]) + bias[c], out_min, out_max)
+ *   out = requantize(y, out_inv_scale, out_zp)                           (as ef_qs8_requant)
+ * bit-exact across ISAs; fp32 sums taps in tap order with FMA or not: named tolerance. */
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common.h"
+
+typedef struct ef_dwconv_params {
+  size_t h, w, c; /* input height, width, channels */
+  size_t stride;  /* 1 or 2 */
+  float out_min, out_max;
+  /* int8 only */
+  float x_scale;
+  int32_t x_zp;
+  const float* w_scale; /* [c] */
+  float out_inv_scale;
+  int32_t out_zp;
+} ef_dwconv_params;
+
+/* One output pixel, all c channels. w is [9][c] (tap-major), bias [c]. */
+typedef void (*ef_dwconv_f32_fn)(size_t c, const float* const* taps, const float* w, const float* bias, float* y,
+                                 float lo, float hi);
+typedef void (*ef_dwconv_qs8_fn)(size_t c, const int8_t* const* taps, const int8_t* w, const float* bias, int8_t* y,
+                                 const ef_dwconv_params* p);
+
+typedef struct ef_conv_config {
+  const char* isa;
+  ef_dwconv_f32_fn dw3x3_f32;
+  ef_dwconv_qs8_fn dw3x3_qs8;
+} ef_conv_config;
+
+extern const ef_conv_config ef_conv_config_scalar;
+#if EF_ARCH_X86
+extern const ef_conv_config ef_conv_config_avx2;
+#endif
+#if EF_ARCH_ARM64
+extern const ef_conv_config ef_conv_config_neon;
+#endif
+const ef_conv_config* ef_conv_select(void);
+
+static inline size_t ef_dwconv_out_size(size_t in, size_t stride) { return (in + 2 - 3) / stride + 1; }
+
+/* One image: x [h][w][c] -> y [oh][ow][c]; threads over output rows. */
+int ef_dwconv3x3_f32(const ef_conv_config* config, const float* x, const float* w, const float* bias, float* y,
+                     const ef_dwconv_params* p);
+int ef_dwconv3x3_qs8(const ef_conv_config* config, const int8_t* x, const int8_t* w, const float* bias, int8_t* y,
+                     const ef_dwconv_params* p);
+
+/* Patches of one NHWC image for a general convolution: out [oh*ow][kh][kw][c], elements of
+ * elem_size bytes; taps outside the image are filled with pad_value (elem_size bytes). */
+void ef_im2col(size_t elem_size, const void* x, size_t h, size_t w, size_t c, size_t kh, size_t kw, size_t stride_h,
+               size_t stride_w, size_t pad_top, size_t pad_left, size_t oh, size_t ow, const void* pad_value, void* out);
+
+/* Shared per-channel int8 epilogue (the definition above). */
+#include "qs8-gemm/qs8-gemm.h"
+EF_INLINE int8_t ef_dwconv_qs8_out(int32_t acc, size_t c, const float* bias, const ef_dwconv_params* p) {
+  const float y = ef_qs8_dequant(acc, p->x_scale, p->w_scale[c], bias[c], p->out_min, p->out_max);
+  return ef_qs8_requant(y, p->out_inv_scale, p->out_zp);
+}

@@ -1,0 +1,94 @@
+/* Convolution operators: indirection for depthwise 3x3, im2col for general kernels. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "conv/conv.h"
+#include "threadpool.h"
+
+const ef_conv_config* ef_conv_select(void) {
+  const uint32_t flags = ef_arch_flags();
+#if EF_ARCH_X86
+  if (flags & EF_ARCH_X86_AVX2) return &ef_conv_config_avx2;
+#endif
+#if EF_ARCH_ARM64
+  if (flags & EF_ARCH_ARM_NEON) return &ef_conv_config_neon;
+#endif
+  (void)flags;
+  return &ef_conv_config_scalar;
+}
+
+typedef struct {
+  const ef_conv_config* config;
+  const ef_dwconv_params* p;
+  size_t elem, oh, ow;
+  const uint8_t* x;
+  const uint8_t* zero; /* c elements of padding */
+  const void* w;
+  const float* bias;
+  uint8_t* y;
+} dw_job;
+
+/* Output rows [begin, end): build the 9 tap pointers per pixel and call the kernel. */
+static void dw_rows(void* ctx, size_t begin, size_t end) {
+  const dw_job* j = ctx;
+  const ef_dwconv_params* p = j->p;
+  const size_t row_bytes = p->w * p->c * j->elem, px_bytes = p->c * j->elem;
+  for (size_t oy = begin; oy < end; oy++)
+    for (size_t ox = 0; ox < j->ow; ox++) {
+      const void* taps[9];
+      for (size_t ky = 0; ky < 3; ky++)
+        for (size_t kx = 0; kx < 3; kx++) {
+          /* padding 1: input coordinate = out * stride + k - 1 */
+          const ptrdiff_t iy = (ptrdiff_t)(oy * p->stride + ky) - 1, ix = (ptrdiff_t)(ox * p->stride + kx) - 1;
+          const int inside = iy >= 0 && iy < (ptrdiff_t)p->h && ix >= 0 && ix < (ptrdiff_t)p->w;
+          taps[ky * 3 + kx] = inside ? j->x + (size_t)iy * row_bytes + (size_t)ix * px_bytes : j->zero;
+        }
+      uint8_t* out = j->y + (oy * j->ow + ox) * px_bytes;
+      if (j->elem == sizeof(float))
+        j->config->dw3x3_f32(p->c, (const float* const*)taps, j->w, j->bias, (float*)out, p->out_min, p->out_max);
+      else
+        j->config->dw3x3_qs8(p->c, (const int8_t* const*)taps, j->w, j->bias, (int8_t*)out, p);
+    }
+}
+
+static int dwconv(const ef_conv_config* config, size_t elem, const void* x, const void* w, const float* bias, void* y,
+                  const ef_dwconv_params* p) {
+  if (config == NULL) config = ef_conv_select();
+  if (p->stride != 1 && p->stride != 2) return -1;
+  uint8_t* zero = calloc(p->c, elem);
+  if (zero == NULL) return -2;
+  if (elem == 1) memset(zero, (int8_t)p->x_zp, p->c); /* int8 padding is the zero point */
+  dw_job job = {config, p, elem, ef_dwconv_out_size(p->h, p->stride), ef_dwconv_out_size(p->w, p->stride), x, zero, w, bias, y};
+  ef_parallel_for(job.oh, job.ow * p->c * 9, dw_rows, &job);
+  free(zero);
+  return 0;
+}
+
+int ef_dwconv3x3_f32(const ef_conv_config* config, const float* x, const float* w, const float* bias, float* y,
+                     const ef_dwconv_params* p) {
+  return dwconv(config, sizeof(float), x, w, bias, y, p);
+}
+
+int ef_dwconv3x3_qs8(const ef_conv_config* config, const int8_t* x, const int8_t* w, const float* bias, int8_t* y,
+                     const ef_dwconv_params* p) {
+  return dwconv(config, 1, x, w, bias, y, p);
+}
+
+void ef_im2col(size_t elem, const void* x, size_t h, size_t w, size_t c, size_t kh, size_t kw, size_t stride_h,
+               size_t stride_w, size_t pad_top, size_t pad_left, size_t oh, size_t ow, const void* pad_value, void* out) {
+  const size_t px = c * elem;
+  uint8_t* dst = out;
+  for (size_t oy = 0; oy < oh; oy++)
+    for (size_t ox = 0; ox < ow; ox++)
+      for (size_t ky = 0; ky < kh; ky++)
+        for (size_t kx = 0; kx < kw; kx++) {
+          const ptrdiff_t iy = (ptrdiff_t)(oy * stride_h + ky) - (ptrdiff_t)pad_top;
+          const ptrdiff_t ix = (ptrdiff_t)(ox * stride_w + kx) - (ptrdiff_t)pad_left;
+          if (iy >= 0 && iy < (ptrdiff_t)h && ix >= 0 && ix < (ptrdiff_t)w) {
+            memcpy(dst, (const uint8_t*)x + ((size_t)iy * w + (size_t)ix) * px, px);
+          } else {
+            for (size_t i = 0; i < c; i++) memcpy(dst + i * elem, pad_value, elem);
+          }
+          dst += px;
+        }
+}

@@ -1,0 +1,108 @@
+"""Convolutions (NHWC): depthwise 3x3, pointwise and general (im2col) in fp32 and int8, and
+the fp32 GEMM under them. int8 bit-exact on every ISA; fp32 within the named tolerance."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kernels
+from kernels import quant
+
+from .tester import assert_bitexact, assert_close, isa_params
+
+RTOL, ATOL = quant.FLOAT_SUM_RTOL * 10, 1e-4  # sums of up to 9*C products in fp32
+
+
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("n,h,w,c", [(1, 1, 1, 1), (1, 5, 7, 3), (2, 8, 8, 16), (1, 9, 11, 37), (1, 14, 14, 96)])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise(isa, n, h, w, c, stride):
+    rng = np.random.default_rng(h * 100 + w * 10 + c + stride)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    wt = rng.standard_normal((3, 3, c)).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    xq = rng.integers(-128, 128, (n, h, w, c)).astype(np.int8)
+    wq = rng.integers(-128, 128, (3, 3, c)).astype(np.int8)
+    ws = rng.uniform(0.001, 0.05, c).astype(np.float32)
+    with kernels.use_isa(isa):
+        y = kernels.dwconv3x3(x, wt, b, stride)
+        y6 = kernels.dwconv3x3(x, wt, b, stride, activation="relu6")
+        yq = kernels.dwconv3x3_qs8(xq, 0.05, -7, wq, ws, b, 0.04, 5, stride, activation="relu6")
+    ref = quant.dwconv3x3_ref(x, wt, b, stride)
+    assert_close(y, ref, RTOL, ATOL, f"{isa} f32")
+    assert_close(y6, np.clip(ref, 0, 6), RTOL, ATOL, f"{isa} f32 relu6")
+    assert_bitexact(yq, quant.dwconv3x3_qs8_ref(xq, 0.05, -7, wq, ws, b, 0.04, 5, stride, (0, 6)), f"{isa} int8")
+
+
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("k,stride,pad", [(1, 1, 0), (3, 1, 1), (3, 2, 1), (5, 2, (2, 1, 2, 1)), (2, 1, 0)])
+def test_general_conv(isa, k, stride, pad):
+    rng = np.random.default_rng(k * 10 + stride)
+    x = rng.standard_normal((2, 9, 10, 6)).astype(np.float32)
+    w = rng.standard_normal((11, 6, k, k)).astype(np.float32)
+    b = rng.standard_normal(11).astype(np.float32)
+    xq = rng.integers(-128, 128, x.shape).astype(np.int8)
+    wq = rng.integers(-128, 128, w.shape).astype(np.int8)
+    ws = rng.uniform(0.001, 0.05, 11).astype(np.float32)
+    pads = (pad,) * 4 if isinstance(pad, int) else pad
+    cf, cq = kernels.pack_conv(w, b), kernels.pack_conv(wq, b, ws)
+    with kernels.use_isa(isa):
+        y = kernels.conv2d(x, cf, stride, pad)
+        yq = kernels.conv2d_qs8(xq, 0.02, 100, cq, stride, pad)
+        yq8 = kernels.conv2d_qs8(xq, 0.02, -128, cq, stride, pad, out_scale=0.1, out_zero_point=-3, activation="relu")
+    assert_close(y, quant.conv2d_ref(x, w, b, stride, pads), RTOL, ATOL, f"{isa} f32")
+    assert_bitexact(yq, quant.conv2d_qs8_ref(xq, 0.02, 100, wq, ws, b, stride, pads), f"{isa} int8")
+    assert_bitexact(yq8, quant.conv2d_qs8_ref(xq, 0.02, -128, wq, ws, b, stride, pads, 0.1, -3, (0, np.inf)), f"{isa} int8 out")
+
+
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 17, 33), (3, 16, 64), (5, 48, 300), (33, 20, 7)])
+def test_f32_linear(isa, m, n, k):
+    rng = np.random.default_rng(m + n + k)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    p = kernels.pack_f32(w, b)
+    with kernels.use_isa(isa):
+        y = kernels.f32_linear(x, p, activation="relu")
+    ref = np.maximum(x.astype(np.float64) @ w.T.astype(np.float64) + b, 0)
+    assert_close(y, ref.astype(np.float32), RTOL, ATOL * np.sqrt(k), isa)
+
+
+@settings(max_examples=30, deadline=None)
+@given(h=st.integers(1, 9), w=st.integers(1, 9), c=st.integers(1, 20), stride=st.sampled_from([1, 2]),
+       x_zp=st.integers(-128, 127), out_zp=st.integers(-128, 127), seed=st.integers(0, 2**32 - 1))
+def test_property_depthwise_int8(h, w, c, stride, x_zp, out_zp, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-128, 128, (1, h, w, c)).astype(np.int8)
+    wt = rng.choice(np.array([-128, 127, 0, 1], np.int8), (3, 3, c))
+    ws = rng.uniform(1e-3, 0.1, c).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    want = quant.dwconv3x3_qs8_ref(x, 0.03, x_zp, wt, ws, b, 0.2, out_zp, stride)
+    for isa in kernels.available_isas():
+        with kernels.use_isa(isa):
+            assert_bitexact(kernels.dwconv3x3_qs8(x, 0.03, x_zp, wt, ws, b, 0.2, out_zp, stride), want, isa)
+
+
+def test_bad_input():
+    x = np.zeros((1, 4, 4, 3), np.float32)
+    with pytest.raises(ValueError, match="stride must be 1 or 2"):
+        kernels.dwconv3x3(x, np.zeros((3, 3, 3), np.float32), stride=3)
+    with pytest.raises(ValueError, match="w: dimension 2"):
+        kernels.dwconv3x3(x, np.zeros((3, 3, 4), np.float32))
+    with pytest.raises(TypeError, match="w: expected dtype float32"):
+        kernels.dwconv3x3(x, np.zeros((3, 3, 3), np.int8))
+    with pytest.raises(TypeError, match="x: expected dtype int8"):
+        kernels.dwconv3x3_qs8(x, 1.0, 0, np.zeros((3, 3, 3), np.int8), np.ones(3))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kernels.dwconv3x3(np.zeros((1, 4, 4, 6), np.float32)[..., ::2], np.zeros((3, 3, 3), np.float32))
+    cw = kernels.pack_conv(np.zeros((2, 3, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="expected 3 channels"):
+        kernels.conv2d(np.zeros((1, 4, 4, 5), np.float32), cw)
+    with pytest.raises(TypeError, match="conv2d_qs8"):
+        kernels.conv2d(x, kernels.pack_conv(np.zeros((2, 3, 3, 3), np.int8), w_scales=np.ones(2)))
+    with pytest.raises(ValueError, match="empty"):
+        kernels.conv2d(np.zeros((1, 1, 1, 3), np.float32), cw)
+    with pytest.raises(ValueError, match="per-channel scales"):
+        kernels.pack_conv(np.zeros((2, 3, 3, 3), np.int8))
