@@ -32,6 +32,9 @@ class AgentConfig:
         intra_op_threads: onnxruntime intra-op threads per session.
         engine: inference engine name from agent.engines (onnxruntime is always present).
         profile_warmup / profile_runs: on-arrival benchmark of each variant.
+        batch_max_rows: coalesce concurrent requests for the same variant into batches of at
+            most this many rows, within the policy's latency budget (0 = off, the default;
+            see agent/batching.py for which variants qualify).
         load_nice: variant loads for a switch run at this much lower CPU priority (0..19; 0 =
             same priority as serving), so serving keeps its latency while a switch loads.
         max_message_bytes: explicit gRPC message size limit both ways.
@@ -61,6 +64,7 @@ class AgentConfig:
     profile_warmup: int = 2
     profile_runs: int = 10
     load_nice: int = 10
+    batch_max_rows: int = 0
     max_message_bytes: int = 32 * 1024 * 1024
     # Keepalive: a ping every 30 s, dead after 10 s without an answer. The server must allow
     # pings this often (grpc.http2.min_recv_ping_interval_without_data_ms <= 30000).
@@ -82,6 +86,8 @@ class AgentConfig:
                 raise ValueError(f"{name} must be positive")
         if self.backoff_max < self.backoff_base:
             raise ValueError("backoff_max must be >= backoff_base")
+        if self.batch_max_rows < 0 or self.batch_max_rows == 1:
+            raise ValueError("batch_max_rows must be 0 (off) or >= 2")
         if not 0 <= self.load_nice <= 19:
             raise ValueError("load_nice must be 0..19")
         if self.intra_op_threads < 1 or self.profile_runs < 1 or self.profile_warmup < 0:

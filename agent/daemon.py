@@ -104,8 +104,16 @@ class Daemon:
         self.state = ReportedStateHolder()
         self.store = Store(self.data_dir)
         self.profile_cache = ProfileCache(self.store.profiles)
+        batching = None
+        if config.batch_max_rows:
+            from agent.batching import BatchConfig
+            policy = getattr(scheduler, "policy", None)
+            budget = policy.latency.budget_p95_seconds if policy is not None else 0.1
+            batching = BatchConfig(max_rows=config.batch_max_rows, budget_seconds=budget,
+                                   max_inflight=os.cpu_count() or 1)
         self.runner = Runner(self.engine, metrics=self.metrics, on_work=self._record_work,
-                             on_latency=self._observe_latency, load_nice=config.load_nice)
+                             on_latency=self._observe_latency, load_nice=config.load_nice,
+                             batching=batching)
         # One switch at a time: decide + activate must not interleave between the control loop
         # and the deployment worker (a stale decision could revert a fresh bundle).
         self._switch_lock = threading.RLock()
@@ -265,6 +273,7 @@ class Daemon:
             "low_priority_paused": None if pause is None else {"reason": pause[0],
                                                                 "retry_after_seconds": pause[1]},
             "scheduler": self.scheduler.state() if hasattr(self.scheduler, "state") else {},
+            "batching": self.runner.batching_state(),
             "counters": [{"variant_id": c.variant_id, "inferences_total": c.inferences_total,
                           "errors_total": c.errors_total, "latency_p50_seconds": c.latency_p50_seconds,
                           "latency_p95_seconds": c.latency_p95_seconds} for c in self.runner.counters()],

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-ca", default=None, help="CA PEM for a TLS server (default: plaintext)")
     p.add_argument("--engine", default="onnxruntime", help="inference engine")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads per inference session")
+    p.add_argument("--batch-max-rows", type=int, default=0,
+                   help="coalesce concurrent requests into batches of up to N rows (0 = off)")
     p.add_argument("--heartbeat-interval", type=float, default=2.0, help="seconds")
     p.add_argument("--metrics-interval", type=float, default=2.0, help="seconds between metric pushes")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -50,7 +52,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
                        sensors=args.sensors, sim_speed=args.sim_speed, sensor_seed=args.sensor_seed,
                        local_host=args.local_host, local_port=args.local_port, metrics_port=args.metrics_port,
                        policy_file=args.policy, labels=dict(args.label), tls_ca=args.tls_ca,
-                       engine=args.engine, intra_op_threads=args.threads,
+                       engine=args.engine, intra_op_threads=args.threads, batch_max_rows=args.batch_max_rows,
                        heartbeat_interval=args.heartbeat_interval, metrics_interval=args.metrics_interval)
 
 

@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from agent.batching import BatchConfig, Coalescer, has_batch_axis, row_independent
 from agent.engines.base import Engine, Session, load_variant
 from agent.profiling import representative_inputs
 from proto import fleet_pb2
@@ -67,6 +68,8 @@ class LoadedVariant:
     bundle_id: str
     variant_id: str
     session: Session
+    coalescer: Coalescer | None = None        # set when batching is on and the variant qualifies
+    batching: str = "off"                     # "on", "off", or "off: why"
 
 
 @dataclass
@@ -75,6 +78,7 @@ class RunResult:
     variant: str
     latency_seconds: float
     cpu_seconds: float
+    batch_rows: int = 0                       # rows of the batch it ran in (0: not batched)
 
 
 class _Counters:
@@ -149,8 +153,9 @@ class Runner:
     def __init__(self, engine: Engine, *, metrics=None,
                  on_work: Callable[[float], None] | None = None,
                  on_latency: Callable[[str, float], None] | None = None, window: int = 256,
-                 load_nice: int = 10):
+                 load_nice: int = 10, batching: BatchConfig | None = None):
         self.engine = engine
+        self.batching = batching              # None: every request runs alone
         # Low-priority loads only where safe (see the module docstring) and possible (Linux
         # threads have their own nice value; elsewhere setpriority would renice the process).
         low = (load_nice > 0 and sys.platform.startswith("linux")
@@ -191,13 +196,32 @@ class Runner:
         except KeyError:
             raise UnknownVariantError(variant_id) from None
 
-        def load() -> Session:
+        def load() -> LoadedVariant:
             session = load_variant(self.engine, path, bundle.manifest.variant(variant_id))
-            session.run(representative_inputs(session.input_specs, bundle.manifest))   # warm up
-            return session
+            feeds = representative_inputs(session.input_specs, bundle.manifest)
+            t0 = time.perf_counter()
+            session.run(feeds)          # warm up
+            first = time.perf_counter() - t0
+            coalescer, state = self._batching_for(session, bundle.manifest, variant_id, first)
+            return LoadedVariant(bundle.bundle_id, variant_id, session, coalescer, state)
 
-        session = self._loader.call(load) if self._loader else load()
-        return LoadedVariant(bundle.bundle_id, variant_id, session)
+        return self._loader.call(load) if self._loader else load()
+
+    def _batching_for(self, session: Session, manifest, variant_id: str, first_run: float):
+        config = self.batching
+        if config is None:
+            return None, "off"
+        if not has_batch_axis(session):
+            why = "off: not every input and output has a dynamic leading axis"
+        else:
+            ok, detail = row_independent(
+                session, lambda seed: representative_inputs(session.input_specs, manifest, seed=seed + 1),
+                config.max_rows)
+            why = "" if ok else f"off: rows differ when batched ({detail})"
+        if why:
+            log.info("variant %s: batching %s", variant_id, why)
+            return None, why
+        return Coalescer(session, config, per_row_seconds=first_run), "on"
 
     def activate(self, bundle, variant_id: str) -> None:
         """Make `variant_id` of `bundle` the active variant (load + warm first, then swap).
@@ -281,19 +305,36 @@ class Runner:
         arrays = check_feeds(loaded.session, feeds)
         t0 = time.perf_counter()
         c0 = time.thread_time()
+        batch_rows = 0
         try:
-            outputs = loaded.session.run(arrays)
+            if loaded.coalescer is not None:
+                # Latency is the caller's wait (queue + batch); CPU is this request's share.
+                outputs, cpu, batch_rows = loaded.coalescer.submit(arrays)
+            else:
+                outputs = loaded.session.run(arrays)
         except Exception:
             self._count(loaded.variant_id, None)
             raise
         latency = time.perf_counter() - t0
-        cpu = time.thread_time() - c0
+        if loaded.coalescer is None:
+            cpu = time.thread_time() - c0
         self._count(loaded.variant_id, latency)
         if self.on_work:
             self.on_work(cpu)
         if self.on_latency:
             self.on_latency(loaded.variant_id, latency)
-        return RunResult(outputs, loaded.variant_id, latency, cpu)
+        return RunResult(outputs, loaded.variant_id, latency, cpu, batch_rows)
+
+    def batching_state(self) -> dict[str, dict]:
+        """Per loaded variant: batching on/off (and why), batches run, mean rows per batch."""
+        with self._lock:
+            loaded = ([self._active] if self._active else []) + list(self._pinned.values())
+        out = {}
+        for lv in loaded:
+            c = lv.coalescer
+            out[lv.variant_id] = {"batching": lv.batching, "batches": c.batches if c else 0,
+                                  "mean_rows": (c.rows / c.batches) if c and c.batches else 0.0}
+        return out
 
     def _count(self, variant: str, latency: float | None) -> None:
         with self._counters_lock:

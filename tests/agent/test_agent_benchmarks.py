@@ -19,3 +19,12 @@ def test_hot_swap_benchmark_has_no_failures(http, capsys):
     assert sum(result["served_by_variant"].values()) == result["requests"]
     assert len([n for n in result["served_by_variant"].values() if n]) >= 2
     assert "FAILED REQUESTS     0" in capsys.readouterr().out
+
+
+def test_batching_benchmark_runs_and_refuses_row_dependent_int8():
+    from benchmarks import agent_batching
+    out = agent_batching.main(["--seconds", "0.3", "--width", "128", "--threads", "4"])
+    assert set(out) == {"fp32", "int8", "student"}
+    assert out["fp32"]["on"]["state"] == "on" and out["student"]["on"]["state"] == "on"
+    assert out["int8"]["on"]["state"].startswith("off: rows differ")     # quantize_dynamic int8
+    assert all(r["off"]["rps"] > 0 and r["on"]["rps"] > 0 for r in out.values())
