@@ -33,6 +33,7 @@ __all__ = [
     "pack_qs8",
     "qs8_linear",
     "qs8_gemm",
+    "qd8_linear",
     "pack_qb",
     "qb_linear",
     "pack_sparse",
@@ -202,6 +203,19 @@ def qs8_gemm(a: np.ndarray, a_scale, a_zero_point, w: np.ndarray, w_scales, w_ze
     """One-shot qs8_linear on unpacked int8 weights w [N, K] (packs, then runs)."""
     return qs8_linear(a, a_scale, a_zero_point, pack_qs8(w, w_scales, w_zero_points, bias),
                       relu=relu, out_scale=out_scale, out_zero_point=out_zero_point, activation=activation)
+
+
+def qd8_linear(x: np.ndarray, w: Packed, relu: bool = False, activation=None) -> np.ndarray:
+    """Dynamically quantized int8 linear layer: fp32 x [M, K] (or [K]) is quantized per row
+    (asymmetric int8, quant.quantize_rows_dynamic) inside the call, then multiplied with the
+    int8 weights from pack_qs8. Returns fp32 [M, N]; equals
+    qs8_linear(*quant.quantize_rows_dynamic(x), w) bit for bit."""
+    x2, squeeze = _as_2d(x, "x")
+    if not isinstance(w, Packed) or w.kind != "qs8":
+        raise TypeError(f"w: expected weights from pack_qs8, got {type(w).__name__}")
+    out = np.empty((x2.shape[0], w.n), np.float32)
+    _kernels.qd8_gemm(x2, w, out, *_clamp(activation, relu))
+    return out[0] if squeeze else out
 
 
 # ----------------------------------------------------------------------------- int4 / int2 groups

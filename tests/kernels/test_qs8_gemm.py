@@ -195,3 +195,47 @@ def test_env_var_forces_scalar_and_import_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"EDGEFLEET_KERNELS_ISA": "scalar", "PYTHONPATH": str(__import__("pathlib").Path(kernels.__file__).parent.parent)})
     assert out.stdout.split() == ["scalar", "False"]
+
+
+# ------------------------------------------------------------------ dynamic quantization (fp32 in)
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 6), n=st.integers(1, 40), k=st.integers(1, 300), seed=st.integers(0, 2**32 - 1),
+       scale=st.sampled_from([1e-4, 1.0, 1e4]), sign=st.sampled_from([-1, 0, 1]))
+def test_qd8_linear_equals_numpy_quantization_then_qs8(m, n, k, seed, scale, sign):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((m, k)) * scale).astype(np.float32)
+    if sign:  # one-signed rows exercise the zero-point clamps
+        x = sign * np.abs(x)
+    x[0, : k // 3] = 0
+    w = rng.integers(-128, 128, (n, k), dtype=np.int8)
+    ws = rng.uniform(1e-3, 1, n).astype(np.float32)
+    packed = kernels.pack_qs8(w, ws)
+    q, s, z = quant.quantize_rows_dynamic(x)
+    want = quant.qs8_gemm_ref(q, s, z, w, ws)
+    for isa in kernels.available_isas():
+        with kernels.use_isa(isa):
+            assert_bitexact(kernels.qd8_linear(x, packed), want, isa)
+
+
+def test_qd8_linear_bad_input(packed):
+    with pytest.raises(TypeError, match="x: expected dtype float32"):
+        kernels.qd8_linear(np.zeros((1, 16), np.float64), packed)
+    with pytest.raises(TypeError, match="pack_qs8"):
+        kernels.qd8_linear(np.zeros((1, 16), np.float32), kernels.pack_f32(np.zeros((8, 16), np.float32)))
+
+
+def test_relu6_activation_clamps():
+    rng = np.random.default_rng(5)
+    a = rng.integers(-128, 128, (3, 40), dtype=np.int8)
+    w = rng.integers(-128, 128, (20, 40), dtype=np.int8)
+    ws = np.full(20, 0.01, np.float32)
+    packed = kernels.pack_qs8(w, ws)
+    for isa in kernels.available_isas():
+        with kernels.use_isa(isa):
+            y = kernels.qs8_linear(a, 0.05, 0, packed, activation="relu6")
+        assert_bitexact(y, quant.qs8_gemm_ref(a, 0.05, 0, w, ws, clamp=(0.0, 6.0)), isa)
+        assert y.min() >= 0 and y.max() <= 6
+    with pytest.raises(ValueError, match="activation must be"):
+        kernels.qs8_linear(a, 0.05, 0, packed, activation="gelu")

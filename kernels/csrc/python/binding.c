@@ -589,6 +589,30 @@ fail:
   return NULL;
 }
 
+/* qd8_gemm(x float32 [M,K], packed, out float32 [M,N], out_min, out_max) */
+static PyObject* py_qd8_gemm(PyObject* self, PyObject* args) {
+  PyObject *x_obj, *packed_obj, *out_obj;
+  float lo, hi;
+  if (!PyArg_ParseTuple(args, "OOOff", &x_obj, &packed_obj, &out_obj, &lo, &hi)) return NULL;
+  PackedObject* pk = packed_arg(packed_obj, PACKED_QS8, "packed");
+  if (pk == NULL) return NULL;
+  const ef_qs8_packed* w = &pk->u.qs8;
+  views vs = {.n = 0};
+  Py_buffer *x = views_add(&vs), *out = views_add(&vs);
+  if (get_array(x_obj, x, "x", 'f', 2, 0) || expect_dim(x, 1, (Py_ssize_t)w->k, "x", "K of the packed weights")) goto fail;
+  const Py_ssize_t m = dim(x, 0);
+  if (get_array(out_obj, out, "out", 'f', 2, 1) || expect_dim(out, 0, m, "out", "M") || expect_dim(out, 1, (Py_ssize_t)w->n, "out", "N")) goto fail;
+  ef_qs8_gemm_params params = {.k = w->k, .out_min = lo, .out_max = hi, .out_int8 = 0, .out_inv_scale = 1.0f, .out_zp = 0};
+  int rc;
+  Py_BEGIN_ALLOW_THREADS rc = ef_qd8_gemm(NULL, (size_t)m, x->buf, w, out->buf, &params);
+  Py_END_ALLOW_THREADS views_release(&vs);
+  if (rc != 0) return PyErr_NoMemory();
+  Py_RETURN_NONE;
+fail:
+  views_release(&vs);
+  return NULL;
+}
+
 /* ------------------------------------------------------------------ dispatch control */
 
 static PyObject* py_cpu_features(PyObject* self, PyObject* unused) {
@@ -638,6 +662,7 @@ static PyMethodDef methods[] = {
     {"qb_gemm", py_qb_gemm, METH_VARARGS, "qb_gemm(x, packed, out)"},
     {"sparse_pack", py_sparse_pack, METH_VARARGS, "sparse_pack(w int8|float32, w_scale|None, bias|None) -> Packed"},
     {"sparse_gemm", py_sparse_gemm, METH_VARARGS, "sparse_gemm(x, x_scale|None, x_zero_point|None, packed, out, out_min, out_max)"},
+    {"qd8_gemm", py_qd8_gemm, METH_VARARGS, "qd8_gemm(x, packed, out, out_min, out_max)"},
     {"f32_pack", py_f32_pack, METH_VARARGS, "f32_pack(w, bias|None) -> Packed"},
     {"f32_gemm", py_f32_gemm, METH_VARARGS, "f32_gemm(x, packed, out, out_min, out_max)"},
     {"dwconv3x3", py_dwconv3x3, METH_VARARGS, "dwconv3x3(x, w, bias, out, stride, lo, hi, x_scale, x_zp, w_scale, out_scale, out_zp)"},

@@ -1,5 +1,6 @@
 /* qs8-gemm operator: weight packing, activation preparation, kernel selection and the
  * split of the output over threads. ISA-independent; the kernels live in scalar.c/avx2.c/neon.c. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -117,4 +118,39 @@ int ef_qs8_gemm(const ef_qs8_gemm_config* config, size_t m, const int8_t* a, con
   ef_parallel_for(w->n_blocks, m * kp * EF_QS8_NR, gemm_range, &job);
   ef_aligned_free(a16);
   return 0;
+}
+
+void ef_qd8_quantize_rows_asym(const float* x, size_t m, size_t k, int8_t* q, float* scale, int32_t* zp) {
+  for (size_t r = 0; r < m; r++) {
+    const float* xr = x + r * k;
+    float lo = 0.0f, hi = 0.0f;
+    for (size_t i = 0; i < k; i++) {
+      lo = xr[i] < lo ? xr[i] : lo;
+      hi = xr[i] > hi ? xr[i] : hi;
+    }
+    const float s = hi > lo ? (hi - lo) / 255.0f : 1.0f;
+    float z = nearbyintf(-128.0f - lo / s);
+    z = z < -128.0f ? -128.0f : (z > 127.0f ? 127.0f : z);
+    for (size_t i = 0; i < k; i++) {
+      float v = nearbyintf(xr[i] / s) + z;
+      v = v > -128.0f ? v : -128.0f; /* NaN -> -128 */
+      v = v < 127.0f ? v : 127.0f;
+      q[r * k + i] = (int8_t)v;
+    }
+    scale[r] = s;
+    zp[r] = (int32_t)z;
+  }
+}
+
+int ef_qd8_gemm(const ef_qs8_gemm_config* config, size_t m, const float* x, const ef_qs8_packed* w, void* c,
+                const ef_qs8_gemm_params* params) {
+  if (m == 0) return 0;
+  int8_t* q = ef_aligned_alloc(m * w->k + m * (sizeof(float) + sizeof(int32_t)) + 64);
+  if (q == NULL) return -2;
+  float* scale = (float*)(q + EF_ROUND_UP(m * w->k, 4));
+  int32_t* zp = (int32_t*)(scale + m);
+  ef_qd8_quantize_rows_asym(x, m, w->k, q, scale, zp);
+  const int rc = ef_qs8_gemm(config, m, q, zp, scale, w, c, params);
+  ef_aligned_free(q);
+  return rc;
 }

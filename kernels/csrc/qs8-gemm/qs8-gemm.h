@@ -94,6 +94,16 @@ void ef_qs8_packed_free(ef_qs8_packed* p);
 int ef_qs8_gemm(const ef_qs8_gemm_config* config, size_t m, const int8_t* a, const int32_t* a_zp,
                 const float* a_scale, const ef_qs8_packed* w, void* c, const ef_qs8_gemm_params* params);
 
+/* Dynamic per-row asymmetric quantization of fp32 activations (kernels.quant.quantize_rows_dynamic
+ * is the same computation in numpy, operation for operation):
+ *   lo = min(min(x), 0), hi = max(max(x), 0), scale = (hi - lo) / 255 (1 if hi == lo)
+ *   zp = clamp(round(-128 - lo / scale), -128, 127), q = clamp(round(x / scale) + zp, -128, 127) */
+void ef_qd8_quantize_rows_asym(const float* x, size_t m, size_t k, int8_t* q, float* scale, int32_t* zp);
+
+/* fp32 in, fp32 (or int8) out: quantize the rows of x dynamically, then ef_qs8_gemm. */
+int ef_qd8_gemm(const ef_qs8_gemm_config* config, size_t m, const float* x, const ef_qs8_packed* w, void* c,
+                const ef_qs8_gemm_params* params);
+
 /* Scalar epilogue for one element; shared by the scalar kernel and SIMD tails so that the
  * definition above lives in exactly one place. */
 #include <math.h>
