@@ -61,6 +61,7 @@ class Graph:
     inputs: list[ValueSpec]
     outputs: list[ValueSpec]
     opset: int
+    int4_initializers: dict[str, tuple[int, bool]] = field(default_factory=dict)  # name -> (4, signed)
 
 
 def _dtype_name(code: int) -> str:
@@ -196,10 +197,13 @@ def parse_model(data: bytes) -> Graph:
         raise UnsupportedGraph("sparse_initializer is not supported")
 
     initializers: dict[str, np.ndarray] = {}
+    int4: dict[str, tuple[int, bool]] = {}
     for t in g.initializer:
         if not t.name:
             raise InvalidModel("initializer without a name")
         initializers[t.name] = tensor_to_numpy(t, "initializer")
+        if t.data_type in (T.INT4, T.UINT4):
+            int4[t.name] = (4, t.data_type == T.INT4)
     inputs = [_value_spec(v, "input") for v in g.input if v.name not in initializers]
     outputs = [_value_spec(v, "output") for v in g.output]
     if not outputs:
@@ -227,4 +231,4 @@ def parse_model(data: bytes) -> Graph:
     for v in outputs:
         if v.name not in defined:
             raise InvalidModel(f"graph output {v.name!r} is never computed (truncated or corrupt file?)")
-    return Graph(nodes, initializers, inputs, outputs, opset)
+    return Graph(nodes, initializers, inputs, outputs, opset, int4)

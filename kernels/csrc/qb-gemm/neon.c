@@ -54,9 +54,10 @@ EF_INLINE void qb_tile(const int BITS, const size_t MR, size_t groups, size_t gr
 
 #define DEFINE_KERNEL(BITS, MR)                                                                                 \
   static void ef_qd8_f32_qb##BITS##w_gemm_ukernel_##MR##x1c32__neon(                                           \
-      size_t mr, size_t groups, size_t group, const int8_t* xq, size_t x_stride, const int32_t* xsum,           \
-      const float* sx, const uint8_t* row, float bias, float* c, size_t c_stride) {                             \
-    qb_tile(BITS, MR, groups, group, xq, x_stride, xsum, sx, row, bias, c, c_stride);                          \
+      size_t mr, size_t nc, size_t groups, size_t group, const int8_t* xq, size_t x_stride, const int32_t* xsum, \
+      const float* sx, const uint8_t* rows, size_t row_bytes, const float* bias, float* c, size_t c_stride) {    \
+    for (size_t j = 0; j < nc; j++)                                                                             \
+      qb_tile(BITS, MR, groups, group, xq, x_stride, xsum, sx, rows + j * row_bytes, bias[j], c + j, c_stride);  \
   }
 DEFINE_KERNEL(4, 1)
 DEFINE_KERNEL(4, 2)
@@ -70,6 +71,7 @@ DEFINE_KERNEL(2, 4)
 const ef_qb_gemm_config ef_qb_gemm_config_neon = {
     .isa = "neon",
     .mr = 4,
+    .nr = {1, 1, 1, 1},
     .q4 = {ef_qd8_f32_qb4w_gemm_ukernel_1x1c32__neon, ef_qd8_f32_qb4w_gemm_ukernel_2x1c32__neon,
            ef_qd8_f32_qb4w_gemm_ukernel_3x1c32__neon, ef_qd8_f32_qb4w_gemm_ukernel_4x1c32__neon},
     .q2 = {ef_qd8_f32_qb2w_gemm_ukernel_1x1c32__neon, ef_qd8_f32_qb2w_gemm_ukernel_2x1c32__neon,

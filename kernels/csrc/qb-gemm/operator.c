@@ -93,12 +93,13 @@ static void qb_range(void* ctx, size_t begin, size_t end) {
   const qb_job* j = ctx;
   const ef_qb_packed* w = j->w;
   const ef_qb_gemm_ukernel_fn* kernels = w->bits == 4 ? j->config->q4 : j->config->q2;
-  for (size_t col = begin; col < end; col++) {
-    const uint8_t* row = w->data + col * w->row_bytes;
-    for (size_t m0 = 0; m0 < j->m; m0 += j->config->mr) {
-      const size_t mr = EF_MIN(j->config->mr, j->m - m0);
-      kernels[mr - 1](mr, w->groups, (size_t)w->group, j->xq + m0 * j->kp, j->kp, j->xsum + m0 * w->groups, j->sx + m0,
-                      row, w->bias[col], j->c + m0 * w->n + col, w->n);
+  for (size_t m0 = 0; m0 < j->m; m0 += j->config->mr) {
+    const size_t mr = EF_MIN(j->config->mr, j->m - m0);
+    const size_t nr = j->config->nr[mr - 1];
+    for (size_t col = begin; col < end; col += nr) {
+      const size_t nc = EF_MIN(nr, end - col);
+      kernels[mr - 1](mr, nc, w->groups, (size_t)w->group, j->xq + m0 * j->kp, j->kp, j->xsum + m0 * w->groups,
+                      j->sx + m0, w->data + col * w->row_bytes, w->row_bytes, w->bias + col, j->c + m0 * w->n + col, w->n);
     }
   }
 }

@@ -25,16 +25,18 @@ typedef struct ef_qb_packed {
   float* bias;       /* n values (zeros when none) */
 } ef_qb_packed;
 
-/* mr rows x 1 output column.
+/* mr rows x nc output columns (nc <= the config's nr for that mr).
  *   xq: int8 rows, stride x_stride (>= groups*group, zero padded); xsum: per row, per group;
- *   sx: per-row activation scales; row: the packed blocks of column n. */
-typedef void (*ef_qb_gemm_ukernel_fn)(size_t mr, size_t groups, size_t group, const int8_t* xq, size_t x_stride,
-                                      const int32_t* xsum, const float* sx, const uint8_t* row, float bias, float* c,
-                                      size_t c_stride);
+ *   sx: per-row activation scales; rows: the packed blocks of the first column, the next
+ *   columns follow every row_bytes; bias: nc values; c: the tile's first output. */
+typedef void (*ef_qb_gemm_ukernel_fn)(size_t mr, size_t nc, size_t groups, size_t group, const int8_t* xq,
+                                      size_t x_stride, const int32_t* xsum, const float* sx, const uint8_t* rows,
+                                      size_t row_bytes, const float* bias, float* c, size_t c_stride);
 
 typedef struct ef_qb_gemm_config {
   const char* isa;
   size_t mr;
+  size_t nr[EF_QB_MR_MAX];                /* columns per call, by rows - 1 */
   ef_qb_gemm_ukernel_fn q4[EF_QB_MR_MAX]; /* by rows - 1 */
   ef_qb_gemm_ukernel_fn q2[EF_QB_MR_MAX];
 } ef_qb_gemm_config;

@@ -5,8 +5,8 @@
 static inline uint32_t q4_at(const uint8_t* chunk, size_t i) { return i < 16 ? chunk[i] & 15 : chunk[i - 16] >> 4; }
 static inline uint32_t q2_at(const uint8_t* chunk, size_t i) { return (chunk[i % 8] >> (2 * (i / 8))) & 3; }
 
-static void qb_tile(int bits, size_t mr, size_t groups, size_t group, const int8_t* xq, size_t x_stride,
-                    const int32_t* xsum, const float* sx, const uint8_t* row, float bias, float* c, size_t c_stride) {
+static void qb_column(int bits, size_t mr, size_t groups, size_t group, const int8_t* xq, size_t x_stride,
+                      const int32_t* xsum, const float* sx, const uint8_t* row, float bias, float* c, size_t c_stride) {
   const size_t block_bytes = EF_QB_BLOCK_BYTES(bits, group);
   for (size_t r = 0; r < mr; r++) {
     const int8_t* xr = xq + r * x_stride;
@@ -29,17 +29,20 @@ static void qb_tile(int bits, size_t mr, size_t groups, size_t group, const int8
   }
 }
 
-static void ef_qd8_f32_qb4w_gemm_ukernel_4x1c32__scalar(size_t mr, size_t groups, size_t group, const int8_t* xq,
-                                                        size_t x_stride, const int32_t* xsum, const float* sx,
-                                                        const uint8_t* row, float bias, float* c, size_t c_stride) {
-  qb_tile(4, mr, groups, group, xq, x_stride, xsum, sx, row, bias, c, c_stride);
+static void ef_qd8_f32_qb4w_gemm_ukernel_4x1c32__scalar(size_t mr, size_t nc, size_t groups, size_t group,
+                                                        const int8_t* xq, size_t x_stride, const int32_t* xsum,
+                                                        const float* sx, const uint8_t* rows, size_t row_bytes,
+                                                        const float* bias, float* c, size_t c_stride) {
+  for (size_t j = 0; j < nc; j++) qb_column(4, mr, groups, group, xq, x_stride, xsum, sx, rows + j * row_bytes, bias[j], c + j, c_stride);
 }
-static void ef_qd8_f32_qb2w_gemm_ukernel_4x1c32__scalar(size_t mr, size_t groups, size_t group, const int8_t* xq,
-                                                        size_t x_stride, const int32_t* xsum, const float* sx,
-                                                        const uint8_t* row, float bias, float* c, size_t c_stride) {
-  qb_tile(2, mr, groups, group, xq, x_stride, xsum, sx, row, bias, c, c_stride);
+static void ef_qd8_f32_qb2w_gemm_ukernel_4x1c32__scalar(size_t mr, size_t nc, size_t groups, size_t group,
+                                                        const int8_t* xq, size_t x_stride, const int32_t* xsum,
+                                                        const float* sx, const uint8_t* rows, size_t row_bytes,
+                                                        const float* bias, float* c, size_t c_stride) {
+  for (size_t j = 0; j < nc; j++) qb_column(2, mr, groups, group, xq, x_stride, xsum, sx, rows + j * row_bytes, bias[j], c + j, c_stride);
 }
 
 #define Q4 ef_qd8_f32_qb4w_gemm_ukernel_4x1c32__scalar
 #define Q2 ef_qd8_f32_qb2w_gemm_ukernel_4x1c32__scalar
-const ef_qb_gemm_config ef_qb_gemm_config_scalar = {.isa = "scalar", .mr = 4, .q4 = {Q4, Q4, Q4, Q4}, .q2 = {Q2, Q2, Q2, Q2}};
+const ef_qb_gemm_config ef_qb_gemm_config_scalar = {
+    .isa = "scalar", .mr = 4, .nr = {1, 1, 1, 1}, .q4 = {Q4, Q4, Q4, Q4}, .q2 = {Q2, Q2, Q2, Q2}};

@@ -1,0 +1,34 @@
+"""Compile options of the native engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How a variant is compiled into a plan.
+
+    Args:
+        sparse_min_zero_fraction: a constant weight matrix with at least this fraction of
+            exact zeros runs on the sparse kernels (the kernels break even with dense at about
+            50% unstructured sparsity); 1.0 or more disables the sparse path.
+        int4_kernels: run group-quantized int4/int2 weights (blocked DequantizeLinear with
+            groups of 32/64/128 along K) on the qb kernels, which quantize activations to int8
+            per row on the fly. False folds them to fp32 weights (bit-for-bit what onnxruntime
+            computes with the QDQ pair folded, but 8x the weight memory).
+        int8_kernels: run QDQ int8 Conv/Gemm/MatMul on the exact int8 kernels. False leaves the
+            QDQ graph as written (dequantize, float op, quantize) on the numpy fallback.
+        max_cached_shapes: input-shape plans kept per model (least recently used dropped).
+    """
+
+    sparse_min_zero_fraction: float = 0.5
+    int4_kernels: bool = True
+    int8_kernels: bool = True
+    max_cached_shapes: int = 8
+
+    def __post_init__(self):
+        if not 0.0 <= self.sparse_min_zero_fraction:
+            raise ValueError("sparse_min_zero_fraction must be >= 0")
+        if self.max_cached_shapes < 1:
+            raise ValueError("max_cached_shapes must be >= 1")

@@ -1,0 +1,517 @@
+"""The engine's own ops (what a compiled model is made of), each with two faces:
+
+- `ref(*inputs)`: plain numpy, allocating; the definition. Used to trace shapes when a plan is
+  built, and as the "numpy reference of the same integer math" the tests compare against
+  (int8 ops call kernels.quant's references, so the kernels must match them bit for bit).
+- `bind(ins, outs)`: the per-inference steps, as zero-argument callables that write into
+  buffers preallocated by the plan (mostly functools.partial over a C kernel or a numpy ufunc
+  with out=, so running a step costs no Python frame of ours).
+
+Activations in the quantized domain are always int8 here: a uint8 tensor with zero point z is
+held as int8 (q - 128) with zero point z - 128, which is the same real value exactly.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+
+import kernels
+from kernels import _kernels, quant
+from kernels.engine.graph import Node
+from kernels.engine.ops import OPS, conv_geometry, windows
+
+F32 = np.float32
+NO_CLAMP = (-np.inf, np.inf)
+
+
+def _copy_step(dst: np.ndarray, src: np.ndarray):
+    return partial(np.copyto, dst, src)
+
+
+class IROp:
+    """One op of a compiled model; `inputs`/`outputs` are tensor names."""
+
+    kind = "op"
+    alias = False           # output 0 is a reshaped view of input 0 (no step, no copy)
+    fallback = False        # runs on the numpy fallback (no C kernel yet)
+
+    def __init__(self, name: str, inputs: list[str], outputs: list[str]):
+        self.name, self.inputs, self.outputs = name, inputs, outputs
+
+    def ref(self, *xs) -> tuple:
+        raise NotImplementedError
+
+    def bind(self, ins: list, outs: list[np.ndarray]) -> list:
+        """Default: run the reference and copy into the preallocated outputs."""
+        ref = self.ref
+
+        def step():
+            for o, y in zip(outs, ref(*ins)):
+                np.copyto(o, y, casting="unsafe")
+        return [step]
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.name}"
+
+
+# ----------------------------------------------------------------------------- generic ONNX
+
+_UFUNCS = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide, "Pow": np.power,
+           "Relu": None, "Sqrt": np.sqrt, "Exp": np.exp, "Tanh": np.tanh, "Neg": np.negative,
+           "Abs": np.abs, "Reciprocal": np.reciprocal, "Max": np.maximum, "Min": np.minimum}
+_VIEWS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
+
+
+class Generic(IROp):
+    """An ONNX node on its numpy implementation (ops.py); common float ops get out= steps."""
+
+    kind = "numpy"
+
+    def __init__(self, node: Node, inputs: list[str] | None = None, outputs: list[str] | None = None):
+        super().__init__(node.name, list(node.inputs if inputs is None else inputs),
+                         list(node.outputs if outputs is None else outputs))
+        self.node = node
+        self.kind = node.op_type
+        self.alias = node.op_type in _VIEWS
+        self.fallback = node.op_type not in _UFUNCS and node.op_type not in _VIEWS and node.op_type not in _FAST
+        self._impl = OPS[node.op_type]
+
+    def ref(self, *xs):
+        return self._impl(self.node, *xs)
+
+    def bind(self, ins, outs):
+        op = self.node.op_type
+        out = outs[0] if outs else None
+        floats = out is not None and out.dtype == F32 and all(x is None or x.dtype == F32 for x in ins)
+        if floats and op in _UFUNCS and all(x is not None for x in ins):
+            if op == "Relu":
+                return [partial(np.maximum, ins[0], F32(0), out=out)]
+            if op == "Pow" and ins[1].size == 1 and float(ins[1].reshape(-1)[0]) == 2.0:
+                return [partial(np.multiply, ins[0], ins[0], out=out)]
+            fn = _UFUNCS[op]
+            if len(ins) == 1:
+                return [partial(fn, ins[0], out=out)]
+            if len(ins) == 2:
+                return [partial(fn, ins[0], ins[1], out=out)]
+        if op in _FAST and floats:
+            steps = _FAST[op](self.node, ins, outs)
+            if steps is not None:
+                return steps
+        return super().bind(ins, outs)
+
+
+def _bind_softmax(node, ins, outs):
+    x, y = ins[0], outs[0]
+    axis = node.attrs.get("axis", -1)
+    red = list(x.shape)
+    red[axis] = 1
+    tmp = np.empty(red, F32)
+    return [partial(np.max, x, axis=axis, keepdims=True, out=tmp), partial(np.subtract, x, tmp, out=y),
+            partial(np.exp, y, out=y), partial(np.sum, y, axis=axis, keepdims=True, out=tmp),
+            partial(np.divide, y, tmp, out=y)]
+
+
+def _bind_transpose(node, ins, outs):
+    perm = node.attrs.get("perm")
+    return [partial(np.copyto, outs[0], np.transpose(ins[0], perm))]
+
+
+def _bind_matmul(node, ins, outs):
+    if ins[0].ndim < 2 or ins[1].ndim < 2:
+        return None
+    return [partial(np.matmul, ins[0], ins[1], out=outs[0])]
+
+
+def _bind_layer_norm(node, ins, outs):
+    x, scale, bias = (list(ins) + [None])[:3]
+    y = outs[0]
+    axis = node.attrs.get("axis", -1)
+    if axis not in (-1, x.ndim - 1):
+        return None
+    eps = F32(node.attrs.get("epsilon", 1e-5))
+    red = x.shape[:-1] + (1,)
+    mean, var = np.empty(red, F32), np.empty(red, F32)
+    steps = [partial(np.mean, x, axis=-1, keepdims=True, out=mean), partial(np.subtract, x, mean, out=y),
+             partial(np.multiply, y, y, out=_ws(y)), None,
+             partial(np.add, var, eps, out=var), partial(np.sqrt, var, out=var),
+             partial(np.divide, y, var, out=y), partial(np.multiply, y, scale, out=y)]
+    sq = steps[2].keywords["out"]
+    steps[3] = partial(np.mean, sq, axis=-1, keepdims=True, out=var)
+    if bias is not None:
+        steps.append(partial(np.add, y, bias, out=y))
+    return steps
+
+
+def _bind_gather(node, ins, outs):
+    data, idx = ins
+    if node.attrs.get("axis", 0) != 0 or idx.dtype.kind not in "iu":
+        return None
+    return [partial(np.take, data, idx, axis=0, out=outs[0], mode="raise")]
+
+
+def _ws(like: np.ndarray) -> np.ndarray:
+    return np.empty(like.shape, like.dtype)
+
+
+_FAST = {"Softmax": _bind_softmax, "Transpose": _bind_transpose, "MatMul": _bind_matmul,
+         "LayerNormalization": _bind_layer_norm, "Gather": _bind_gather}
+
+
+# ----------------------------------------------------------------------------- activations
+
+def clamp_steps(y: np.ndarray, clamp: tuple[float, float]) -> list:
+    lo, hi = clamp
+    if lo == -np.inf and hi == np.inf:
+        return []
+    if hi == np.inf:
+        return [partial(np.maximum, y, F32(lo), out=y)]
+    return [partial(np.clip, y, F32(lo), F32(hi), out=y)]
+
+
+def clamp_ref(y: np.ndarray, clamp: tuple[float, float]) -> np.ndarray:
+    return quant.clamp_f32(y, *clamp) if clamp != NO_CLAMP else y
+
+
+# ----------------------------------------------------------------------------- quantize / dequantize
+
+class Quantize(IROp):
+    """float -> int8: clip(round_half_even(x * (1/scale)) + zp, -128, 127), the kernels'
+    requantization rule (kernels.quant.requantize_ref)."""
+
+    kind = "quantize"
+
+    def __init__(self, name, inputs, outputs, scale: float, zp: int):
+        super().__init__(name, inputs, outputs)
+        self.scale, self.zp = F32(scale), int(zp)
+
+    def ref(self, x):
+        return (quant.requantize_ref(x.astype(F32), self.scale, self.zp),)
+
+    def bind(self, ins, outs):
+        return quantize_steps(ins[0], outs[0], self.scale, self.zp)
+
+
+def quantize_steps(x: np.ndarray, q: np.ndarray, scale, zp: int) -> list:
+    inv = F32(1) / F32(scale)
+    tmp = np.empty(x.shape, F32)
+    return [partial(np.multiply, x, inv, out=tmp),
+            partial(np.clip, tmp, F32(-128 - zp), F32(127 - zp), out=tmp),
+            partial(np.rint, tmp, out=tmp),
+            partial(np.add, tmp, F32(zp), out=tmp),
+            partial(np.copyto, q, tmp, casting="unsafe")]
+
+
+class Dequantize(IROp):
+    """int8 -> float: (q - zp) * scale (exact in float32 for int8 q)."""
+
+    kind = "dequantize"
+
+    def __init__(self, name, inputs, outputs, scale: float, zp: int):
+        super().__init__(name, inputs, outputs)
+        self.scale, self.zp = F32(scale), int(zp)
+
+    def ref(self, q):
+        return (((q.astype(F32) - F32(self.zp)) * self.scale).astype(F32),)
+
+    def bind(self, ins, outs):
+        q, y = ins[0], outs[0]
+        return [partial(np.subtract, q, F32(self.zp), out=y, dtype=F32), partial(np.multiply, y, self.scale, out=y)]
+
+
+# ----------------------------------------------------------------------------- weights
+
+class Weights:
+    """A constant weight matrix W [N, K] (y = x W^T + bias) in the form one kernel wants."""
+
+    backend = "numpy"
+
+    def __init__(self, w: np.ndarray, bias: np.ndarray | None):
+        self.w = np.ascontiguousarray(w, F32)
+        self.bias = None if bias is None else np.ascontiguousarray(bias, F32).reshape(-1)
+        self.n, self.k = self.w.shape
+
+    def ref(self, x2: np.ndarray, clamp) -> np.ndarray:
+        y = (x2.astype(np.float64) @ self.w.astype(np.float64).T).astype(F32)
+        if self.bias is not None:
+            y = y + self.bias
+        return clamp_ref(y.astype(F32), clamp)
+
+    def steps(self, x2: np.ndarray, y2: np.ndarray, clamp) -> list:
+        wt = self.__dict__.setdefault("_wt", np.ascontiguousarray(self.w.T))
+        steps = [partial(np.matmul, x2, wt, out=y2)]
+        if self.bias is not None:
+            steps.append(partial(np.add, y2, self.bias, out=y2))
+        return steps + clamp_steps(y2, clamp)
+
+
+class SparseWeights(Weights):
+    """fp32 weights with enough exact zeros to run on the sparse kernel (bias, clamp fused)."""
+
+    backend = "sparse_f32"
+
+    def __init__(self, w, bias):
+        super().__init__(w, bias)
+        self.packed = kernels.pack_sparse(self.w, None, self.bias)
+
+    def steps(self, x2, y2, clamp):
+        return [partial(_kernels.sparse_gemm, x2, None, None, self.packed, y2, F32(clamp[0]), F32(clamp[1]))]
+
+
+class QbWeights(Weights):
+    """int4/int2 group-quantized weights on the qb kernels (activations quantized per row inside)."""
+
+    backend = "qb"
+
+    def __init__(self, q_u: np.ndarray, scales: np.ndarray, offsets: np.ndarray, bits: int, group: int, bias):
+        self.q, self.scales, self.offsets, self.bits, self.group = q_u, scales, offsets, bits, group
+        super().__init__(quant.dequantize_groups(q_u, scales, offsets, group), bias)
+        self.packed = kernels.pack_qb(q_u, scales, offsets, bits, group, self.bias)
+
+    def ref(self, x2, clamp):
+        y = quant.qb_linear_ref(x2, self.q, self.scales, self.offsets, self.group, self.bias)
+        return clamp_ref(y, clamp)
+
+    def steps(self, x2, y2, clamp):
+        return [partial(_kernels.qb_gemm, x2, self.packed, y2)] + clamp_steps(y2, clamp)
+
+
+class QWeights:
+    """int8 weights [N, K] with per-channel scales/zero points for the exact int8 kernels:
+    dense qs8 packing, or compressed rows (sparse_qs8) when zero points are 0 and enough
+    weights are exactly zero."""
+
+    def __init__(self, q: np.ndarray, scale: np.ndarray, zp: np.ndarray, bias: np.ndarray | None, sparse: bool):
+        self.q = np.ascontiguousarray(q, np.int8)
+        self.scale = np.ascontiguousarray(scale, F32)
+        self.zp = np.ascontiguousarray(zp, np.int32)
+        self.bias = None if bias is None else np.ascontiguousarray(bias, F32).reshape(-1)
+        self.n, self.k = self.q.shape
+        self.backend = "sparse_qs8" if sparse else "qs8"
+        if sparse:
+            self.packed = kernels.pack_sparse(self.q, self.scale, self.bias)
+        else:
+            self.packed = kernels.pack_qs8(self.q, self.scale, self.zp, self.bias)
+
+    def ref(self, a2, a_scale, a_zp, clamp, out_q):
+        out_scale, out_zp = out_q if out_q else (None, 0)
+        return quant.qs8_gemm_ref(a2, a_scale, a_zp, self.q, self.scale, self.zp, self.bias,
+                                  clamp=None if clamp == NO_CLAMP else clamp, out_scale=out_scale, out_zp=out_zp)
+
+    def steps(self, a2, a_scale, a_zp, y2, clamp, out_q) -> list:
+        m = a2.shape[0]
+        sv, zv = np.full(m, a_scale, F32), np.full(m, a_zp, np.int32)
+        lo, hi = F32(clamp[0]), F32(clamp[1])
+        if self.backend == "qs8":
+            out_scale, out_zp = out_q if out_q else (1.0, 0)
+            return [partial(_kernels.qs8_gemm, a2, sv, zv, self.packed, y2, lo, hi, F32(out_scale), int(out_zp))]
+        if not out_q:
+            return [partial(_kernels.sparse_gemm, a2, sv, zv, self.packed, y2, lo, hi)]
+        tmp = np.empty(y2.shape, F32)
+        return [partial(_kernels.sparse_gemm, a2, sv, zv, self.packed, tmp, lo, hi)] + \
+            quantize_steps(tmp, y2, out_q[0], out_q[1])
+
+
+# ----------------------------------------------------------------------------- dense layers
+
+class Dense(IROp):
+    """y = x W^T + bias, clamp; x [..., K] float (Gemm / MatMul with a constant weight)."""
+
+    def __init__(self, name, inputs, outputs, weights: Weights, clamp=NO_CLAMP):
+        super().__init__(name, inputs, outputs)
+        self.weights, self.clamp = weights, clamp
+        self.kind = f"dense[{weights.backend}]"
+        self.fallback = weights.backend == "numpy"
+
+    def ref(self, x):
+        y = self.weights.ref(x.reshape(-1, x.shape[-1]).astype(F32), self.clamp)
+        return (y.reshape(x.shape[:-1] + (self.weights.n,)),)
+
+    def bind(self, ins, outs):
+        x, y = ins[0], outs[0]
+        return self.weights.steps(x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1]), self.clamp)
+
+
+class QDense(IROp):
+    """int8 x [..., K] (scale, zp) times int8 weights, float out or int8 requantized."""
+
+    def __init__(self, name, inputs, outputs, weights: QWeights, a_q: tuple[float, int], clamp=NO_CLAMP,
+                 out_q: tuple[float, int] | None = None):
+        super().__init__(name, inputs, outputs)
+        self.weights, self.a_q, self.clamp, self.out_q = weights, a_q, clamp, out_q
+        self.kind = f"qdense[{weights.backend}{'->int8' if out_q else ''}]"
+
+    def ref(self, x):
+        y = self.weights.ref(x.reshape(-1, x.shape[-1]), *self.a_q, self.clamp, self.out_q)
+        return (y.reshape(x.shape[:-1] + (self.weights.n,)),)
+
+    def bind(self, ins, outs):
+        x, y = ins[0], outs[0]
+        return self.weights.steps(x.reshape(-1, x.shape[-1]), *self.a_q, y.reshape(-1, y.shape[-1]),
+                                  self.clamp, self.out_q)
+
+
+# ----------------------------------------------------------------------------- convolution
+
+class _ConvBase(IROp):
+    def __init__(self, name, inputs, outputs, node: Node, kernel_hw, group: int, clamp):
+        super().__init__(name, inputs, outputs)
+        self.node, self.kernel, self.group, self.clamp = node, tuple(kernel_hw), group, clamp
+
+    def geometry(self, x_shape):
+        return conv_geometry(self.node, tuple(x_shape[2:]), self.kernel)
+
+    def _padded(self, x: np.ndarray, pad_value):
+        """Persistent padded input buffer (border filled once) + the step refreshing its interior."""
+        begin, end, strides, dil, out_hw = self.geometry(x.shape)
+        n, c, h, w = x.shape
+        kh, kw = self.kernel
+        need_h = (out_hw[0] - 1) * strides[0] + (kh - 1) * dil[0] + 1
+        need_w = (out_hw[1] - 1) * strides[1] + (kw - 1) * dil[1] + 1
+        ph, pw = max(h + begin[0] + end[0], need_h), max(w + begin[1] + end[1], need_w)
+        if (ph, pw) == (h, w) and begin == [0, 0]:
+            return x, [], (strides, dil, out_hw)
+        xp = np.full((n, c, ph, pw), pad_value, x.dtype)
+        interior = xp[:, :, begin[0]:begin[0] + h, begin[1]:begin[1] + w]
+        return xp, [_copy_step(interior, x)], (strides, dil, out_hw)
+
+    def _window_view(self, xp, strides, dil, out_hw, rows_first: bool):
+        """im2col source view: [N, OH, OW, C, KH, KW] (rows = positions) or [N, C, KH, KW, OH, OW]."""
+        n, c = xp.shape[:2]
+        sn, sc, sh, sw = xp.strides
+        kh, kw = self.kernel
+        if rows_first:
+            shape = (n, out_hw[0], out_hw[1], c, kh, kw)
+            st = (sn, sh * strides[0], sw * strides[1], sc, sh * dil[0], sw * dil[1])
+        else:
+            shape = (n, c, kh, kw, out_hw[0], out_hw[1])
+            st = (sn, sc, sh * dil[0], sw * dil[1], sh * strides[0], sw * strides[1])
+        return np.lib.stride_tricks.as_strided(xp, shape, st, writeable=False)
+
+
+class Conv(_ConvBase):
+    """Float 2-D convolution as im2col + GEMM (numpy matmul, or the qb / sparse kernels for
+    group == 1), with bias and a clamp activation fused."""
+
+    def __init__(self, name, inputs, outputs, node, weights: Weights, kernel_hw, group, clamp=NO_CLAMP):
+        super().__init__(name, inputs, outputs, node, kernel_hw, group, clamp)
+        self.weights = weights
+        self.kind = f"conv[{weights.backend}]"
+        self.fallback = weights.backend == "numpy"
+
+    def ref(self, x):
+        begin, end, strides, dil, out_hw = self.geometry(x.shape)
+        win = windows(x, self.kernel, begin, end, strides, dil, out_hw, 0)
+        n, g = x.shape[0], self.group
+        if self.weights.backend == "numpy":
+            cout = self.weights.n
+            col = win.transpose(0, 1, 4, 5, 2, 3).reshape(n, g, -1, out_hw[0] * out_hw[1]).astype(np.float64)
+            wg = self.weights.w.reshape(g, cout // g, -1).astype(np.float64)
+            y = np.matmul(wg[None], col).reshape(n, cout, out_hw[0], out_hw[1]).astype(F32)
+            if self.weights.bias is not None:
+                y = y + self.weights.bias.reshape(1, -1, 1, 1)
+            return (clamp_ref(y.astype(F32), self.clamp),)
+        col = win.transpose(0, 2, 3, 1, 4, 5).reshape(n * out_hw[0] * out_hw[1], -1)
+        y = self.weights.ref(col, self.clamp)
+        return (np.ascontiguousarray(y.reshape(n, out_hw[0], out_hw[1], -1).transpose(0, 3, 1, 2)),)
+
+    def bind(self, ins, outs):
+        x, y = ins[0], outs[0]
+        xp, steps, (strides, dil, out_hw) = self._padded(x, 0)
+        n, g = x.shape[0], self.group
+        hw = out_hw[0] * out_hw[1]
+        cout = self.weights.n
+        if self.weights.backend == "numpy":
+            kg = self.weights.k
+            col = np.empty((n, g * kg, hw), F32)
+            steps.append(_copy_step(col.reshape((n,) + (x.shape[1],) + self.kernel + tuple(out_hw)),
+                                    self._window_view(xp, strides, dil, out_hw, rows_first=False)))
+            wg = self.weights.w.reshape(g, cout // g, kg)[None]
+            y4 = y.reshape(n, g, cout // g, hw)
+            steps.append(partial(np.matmul, wg, col.reshape(n, g, kg, hw), out=y4))
+            if self.weights.bias is not None:
+                steps.append(partial(np.add, y4, self.weights.bias.reshape(1, g, cout // g, 1), out=y4))
+            return steps + clamp_steps(y, self.clamp)
+        col = np.empty((n * hw, self.weights.k), F32)
+        steps.append(_copy_step(col.reshape((n,) + tuple(out_hw) + (x.shape[1],) + self.kernel),
+                                self._window_view(xp, strides, dil, out_hw, rows_first=True)))
+        tmp = np.empty((n * hw, cout), F32)
+        steps += self.weights.steps(col, tmp, self.clamp)
+        steps.append(_copy_step(y.reshape(n, cout, hw), tmp.reshape(n, hw, cout).transpose(0, 2, 1)))
+        return steps
+
+
+class QConv(_ConvBase):
+    """int8 2-D convolution (group == 1): im2col of the int8 input padded with its zero point,
+    the exact qs8 (or sparse int8) GEMM, requantization fused when the graph quantizes the
+    result, then NHWC -> NCHW."""
+
+    def __init__(self, name, inputs, outputs, node, weights: QWeights, kernel_hw, a_q, clamp=NO_CLAMP, out_q=None):
+        super().__init__(name, inputs, outputs, node, kernel_hw, 1, clamp)
+        self.weights, self.a_q, self.out_q = weights, a_q, out_q
+        self.kind = f"qconv[{weights.backend}{'->int8' if out_q else ''}]"
+
+    def ref(self, x):
+        begin, end, strides, dil, out_hw = self.geometry(x.shape)
+        win = windows(x, self.kernel, begin, end, strides, dil, out_hw, np.int8(self.a_q[1]))
+        n = x.shape[0]
+        col = np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(n * out_hw[0] * out_hw[1], -1)
+        y = self.weights.ref(col, *self.a_q, self.clamp, self.out_q)
+        return (np.ascontiguousarray(y.reshape(n, out_hw[0], out_hw[1], -1).transpose(0, 3, 1, 2)),)
+
+    def bind(self, ins, outs):
+        x, y = ins[0], outs[0]
+        xp, steps, (strides, dil, out_hw) = self._padded(x, np.int8(self.a_q[1]))
+        n, hw, cout = x.shape[0], out_hw[0] * out_hw[1], self.weights.n
+        col = np.empty((n * hw, self.weights.k), np.int8)
+        steps.append(_copy_step(col.reshape((n,) + tuple(out_hw) + (x.shape[1],) + self.kernel),
+                                self._window_view(xp, strides, dil, out_hw, rows_first=True)))
+        tmp = np.empty((n * hw, cout), y.dtype)
+        steps += self.weights.steps(col, *self.a_q, tmp, self.clamp, self.out_q)
+        steps.append(_copy_step(y.reshape(n, cout, hw), tmp.reshape(n, hw, cout).transpose(0, 2, 1)))
+        return steps
+
+
+class MaxPool(IROp):
+    """MaxPool on float or int8 (max commutes with a shared monotonic quantization)."""
+
+    kind = "maxpool"
+
+    def __init__(self, name, inputs, outputs, node: Node):
+        super().__init__(name, inputs, outputs)
+        self.node = node
+        self.kind = "maxpool"
+
+    def ref(self, x):
+        return OPS["MaxPool"](self.node, x)
+
+    def bind(self, ins, outs):
+        x, y = ins[0], outs[0]
+        kernel = self.node.attrs["kernel_shape"]
+        begin, end, strides, dil, out_hw = conv_geometry(self.node, x.shape[2:], kernel)
+        if any(begin) or any(end) or self.node.attrs.get("ceil_mode", 0):
+            return super().bind(ins, outs)
+        sn, sc, sh, sw = x.strides
+        view = np.lib.stride_tricks.as_strided(
+            x, (x.shape[0], x.shape[1], out_hw[0], out_hw[1], kernel[0], kernel[1]),
+            (sn, sc, sh * strides[0], sw * strides[1], sh * dil[0], sw * dil[1]), writeable=False)
+        if tuple(kernel) == (2, 2):   # 3 ufunc calls beat a reduction over a 6-D view
+            taps = [view[..., i, j] for i in range(2) for j in range(2)]
+            return [partial(np.maximum, taps[0], taps[1], out=y), partial(np.maximum, y, taps[2], out=y),
+                    partial(np.maximum, y, taps[3], out=y)]
+        return [partial(np.max, view, axis=(4, 5), out=y)]
+
+
+class QView(IROp):
+    """A shape-only op (Reshape/Flatten/...) applied to an int8 tensor whose quantization it keeps."""
+
+    alias = True
+
+    def __init__(self, name, inputs, outputs, node: Node):
+        super().__init__(name, inputs, outputs)
+        self.node = node
+        self.kind = f"{node.op_type}[int8]"
+
+    def ref(self, *xs):
+        return OPS[self.node.op_type](self.node, *xs)
