@@ -246,6 +246,22 @@ class Weights:
         return steps + clamp_steps(y2, clamp)
 
 
+class F32Weights(Weights):
+    """Dense fp32 weights on the kernels' fp32 GEMM (bias and clamp fused)."""
+
+    backend = "f32"
+
+    def __init__(self, w, bias):
+        super().__init__(w, bias)
+        self.packed = _kernels.f32_pack(self.w, self.bias)
+
+    def steps(self, x2, y2, clamp):
+        return [partial(_kernels.f32_gemm, x2, self.packed, y2, F32(clamp[0]), F32(clamp[1]))]
+
+
+HAVE_F32_GEMM = hasattr(_kernels, "f32_gemm")
+
+
 class SparseWeights(Weights):
     """fp32 weights with enough exact zeros to run on the sparse kernel (bias, clamp fused)."""
 

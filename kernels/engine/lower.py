@@ -245,7 +245,7 @@ class Lowerer:
         zeros = float(np.mean(w2 == 0))
         if zeros >= self.config.sparse_min_zero_fraction and k <= SPARSE_MAX_K:
             return irops.SparseWeights(w2, bias)
-        return irops.Weights(w2, bias)
+        return irops.F32Weights(w2, bias) if irops.HAVE_F32_GEMM else irops.Weights(w2, bias)
 
     def int8_weights(self, info: QuantInfo | None, bias) -> irops.QWeights | None:
         if info is None or info.bits != 8 or info.block or not self.config.int8_kernels:
