@@ -12,6 +12,7 @@ from setuptools import Extension, setup
 ext = Extension(
     "kernels._kernels",
     sources=sorted(glob.glob("kernels/csrc/**/*.c", recursive=True)),
+    depends=sorted(glob.glob("kernels/csrc/**/*.h", recursive=True)),
     include_dirs=["kernels/csrc"],
     # The binding uses the buffer protocol, so no numpy headers are needed at build time.
     # _GNU_SOURCE: POSIX calls (posix_memalign, sysconf) under strict -std=c11.
