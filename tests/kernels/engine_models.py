@@ -1,0 +1,57 @@
+"""Example ONNX variants for the native engine's tests and benchmark (built with the compressor,
+small and fast): the digits CNN in fp32, int8 QDQ (uint8 and int8 activations), int4
+weight-only, 75%-pruned fp32 and pruned int8 QDQ.
+
+Imports torch/onnx/compressor: tests and benchmarks only, never the engine.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+
+def prune_onnx(model, sparsity: float = 0.75):
+    """Copy of `model` with the smallest-magnitude `sparsity` of every weight matrix / kernel
+    (per output row) set to exactly zero."""
+    import onnx
+    from onnx import numpy_helper
+
+    from kernels import quant
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        w = numpy_helper.to_array(t)
+        if w.dtype != np.float32 or w.ndim < 2:
+            continue
+        rows = w.reshape(w.shape[0], -1)
+        pruned = quant.prune_unstructured(rows, sparsity).reshape(w.shape)
+        t.CopyFrom(numpy_helper.from_array(pruned.astype(np.float32), t.name))
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def digits_variants(epochs: int = 2) -> tuple[dict[str, bytes], np.ndarray]:
+    """{variant id: ONNX bytes} for the digits CNN and a batch of real inputs [N, 1, 8, 8]."""
+    from compressor.examples import digits_cnn
+    from compressor.export import export_onnx
+    from compressor.quant.qdq import QdqOptions, quantize_static_qdq
+    from compressor.quant.weight_only import quantize_weight_only
+
+    ex = digits_cnn(seed=0, epochs=epochs)
+    calib = ex.calibration[0][:64].astype(np.float32)
+    fp32 = export_onnx(ex.model, calib[:2])
+    sparse = prune_onnx(fp32, 0.75)
+    variants = {
+        "fp32": fp32,
+        "int8": quantize_static_qdq(fp32, calib, QdqOptions())[0],
+        "int8-s8act": quantize_static_qdq(fp32, calib, QdqOptions(activation_dtype="int8",
+                                                                  activation_symmetric=True))[0],
+        "int4": quantize_weight_only(fp32, bits=4, group_size=32)[0],
+        "sparse-fp32": sparse,
+        "sparse-int8": quantize_static_qdq(sparse, calib, QdqOptions())[0],
+    }
+    inputs = ex.heldout[0][:32].astype(np.float32)
+    return {k: v.SerializeToString() for k, v in variants.items()}, np.ascontiguousarray(inputs)

@@ -1,0 +1,163 @@
+"""Native engine vs onnxruntime on the same ONNX files, for every digits-CNN variant type, and
+vs the engine's own numpy reference of the same (integer) math.
+
+Tolerances (per element, on the logits):
+- fp32, sparse fp32: |ours - ort| <= FP32_RTOL * max|ort| (different summation order only).
+- int8 QDQ (uint8 or int8 activations, dense or sparse weights): onnxruntime fuses the QDQ
+  pairs into its own integer kernels (QLinearConv / QGemm) whose requantization may round a
+  value that lies within float error of .5 the other way, and the flip propagates: allowed
+  INT8_ORT_STEPS output quantization steps. Measured on these models: 0 (identical). Against
+  the numpy reference of the same integer math: bit-exact.
+- int4 weight-only: the qb kernels quantize activations to int8 per row (onnxruntime runs the
+  dequantized fp32 weights): |ours - ort| <= INT4_RTOL * max|ort|, same argmax on >= 97%.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import kernels
+from kernels.engine import EngineConfig, Model
+
+from .engine_models import digits_variants
+
+FP32_RTOL = 1e-5
+INT8_ORT_STEPS = 2
+INT4_RTOL = 0.02
+
+ALL = ["fp32", "int8", "int8-s8act", "int4", "sparse-fp32", "sparse-int8"]
+
+
+@pytest.fixture(scope="module")
+def variants():
+    return digits_variants()
+
+
+def _ort(data: bytes, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x})[0]
+
+
+def _logits_scale(data: bytes) -> float:
+    model = onnx.load_from_string(data)
+    for t in model.graph.initializer:
+        if t.name == "logits_scale":
+            return float(onnx.numpy_helper.to_array(t).reshape(-1)[0])
+    raise AssertionError("no logits_scale in the QDQ model")
+
+
+@pytest.mark.parametrize("variant", ALL)
+@pytest.mark.parametrize("batch", [1, 7, 32])
+def test_matches_onnxruntime(variants, variant, batch):
+    models, inputs = variants
+    data = models[variant]
+    x = np.ascontiguousarray(inputs[:batch])
+    ours = Model(data).run({"input": x})["logits"]
+    ref = _ort(data, x)
+    assert ours.shape == ref.shape and ours.dtype == np.float32
+    scale = float(np.abs(ref).max())
+    if variant in ("fp32", "sparse-fp32"):
+        np.testing.assert_allclose(ours, ref, rtol=0, atol=FP32_RTOL * scale)
+    elif variant.endswith(("int8", "s8act")):
+        assert np.abs(ours - ref).max() <= INT8_ORT_STEPS * _logits_scale(data) * 1.0001
+    else:
+        np.testing.assert_allclose(ours, ref, rtol=0, atol=INT4_RTOL * scale)
+        assert np.mean(ours.argmax(1) == ref.argmax(1)) >= 0.97
+
+
+@pytest.mark.parametrize("variant", ["int8", "int8-s8act", "sparse-int8"])
+@pytest.mark.parametrize("isa", kernels.available_isas())
+def test_int8_bitexact_against_numpy_reference(variants, variant, isa):
+    models, inputs = variants
+    model = Model(models[variant])
+    with kernels.use_isa(isa):
+        ours = model.run({"input": inputs})["logits"]
+    ref = model.run_reference({"input": inputs})["logits"]
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_int4_close_to_numpy_reference(variants):
+    models, inputs = variants
+    model = Model(models["int4"])
+    ours = model.run({"input": inputs})["logits"]
+    ref = model.run_reference({"input": inputs})["logits"]
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+
+
+def test_weights_go_to_the_expected_kernels(variants):
+    models, _ = variants
+    kinds = {k: Model(models[k]).op_kinds() for k in ALL}
+    assert kinds["int8"]["qconv[qs8->int8]"] == 3 and kinds["int8"]["qdense[qs8->int8]"] == 2
+    assert kinds["int8"]["quantize"] == 1 and kinds["int8"]["dequantize"] == 1   # int8 between layers
+    assert kinds["int4"]["dense[qb]"] == 2 and kinds["int4"]["conv[qb]"] == 2
+    assert kinds["sparse-fp32"]["dense[sparse_f32]"] == 2
+    assert kinds["sparse-int8"]["qconv[sparse_qs8->int8]"] == 3
+    # sparse path off: the same file runs dense, same answer within fp32 tolerance
+    dense = Model(models["sparse-fp32"], EngineConfig(sparse_min_zero_fraction=1.1))
+    assert not any("sparse" in k for k in dense.op_kinds())
+
+
+def test_int4_folded_to_fp32_matches_onnxruntime_closely(variants):
+    models, inputs = variants
+    model = Model(models["int4"], EngineConfig(int4_kernels=False))
+    assert "dense[qb]" not in model.op_kinds()
+    ref = _ort(models["int4"], inputs)
+    np.testing.assert_allclose(model.run({"input": inputs})["logits"], ref, rtol=0,
+                               atol=FP32_RTOL * np.abs(ref).max())
+
+
+def test_plans_are_cached_per_shape_and_reused(variants):
+    models, inputs = variants
+    model = Model(models["int8"])
+    a = model.run({"input": inputs[:3]})["logits"]
+    b = model.run({"input": inputs[:5]})["logits"]
+    c = model.run({"input": inputs[:3]})["logits"]
+    np.testing.assert_array_equal(a, c)
+    np.testing.assert_array_equal(a, b[:3])
+    assert len(model._plans) == 2
+    # outputs are fresh arrays: a later run does not overwrite an earlier result
+    a_copy = a.copy()
+    model.run({"input": inputs[3:6]})
+    np.testing.assert_array_equal(a, a_copy)
+
+
+def test_concurrent_runs_from_threads(variants):
+    models, inputs = variants
+    model = Model(models["int8"])
+    expected = [model.run({"input": inputs[i:i + 1]})["logits"] for i in range(8)]
+    errors, results = [], {}
+
+    def worker(t):
+        try:
+            for r in range(20):
+                i = (t + r) % 8
+                results[(t, r)] = (i, model.run({"input": inputs[i:i + 1]})["logits"])
+        except Exception as exc:       # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    for i, y in results.values():
+        np.testing.assert_array_equal(y, expected[i])
+
+
+def test_engine_does_not_import_onnx_or_torch():
+    import subprocess
+    import sys
+    code = ("import sys, kernels.engine as e; "
+            "assert 'onnx' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[2]))
+
+
+def test_generated_proto_code_is_up_to_date():
+    from kernels.engine import codegen
+    assert codegen.stale_files() == []
