@@ -72,16 +72,20 @@ def accuracy_fn(x: np.ndarray, y: np.ndarray) -> Callable:
     return fn
 
 
-def measure_latency(sess, sample: np.ndarray, cfg: LatencyConfig = LatencyConfig()
-                    ) -> tuple[float, float]:
-    name = sess.get_inputs()[0].name
-    x = np.ascontiguousarray(sample[:1], np.float32)
+def measure_latency(sess, sample: np.ndarray | dict[str, np.ndarray],
+                    cfg: LatencyConfig = LatencyConfig()) -> tuple[float, float]:
+    """p50/p95 of batch-1 runs. `sample` is a float array for the first input, or a dict
+    {input name: array} for models with several (or integer) inputs; row 0 is fed."""
+    if isinstance(sample, dict):
+        feeds = {k: np.ascontiguousarray(v[:1]) for k, v in sample.items()}
+    else:
+        feeds = {sess.get_inputs()[0].name: np.ascontiguousarray(sample[:1], np.float32)}
     for _ in range(cfg.warmup):
-        sess.run(None, {name: x})
+        sess.run(None, feeds)
     times = np.empty(cfg.repeats)
     for k in range(cfg.repeats):
         t0 = time.perf_counter()
-        sess.run(None, {name: x})
+        sess.run(None, feeds)
         times[k] = time.perf_counter() - t0
     return float(np.percentile(times, 50)), float(np.percentile(times, 95))
 
@@ -163,7 +167,7 @@ def _proto_numel(t: onnx.TensorProto) -> int:
     return int(np.prod(t.dims)) if t.dims else 1
 
 
-def measure(model: onnx.ModelProto, eval_fn: Callable, sample: np.ndarray,
+def measure(model: onnx.ModelProto, eval_fn: Callable, sample: np.ndarray | dict[str, np.ndarray],
             latency: LatencyConfig = LatencyConfig(),
             session_config: dict[str, str] | None = None) -> Measurement:
     data = model.SerializeToString()
