@@ -252,10 +252,14 @@ def qb_linear(x: np.ndarray, w: Packed) -> np.ndarray:
 # ----------------------------------------------------------------------------- sparse
 
 
-def pack_sparse(w: np.ndarray, w_scales=None, bias=None) -> Packed:
-    """Compress the nonzeros of w [N, K] (float32, or int8 with per-row scales w_scales [N])
-    into compressed rows (uint16 columns, K <= 65535). Any pattern: unstructured, blocks, 2:4.
-    `Packed.nnz` and `Packed.nbytes` report the stored size."""
+def pack_sparse(w: np.ndarray, w_scales=None, bias=None, layout: str = "rows") -> Packed:
+    """Compress the nonzeros of w [N, K] (float32, or int8 with per-row scales w_scales [N]).
+    Any pattern: unstructured, blocks, 2:4. `Packed.nnz` and `Packed.nbytes` report the size.
+
+    layout="rows": compressed rows (uint16 columns, K <= 65535), int8 or fp32; gathers for
+    GEMV, a transposed-activation kernel for GEMM (M >= 4).
+    layout="windows": int8 only, the gather-free GEMV layout of sparse-gemm.h (16-column
+    windows x 8-row groups, byte-shuffle selection); best for M = 1 on x86 and NEON."""
     if not isinstance(w, np.ndarray):
         raise TypeError(f"w: expected a numpy int8 or float32 array, got {type(w).__name__}")
     if w.ndim != 2:
@@ -263,6 +267,12 @@ def pack_sparse(w: np.ndarray, w_scales=None, bias=None) -> Packed:
     n = w.shape[0]
     if w.dtype == np.int8 and w_scales is None:
         raise ValueError("w_scales: int8 sparse weights need per-row scales")
+    if layout == "windows":
+        if w.dtype != np.int8:
+            raise TypeError(f"w: the windows layout needs int8 weights, got {w.dtype}")
+        return _kernels.spw_pack(w, _vector(w_scales, n, np.float32, "w_scales"), _vector(bias, n, np.float32, "bias"))
+    if layout != "rows":
+        raise ValueError(f"layout must be 'rows' or 'windows', got {layout!r}")
     return _kernels.sparse_pack(w, _vector(w_scales, n, np.float32, "w_scales"), _vector(bias, n, np.float32, "bias"))
 
 
@@ -276,10 +286,11 @@ def sparse_linear(x: np.ndarray, w: Packed, x_scale=None, x_zero_point=None, rel
         raise TypeError(f"w: expected weights from pack_sparse, got {type(w).__name__}")
     m = x2.shape[0]
     out = np.empty((m, w.n), np.float32)
-    if w.kind == "sparse_qs8":
+    if w.kind in ("sparse_qs8", "sparse_qs8_windows"):
         if x_scale is None or x_zero_point is None:
             raise ValueError("int8 sparse weights need x_scale and x_zero_point")
-        _kernels.sparse_gemm(x2, _per_row(x_scale, m, np.float32, "x_scale"),
+        gemm = _kernels.spw_gemm if w.kind == "sparse_qs8_windows" else _kernels.sparse_gemm
+        gemm(x2, _per_row(x_scale, m, np.float32, "x_scale"),
                              _per_row(x_zero_point, m, np.int32, "x_zero_point"), w, out, *_clamp(activation, relu))
     else:
         _kernels.sparse_gemm(x2, None, None, w, out, *_clamp(activation, relu))

@@ -213,11 +213,11 @@ def prune_blocks(w: np.ndarray, sparsity: float, block: tuple[int, int] = (1, 16
     return np.where(mask, w, 0).astype(w.dtype)
 
 
-def sparse_linear_ref(x, w, x_scale=None, x_zp=None, w_scale=None, bias=None, relu=False):
+def sparse_linear_ref(x, w, x_scale=None, x_zp=None, w_scale=None, bias=None, relu=False, clamp=None):
     """Reference for kernels.sparse_linear on the dense form of the weights: int8 follows
     qs8_gemm_ref exactly (symmetric weights); float32 in float64."""
     if w.dtype == np.int8:
-        return qs8_gemm_ref(np.atleast_2d(x), x_scale, x_zp, w, w_scale, None, bias, relu)
+        return qs8_gemm_ref(np.atleast_2d(x), x_scale, x_zp, w, w_scale, None, bias, relu, clamp=clamp)
     y = np.atleast_2d(x).astype(np.float64) @ w.astype(np.float64).T
     if bias is not None:
         y += np.asarray(bias, np.float64)

@@ -131,6 +131,29 @@ static void test_sparse(const ef_sparse_config* cfg, ef_sparse_dtype dt, size_t 
   free(w); free(x); free(ws); free(xs); free(xz); free(ref); free(got);
 }
 
+static void test_spw(const ef_sparse_config* cfg, size_t m, size_t n, size_t k, unsigned keep_pct) {
+  int8_t* w = calloc(n * k, 1);
+  int8_t* x = malloc(m * k);
+  float *ws = malloc(n * 4), *xs = malloc(m * 4);
+  int32_t* xz = malloc(m * 4);
+  for (size_t i = 0; i < n * k; i++)
+    if (rnd() % 100 < keep_pct) w[i] = rnd_i8(0);
+  for (size_t i = 0; i < m * k; i++) x[i] = (i % 7 == 0) ? -128 : rnd_i8(0); /* -128 takes the second pass */
+  for (size_t i = 0; i < n; i++) ws[i] = 0.5f;
+  for (size_t i = 0; i < m; i++) { xs[i] = 0.25f; xz[i] = rnd_i8(0); }
+  ef_spw_packed pw;
+  if (ef_spw_pack(w, n, k, ws, NULL, &pw) != 0) { printf("pack failed\n"); exit(2); }
+  ef_sparse_params p = {.out_min = -INFINITY, .out_max = INFINITY, .x_scale = xs, .x_zp = xz};
+  float *ref = malloc(m * n * 4), *got = malloc(m * n * 4);
+  ef_spw_gemm(&ef_sparse_config_scalar, m, x, &pw, ref, &p);
+  ef_spw_gemm(cfg, m, x, &pw, got, &p);
+  char what[96];
+  snprintf(what, sizeof what, "sparse windows %zux%zux%zu keep %u%%", m, n, k, keep_pct);
+  expect_same_bytes(what, cfg->isa, got, ref, m * n * 4);
+  ef_spw_packed_free(&pw);
+  free(w); free(x); free(ws); free(xs); free(xz); free(ref); free(got);
+}
+
 /* ----------------------------------------------------------------------- f32 gemm */
 
 static void test_f32(const ef_f32_gemm_config* cfg, size_t m, size_t n, size_t k) {
@@ -226,6 +249,7 @@ int main(void) {
         test_sparse(sp[c], EF_SPARSE_F32, m, n, k, keep);
         test_sparse(sp[c], EF_SPARSE_QS8, m, n, k, keep);
         test_sparse(sp[c], EF_SPARSE_QS8, m + 8, n, k, keep); /* transposed GEMM path */
+        test_spw(sp[c], m, n, k, keep);
       }
     }
     test_qs8(qs8[c], 2, 17, EF_QS8_MAX_K, 1, 0);

@@ -45,6 +45,39 @@ def test_int8_bit_exact_and_fp32_close(isa, pattern, m):
 
 
 @pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("pattern", sorted(PATTERNS))
+@pytest.mark.parametrize("m,n,k", [(1, 8, 16), (1, 24, 64), (2, 13, 48), (3, 40, 208)])
+def test_windows_layout_bit_exact(isa, pattern, m, n, k):
+    """The gather-free GEMV layout: exact, also when activations hit -128 (second pass)."""
+    rng = np.random.default_rng(len(pattern) + m * 7 + n + k)
+    w = PATTERNS[pattern](rng.integers(-128, 128, (n, k)).astype(np.int8))
+    ws = rng.uniform(0.01, 1, n).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    x = rng.integers(-128, 128, (m, k)).astype(np.int8)
+    x[0, ::5] = -128
+    xs = rng.uniform(0.01, 1, m).astype(np.float32)
+    xz = rng.integers(-128, 128, m).astype(np.int32)
+    p = kernels.pack_sparse(w, ws, b, layout="windows")
+    assert p.kind == "sparse_qs8_windows" and p.nnz == np.count_nonzero(w)
+    with kernels.use_isa(isa):
+        y = kernels.sparse_linear(x, p, xs, xz, activation="relu6")
+        y_sym = kernels.sparse_linear(np.clip(x, -127, 127), p, xs, 0)
+    assert_bitexact(y, quant.sparse_linear_ref(x, w, xs, xz, ws, b, clamp=(0, 6)), f"{isa} windows")
+    assert_bitexact(y_sym, quant.sparse_linear_ref(np.clip(x, -127, 127), w, xs, 0, ws, b), f"{isa} windows symmetric")
+
+
+def test_windows_layout_is_smaller_than_dense_at_75_percent():
+    rng = np.random.default_rng(2)
+    w = quant.prune_unstructured(rng.integers(-128, 128, (256, 1024)).astype(np.int8), 0.75)
+    p = kernels.pack_sparse(w, np.ones(256, np.float32), layout="windows")
+    assert p.nbytes < 0.85 * w.nbytes
+    with pytest.raises(TypeError, match="windows layout needs int8"):
+        kernels.pack_sparse(w.astype(np.float32), layout="windows")
+    with pytest.raises(ValueError, match="layout must be"):
+        kernels.pack_sparse(w, np.ones(256, np.float32), layout="csc")
+
+
+@pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("m", [1, 8])
 def test_int8_extremes(isa, m):
     n, k = 9, 4001
@@ -87,10 +120,12 @@ def test_property_all_isas(m, n, k, sparsity, seed, relu):
     ws = rng.uniform(0.01, 1, n).astype(np.float32)
     zp = rng.integers(-128, 128, m).astype(np.int32)
     p = kernels.pack_sparse(w, ws)
+    pw = kernels.pack_sparse(w, ws, layout="windows")
     want = quant.sparse_linear_ref(x, w, 0.5, zp, ws, None, relu)
     for isa in kernels.available_isas():
         with kernels.use_isa(isa):
             assert_bitexact(kernels.sparse_linear(x, p, 0.5, zp, relu=relu), want, isa)
+            assert_bitexact(kernels.sparse_linear(x, pw, 0.5, zp, relu=relu), want, f"{isa} windows")
 
 
 def test_bad_input():

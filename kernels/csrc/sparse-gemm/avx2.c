@@ -129,9 +129,46 @@ static EF_TARGET_AVX2 void ef_qs8_spmm_mvec_ukernel__avx2(const ef_sparse_packed
   }
 }
 
+/* Windows layout (see sparse-gemm.h): one step = broadcast 16 activations, unpack the 32
+ * 4-bit columns (broadcast, shift the upper lane by 4, mask), vpshufb the slots' activations,
+ * vpmaddubsw(|w|, sign(x, w)) + vpmaddwd(ones) = per-row int32 sums. */
+EF_INLINE EF_TARGET_AVX2 __m256i spw_step(const int8_t* rec, const int8_t* x) {
+  const __m256i xv = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)x));
+  const __m256i packed = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)rec));
+  const __m256i cols = _mm256_and_si256(_mm256_srlv_epi32(packed, _mm256_set_epi32(4, 4, 4, 4, 0, 0, 0, 0)), _mm256_set1_epi8(0x0F));
+  const __m256i w = _mm256_loadu_si256((const __m256i*)(rec + EF_SPW_W_OFFSET));
+  const __m256i xs = _mm256_shuffle_epi8(xv, cols);
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(xs, w)), _mm256_set1_epi16(1));
+}
+
+static EF_TARGET_AVX2 void ef_qs8_spmv_windows_ukernel_8x16__avx2(const ef_spw_packed* w, size_t g0, size_t g1,
+                                                                 const int8_t* xw, int32_t* raw) {
+  for (size_t g = g0; g < g1; g++) {
+    /* two accumulators: consecutive steps do not wait for each other's add */
+    __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
+    uint32_t s = w->group_step[g];
+    const uint32_t end = w->group_step[g + 1];
+    const int8_t* rec = w->step_data + (size_t)s * EF_SPW_STEP_BYTES;
+    for (; s + 2 <= end; s += 2, rec += 2 * EF_SPW_STEP_BYTES) {
+      acc0 = _mm256_add_epi32(acc0, spw_step(rec, xw + (size_t)w->step_window[s] * EF_SPW_WINDOW));
+      acc1 = _mm256_add_epi32(acc1, spw_step(rec + EF_SPW_STEP_BYTES, xw + (size_t)w->step_window[s + 1] * EF_SPW_WINDOW));
+    }
+    if (s < end) acc0 = _mm256_add_epi32(acc0, spw_step(rec, xw + (size_t)w->step_window[s] * EF_SPW_WINDOW));
+    const __m256i acc = _mm256_add_epi32(acc0, acc1);
+    if ((g + 1) * EF_SPW_ROWS <= w->n) {
+      _mm256_storeu_si256((__m256i*)(raw + g * EF_SPW_ROWS), acc);
+    } else {
+      int32_t tmp[EF_SPW_ROWS];
+      _mm256_storeu_si256((__m256i*)tmp, acc);
+      memcpy(raw + g * EF_SPW_ROWS, tmp, (w->n - g * EF_SPW_ROWS) * sizeof(int32_t));
+    }
+  }
+}
+
 const ef_sparse_config ef_sparse_config_avx2 = {
     .isa = "avx2",
     .dot = {ef_f32_spmm_dot_ukernel__avx2, ef_qs8_spmm_dot_ukernel__avx2},
     .mvec = {ef_f32_spmm_mvec_ukernel__avx2, ef_qs8_spmm_mvec_ukernel__avx2},
+    .spw = ef_qs8_spmv_windows_ukernel_8x16__avx2,
 };
 #endif /* EF_ARCH_X86 */

@@ -101,9 +101,39 @@ static void ef_qs8_spmm_mvec_ukernel__neon(const ef_sparse_packed* w, size_t n0,
   }
 }
 
+/* Windows layout on NEON: vqtbl1q_s8 selects the slots' activations, vmull_s8 multiplies
+ * exactly into int16 (-128 * -128 fits), and pairwise adds sum each row's 4 slots into its
+ * int32 lane. */
+static void ef_qs8_spmv_windows_ukernel_8x16__neon(const ef_spw_packed* w, size_t g0, size_t g1, const int8_t* xw,
+                                                  int32_t* raw) {
+  for (size_t g = g0; g < g1; g++) {
+    int32x4_t acc_lo = vdupq_n_s32(0), acc_hi = vdupq_n_s32(0); /* rows 0-3, rows 4-7 */
+    for (uint32_t s = w->group_step[g]; s < w->group_step[g + 1]; s++) {
+      const int8_t* rec = w->step_data + (size_t)s * EF_SPW_STEP_BYTES;
+      const int8x16_t x = vld1q_s8(xw + (size_t)w->step_window[s] * EF_SPW_WINDOW);
+      const uint8x16_t cols = vld1q_u8((const uint8_t*)rec);
+      const int8x16_t xs_lo = vqtbl1q_s8(x, vandq_u8(cols, vdupq_n_u8(0x0F))); /* slots 0-15 */
+      const int8x16_t xs_hi = vqtbl1q_s8(x, vshrq_n_u8(cols, 4));               /* slots 16-31 */
+      const int8x16_t w_lo = vld1q_s8(rec + EF_SPW_W_OFFSET), w_hi = vld1q_s8(rec + EF_SPW_W_OFFSET + 16);
+      /* bytes 0-7 -> rows 0,1; 8-15 -> rows 2,3: pairwise adds keep rows apart */
+      const int16x8_t p0 = vmull_s8(vget_low_s8(xs_lo), vget_low_s8(w_lo));
+      const int16x8_t p1 = vmull_s8(vget_high_s8(xs_lo), vget_high_s8(w_lo));
+      const int16x8_t p2 = vmull_s8(vget_low_s8(xs_hi), vget_low_s8(w_hi));
+      const int16x8_t p3 = vmull_s8(vget_high_s8(xs_hi), vget_high_s8(w_hi));
+      acc_lo = vaddq_s32(acc_lo, vpaddq_s32(vpaddlq_s16(p0), vpaddlq_s16(p1)));
+      acc_hi = vaddq_s32(acc_hi, vpaddq_s32(vpaddlq_s16(p2), vpaddlq_s16(p3)));
+    }
+    int32_t tmp[EF_SPW_ROWS];
+    vst1q_s32(tmp, acc_lo);
+    vst1q_s32(tmp + 4, acc_hi);
+    for (size_t r = 0; r < EF_SPW_ROWS && g * EF_SPW_ROWS + r < w->n; r++) raw[g * EF_SPW_ROWS + r] = tmp[r];
+  }
+}
+
 const ef_sparse_config ef_sparse_config_neon = {
     .isa = "neon",
     .dot = {ef_f32_spmm_dot_ukernel__neon, ef_qs8_spmm_dot_ukernel__neon},
     .mvec = {ef_f32_spmm_mvec_ukernel__neon, ef_qs8_spmm_mvec_ukernel__neon},
+    .spw = ef_qs8_spmv_windows_ukernel_8x16__neon,
 };
 #endif /* EF_ARCH_ARM64 */

@@ -127,3 +127,142 @@ int ef_sparse_gemm(const ef_sparse_config* config, size_t m, const void* x, cons
   free(buf);
   return 0;
 }
+
+/* ------------------------------------------------------------------ windows layout */
+
+void ef_spw_packed_free(ef_spw_packed* p) {
+  free(p->group_step);
+  free(p->step_window);
+  ef_aligned_free(p->step_data);
+  free(p->wsum);
+  free(p->w_scale);
+  free(p->bias);
+  memset(p, 0, sizeof *p);
+}
+
+/* Steps of group g in window win: max over its rows of ceil(nonzeros / 4). */
+static size_t window_steps(const int8_t* w, size_t n, size_t k, size_t g, size_t win) {
+  size_t steps = 0;
+  for (size_t r = 0; r < EF_SPW_ROWS && g * EF_SPW_ROWS + r < n; r++) {
+    size_t c = 0;
+    const int8_t* row = w + (g * EF_SPW_ROWS + r) * k;
+    for (size_t col = win * EF_SPW_WINDOW; col < EF_MIN(k, (win + 1) * EF_SPW_WINDOW); col++) c += row[col] != 0;
+    steps = EF_MAX(steps, EF_DIV_UP(c, EF_SPW_SLOTS));
+  }
+  return steps;
+}
+
+int ef_spw_pack(const int8_t* w, size_t n, size_t k, const float* w_scale, const float* bias, ef_spw_packed* out) {
+  memset(out, 0, sizeof *out);
+  if (n == 0 || k == 0 || k > 16 * 65536) return -1;
+  out->n = n;
+  out->k = k;
+  out->windows = EF_DIV_UP(k, EF_SPW_WINDOW);
+  out->groups = EF_DIV_UP(n, EF_SPW_ROWS);
+  /* pass 1: count steps */
+  size_t steps = 0;
+  for (size_t g = 0; g < out->groups; g++)
+    for (size_t win = 0; win < out->windows; win++) steps += window_steps(w, n, k, g, win);
+  out->steps = steps;
+  out->group_step = malloc((out->groups + 1) * sizeof(uint32_t));
+  out->step_window = malloc((steps + 1) * sizeof(uint16_t));
+  out->step_data = ef_aligned_alloc((steps + 1) * EF_SPW_STEP_BYTES);
+  out->wsum = calloc(n, sizeof(int32_t));
+  out->w_scale = malloc(n * sizeof(float));
+  out->bias = malloc(n * sizeof(float));
+  if (!out->group_step || !out->step_window || !out->step_data || !out->wsum || !out->w_scale || !out->bias) {
+    ef_spw_packed_free(out);
+    return -2;
+  }
+  /* pass 2: fill; unused slots have column 0 and weight 0 */
+  size_t s = 0;
+  for (size_t g = 0; g < out->groups; g++) {
+    out->group_step[g] = (uint32_t)s;
+    for (size_t win = 0; win < out->windows; win++) {
+      const size_t ws = window_steps(w, n, k, g, win);
+      if (ws == 0) continue;
+      int8_t* rec = out->step_data + s * EF_SPW_STEP_BYTES;
+      memset(rec, 0, ws * EF_SPW_STEP_BYTES);
+      for (size_t t = 0; t < ws; t++) out->step_window[s + t] = (uint16_t)win;
+      for (size_t r = 0; r < EF_SPW_ROWS && g * EF_SPW_ROWS + r < n; r++) {
+        const int8_t* row = w + (g * EF_SPW_ROWS + r) * k;
+        size_t used = 0; /* nonzeros of this row placed in this window so far */
+        for (size_t col = win * EF_SPW_WINDOW; col < EF_MIN(k, (win + 1) * EF_SPW_WINDOW); col++) {
+          if (row[col] == 0) continue;
+          int8_t* step = rec + (used / EF_SPW_SLOTS) * EF_SPW_STEP_BYTES;
+          const size_t b = r * EF_SPW_SLOTS + used % EF_SPW_SLOTS;
+          step[b % 16] = (int8_t)((uint8_t)step[b % 16] | (uint8_t)((col - win * EF_SPW_WINDOW) << (4 * (b / 16))));
+          step[EF_SPW_W_OFFSET + b] = row[col];
+          used++;
+        }
+      }
+      s += ws;
+    }
+  }
+  out->group_step[out->groups] = (uint32_t)s;
+  for (size_t r = 0; r < n; r++) {
+    int32_t sum = 0;
+    for (size_t col = 0; col < k; col++) {
+      sum += w[r * k + col];
+      out->nnz += w[r * k + col] != 0;
+    }
+    out->wsum[r] = sum;
+    out->w_scale[r] = w_scale[r];
+    out->bias[r] = bias ? bias[r] : 0.0f;
+  }
+  return 0;
+}
+
+typedef struct {
+  const ef_sparse_config* config;
+  const ef_spw_packed* w;
+  const int8_t* xw; /* [kp] clamped activations of the current row */
+  const int8_t* xm; /* [kp] 1 where the activation was -128, or NULL */
+  int32_t* raw;     /* [n] */
+  int32_t* corr;    /* [n] */
+} spw_job;
+
+static void spw_range(void* ctx, size_t begin, size_t end) {
+  const spw_job* j = ctx;
+  j->config->spw(j->w, begin, end, j->xw, j->raw);
+  if (j->xm) j->config->spw(j->w, begin, end, j->xm, j->corr);
+}
+
+int ef_spw_gemm(const ef_sparse_config* config, size_t m, const int8_t* x, const ef_spw_packed* w, float* y,
+                const ef_sparse_params* p) {
+  if (config == NULL) config = ef_sparse_select();
+  const size_t kp = w->windows * EF_SPW_WINDOW;
+  int8_t* buf = ef_aligned_alloc(2 * kp + 2 * w->n * sizeof(int32_t));
+  if (buf == NULL) return -2;
+  int8_t *xw = buf, *xm = buf + kp;
+  int32_t* raw = (int32_t*)(buf + 2 * kp);
+  int32_t* corr = raw + w->n;
+  for (size_t r = 0; r < m; r++) {
+    const int8_t* xr = x + r * w->k;
+    int has_min = 0;
+    for (size_t i = 0; i < w->k; i++) {
+      has_min |= xr[i] == -128;
+      xw[i] = xr[i] == -128 ? -127 : xr[i];
+      xm[i] = xr[i] == -128;
+    }
+    memset(xw + w->k, 0, kp - w->k);
+    memset(xm + w->k, 0, kp - w->k);
+    spw_job job = {config, w, xw, has_min ? xm : NULL, raw, corr};
+    ef_parallel_for(w->groups, (w->nnz / w->groups + 1) * 2, spw_range, &job);
+    /* x = x' - [x == -128]; a branch-free loop the compiler vectorizes (same operations as
+     * ef_sparse_qs8_out, so still bit-exact) */
+    if (!has_min) memset(corr, 0, w->n * sizeof(int32_t));
+    float* yr = y + r * w->n;
+    const uint32_t zp = (uint32_t)p->x_zp[r];
+    const float xs = p->x_scale[r], lo = p->out_min, hi = p->out_max;
+    for (size_t n = 0; n < w->n; n++) {
+      const int32_t acc = (int32_t)((uint32_t)raw[n] - (uint32_t)corr[n] - zp * (uint32_t)w->wsum[n]);
+      float v = (float)acc * (xs * w->w_scale[n]);
+      v = v + w->bias[n];
+      v = v > lo ? v : lo;
+      yr[n] = v < hi ? v : hi;
+    }
+  }
+  ef_aligned_free(buf);
+  return 0;
+}

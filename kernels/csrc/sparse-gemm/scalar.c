@@ -53,8 +53,25 @@ static void ef_qs8_spmm_mvec_ukernel__scalar(const ef_sparse_packed* w, size_t n
     }
 }
 
+static void ef_qs8_spmv_windows_ukernel_8x16__scalar(const ef_spw_packed* w, size_t g0, size_t g1, const int8_t* xw,
+                                                     int32_t* raw) {
+  for (size_t g = g0; g < g1; g++) {
+    uint32_t acc[EF_SPW_ROWS] = {0};
+    for (uint32_t s = w->group_step[g]; s < w->group_step[g + 1]; s++) {
+      const int8_t* x = xw + (size_t)w->step_window[s] * EF_SPW_WINDOW;
+      const int8_t* rec = w->step_data + (size_t)s * EF_SPW_STEP_BYTES;
+      for (size_t b = 0; b < 32; b++) {
+        const uint8_t col = ((uint8_t)rec[b % 16] >> (4 * (b / 16))) & 15;
+        acc[b / EF_SPW_SLOTS] += (uint32_t)((int32_t)x[col] * rec[EF_SPW_W_OFFSET + b]);
+      }
+    }
+    for (size_t r = 0; r < EF_SPW_ROWS && g * EF_SPW_ROWS + r < w->n; r++) raw[g * EF_SPW_ROWS + r] = (int32_t)acc[r];
+  }
+}
+
 const ef_sparse_config ef_sparse_config_scalar = {
     .isa = "scalar",
     .dot = {ef_f32_spmm_dot_ukernel__scalar, ef_qs8_spmm_dot_ukernel__scalar},
     .mvec = {ef_f32_spmm_mvec_ukernel__scalar, ef_qs8_spmm_mvec_ukernel__scalar},
+    .spw = ef_qs8_spmv_windows_ukernel_8x16__scalar,
 };

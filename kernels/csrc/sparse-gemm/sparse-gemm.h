@@ -57,10 +57,52 @@ typedef void (*ef_sparse_dot_fn)(const ef_sparse_packed* w, size_t n0, size_t n1
 typedef void (*ef_sparse_mvec_fn)(const ef_sparse_packed* w, size_t n0, size_t n1, size_t m, size_t mp, const void* xt,
                                   float* y, const ef_sparse_params* p);
 
+/* ---- "windows" layout: int8 sparse GEMV without gathers -------------------------------
+ *
+ * K is cut into windows of 16 columns, N into groups of 8 rows. A step covers one window and
+ * the 8 rows of a group with 4 slots per row (32 slots = one 256-bit vector): each slot holds
+ * the weight and its column inside the window. A
+ * group has, per window with any nonzero, max over its rows of ceil(nonzeros / 4) steps;
+ * windows where all 8 rows are zero cost nothing. The kernel broadcasts the window's 16
+ * activations, selects each slot's activation with one byte shuffle (pshufb / tbl), and
+ * multiplies: no index arithmetic, no gather. Slot s (0..31): row s / 4 of the group, so
+ * each int32 lane of the product sum belongs to one output row.
+ *
+ * Step record (48 bytes): uint8 col[16] (4-bit columns: slot s in byte s % 16, low nibble
+ * for s < 16, high nibble above), then int8 w[32]. Unused slots have column 0 and weight 0.
+ * Storage is 1.5 bytes per slot; with the padding above that is ~0.75 bytes per weight at
+ * 75% unstructured sparsity (dense int8: 1).
+ * Exactness: AVX2 multiplies with vpmaddubsw(|w|, sign(x, w)), exact when x != -128
+ * (|w| <= 128, |x| <= 127: a pair is at most 32512). The operator therefore clamps x to
+ * [-127, 127] and, when some x was -128, runs a second pass with the indicator of those
+ * columns and subtracts it: sum x*w = sum x'*w - sum [x == -128] * w. Symmetric int8
+ * activations (kernels.quant.quantize_row_symmetric_int8) never need the second pass. */
+#define EF_SPW_ROWS 8
+#define EF_SPW_WINDOW 16
+#define EF_SPW_SLOTS 4
+#define EF_SPW_STEP_BYTES 48
+#define EF_SPW_W_OFFSET 16 /* weights after the 16 bytes of packed columns */
+
+typedef struct ef_spw_packed {
+  size_t n, k, nnz;
+  size_t windows, groups, steps;
+  uint32_t* group_step;  /* [groups + 1]: steps of group g are [group_step[g], group_step[g+1]) */
+  uint16_t* step_window; /* [steps] */
+  int8_t* step_data;     /* [steps][48] */
+  int32_t* wsum;         /* [n] */
+  float* w_scale;        /* [n] */
+  float* bias;           /* [n] */
+} ef_spw_packed;
+
+/* Raw int32 sums sum_k x[k] * w[n, k] for the 8 rows of each group in [g0, g1); xw is one
+ * activation row zero-padded to windows * 16, every value in [-127, 127]. */
+typedef void (*ef_spw_ukernel_fn)(const ef_spw_packed* w, size_t g0, size_t g1, const int8_t* xw, int32_t* raw);
+
 typedef struct ef_sparse_config {
   const char* isa;
   ef_sparse_dot_fn dot[2];   /* by dtype */
   ef_sparse_mvec_fn mvec[2]; /* by dtype */
+  ef_spw_ukernel_fn spw;
 } ef_sparse_config;
 
 extern const ef_sparse_config ef_sparse_config_scalar;
@@ -79,6 +121,12 @@ void ef_sparse_packed_free(ef_sparse_packed* p);
 /* x: fp32 or int8 [m, k]; y: fp32 [m, n]. */
 int ef_sparse_gemm(const ef_sparse_config* config, size_t m, const void* x, const ef_sparse_packed* w, float* y,
                    const ef_sparse_params* p);
+
+int ef_spw_pack(const int8_t* w, size_t n, size_t k, const float* w_scale, const float* bias, ef_spw_packed* out);
+void ef_spw_packed_free(ef_spw_packed* p);
+/* x int8 [m, k] -> y fp32 [m, n] with the qs8 epilogue (x_scale, x_zp per row). */
+int ef_spw_gemm(const ef_sparse_config* config, size_t m, const int8_t* x, const ef_spw_packed* w, float* y,
+                const ef_sparse_params* p);
 
 /* Shared epilogues (one definition for every ISA). */
 EF_INLINE float ef_sparse_f32_out(float acc, float bias, float lo, float hi) { return ef_clamp(acc + bias, lo, hi); }
