@@ -1,0 +1,141 @@
+"""Configs of the transformer variants (handlers in compressor.transformer.handlers).
+
+Both take calibration sentences as compress(calib_data={"input_ids": ..., "attention_mask":
+...}) (int64 (N, seq) arrays, e.g. from MiniLMTokenizer.encode); they should not be the
+sentences quality is measured on (compressor.data.docstrings.calibration_sentences gives
+paragraphs outside the corpus).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from compressor.configs import VariantConfig
+
+
+class SmoothTargets(str, enum.Enum):
+    LAYERNORM = "layernorm"
+    """Smooth the inputs produced by a LayerNormalization (Q/K/V and FFN-in projections),
+    as SmoothQuant does. Measured on MiniLM: smoothing the GELU output feeding the FFN-out
+    projection lowers that layer's own output error but raises the sentence-embedding
+    error (it moves the error into output channels the next LayerNorm amplifies)."""
+    ALL = "all"
+    """Every MatMul input with a constant weight."""
+    NONE = "none"
+    """No smoothing: plain dynamic int8 plus mixed precision."""
+
+
+@dataclass
+class SmoothQuantInt8Config(VariantConfig):
+    """int8 for transformer encoders: SmoothQuant + dynamic int8 + measured mixed precision.
+
+    1. SmoothQuant: per-channel scales move activation outliers into the weights of the
+       chosen MatMuls (exact in fp32); alpha per tensor is picked from `alpha_grid` by the
+       simulated int8 error of that tensor's products on the calibration sentences, or
+       fixed by `alpha`.
+    2. Dynamic int8: per-channel symmetric int8 weights, uint8 activations quantized per
+       call (onnxruntime DynamicQuantizeMatMul), compressor.quant.dynamic's rewrite.
+    3. Mixed precision: every Linear's sensitivity is measured end to end (embedding
+       cosine on `sensitivity_sentences` calibration sentences, with that one Linear
+       back in fp32); the `keep_fp32` most sensitive stay fp32.
+    4. The word-embedding table is stored as per-row int8 (Gather on int8 rows, then scale).
+
+    Args:
+        alpha: fixed migration strength in [0, 1], or None to search `alpha_grid` per tensor.
+        alpha_grid: candidates (None in the grid = leave that tensor unsmoothed).
+        smooth: which MatMul inputs are smoothed.
+        keep_fp32: how many of the most sensitive Linears stay in fp32.
+        sensitivity_candidates: weight-name substrings limiting which Linears are scanned
+            (empty: all of them; each costs one session on the sensitivity sentences).
+        sensitivity_sentences: calibration sentences used for the scan.
+        calibration_rows: tokens of activations used to choose alpha.
+        quantize_embedding: store the word-embedding table as int8.
+        exclude: weight or node names kept in fp32 regardless.
+    """
+
+    version = 1
+    alpha: float | None = None
+    alpha_grid: tuple = (None, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    smooth: SmoothTargets = SmoothTargets.LAYERNORM
+    keep_fp32: int = 3
+    sensitivity_candidates: tuple[str, ...] = ()
+    sensitivity_sentences: int = 64
+    calibration_rows: int = 2048
+    quantize_embedding: bool = True
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.smooth = SmoothTargets(self.smooth)
+        self.alpha_grid = tuple(self.alpha_grid)
+        self.sensitivity_candidates = tuple(self.sensitivity_candidates)
+        self.exclude = tuple(self.exclude)
+        for a in ((self.alpha,) if self.alpha is not None else ()) + tuple(
+                a for a in self.alpha_grid if a is not None):
+            if not 0.0 <= float(a) <= 1.0:
+                raise ValueError(f"SmoothQuant alpha must be in [0, 1], got {a}")
+        if not self.alpha_grid and self.alpha is None:
+            raise ValueError("give alpha or a non-empty alpha_grid")
+        if self.keep_fp32 < 0 or self.sensitivity_sentences < 8 or self.calibration_rows < 64:
+            raise ValueError(f"bad SmoothQuantInt8Config: keep_fp32={self.keep_fp32}, "
+                             f"sensitivity_sentences={self.sensitivity_sentences}, "
+                             f"calibration_rows={self.calibration_rows}")
+        super().__post_init__()
+
+    def default_id(self) -> str:
+        return "int8-sq"
+
+
+class Int4Method(str, enum.Enum):
+    GPTQ = "gptq"
+    """Error-correcting: each input channel's rounding error is compensated on the rest
+    through the inverse Hessian of the calibration activations."""
+    RTN = "rtn"
+    """Round to nearest, with an MSE search of each block's scale (no calibration)."""
+
+
+@dataclass
+class TransformerInt4Config(VariantConfig):
+    """int4 for transformer encoders, embeddings included.
+
+    MatMul weights: INT4 blocks of `group_size` along the reduction axis (blocked
+    DequantizeLinear that onnxruntime fuses into MatMulNBits), codes chosen by GPTQ (or RTN).
+    Word embeddings: INT4 blocks along the hidden axis read by com.microsoft
+    GatherBlockQuantized (only the looked-up rows are dequantized), fp16 block scales.
+    Position-embedding table: per-row int8.
+
+    Args:
+        group_size: weights per scale for the MatMuls (a multiple of 8 dividing K).
+        method: gptq or rtn.
+        damp: GPTQ's dampening, as a fraction of the mean Hessian diagonal.
+        calibration_rows: tokens of activations per Hessian.
+        embedding_block_size: values per scale in the embedding table.
+        fp16_embedding_scales: store the embedding scales as fp16 (saves ~0.7 MB on MiniLM).
+        quantize_positions: store position tables as int8.
+        exclude: weight or node names kept in fp32.
+    """
+
+    version = 1
+    group_size: int = 32
+    method: Int4Method = Int4Method.GPTQ
+    damp: float = 0.01
+    calibration_rows: int = 4096
+    embedding_block_size: int = 32
+    fp16_embedding_scales: bool = True
+    quantize_positions: bool = True
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.method = Int4Method(self.method)
+        self.exclude = tuple(self.exclude)
+        for name in ("group_size", "embedding_block_size"):
+            v = getattr(self, name)
+            if v < 8 or v % 8:
+                raise ValueError(f"{name} must be a multiple of 8 (>= 8), got {v}")
+        if not 0.0 < self.damp < 1.0:
+            raise ValueError(f"damp must be in (0, 1), got {self.damp}")
+        super().__post_init__()
+
+    def default_id(self) -> str:
+        return f"int4-{self.method.value}" if self.group_size == 32 else \
+            f"int4-{self.method.value}-g{self.group_size}"

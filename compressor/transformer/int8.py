@@ -1,0 +1,121 @@
+"""SmoothQuant + dynamic int8 + measured mixed precision for a sentence encoder graph.
+
+The steps and why are in SmoothQuantInt8Config's docstring. Everything runs on the fp32
+ONNX graph; the dynamic int8 rewrite is compressor.quant.dynamic's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from compressor.evaluate import session
+from compressor.quant.dynamic import quantize_dynamic_int8
+from compressor.quant.graph import Graph, remove_unused_initializers, topological_sort
+from compressor.transformer.calibration import batches, channel_absmax, collect_inputs
+from compressor.transformer.configs import SmoothQuantInt8Config, SmoothTargets
+from compressor.transformer.embedding import embedding_gathers, quantize_embedding_int8
+from compressor.transformer.fidelity import cosine_rows, run_encoder
+from compressor.transformer.smoothquant import (apply_smoothquant, search_alpha,
+                                                smoothable_inputs)
+
+
+def smoothing_targets(model: onnx.ModelProto, which: SmoothTargets,
+                      exclude: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    g = Graph(model)
+    targets = smoothable_inputs(model, include=lambda w: w not in exclude)
+    if which is SmoothTargets.NONE:
+        return {}
+    if which is SmoothTargets.LAYERNORM:
+        targets = {x: ws for x, ws in targets.items()
+                   if x in g.producer and g.producer[x].op_type == "LayerNormalization"}
+    return targets
+
+
+def choose_alphas(model: onnx.ModelProto, targets: dict[str, list[str]], feeds, absmax,
+                  cfg: SmoothQuantInt8Config) -> tuple[dict[str, float | None], dict]:
+    if cfg.alpha is not None:
+        return {x: cfg.alpha for x in targets}, {}
+    g = Graph(model)
+    rows, sentence = collect_inputs(model, list(targets), feeds, cfg.calibration_rows)
+    alphas, errors = {}, {}
+    for x, weights in targets.items():
+        alphas[x], errs = search_alpha(rows[x], sentence, [g.array(w) for w in weights],
+                                       absmax[x], cfg.alpha_grid)
+        errors[x] = {str(a): float(e) for a, e in errs.items()}
+    return alphas, errors
+
+
+def _embedding_int8(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[dict]]:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = Graph(out)
+    layers = [quantize_embedding_int8(out, g, n) for n in embedding_gathers(out, g)]
+    remove_unused_initializers(out)
+    topological_sort(out)
+    return out, layers
+
+
+def _quantize(base: onnx.ModelProto, exclude: tuple[str, ...]) -> tuple[onnx.ModelProto, dict]:
+    return quantize_dynamic_int8(base, ops=("MatMul",), exclude=exclude)
+
+
+def sensitivity(smoothed: onnx.ModelProto, candidates: list[str], base_exclude: tuple[str, ...],
+                ids: np.ndarray, mask: np.ndarray, reference: np.ndarray
+                ) -> tuple[float, dict[str, float]]:
+    """Mean cosine of the all-int8 model, and for each candidate Linear the cosine gained
+    when only that one is back in fp32 (measured end to end, through onnxruntime)."""
+    def cos(model: onnx.ModelProto) -> float:
+        return float(np.mean(cosine_rows(run_encoder(session(model, 2), ids, mask), reference)))
+
+    base = cos(_quantize(smoothed, base_exclude)[0])
+    gains = {}
+    for w in candidates:
+        gains[w] = cos(_quantize(smoothed, base_exclude + (w,))[0]) - base
+    return base, gains
+
+
+def build_smoothquant_int8(fp32: onnx.ModelProto, ids: np.ndarray, mask: np.ndarray,
+                           cfg: SmoothQuantInt8Config, say=lambda _m: None
+                           ) -> tuple[onnx.ModelProto, dict]:
+    """Return (int8 graph, report) built from calibration sentences (ids, mask)."""
+    feeds = batches(ids, mask)
+    targets = smoothing_targets(fp32, cfg.smooth, cfg.exclude)
+    say(f"SmoothQuant: statistics of {len(targets)} tensors")
+    absmax = channel_absmax(fp32, list(targets), feeds) if targets else {}
+    alphas, alpha_errors = choose_alphas(fp32, targets, feeds, absmax, cfg) if targets else ({}, {})
+    smoothed, sq_report = apply_smoothquant(fp32, absmax, alphas, targets)
+    embedding_layers = []
+    if cfg.quantize_embedding:      # first: the scan below then measures with it in place
+        smoothed, embedding_layers = _embedding_int8(smoothed)
+
+    n = min(cfg.sensitivity_sentences, len(ids))
+    s_ids, s_mask = ids[:n], mask[:n]
+    reference = run_encoder(session(fp32, 2), s_ids, s_mask)
+    sites = [s.weight_name for s in Graph(smoothed).weight_sites()
+             if s.node.op_type == "MatMul" and s.weight_name not in cfg.exclude
+             and s.node.name not in cfg.exclude]
+    candidates = [w for w in sites if not cfg.sensitivity_candidates
+                  or any(c in w for c in cfg.sensitivity_candidates)]
+    keep: list[str] = []
+    base, gains = None, {}
+    if cfg.keep_fp32 and candidates:
+        say(f"sensitivity scan of {len(candidates)} layers on {n} sentences")
+        base, gains = sensitivity(smoothed, candidates, cfg.exclude, s_ids, s_mask, reference)
+        keep = sorted(gains, key=gains.get, reverse=True)[:cfg.keep_fp32]
+    q, report = _quantize(smoothed, cfg.exclude + tuple(keep))
+    report["layers"] += embedding_layers
+    matmuls = {s.weight_name for s in Graph(smoothed).weight_sites() if s.node.op_type == "MatMul"}
+    for w in dict.fromkeys(list(cfg.exclude) + keep):
+        if w in matmuls:
+            report["layers"].append({"node": w, "weight": w, "op": "MatMul", "weight_bits": 32,
+                                     "activation_dtype": "float32"})
+    report.update({
+        "smoothquant": [{**t, "simulated_error": alpha_errors.get(t["tensor"])}
+                        for t in sq_report["tensors"]],
+        "kept_fp32": keep,
+        "sensitivity": {"all_int8_cosine": base,
+                        "cosine_gain_if_fp32": {w: round(v, 6) for w, v in
+                                                sorted(gains.items(), key=lambda kv: -kv[1])}},
+    })
+    return q, report
