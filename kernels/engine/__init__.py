@@ -130,6 +130,14 @@ class Model:
         values, _ = trace(self._lowered, dict(feeds))
         return {name: values[name] for name in self._lowered.outputs}
 
+    def profile(self, feeds: dict[str, np.ndarray], runs: int = 20) -> dict[str, float]:
+        """Seconds per run spent in each op kind, most expensive first (for benchmarks)."""
+        key, plan = self._take_plan(self._check(feeds))
+        try:
+            return plan.profile(feeds, runs)
+        finally:
+            self._give_plan(key, plan)
+
     def plan_stats(self, shapes: dict[str, tuple[int, ...]]) -> dict:
         """Steps and pooled buffer bytes of the plan for these shapes."""
         key, plan = self._take_plan({k: tuple(v) for k, v in shapes.items()})

@@ -151,12 +151,52 @@ def _bind_gather(node, ins, outs):
     return [partial(np.take, data, idx, axis=0, out=outs[0], mode="raise")]
 
 
+# erf(a) = 1 - poly(t) * exp(-a^2), t = 1 / (1 + P a), a >= 0 (Abramowitz & Stegun 7.1.26,
+# |error| <= 1.5e-7: below float32 resolution of the GELU outputs it feeds).
+_AS_P = F32(0.3275911)
+_AS_A = [F32(1.061405429), F32(-1.453152027), F32(1.421413741), F32(-0.284496736), F32(0.254829592)]
+
+
+def _erf_tail_steps(a: np.ndarray, h: np.ndarray, t: np.ndarray) -> list:
+    """h = poly(t) * exp(-a^2) for a >= 0 (so erf(a) = 1 - h), in preallocated float32 buffers."""
+    steps = [partial(np.multiply, a, _AS_P, out=t), partial(np.add, t, F32(1), out=t),
+             partial(np.reciprocal, t, out=t), partial(np.multiply, t, _AS_A[0], out=h)]
+    for c in _AS_A[1:]:
+        steps += [partial(np.add, h, c, out=h), partial(np.multiply, h, t, out=h)]
+    steps += [partial(np.multiply, a, a, out=t), partial(np.negative, t, out=t), partial(np.exp, t, out=t),
+              partial(np.multiply, h, t, out=h)]
+    return steps
+
+
+def _bind_gelu(node, ins, outs):
+    if node.attrs.get("approximate", "none") != "none":
+        return None
+    x, y = ins[0], outs[0]
+    a, h, t = _ws(x), _ws(x), _ws(x)
+    pos = np.empty(x.shape, np.bool_)
+    # gelu(x) = x * (1 - h/2) for x >= 0 and x * h/2 below, with h from a = |x| / sqrt(2)
+    return ([partial(np.abs, x, out=a), partial(np.multiply, a, F32(1 / np.sqrt(2)), out=a)]
+            + _erf_tail_steps(a, h, t)
+            + [partial(np.multiply, h, F32(0.5), out=h), partial(np.multiply, x, h, out=y),
+               partial(np.greater_equal, x, F32(0), out=pos), partial(np.subtract, x, y, out=t),
+               partial(np.copyto, y, t, where=pos)])
+
+
+def _bind_erf(node, ins, outs):
+    x, y = ins[0], outs[0]
+    a, h, t = _ws(x), _ws(x), _ws(x)
+    # erf(x) = sign(x) * (1 - h)
+    return ([partial(np.abs, x, out=a)] + _erf_tail_steps(a, h, t)
+            + [partial(np.subtract, F32(1), h, out=y), partial(np.copysign, y, x, out=y)])
+
+
 def _ws(like: np.ndarray) -> np.ndarray:
     return np.empty(like.shape, like.dtype)
 
 
 _FAST = {"Softmax": _bind_softmax, "Transpose": _bind_transpose, "MatMul": _bind_matmul,
-         "LayerNormalization": _bind_layer_norm, "Gather": _bind_gather}
+         "LayerNormalization": _bind_layer_norm, "Gather": _bind_gather,
+         "Gelu": _bind_gelu, "Erf": _bind_erf}
 
 
 # ----------------------------------------------------------------------------- activations
@@ -291,6 +331,32 @@ class QbWeights(Weights):
 
     def steps(self, x2, y2, clamp):
         return [partial(_kernels.qb_gemm, x2, self.packed, y2)] + clamp_steps(y2, clamp)
+
+
+class QD8Weights(Weights):
+    """int8 weights with activations quantized per row on the fly (asymmetric int8, inside the
+    kernel call): the dynamic-quantization pattern DynamicQuantizeLinear -> MatMulInteger ->
+    Cast -> Mul(scales) [-> Add(bias)] as one kernel."""
+
+    backend = "qd8"
+
+    def __init__(self, q: np.ndarray, scale: np.ndarray, zp: np.ndarray, bias):
+        self.q = np.ascontiguousarray(q, np.int8)
+        self.scale = np.ascontiguousarray(scale, F32)
+        self.zp = np.ascontiguousarray(zp, np.int32)
+        super().__init__((self.q.astype(F32) - self.zp[:, None]) * self.scale[:, None], bias)
+        self.packed = kernels.pack_qs8(self.q, self.scale, self.zp, self.bias)
+
+    def ref(self, x2, clamp):
+        a, a_scale, a_zp = quant.quantize_rows_dynamic(x2)
+        return quant.qs8_gemm_ref(a, a_scale, a_zp, self.q, self.scale, self.zp, self.bias,
+                                  clamp=None if clamp == NO_CLAMP else clamp)
+
+    def steps(self, x2, y2, clamp):
+        return [partial(_kernels.qd8_gemm, x2, self.packed, y2, F32(clamp[0]), F32(clamp[1]))]
+
+
+HAVE_QD8_GEMM = hasattr(_kernels, "qd8_gemm")
 
 
 class QWeights:

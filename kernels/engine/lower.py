@@ -33,6 +33,7 @@ from kernels.engine.graph import Graph, Node
 from kernels.engine.ops import OPS, SHAPE_ONLY
 
 F32 = np.float32
+_VALUE_AGNOSTIC = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Slice"}
 QS8_MAX_K = quant.QS8_MAX_K
 SPARSE_MAX_K = 65535
 
@@ -277,7 +278,7 @@ class Lowerer:
             try:
                 handler = getattr(self, f"_lower_{node.op_type}", None)
                 if handler is None or not handler(node):
-                    self.ops.append(irops.Generic(node))
+                    self._generic(node)
             except UnsupportedGraph as exc:
                 unsupported.extend(exc.ops or [(node.op_type, node.name)])
                 self._unsupported_msgs = getattr(self, "_unsupported_msgs", []) + [str(exc)]
@@ -289,6 +290,18 @@ class Lowerer:
                                        [("QuantizeLinear", self.producer[v.name].name)])
         ops = self._prune()
         return Lowered(ops, self.consts, self.g.inputs, [v.name for v in self.g.outputs])
+
+    def _generic(self, node: Node) -> None:
+        """The numpy implementation. int8 tensors of ours (zero point shifted for uint8) may
+        only pass through ops that move values without looking at them."""
+        quantized = [x for x in node.inputs if x in self.qparams]
+        if quantized:
+            if node.op_type not in _VALUE_AGNOSTIC or node.inputs[0] not in self.qparams or len(quantized) > 1:
+                raise UnsupportedGraph(f"{node}: computes on a quantized tensor (only QDQ around "
+                                       "Conv/Gemm/MatMul/MaxPool and reshapes are supported)",
+                                       [(node.op_type, node.name)])
+            self.qparams[node.outputs[0]] = self.qparams[node.inputs[0]]
+        self.ops.append(irops.Generic(node))
 
     def _fused_ids(self) -> set[int]:
         return self.__dict__.setdefault("_fused", set())
@@ -315,8 +328,7 @@ class Lowerer:
 
     def _lower_DequantizeLinear(self, node: Node) -> bool:
         if node.inputs[0] not in self.qparams:
-            raise UnsupportedGraph(f"{node}: dequantizes a tensor the engine did not quantize "
-                                   "(quantized graph inputs are not supported)", [(node.op_type, node.name)])
+            return False      # an ONNX-domain integer tensor (e.g. a Gather from an int8 table)
         scale, zp = self.quant_params(node)   # a DQ may use other parameters than its Q: honour its own
         self.ops.append(irops.Dequantize(node.name, [node.inputs[0]], [node.outputs[0]], scale, zp))
         return True
@@ -397,6 +409,57 @@ class Lowerer:
         out, clamp, _, fused = self.fuse_after(node.outputs[0], allow_requant=False)
         self.ops.append(irops.Dense(node.name, [node.inputs[0]], [out], self.float_weights(w2, info, bias), clamp))
         self._fuse(fused)
+        return True
+
+    def _lower_MatMulInteger(self, node: Node) -> bool:
+        """DynamicQuantizeLinear(x) -> MatMulInteger(q, W) -> Cast(float) -> Mul(x_scale * w_scale)
+        [-> Add(bias)] [-> Relu/Clip]  ==>  one Dense on the qd8 kernel (x quantized per row inside;
+        onnxruntime quantizes per tensor, so results differ by that rounding, see the tests)."""
+        if not (self.config.int8_kernels and irops.HAVE_QD8_GEMM):
+            return False
+        dq = self.producer.get(node.inputs[0])
+        w_name = node.inputs[1]
+        if dq is None or dq.op_type != "DynamicQuantizeLinear" or w_name not in self.consts:
+            return False
+        if len(node.inputs) < 3 or node.inputs[2] != dq.outputs[2]:
+            return False
+        w = self.consts[w_name]
+        if w.ndim != 2 or w.dtype not in (np.int8, np.uint8) or w.shape[0] > QS8_MAX_K:
+            return False
+        wzp = self.consts.get(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] else np.zeros(1, w.dtype)
+        if wzp is None:
+            return False
+        cast = self.only_consumer(node.outputs[0])
+        if cast is None or cast.op_type != "Cast" or cast.attrs.get("to") != 1:
+            return False
+        mul = self.only_consumer(cast.outputs[0])
+        if mul is None or mul.op_type != "Mul":
+            return False
+        s_name = mul.inputs[1] if mul.inputs[0] == cast.outputs[0] else mul.inputs[0]
+        smul = self.producer.get(s_name)
+        if smul is None or smul.op_type != "Mul" or dq.outputs[1] not in smul.inputs:
+            return False
+        ws_name = smul.inputs[1] if smul.inputs[0] == dq.outputs[1] else smul.inputs[0]
+        if ws_name not in self.consts:
+            return False
+        n = w.shape[1]
+        w_scale = np.broadcast_to(self.consts[ws_name].astype(F32).reshape(-1), (n,))
+        zp = np.broadcast_to(wzp.astype(np.int32).reshape(-1), (n,))
+        q = w.T
+        if w.dtype == np.uint8:
+            q, zp = (q.astype(np.int16) - 128).astype(np.int8), zp - 128
+        fused, out, bias = [cast, mul], mul.outputs[0], None
+        add = self.only_consumer(out)
+        if add is not None and add.op_type == "Add":
+            b_name = add.inputs[1] if add.inputs[0] == out else add.inputs[0]
+            b = self.consts.get(b_name)
+            if b is not None and b.size == n and b.shape[-1:] == (n,):
+                bias, out = b.astype(F32).reshape(-1), add.outputs[0]
+                fused.append(add)
+        out, clamp, _, more = self.fuse_after(out, allow_requant=False)
+        weights = irops.QD8Weights(q, w_scale, zp, bias)
+        self.ops.append(irops.Dense(node.name, [dq.inputs[0]], [out], weights, clamp))
+        self._fuse(fused + more)
         return True
 
     def _lower_MatMul(self, node: Node) -> bool:

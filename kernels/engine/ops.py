@@ -65,12 +65,10 @@ def _mod(node, a, b):
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
-    """erf in float64 (Abramowitz & Stegun 7.1.26 refined by one Newton-free correction is not
-    enough for float32 GELU; use the W. J. Cody rational form through math.erf's accuracy via
-    a vectorized series for |x| < 2.5 and the asymptotic tail otherwise)."""
+    """erf in float64 (Numerical Recipes' erfc Chebyshev fit, fractional error < 1.2e-7);
+    numpy has no erf and the engine must not need scipy."""
     x64 = np.asarray(x, np.float64)
     a = np.abs(x64)
-    # Chebyshev-fitted approximation (Numerical Recipes erfc, fractional error < 1.2e-7).
     t = 1.0 / (1.0 + 0.5 * a)
     y = t * np.exp(-a * a - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
         -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
@@ -491,3 +489,28 @@ def _quantize(node, x, scale, zp=None):
     info = np.iinfo(dtype)
     q = np.clip(np.rint(x.astype(np.float32) / s) + z, info.min, info.max)
     return (q.astype(dtype),)
+
+
+@op("DynamicQuantizeLinear")
+def _dynamic_quantize(node, x):
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = np.float32((hi - lo) / 255.0) if hi > lo else np.float32(1.0)
+    zp = np.clip(np.rint(-lo / scale), 0, 255)
+    q = np.clip(np.rint(x.astype(np.float32) / scale) + zp, 0, 255).astype(np.uint8)
+    return q, np.asarray(scale, np.float32), np.asarray(zp, np.uint8)
+
+
+@op("MatMulInteger")
+def _matmul_integer(node, a, b, a_zp=None, b_zp=None):
+    a32 = a.astype(np.int32) - (0 if a_zp is None else a_zp.astype(np.int32))
+    b32 = b.astype(np.int32) - (0 if b_zp is None else b_zp.astype(np.int32))
+    return (np.matmul(a32, b32).astype(np.int32),)
+
+
+@op("ConvInteger")
+def _conv_integer(node, x, w, x_zp=None, w_zp=None):
+    x32 = x.astype(np.int32) - (0 if x_zp is None else int(np.asarray(x_zp).reshape(-1)[0]))
+    w32 = w.astype(np.int32) - (0 if w_zp is None else np.asarray(w_zp, np.int32).reshape(-1, 1, 1, 1)
+                                if np.asarray(w_zp).size > 1 else int(np.asarray(w_zp).reshape(-1)[0]))
+    y = _conv(node, x32.astype(np.float64), w32.astype(np.float64))[0]
+    return (np.rint(y).astype(np.int32),)

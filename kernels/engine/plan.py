@@ -98,6 +98,7 @@ class Plan:
 
         pool, blocks = _Pool(), {}
         self.steps = []
+        self.step_ops: list[int] = []      # index into self.ops of each step (profiling)
         for i, op in enumerate(ops):
             aliased = op.alias and op.inputs[0] not in static
             for y in op.outputs:
@@ -115,7 +116,9 @@ class Plan:
             if not aliased:
                 ins = [None if not x else (values[x] if x in static else arrays[x]) for x in op.inputs]
                 outs = [arrays[y] if y else None for y in op.outputs]
-                self.steps.extend(op.bind(ins, outs))
+                bound = op.bind(ins, outs)
+                self.steps.extend(bound)
+                self.step_ops.extend([i] * len(bound))
             for r, last in last_use.items():
                 if last == i and r in blocks and r not in pinned:
                     pool.give(blocks.pop(r))
@@ -124,6 +127,23 @@ class Plan:
         self.outputs = [(arrays[n] if n in arrays else values[n]) for n in self.output_names]
         self.buffer_bytes = pool.total
         self.shapes = dict(shapes)
+
+    def profile(self, feeds: dict[str, np.ndarray], runs: int) -> dict[str, float]:
+        """Seconds per run spent in each op kind (steps timed one by one)."""
+        import time
+
+        per_op = np.zeros(len(self.ops))
+        for _ in range(runs):
+            for name, buf in self.input_buffers:
+                np.copyto(buf, feeds[name])
+            for step, i in zip(self.steps, self.step_ops):
+                t0 = time.perf_counter()
+                step()
+                per_op[i] += time.perf_counter() - t0
+        kinds: dict[str, float] = {}
+        for i, op in enumerate(self.ops):
+            kinds[op.kind] = kinds.get(op.kind, 0.0) + per_op[i] / runs
+        return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for name, buf in self.input_buffers:

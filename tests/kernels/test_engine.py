@@ -24,7 +24,7 @@ import pytest
 import kernels
 from kernels.engine import EngineConfig, Model
 
-from .engine_models import digits_variants
+from benchmarks.engine_models import digits_variants
 
 FP32_RTOL = 1e-5
 INT8_ORT_STEPS = 2

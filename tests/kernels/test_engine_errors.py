@@ -52,7 +52,7 @@ def test_every_truncation_is_a_clear_error_or_a_correct_model():
 
 
 def test_truncated_real_variant(tmp_path):
-    from .engine_models import digits_variants
+    from benchmarks.engine_models import digits_variants
     data = digits_variants()[0]["int8"]
     for frac in (0.1, 0.5, 0.9, 0.999):
         with pytest.raises(InvalidModel):
@@ -136,7 +136,7 @@ def test_feeds_not_a_dict():
 
 
 def test_shape_that_does_not_fit_the_graph():
-    from .engine_models import digits_variants
+    from benchmarks.engine_models import digits_variants
     model = Model(digits_variants()[0]["fp32"])
     with pytest.raises(InputError, match="axis 2 must be 8"):   # declared fixed axes are checked
         model.run({"input": np.ones((1, 1, 9, 9), np.float32)})

@@ -1,0 +1,85 @@
+"""The native engine inside the agent: "native" and "auto" through agent.engines, the fallback
+to onnxruntime with a log line naming the op, and the per-variant choice in the profiles."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from agent.engines import available_engines, get_engine, load_variant
+from agent.profiling import profile_variant
+
+from benchmarks.engine_models import digits_variants
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    models, inputs = digits_variants()
+    folder = tmp_path_factory.mktemp("variants")
+    paths = {}
+    for name in ("fp32", "int8", "int4"):
+        paths[name] = folder / f"{name}.onnx"
+        paths[name].write_bytes(models[name])
+    node = helper.make_node("NonZero", ["x"], ["y"], name="find_nonzero")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    paths["unsupported"] = folder / "nonzero.onnx"
+    paths["unsupported"].write_bytes(model.SerializeToString())
+    return paths, inputs
+
+
+def test_engines_are_registered():
+    assert {"native", "auto", "onnxruntime"} <= set(available_engines())
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8", "int4"])
+def test_native_session_matches_onnxruntime(files, variant):
+    paths, inputs = files
+    session = get_engine("native").load(paths[variant])
+    assert [s.name for s in session.input_specs] == ["input"]
+    assert session.input_specs[0].shape == (None, 1, 8, 8) and session.input_specs[0].dtype == "float32"
+    assert session.output_specs[0].name == "logits"
+    x = inputs[:4]
+    ours = session.run({"input": x[:, :, :, :]})["logits"]
+    ref = ort.InferenceSession(str(paths[variant]), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=0.02 * np.abs(ref).max())
+    # a strided view (one image picked from a batch) is accepted by the agent adapter
+    np.testing.assert_allclose(session.run({"input": x[::2]})["logits"], ours[::2], rtol=0, atol=1e-6)
+
+
+def test_auto_falls_back_to_onnxruntime_naming_the_op(files, caplog):
+    paths, _ = files
+    engine = get_engine("auto")
+    with caplog.at_level(logging.WARNING, logger="agent.engines.native_engine"):
+        session = engine.load(paths["unsupported"])
+    assert session.engine_name == "onnxruntime"
+    assert "NonZero" in caplog.text and "find_nonzero" in caplog.text
+    np.testing.assert_array_equal(session.run({"x": np.array([0, 1, 0, 2], np.float32)})["y"], [[1, 3]])
+
+
+def test_native_engine_refuses_unsupported(files):
+    from kernels.engine import UnsupportedGraph
+    paths, _ = files
+    with pytest.raises(UnsupportedGraph, match="NonZero"):
+        get_engine("native").load(paths["unsupported"])
+
+
+def test_auto_measures_once_and_profiles_name_the_chosen_engine(files, monkeypatch):
+    paths, inputs = files
+    engine = get_engine("auto", runs=3)
+    calls = []
+    original = engine._measure
+    monkeypatch.setattr(engine, "_measure", lambda *a: calls.append(a[0]) or original(*a))
+    profile = profile_variant(engine, paths["int8"], "int8", None, warmup=1, runs=3)
+    assert profile.engine in ("native", "onnxruntime") and profile.runs == 3
+    again = load_variant(engine, paths["int8"])              # serving load: choice remembered
+    assert again.engine_name == profile.engine
+    assert len(calls) == 1
+    out = again.run({"input": inputs[:2]})["logits"]
+    assert out.shape == (2, 10)
