@@ -88,7 +88,9 @@ def profile_variant(engine: Engine, path: str | os.PathLike, variant_id: str, ma
             variant = None
     session = load_variant(engine, path, variant)
     feeds = representative_inputs(session.input_specs, manifest)
-    return profile_session(session, feeds, variant_id, engine.name, warmup=warmup, runs=runs,
+    # "auto" runs each variant on the engine it measured faster: record that one.
+    return profile_session(session, feeds, variant_id, getattr(session, "engine_name", engine.name),
+                           warmup=warmup, runs=runs,
                            rss_before=rss_before)
 
 
