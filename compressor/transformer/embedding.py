@@ -114,25 +114,25 @@ def quantize_embedding_int4(model: onnx.ModelProto, g: Graph, node: onnx.NodePro
     model.graph.initializer.extend([_packed_tensor(q_name, b.q, "int4", 4), make_init(s_name, b.scale)])
     y = node.output[0]
     gathered = g.fresh(f"{y}_fp16") if fp16_scales else y
-    new = [helper.make_node("GatherBlockQuantized", [q_name, node.input[1], s_name], [gathered],
-                            domain=MS_DOMAIN, gather_axis=0, quantize_axis=1,
-                            block_size=block_size, bits=4, name=g.fresh(f"{y}_GatherBlockQuantized"))]
+    # rewrite the Gather node in place (not a copy): Graph indexes stay valid for later edits
+    ids = node.input[1]
+    node.op_type, node.domain = "GatherBlockQuantized", MS_DOMAIN
+    del node.input[:]
+    node.input.extend([q_name, ids, s_name])
+    node.output[0] = gathered
+    del node.attribute[:]
+    node.attribute.extend([helper.make_attribute("gather_axis", 0),
+                           helper.make_attribute("quantize_axis", 1),
+                           helper.make_attribute("block_size", block_size),
+                           helper.make_attribute("bits", 4)])
     if fp16_scales:
-        new.append(helper.make_node("Cast", [gathered], [y], to=onnx.TensorProto.FLOAT,
-                                    name=g.fresh(f"{y}_Cast")))
-    _replace_node(model, node, new)
+        model.graph.node.append(helper.make_node("Cast", [gathered], [y], to=onnx.TensorProto.FLOAT,
+                                                 name=g.fresh(f"{y}_Cast")))
     _ensure_opset(model, MS_DOMAIN, 1)
     err = gather_block_dequant_ref(b, np.arange(len(table))) - table
     return {"node": node.name, "op": "Gather", "weight": table_name, "weight_bits": 4,
             "group_size": block_size, "scale_dtype": "float16" if fp16_scales else "float32",
             "sqnr_db": _sqnr(table, err)}
-
-
-def _replace_node(model: onnx.ModelProto, old: onnx.NodeProto, new: list[onnx.NodeProto]) -> None:
-    nodes = list(model.graph.node)
-    k = next(i for i, n in enumerate(nodes) if n is old)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes[:k] + new + nodes[k + 1:])
 
 
 def _ensure_opset(model: onnx.ModelProto, domain: str, version: int) -> None:

@@ -1,0 +1,252 @@
+"""Transformer quantization pieces against numpy references (no pretrained model needed):
+SmoothQuant math and graph rewrite, simulated dynamic quantization vs onnxruntime, int4
+blocks, GatherBlockQuantized embeddings, GPTQ, configs."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from compressor.configs import config_from_dict, config_to_dict
+from compressor.evaluate import session
+from compressor.quant.dynamic import quantize_dynamic_int8
+from compressor.quant.graph import Graph, make_init, remove_unused_initializers, topological_sort
+from compressor.transformer import SmoothQuantInt8Config, TransformerInt4Config
+from compressor.transformer.embedding import (INT4_MAX, INT4_MIN, embedding_gathers,
+                                              gather_block_dequant_ref, quantize_blocks_mse,
+                                              quantize_embedding_int4, quantize_embedding_int8,
+                                              quantize_table_int8_dq, sliced_tables)
+from compressor.transformer.gptq import gptq_int4, hessian, rtn_int4, write_int4_weight
+from compressor.transformer.smoothquant import (apply_smoothquant, dynamic_int8_error,
+                                                fake_dynamic_uint8, search_alpha,
+                                                smoothable_inputs, smoothing_scales)
+from compressor.quant import reference as ref
+
+
+# -- SmoothQuant -----------------------------------------------------------------------------
+
+def test_smoothing_scales_hand_computed_and_product_unchanged():
+    x = np.array([[4.0, -1.0], [2.0, 0.5]], np.float32)
+    w = np.array([[1.0, 0.5], [-0.5, 4.0]], np.float32)          # (K=2, N=2)
+    act = np.abs(x).max(axis=0)                                   # [4, 1]
+    wmax = np.abs(w).max(axis=1)                                  # [1, 4]
+    s = smoothing_scales(act, wmax, alpha=0.5)
+    np.testing.assert_allclose(s, [2.0, 0.5])                     # sqrt(4/1), sqrt(1/4)
+    xs, ws = x / s, w * s[:, None]
+    np.testing.assert_allclose(xs, [[2.0, -2.0], [1.0, 1.0]])
+    np.testing.assert_allclose(ws, [[2.0, 1.0], [-0.25, 2.0]])
+    np.testing.assert_allclose(xs @ ws, [[4.5, -2.0], [1.75, 3.0]])
+    np.testing.assert_allclose(x @ w, xs @ ws)
+    np.testing.assert_allclose(np.abs(xs).max(axis=0), [2.0, 2.0])   # channels now flat
+
+
+def test_smoothing_scales_edge_cases():
+    s = smoothing_scales(np.array([0.0, 1e6, 1.0]), np.array([1.0, 1e-6, 0.0]), alpha=0.5)
+    assert s[0] == 1.0 and s[2] == 1.0          # dead channel / zero weight row: untouched
+    assert s[1] == pytest.approx(100.0)          # clipped
+    with pytest.raises(ValueError):
+        smoothing_scales(np.ones(2), np.ones(2), alpha=1.5)
+
+
+def _ln_block(seed=0, k=8, n=6):
+    """x -> LayerNorm -> (MatMul W1, MatMul W2, residual Add): Q/K-like shared input."""
+    rng = np.random.default_rng(seed)
+    gamma = np.ones(k, np.float32)
+    gamma[2] = 20.0                               # an outlier channel, as in transformers
+    inits = [make_init("gamma", gamma), make_init("beta", np.zeros(k, np.float32)),
+             make_init("w1", rng.standard_normal((k, n)).astype(np.float32)),
+             make_init("w2", rng.standard_normal((k, n)).astype(np.float32)),
+             make_init("wr", rng.standard_normal((k, n)).astype(np.float32))]
+    nodes = [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["h"], axis=-1),
+             helper.make_node("MatMul", ["h", "w1"], ["a"]),
+             helper.make_node("MatMul", ["h", "w2"], ["b"]),
+             helper.make_node("MatMul", ["h", "wr"], ["r"]),
+             helper.make_node("Add", ["a", "b"], ["ab"]),
+             helper.make_node("Add", ["r", "r"], ["r2"]),
+             helper.make_node("ReduceSum", ["h"], ["hs"], keepdims=1),
+             helper.make_node("Mul", ["r2", "hs"], ["h2"]),
+             helper.make_node("Add", ["ab", "h2"], ["y"])]
+    g = helper.make_graph(nodes, "ln", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    m.ir_version = 10
+    onnx.checker.check_model(m)
+    return m, rng.standard_normal((16, k)).astype(np.float32)
+
+
+def test_apply_smoothquant_graph_is_exact_and_shares_one_mul():
+    m, x = _ln_block()
+    targets = smoothable_inputs(m)
+    assert targets == {"h": ["w1", "w2", "wr"]}
+    h = session(m).run(None, {"x": x})[0]
+    sm, report = apply_smoothquant(m, {"h": np.linspace(1, 30, 8).astype(np.float32)}, alpha=0.6)
+    onnx.checker.check_model(sm)
+    muls = [n for n in sm.graph.node if n.name.endswith("SmoothQuant")]
+    assert len(muls) == 1                         # one smoothed tensor serves all readers
+    g = Graph(sm)
+    readers = {n.op_type for n in g.consumers["h"]}
+    assert readers == {"Mul", "ReduceSum"}        # the non-MatMul reader keeps the original
+    np.testing.assert_allclose(session(sm).run(None, {"x": x})[0], h, rtol=1e-4, atol=1e-4)
+    assert report["tensors"][0]["alpha"] == 0.6
+    # a None alpha leaves the graph alone
+    same, rep = apply_smoothquant(m, {"h": np.ones(8, np.float32)}, alpha={"h": None})
+    assert rep["tensors"] == [] and len(same.graph.node) == len(m.graph.node)
+
+
+def test_fake_dynamic_quantization_matches_onnxruntime():
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((10, 16)) * np.linspace(0.1, 8, 16)).astype(np.float32)
+    w = rng.standard_normal((16, 5)).astype(np.float32)
+    m = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [make_init("w", w)]),
+        opset_imports=[helper.make_opsetid("", 21)])
+    q, _ = quantize_dynamic_int8(m)
+    sess = session(q)
+    sentence = np.repeat([0, 1], 5)
+    got = np.concatenate([sess.run(None, {"x": x[sentence == i]})[0] for i in (0, 1)])
+    wq, ws = ref.quantize_symmetric_ref(w, axis=1)
+    sim = fake_dynamic_uint8(x, sentence) @ (wq.astype(np.float32) * ws)
+    np.testing.assert_allclose(got, sim, rtol=1e-5, atol=1e-5)
+    rel = dynamic_int8_error(x, sentence, [w])
+    assert rel == pytest.approx(np.sum((sim - x @ w) ** 2) / np.sum((x @ w) ** 2), rel=1e-4)
+
+
+def test_search_alpha_prefers_smoothing_for_an_outlier_channel():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((64, 32)).astype(np.float32)
+    x[:, 3] *= 60.0                                       # one outlier channel
+    w = rng.standard_normal((32, 16)).astype(np.float32) * 0.1
+    sentence = np.repeat(np.arange(4), 16)
+    best, errors = search_alpha(x, sentence, [w], np.abs(x).max(0))
+    assert best is not None and errors[best] < 0.5 * errors[None]
+
+
+# -- int4 blocks and embeddings ------------------------------------------------------------
+
+def test_quantize_blocks_mse_range_and_beats_plain_absmax():
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((20, 64)).astype(np.float32)
+    b = quantize_blocks_mse(w, 32)
+    assert b.q.min() >= INT4_MIN and b.q.max() <= INT4_MAX and b.scale.shape == (20, 2)
+    err_mse = np.sum((gather_block_dequant_ref(b, np.arange(20)) - w) ** 2)
+    plain = ref.quantize_blockwise_ref(w, axis=1, block_size=32, bits=4)
+    err_plain = np.sum((ref.dequantize_blockwise_ref(plain) - w) ** 2)
+    assert err_mse < err_plain
+
+
+def _gather_model(table: np.ndarray) -> onnx.ModelProto:
+    g = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["e"], axis=0),
+                           helper.make_node("Relu", ["e"], ["y"])], "emb",
+                          [helper.make_tensor_value_info("ids", TensorProto.INT64, [None, None])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None, table.shape[1]])],
+                          [make_init("table", table)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    m.ir_version = 10
+    return m
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_int4_gather_block_quantized_matches_numpy_reference(fp16):
+    rng = np.random.default_rng(4)
+    table = rng.standard_normal((100, 64)).astype(np.float32)
+    m = _gather_model(table)
+    g = Graph(m)
+    (node,) = embedding_gathers(m, g)
+    rep = quantize_embedding_int4(m, g, node, block_size=32, fp16_scales=fp16)
+    topological_sort(m)
+    onnx.checker.check_model(m)
+    ops = [n.op_type for n in m.graph.node]
+    assert "GatherBlockQuantized" in ops and "Gather" not in ops
+    packed = next(t for t in m.graph.initializer if t.data_type == TensorProto.INT4)
+    assert len(packed.raw_data) == 100 * 64 // 2                 # really 4 bits per value
+    ids = np.array([[0, 99, 5], [7, 7, 42]], np.int64)
+    got = session(m).run(None, {"ids": ids})[0]
+    b = quantize_blocks_mse(table, 32, np.float16 if fp16 else np.float32)
+    want = np.maximum(gather_block_dequant_ref(b, ids), 0)
+    np.testing.assert_allclose(got, want, rtol=1e-3 if fp16 else 1e-6, atol=1e-3 if fp16 else 1e-6)
+    assert rep["sqnr_db"] > 15                                   # int4 blocks: ~20 dB on gaussians
+
+
+def test_int8_embedding_rows_and_position_table():
+    rng = np.random.default_rng(5)
+    table = rng.standard_normal((50, 16)).astype(np.float32)
+    m = _gather_model(table)
+    g = Graph(m)
+    quantize_embedding_int8(m, g, embedding_gathers(m, g)[0])
+    topological_sort(m)
+    onnx.checker.check_model(m)
+    ids = np.array([[3, 49]], np.int64)
+    q, s = ref.quantize_symmetric_ref(table, axis=0)
+    want = np.maximum(q[ids].astype(np.float32) * s[ids][..., None], 0)
+    np.testing.assert_allclose(session(m).run(None, {"ids": ids})[0], want, rtol=1e-6)
+    # a table read by Slice (position embeddings) gets int8 rows + DequantizeLinear
+    pos = rng.standard_normal((12, 16)).astype(np.float32)
+    gm = helper.make_graph(
+        [helper.make_node("Slice", ["pos", "start", "n"], ["y"])], "pos",
+        [helper.make_tensor_value_info("n", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 16])],
+        [make_init("pos", pos), make_init("start", np.array([0], np.int64))])
+    pm = helper.make_model(gm, opset_imports=[helper.make_opsetid("", 21)])
+    pg = Graph(pm)
+    assert sliced_tables(pm, pg) == ["pos"]
+    quantize_table_int8_dq(pm, pg, "pos")
+    topological_sort(pm)
+    got = session(pm).run(None, {"n": np.array([5], np.int64)})[0]
+    q, s = ref.quantize_symmetric_ref(pos, axis=0)
+    np.testing.assert_allclose(got, (q * s[:, None])[:5], rtol=1e-6)
+
+
+# -- GPTQ ----------------------------------------------------------------------------------
+
+def test_gptq_lowers_output_error_and_runs_as_int4_matmul():
+    rng = np.random.default_rng(6)
+    base = rng.standard_normal((512, 16)).astype(np.float32)
+    x = (base @ rng.standard_normal((16, 64)) + 0.1 * rng.standard_normal((512, 64))).astype(np.float32)
+    w = (rng.standard_normal((64, 24)) * 0.05).astype(np.float32)
+    h = hessian(x)
+    g_b, r_b = gptq_int4(w, h, group_size=32), rtn_int4(w, group_size=32)
+    for b in (g_b, r_b):
+        assert b.q.shape == w.shape and b.scale.shape == (2, 24)
+        assert b.q.min() >= INT4_MIN and b.q.max() <= INT4_MAX
+    y = x @ w
+    err = {k: np.sum((x @ ref.dequantize_blockwise_ref(b) - y) ** 2)
+           for k, b in (("gptq", g_b), ("rtn", r_b))}
+    assert err["gptq"] < 0.8 * err["rtn"]
+    # the codes as a blocked DequantizeLinear in front of a MatMul: onnxruntime fuses the
+    # pair into MatMulNBits, by default at accuracy level 4 (activations quantized to int8
+    # per block, ~1% error); at level 0 it is x @ dequantized(W) to float rounding
+    m = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 24])], [make_init("w", w)]),
+        opset_imports=[helper.make_opsetid("", 21)])
+    m.ir_version = 10
+    g = Graph(m)
+    write_int4_weight(m, g, g.weight_sites()[0], g_b)
+    remove_unused_initializers(m)
+    topological_sort(m)
+    onnx.checker.check_model(m)
+    want = x[:4] @ ref.dequantize_blockwise_ref(g_b)
+    exact = session(m, 1, {"session.qdq_matmulnbits_accuracy_level": "0"}).run(None, {"x": x[:4]})[0]
+    np.testing.assert_allclose(exact, want, rtol=1e-4, atol=1e-4)
+    fast = session(m).run(None, {"x": x[:4]})[0]
+    assert np.abs(fast - want).max() < 0.03 * np.abs(want).max()
+
+
+# -- configs -------------------------------------------------------------------------------
+
+def test_transformer_configs_round_trip_and_reject_nonsense():
+    for cfg in (SmoothQuantInt8Config(alpha=0.6, keep_fp32=2, exclude=("w",)),
+                SmoothQuantInt8Config(), TransformerInt4Config(method="rtn", group_size=64)):
+        assert config_from_dict(config_to_dict(cfg)) == cfg
+    assert TransformerInt4Config(method="rtn", group_size=64).id == "int4-rtn-g64"
+    with pytest.raises(ValueError):
+        SmoothQuantInt8Config(alpha=1.5)
+    with pytest.raises(ValueError):
+        SmoothQuantInt8Config(alpha_grid=(0.5, 2.0))
+    with pytest.raises(ValueError):
+        TransformerInt4Config(group_size=12)
+    with pytest.raises(ValueError):
+        TransformerInt4Config(method="awq")
