@@ -1,10 +1,21 @@
 /* Persistent pthread pool (see threadpool.h).
  *
- * Workers sleep on a condition variable and wake when the job generation changes, so a
- * GEMV of a few microseconds does not pay for thread creation. Only one job runs at a
- * time: a second caller (another Python thread, the GIL is released during compute) that
- * finds the pool busy runs its whole range on its own thread instead of waiting. After
- * fork() the child starts with no workers and creates them again on first use. */
+ * Work is handed out dynamically: [0, count) is cut into chunks (a few per thread) that the
+ * caller and the workers claim with an atomic counter. The caller always works too, and it
+ * only waits for chunks a worker has actually claimed: on a busy machine a worker that is
+ * not scheduled in time simply gets nothing, instead of the caller sleeping until the
+ * kernel gives that worker a core (with a static split that wait is often far longer than
+ * the whole GEMV).
+ *
+ * Protocol per job: the caller publishes it (generation++) with `open` = 1; a worker joins
+ * only while the job is open (under the lock, joined++), claims chunks, and leaves
+ * (joined--). When the caller runs out of chunks it closes the job and waits for joined to
+ * reach zero, so no worker touches the job (which lives on the caller's stack) afterwards.
+ *
+ * Workers spin briefly before sleeping, so back-to-back calls (one per layer) do not pay a
+ * futex wake-up each. Only one job runs at a time: a second caller (another Python thread;
+ * the GIL is released) that finds the pool busy runs its whole range itself. After fork()
+ * the child starts with no workers and creates them again on first use. */
 #include "threadpool.h"
 
 #include <pthread.h>
@@ -13,37 +24,28 @@
 #include <unistd.h>
 
 #define EF_MAX_THREADS 64
+#define EF_CHUNKS_PER_THREAD 8 /* small claims: a preempted worker holds back little */
 #define EF_MIN_COST_PER_THREAD ((size_t)1 << 17) /* ~128K multiply-adds, ~5-10 us */
+#define EF_SPIN_POLLS 20000
 #define EF_MAX(a, b) ((a) > (b) ? (a) : (b))
 
 static struct {
-  pthread_mutex_t lock;      /* guards everything below */
+  pthread_mutex_t lock;      /* guards the fields below except the atomics */
   pthread_cond_t wake;       /* generation changed */
-  pthread_cond_t done;       /* pending reached zero */
+  pthread_cond_t done;       /* joined reached zero */
   pthread_mutex_t call_lock; /* held by the caller that owns the running job */
   int started;               /* worker threads created so far */
-  int threads;               /* threads a job uses, caller included */
-  uint64_t generation;
+  int threads;               /* threads a job may use, caller included */
+  uint64_t generation;       /* atomic reads while spinning */
+  int open;                  /* the current job still accepts workers */
+  int joined;                /* workers inside the current job */
+  int max_join;              /* workers the current job may use (threads - 1) */
   ef_range_fn fn;
   void* ctx;
-  size_t count;
-  int job_threads;
-  int pending;
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
-          PTHREAD_MUTEX_INITIALIZER, 0, 0, 0, NULL, NULL, 0, 0, 0};
-
-static uint64_t start_generation[EF_MAX_THREADS];
-
-static void run_part(ef_range_fn fn, void* ctx, size_t count, int part, int parts) {
-  size_t begin = count * (size_t)part / (size_t)parts;
-  size_t end = count * (size_t)(part + 1) / (size_t)parts;
-  if (begin < end) fn(ctx, begin, end);
-}
-
-/* Spin this many polls before sleeping: on a busy machine a futex wake-up can take tens of
- * microseconds, longer than a whole small GEMV, while back-to-back kernel calls (one per
- * layer) arrive well within the spin window. */
-#define EF_SPIN_POLLS 20000
+  size_t count, chunks;
+  size_t next_chunk; /* atomic */
+} pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER, .done = PTHREAD_COND_INITIALIZER,
+          .call_lock = PTHREAD_MUTEX_INITIALIZER};
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -53,27 +55,35 @@ static inline void cpu_relax(void) {
 #endif
 }
 
+/* Claims and runs chunks until none is left. */
+static void run_chunks(ef_range_fn fn, void* ctx, size_t count, size_t chunks) {
+  for (;;) {
+    const size_t c = __atomic_fetch_add(&pool.next_chunk, 1, __ATOMIC_RELAXED);
+    if (c >= chunks) return;
+    const size_t begin = count * c / chunks, end = count * (c + 1) / chunks;
+    if (begin < end) fn(ctx, begin, end);
+  }
+}
+
 static void* worker_main(void* arg) {
-  const int id = (int)(intptr_t)arg; /* workers are parts 1..threads-1 */
+  uint64_t seen = (uint64_t)(uintptr_t)arg; /* generation when created: only newer jobs count */
   pthread_mutex_lock(&pool.lock);
-  /* The generation when this worker was created, not when it first runs: the job that
-   * created it may already have been published by the time it takes the lock. */
-  uint64_t seen = start_generation[id];
   for (;;) {
     pthread_mutex_unlock(&pool.lock);
     for (int i = 0; i < EF_SPIN_POLLS && __atomic_load_n(&pool.generation, __ATOMIC_ACQUIRE) == seen; i++) cpu_relax();
     pthread_mutex_lock(&pool.lock);
     while (pool.generation == seen) pthread_cond_wait(&pool.wake, &pool.lock);
     seen = pool.generation;
-    const int parts = pool.job_threads;
-    if (id >= parts) continue; /* not needed for this job */
+    /* woke too late (the caller already finished) or the job needs fewer threads */
+    if (!pool.open || pool.joined >= pool.max_join) continue;
+    pool.joined++;
     ef_range_fn fn = pool.fn;
     void* ctx = pool.ctx;
-    size_t count = pool.count;
+    const size_t count = pool.count, chunks = pool.chunks;
     pthread_mutex_unlock(&pool.lock);
-    run_part(fn, ctx, count, id, parts);
+    run_chunks(fn, ctx, count, chunks);
     pthread_mutex_lock(&pool.lock);
-    if (__atomic_sub_fetch(&pool.pending, 1, __ATOMIC_ACQ_REL) == 0) pthread_cond_signal(&pool.done);
+    if (--pool.joined == 0 && !pool.open) pthread_cond_signal(&pool.done);
   }
   return NULL;
 }
@@ -85,7 +95,8 @@ static void reset_after_fork(void) {
   pthread_cond_init(&pool.wake, NULL);
   pthread_cond_init(&pool.done, NULL);
   pool.started = 0;
-  pool.pending = 0;
+  pool.open = 0;
+  pool.joined = 0;
 }
 
 static int default_threads(void) {
@@ -112,7 +123,7 @@ int ef_get_num_threads(void) {
   return n;
 }
 
-/* Create workers up to threads-1; returns how many threads a job may use. */
+/* Creates workers up to threads - 1 (lock held); returns the threads a job may use. */
 static int ensure_workers(int threads) {
   pthread_once(&atfork_once, register_atfork);
   while (pool.started < threads - 1) {
@@ -120,8 +131,7 @@ static int ensure_workers(int threads) {
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    start_generation[pool.started + 1] = pool.generation;
-    int rc = pthread_create(&t, &attr, worker_main, (void*)(intptr_t)(pool.started + 1));
+    int rc = pthread_create(&t, &attr, worker_main, (void*)(uintptr_t)pool.generation);
     pthread_attr_destroy(&attr);
     if (rc != 0) break; /* run with the workers we have */
     pool.started++;
@@ -141,22 +151,28 @@ void ef_parallel_for(size_t count, size_t cost_per_item, ef_range_fn fn, void* c
     fn(ctx, 0, count);
     return;
   }
+  size_t chunks = (size_t)threads * EF_CHUNKS_PER_THREAD;
+  if (chunks > count) chunks = count;
+
   pthread_mutex_lock(&pool.lock);
   threads = ensure_workers(threads);
   pool.fn = fn;
   pool.ctx = ctx;
   pool.count = count;
-  pool.job_threads = threads;
-  pool.pending = threads - 1;
+  pool.chunks = chunks;
+  __atomic_store_n(&pool.next_chunk, 0, __ATOMIC_RELAXED);
+  pool.open = 1;
+  pool.joined = 0;
+  pool.max_join = threads - 1;
   __atomic_add_fetch(&pool.generation, 1, __ATOMIC_RELEASE);
   pthread_cond_broadcast(&pool.wake);
   pthread_mutex_unlock(&pool.lock);
 
-  run_part(fn, ctx, count, 0, threads);
+  run_chunks(fn, ctx, count, chunks);
 
-  for (int i = 0; i < EF_SPIN_POLLS && __atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE) > 0; i++) cpu_relax();
   pthread_mutex_lock(&pool.lock);
-  while (pool.pending > 0) pthread_cond_wait(&pool.done, &pool.lock);
+  pool.open = 0; /* late workers skip this job */
+  while (pool.joined > 0) pthread_cond_wait(&pool.done, &pool.lock);
   pthread_mutex_unlock(&pool.lock);
   pthread_mutex_unlock(&pool.call_lock);
 }

@@ -239,3 +239,31 @@ def test_relu6_activation_clamps():
         assert y.min() >= 0 and y.max() <= 6
     with pytest.raises(ValueError, match="activation must be"):
         kernels.qs8_linear(a, 0.05, 0, packed, activation="gelu")
+
+
+# ------------------------------------------------------------------ thread pool
+
+
+def test_concurrent_callers_and_fork_get_correct_results():
+    """Several Python threads share the pool (the GIL is released); a forked child recreates it."""
+    import concurrent.futures
+    import os
+
+    rng = np.random.default_rng(9)
+    a, a_scale, a_zp, w, w_scale, wz, b = _case(rng, 3, 700, 400, True, True)
+    packed = kernels.pack_qs8(w, w_scale, wz, b)
+    want = quant.qs8_gemm_ref(a, a_scale, a_zp, w, w_scale, wz, b)
+    kernels.set_num_threads(2)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as ex:
+            results = list(ex.map(lambda _: kernels.qs8_linear(a, a_scale, a_zp, packed), range(16)))
+        for got in results:
+            assert_bitexact(got, want, "concurrent")
+        pid = os.fork()
+        if pid == 0:  # child: exit code says whether the kernels still work after fork
+            ok = np.array_equal(kernels.qs8_linear(a, a_scale, a_zp, packed), want)
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        kernels.set_num_threads(0)
