@@ -54,13 +54,14 @@ __all__ = [
 
 
 def cpu_features() -> dict:
-    """Detected CPU features ({'avx2': bool, 'neon': bool, 'machine': str}) plus the ISA
+    """Detected CPU features ({'avx2': bool, 'avxvnni': bool, 'neon': bool, 'machine': str}) plus the ISA
     the dispatcher uses now ('isa') and the thread count ('threads')."""
     return _kernels.cpu_features()
 
 
 def set_isa(name: str) -> None:
-    """Restrict dispatch: 'auto' (best available), 'scalar' (portable reference), 'avx2', 'neon'.
+    """Restrict dispatch: 'auto' (best available), 'scalar' (portable reference), 'avx2' (AVX2
+    kernels only), 'avxvnni' (AVX2 plus the VNNI int8 GEMM), 'neon'.
     Raises ValueError for an unknown name or an ISA this CPU lacks."""
     if not isinstance(name, str):
         raise TypeError(f"ISA name must be a str, got {type(name).__name__}")
@@ -72,9 +73,9 @@ def get_isa() -> str:
 
 
 def available_isas() -> list[str]:
-    """ISAs this CPU can run, reference first: e.g. ['scalar', 'avx2']."""
+    """ISAs this CPU can run, reference first: e.g. ['scalar', 'avx2', 'avxvnni']."""
     f = _kernels.cpu_features()
-    return ["scalar"] + [isa for isa in ("avx2", "neon") if f[isa]]
+    return ["scalar"] + [isa for isa in ("avx2", "avxvnni", "neon") if f[isa]]
 
 
 @contextlib.contextmanager

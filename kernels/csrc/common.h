@@ -18,6 +18,7 @@ enum {
   EF_ARCH_SCALAR = 0,
   EF_ARCH_X86_AVX2 = 1u << 0, /* AVX2 + FMA (+F16C): Haswell / Zen 1 and later */
   EF_ARCH_ARM_NEON = 1u << 1, /* aarch64 Advanced SIMD (always present on aarch64) */
+  EF_ARCH_X86_AVXVNNI = 1u << 2, /* AVX-VNNI (vpdpbusd on 256-bit registers): Alder Lake, Sapphire Rapids, Zen 5 */
 };
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -25,6 +26,7 @@ enum {
 /* AVX2 code is compiled per function, so one binary runs on any x86-64 and the dispatcher
  * only calls these functions when cpuid says the CPU has AVX2 and FMA. */
 #define EF_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define EF_TARGET_AVXVNNI __attribute__((target("avx2,fma,f16c,avxvnni")))
 #else
 #define EF_ARCH_X86 0
 #endif
@@ -45,7 +47,7 @@ enum {
  * (EDGEFLEET_KERNELS_ISA env var or ef_set_isa()). Dispatchers consult ef_arch_flags(). */
 uint32_t ef_arch_flags(void);
 uint32_t ef_arch_flags_detected(void);
-/* name: "auto", "scalar", "avx2", "neon". Returns 0 on success, -1 if unknown, -2 if the
+/* name: "auto", "scalar", "avx2", "avxvnni", "neon" ("avx2" excludes the VNNI kernels). Returns 0 on success, -1 if unknown, -2 if the
  * CPU (or this build) cannot run it. */
 int ef_set_isa(const char* name);
 const char* ef_isa_name(void); /* name of the best ISA in the current mask */

@@ -20,6 +20,7 @@ static uint32_t detect_cpu(void) {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
     flags |= EF_ARCH_X86_AVX2;
+    if (__builtin_cpu_supports("avxvnni")) flags |= EF_ARCH_X86_AVXVNNI;
   }
 #endif
 #if EF_ARCH_ARM64
@@ -33,6 +34,7 @@ static int mask_for_name(const char* name, uint32_t* mask) {
   if (name == NULL || strcmp(name, "auto") == 0 || name[0] == '\0') { *mask = UINT32_MAX; return 0; }
   if (strcmp(name, "scalar") == 0) { *mask = EF_ARCH_SCALAR; return 0; }
   if (strcmp(name, "avx2") == 0) { *mask = EF_ARCH_X86_AVX2; return 0; }
+  if (strcmp(name, "avxvnni") == 0) { *mask = EF_ARCH_X86_AVX2 | EF_ARCH_X86_AVXVNNI; return 0; }
   if (strcmp(name, "neon") == 0) { *mask = EF_ARCH_ARM_NEON; return 0; }
   return -1;
 }
@@ -63,6 +65,7 @@ int ef_set_isa(const char* name) {
 
 const char* ef_isa_name(void) {
   uint32_t flags = ef_arch_flags();
+  if (flags & EF_ARCH_X86_AVXVNNI) return "avxvnni";
   if (flags & EF_ARCH_X86_AVX2) return "avx2";
   if (flags & EF_ARCH_ARM_NEON) return "neon";
   return "scalar";

@@ -210,13 +210,18 @@ static void test_dwconv(const ef_conv_config* cfg, int q8, size_t h, size_t w, s
 
 int main(void) {
   const uint32_t flags = ef_arch_flags_detected();
-  const ef_qs8_gemm_config* qs8[2] = {NULL, NULL};
-  const ef_qb_gemm_config* qb[2] = {NULL, NULL};
-  const ef_sparse_config* sp[2] = {NULL, NULL};
-  const ef_conv_config* cv[2] = {NULL, NULL};
-  const ef_f32_gemm_config* f32[2] = {NULL, NULL};
+  const ef_qs8_gemm_config* qs8[3] = {NULL, NULL, NULL};
+  const ef_qb_gemm_config* qb[3] = {NULL, NULL, NULL};
+  const ef_sparse_config* sp[3] = {NULL, NULL, NULL};
+  const ef_conv_config* cv[3] = {NULL, NULL, NULL};
+  const ef_f32_gemm_config* f32[3] = {NULL, NULL, NULL};
   int nconf = 0;
 #if EF_ARCH_X86
+  if (flags & EF_ARCH_X86_AVXVNNI) { /* only qs8 has VNNI kernels; the rest repeat AVX2 */
+    qs8[nconf] = &ef_qs8_gemm_config_avxvnni; qb[nconf] = &ef_qb_gemm_config_avx2;
+    sp[nconf] = &ef_sparse_config_avx2; cv[nconf] = &ef_conv_config_avx2;
+    f32[nconf] = &ef_f32_gemm_config_avx2; nconf++;
+  }
   if (flags & EF_ARCH_X86_AVX2) {
     qs8[nconf] = &ef_qs8_gemm_config_avx2; qb[nconf] = &ef_qb_gemm_config_avx2;
     sp[nconf] = &ef_sparse_config_avx2; cv[nconf] = &ef_conv_config_avx2;

@@ -9,7 +9,7 @@ import pytest
 
 import kernels
 
-ALL_ISAS = ("scalar", "avx2", "neon")
+ALL_ISAS = ("scalar", "avx2", "avxvnni", "neon")
 
 
 def isa_params():

@@ -18,47 +18,7 @@
 #if EF_ARCH_X86
 #include <immintrin.h>
 
-/* Epilogue for 8 columns of one row: zero-point correction, scale, bias, ReLU, store. */
-EF_INLINE EF_TARGET_AVX2 void store_8(__m256i raw, size_t col0, size_t nc, int32_t a_zp, float a_scale,
-                                      int32_t rowsum, const uint8_t* block, void* c, const ef_qs8_gemm_params* p,
-                                      int8_t* q_tmp) {
-  const int32_t* colsum = (const int32_t*)block + col0;
-  const int32_t* w_zp = (const int32_t*)block + EF_QS8_NR + col0;
-  const float* w_scale = (const float*)block + 2 * EF_QS8_NR + col0;
-  const float* bias = (const float*)block + 3 * EF_QS8_NR + col0;
-
-  /* acc = raw - a_zp*colsum - w_zp*rowsum + K*a_zp*w_zp   (wrapping, as ef_qs8_correct) */
-  const __m256i vzp = _mm256_loadu_si256((const __m256i*)w_zp);
-  __m256i acc = _mm256_sub_epi32(raw, _mm256_mullo_epi32(_mm256_set1_epi32(a_zp), _mm256_loadu_si256((const __m256i*)colsum)));
-  acc = _mm256_sub_epi32(acc, _mm256_mullo_epi32(vzp, _mm256_set1_epi32(rowsum)));
-  acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(vzp, _mm256_set1_epi32((int32_t)((uint32_t)p->k * (uint32_t)a_zp))));
-
-  /* y = (float)acc * (a_scale * w_scale) + bias: the same two roundings as ef_qs8_dequant. */
-  const __m256 s = _mm256_mul_ps(_mm256_set1_ps(a_scale), _mm256_loadu_ps(w_scale));
-  __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc), s), _mm256_loadu_ps(bias));
-  y = _mm256_min_ps(_mm256_max_ps(y, _mm256_set1_ps(p->out_min)), _mm256_set1_ps(p->out_max));
-
-  if (!p->out_int8) {
-    if (nc >= 8) {
-      _mm256_storeu_ps((float*)c, y);
-    } else {
-      float tmp[8];
-      _mm256_storeu_ps(tmp, y);
-      memcpy(c, tmp, nc * sizeof(float));
-    }
-    return;
-  }
-  /* Requantize: clamp in float (NaN -> low bound, like the scalar code), round to nearest
-   * even with cvtps, add the zero point; values are in [-128, 127] so the packs are exact. */
-  __m256 t = _mm256_mul_ps(y, _mm256_set1_ps(p->out_inv_scale));
-  t = _mm256_max_ps(t, _mm256_set1_ps((float)(-128 - p->out_zp)));
-  t = _mm256_min_ps(t, _mm256_set1_ps((float)(127 - p->out_zp)));
-  __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(t), _mm256_set1_epi32(p->out_zp));
-  __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-  __m128i q8 = _mm_packs_epi16(q16, q16);
-  _mm_storel_epi64((__m128i*)q_tmp, q8);
-  memcpy(c, q_tmp, EF_MIN(nc, 8));
-}
+#include "qs8-gemm/avx2-epilogue.h"
 
 EF_INLINE EF_TARGET_AVX2 void gemm_tile(const size_t MR, size_t nc, size_t kp, const int16_t* a, size_t a_stride,
                                         const int32_t* a_zp, const float* a_scale, const int32_t* a_rowsum,
@@ -83,17 +43,17 @@ EF_INLINE EF_TARGET_AVX2 void gemm_tile(const size_t MR, size_t nc, size_t kp, c
   int8_t q_tmp[16];
   for (size_t r = 0; r < MR; r++) {
     uint8_t* crow = (uint8_t*)c + r * c_stride * elem;
-    store_8(acc_lo[r], 0, nc, a_zp[r], a_scale[r], a_rowsum[r], block, crow, p, q_tmp);
-    if (nc > 8) store_8(acc_hi[r], 8, nc - 8, a_zp[r], a_scale[r], a_rowsum[r], block, crow + 8 * elem, p, q_tmp);
+    ef_qs8_store_8__avx2(acc_lo[r], 0, nc, a_zp[r], a_scale[r], a_rowsum[r], block, crow, p, q_tmp);
+    if (nc > 8) ef_qs8_store_8__avx2(acc_hi[r], 8, nc - 8, a_zp[r], a_scale[r], a_rowsum[r], block, crow + 8 * elem, p, q_tmp);
   }
 }
 
 #define DEFINE_KERNEL(MR)                                                                                         \
   static EF_TARGET_AVX2 void ef_qs8_qc8w_gemm_minmax_ukernel_##MR##x16c2__avx2(                                  \
-      size_t mr, size_t nc, size_t kp, const int16_t* a, size_t a_stride, const int32_t* a_zp,                  \
+      size_t mr, size_t nc, size_t kp, const void* a_, size_t a_stride, const int32_t* a_zp,                  \
       const float* a_scale, const int32_t* a_rowsum, const uint8_t* block, void* c, size_t c_stride,            \
       const ef_qs8_gemm_params* p) {                                                                              \
-    gemm_tile(MR, nc, kp, a, a_stride, a_zp, a_scale, a_rowsum, block, c, c_stride, p);                         \
+    gemm_tile(MR, nc, kp, (const int16_t*)a_, a_stride, a_zp, a_scale, a_rowsum, block, c, c_stride, p);         \
   }
 DEFINE_KERNEL(1)
 DEFINE_KERNEL(2)

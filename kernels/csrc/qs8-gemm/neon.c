@@ -50,10 +50,10 @@ EF_INLINE void gemm_tile(const size_t MR, size_t nc, size_t kp, const int16_t* a
 
 #define DEFINE_KERNEL(MR)                                                                                       \
   static void ef_qs8_qc8w_gemm_minmax_ukernel_##MR##x16c2__neon(                                                \
-      size_t mr, size_t nc, size_t kp, const int16_t* a, size_t a_stride, const int32_t* a_zp,                \
+      size_t mr, size_t nc, size_t kp, const void* a_, size_t a_stride, const int32_t* a_zp,                \
       const float* a_scale, const int32_t* a_rowsum, const uint8_t* block, void* c, size_t c_stride,          \
       const ef_qs8_gemm_params* p) {                                                                            \
-    gemm_tile(MR, nc, kp, a, a_stride, a_zp, a_scale, a_rowsum, block, c, c_stride, p);                       \
+    gemm_tile(MR, nc, kp, (const int16_t*)a_, a_stride, a_zp, a_scale, a_rowsum, block, c, c_stride, p);       \
   }
 DEFINE_KERNEL(1)
 DEFINE_KERNEL(2)

@@ -10,6 +10,7 @@
 const ef_qs8_gemm_config* ef_qs8_gemm_select(void) {
   const uint32_t flags = ef_arch_flags();
 #if EF_ARCH_X86
+  if (flags & EF_ARCH_X86_AVXVNNI) return &ef_qs8_gemm_config_avxvnni;
   if (flags & EF_ARCH_X86_AVX2) return &ef_qs8_gemm_config_avx2;
 #endif
 #if EF_ARCH_ARM64
@@ -65,7 +66,7 @@ void ef_qs8_packed_free(ef_qs8_packed* p) {
 typedef struct {
   const ef_qs8_gemm_config* config;
   size_t m;
-  const int16_t* a16;
+  const uint8_t* a_prep; /* int16 or uint8 rows of kp elements (config->a_u8) */
   const int32_t* a_zp;
   const float* a_scale;
   const int32_t* rowsum;
@@ -87,7 +88,8 @@ static void gemm_range(void* ctx, size_t begin, size_t end) {
     const size_t nc = EF_MIN(EF_QS8_NR, j->w->n - n0);
     for (size_t m0 = 0; m0 < j->m; m0 += mr_max) {
       const size_t mr = EF_MIN(mr_max, j->m - m0);
-      j->config->ukernel[mr - 1](mr, nc, kp, j->a16 + m0 * kp, kp, j->a_zp + m0, j->a_scale + m0, j->rowsum + m0,
+      const size_t a_elem = j->config->a_u8 ? 1 : sizeof(int16_t);
+      j->config->ukernel[mr - 1](mr, nc, kp, j->a_prep + m0 * kp * a_elem, kp, j->a_zp + m0, j->a_scale + m0, j->rowsum + m0,
                                  block, (uint8_t*)j->c + (m0 * j->w->n + n0) * j->elem, j->w->n, j->params);
     }
   }
@@ -98,25 +100,36 @@ int ef_qs8_gemm(const ef_qs8_gemm_config* config, size_t m, const int8_t* a, con
   if (config == NULL) config = ef_qs8_gemm_select();
   if (m == 0) return 0;
   const size_t k = w->k, kp = w->kp;
-  /* Activations are widened to int16 once per call (O(MK), against O(MNK) for the GEMM):
-   * every kernel then multiplies int16 pairs, and the row sums come for free. */
-  int16_t* a16 = ef_aligned_alloc(m * kp * sizeof(int16_t) + m * sizeof(int32_t));
-  if (a16 == NULL) return -2;
-  int32_t* rowsum = (int32_t*)(a16 + m * kp);
+  /* Activations are prepared once per call (O(MK), against O(MNK) for the GEMM): widened to
+   * int16 for kernels that multiply int16 pairs, or offset to uint8 (a + 128) for the VNNI
+   * kernels; the row sums come for free. Padding past K multiplies zero weights. */
+  const size_t a_elem = config->a_u8 ? 1 : sizeof(int16_t);
+  uint8_t* a_prep = ef_aligned_alloc(EF_ROUND_UP(m * kp * a_elem, 4) + m * sizeof(int32_t));
+  if (a_prep == NULL) return -2;
+  int32_t* rowsum = (int32_t*)(a_prep + EF_ROUND_UP(m * kp * a_elem, 4));
   for (size_t r = 0; r < m; r++) {
     const int8_t* src = a + r * k;
-    int16_t* dst = a16 + r * kp;
     int32_t sum = 0;
-    for (size_t kk = 0; kk < k; kk++) {
-      dst[kk] = src[kk];
-      sum += src[kk];
+    if (config->a_u8) {
+      uint8_t* dst = a_prep + r * kp;
+      for (size_t kk = 0; kk < k; kk++) {
+        dst[kk] = (uint8_t)(src[kk] + 128);
+        sum += src[kk];
+      }
+      for (size_t kk = k; kk < kp; kk++) dst[kk] = 128;
+    } else {
+      int16_t* dst = (int16_t*)a_prep + r * kp;
+      for (size_t kk = 0; kk < k; kk++) {
+        dst[kk] = src[kk];
+        sum += src[kk];
+      }
+      for (size_t kk = k; kk < kp; kk++) dst[kk] = 0;
     }
-    for (size_t kk = k; kk < kp; kk++) dst[kk] = 0;
     rowsum[r] = sum;
   }
-  gemm_job job = {config, m, a16, a_zp, a_scale, rowsum, w, c, params->out_int8 ? 1 : sizeof(float), params};
+  gemm_job job = {config, m, a_prep, a_zp, a_scale, rowsum, w, c, params->out_int8 ? 1 : sizeof(float), params};
   ef_parallel_for(w->n_blocks, m * kp * EF_QS8_NR, gemm_range, &job);
-  ef_aligned_free(a16);
+  ef_aligned_free(a_prep);
   return 0;
 }
 

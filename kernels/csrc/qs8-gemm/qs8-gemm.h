@@ -56,11 +56,13 @@ typedef struct ef_qs8_gemm_params {
 } ef_qs8_gemm_params;
 
 /* Computes an mr x nc tile (mr <= MR of the kernel, nc <= 16) of the output.
- *   a       int16 activations (int8 values sign-extended, K zero-padded to kp), row stride a_stride
+ *   a       prepared activations, K zero-padded to kp, row stride a_stride elements: int16
+ *           (int8 values sign-extended) for most kernels; uint8 a + 128 for the VNNI ones
+ *           (config.a_u8), whose u8 x s8 dot products are exact and corrected by 128*colsum
  *   a_zp, a_scale, a_rowsum: per-row arrays for these mr rows
  *   block   one packed block (header + weights)
  *   c       output tile start (float* or int8_t*), row stride c_stride elements */
-typedef void (*ef_qs8_gemm_ukernel_fn)(size_t mr, size_t nc, size_t kp, const int16_t* a, size_t a_stride,
+typedef void (*ef_qs8_gemm_ukernel_fn)(size_t mr, size_t nc, size_t kp, const void* a, size_t a_stride,
                                         const int32_t* a_zp, const float* a_scale, const int32_t* a_rowsum,
                                         const uint8_t* block, void* c, size_t c_stride,
                                         const ef_qs8_gemm_params* params);
@@ -70,18 +72,20 @@ typedef struct ef_qs8_gemm_config {
   const char* isa;
   uint32_t arch_flags;
   size_t mr;
+  int a_u8; /* activations prepared as uint8 (a + 128) instead of int16 */
   ef_qs8_gemm_ukernel_fn ukernel[EF_QS8_MR_MAX];
 } ef_qs8_gemm_config;
 
 extern const ef_qs8_gemm_config ef_qs8_gemm_config_scalar;
 #if EF_ARCH_X86
 extern const ef_qs8_gemm_config ef_qs8_gemm_config_avx2;
+extern const ef_qs8_gemm_config ef_qs8_gemm_config_avxvnni;
 #endif
 #if EF_ARCH_ARM64
 extern const ef_qs8_gemm_config ef_qs8_gemm_config_neon;
 #endif
 
-/* Best config the current arch flags allow (avx2 -> neon -> scalar). */
+/* Best config the current arch flags allow (avxvnni -> avx2 -> neon -> scalar). */
 const ef_qs8_gemm_config* ef_qs8_gemm_select(void);
 
 /* Packing and the operator (operator.c). Return 0 or a negative error. */

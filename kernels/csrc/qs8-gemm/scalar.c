@@ -3,7 +3,7 @@
 #include "qs8-gemm.h"
 
 static void ef_qs8_qc8w_gemm_minmax_ukernel_4x16c2__scalar(
-    size_t mr, size_t nc, size_t kp, const int16_t* a, size_t a_stride, const int32_t* a_zp,
+    size_t mr, size_t nc, size_t kp, const void* a_, size_t a_stride, const int32_t* a_zp,
     const float* a_scale, const int32_t* a_rowsum, const uint8_t* block, void* c, size_t c_stride,
     const ef_qs8_gemm_params* p) {
   const int32_t* colsum = (const int32_t*)block;
@@ -11,6 +11,7 @@ static void ef_qs8_qc8w_gemm_minmax_ukernel_4x16c2__scalar(
   const float* w_scale = (const float*)(w_zp + EF_QS8_NR);
   const float* bias = w_scale + EF_QS8_NR;
   const int8_t* w = (const int8_t*)(block + EF_QS8_BLOCK_HEADER_BYTES);
+  const int16_t* a = a_;
 
   for (size_t r = 0; r < mr; r++) {
     const int16_t* arow = a + r * a_stride;
