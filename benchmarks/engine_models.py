@@ -55,3 +55,35 @@ def digits_variants(epochs: int = 2) -> tuple[dict[str, bytes], np.ndarray]:
     }
     inputs = ex.heldout[0][:32].astype(np.float32)
     return {k: v.SerializeToString() for k, v in variants.items()}, np.ascontiguousarray(inputs)
+
+
+@functools.lru_cache(maxsize=1)
+def minilm_variants(seq_len: int = 32) -> tuple[dict[str, bytes], dict[str, np.ndarray]] | None:
+    """{variant id: ONNX bytes} for all-MiniLM-L6-v2 (fp32 export, and onnxruntime's
+    quantize_dynamic of it: per-channel QInt8 weights, MatMulInteger) and one tokenized
+    sentence of `seq_len` tokens; None when the weights package is not installed."""
+    import os
+    import tempfile
+
+    from compressor.models.minilm import ModelUnavailable, load_minilm, load_tokenizer
+    from compressor.transformer.export import export_encoder
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    try:
+        model, tok = load_minilm(), load_tokenizer()
+    except ModelUnavailable:
+        return None
+    sentences = ["edge devices run compressed sentence encoders next to the sensors that need them",
+                 "a second sentence, because the exporter needs a batch of two"]
+    ids, mask = tok.encode(sentences, seq_len=seq_len)
+    fp32 = export_encoder(model, ids, mask)
+    ids, mask = ids[:1], mask[:1]
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
+        with open(src, "wb") as f:
+            f.write(fp32.SerializeToString())
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True)
+        with open(dst, "rb") as f:
+            int8 = f.read()
+    feeds = {"input_ids": np.ascontiguousarray(ids, np.int64), "attention_mask": np.ascontiguousarray(mask, np.int64)}
+    return {"fp32": fp32.SerializeToString(), "int8-dynamic": int8}, feeds

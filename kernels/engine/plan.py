@@ -129,21 +129,22 @@ class Plan:
         self.shapes = dict(shapes)
 
     def profile(self, feeds: dict[str, np.ndarray], runs: int) -> dict[str, float]:
-        """Seconds per run spent in each op kind (steps timed one by one)."""
+        """Median seconds per run spent in each op kind (steps timed one by one)."""
         import time
 
-        per_op = np.zeros(len(self.ops))
-        for _ in range(runs):
+        per_run = np.zeros((runs, len(self.ops)))
+        for r in range(runs):
             for name, buf in self.input_buffers:
                 np.copyto(buf, feeds[name])
             for step, i in zip(self.steps, self.step_ops):
                 t0 = time.perf_counter()
                 step()
-                per_op[i] += time.perf_counter() - t0
-        kinds: dict[str, float] = {}
+                per_run[r, i] += time.perf_counter() - t0
+        kinds: dict[str, np.ndarray] = {}
         for i, op in enumerate(self.ops):
-            kinds[op.kind] = kinds.get(op.kind, 0.0) + per_op[i] / runs
-        return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+            kinds[op.kind] = kinds.get(op.kind, 0.0) + per_run[:, i]
+        medians = {k: float(np.median(v)) for k, v in kinds.items()}
+        return dict(sorted(medians.items(), key=lambda kv: -kv[1]))
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for name, buf in self.input_buffers:

@@ -161,3 +161,45 @@ def test_engine_does_not_import_onnx_or_torch():
 def test_generated_proto_code_is_up_to_date():
     from kernels.engine import codegen
     assert codegen.stale_files() == []
+
+
+# ----------------------------------------------------------------------------- MiniLM-L6
+
+MINILM_FP32_ATOL = 2e-5        # unit-norm embedding; observed ~2e-7
+MINILM_INT8_COS_ORT = 0.98     # we quantize activations per row, onnxruntime per tensor (observed 0.989)
+MINILM_INT8_COS_FP32 = 0.995   # ours against the fp32 model (observed 0.9988; onnxruntime's: 0.990)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    pytest.importorskip("safetensors")
+    from benchmarks.engine_models import minilm_variants
+    variants = minilm_variants()
+    if variants is None:
+        pytest.skip("all-MiniLM-L6-v2 weights are not installed")
+    return variants
+
+
+def _cos(a, b):
+    a, b = a.reshape(-1).astype(np.float64), b.reshape(-1).astype(np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_minilm_fp32_matches_onnxruntime(minilm):
+    models, feeds = minilm
+    ours = Model(models["fp32"]).run(feeds)["sentence_embedding"]
+    ref = ort.InferenceSession(models["fp32"], providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=MINILM_FP32_ATOL)
+
+
+def test_minilm_dynamic_int8(minilm):
+    models, feeds = minilm
+    model = Model(models["int8-dynamic"])
+    assert model.op_kinds()["dense[qd8]"] == 36          # every Linear on the int8 kernel
+    ours = model.run(feeds)["sentence_embedding"]
+    theirs = ort.InferenceSession(models["int8-dynamic"], providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    fp32 = ort.InferenceSession(models["fp32"], providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert _cos(ours, theirs) >= MINILM_INT8_COS_ORT
+    assert _cos(ours, fp32) >= MINILM_INT8_COS_FP32
+    ref = model.run_reference(feeds)["sentence_embedding"]   # same integer math in numpy
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-5)
