@@ -217,8 +217,8 @@ int main(void) {
   const ef_f32_gemm_config* f32[3] = {NULL, NULL, NULL};
   int nconf = 0;
 #if EF_ARCH_X86
-  if (flags & EF_ARCH_X86_AVXVNNI) { /* only qs8 has VNNI kernels; the rest repeat AVX2 */
-    qs8[nconf] = &ef_qs8_gemm_config_avxvnni; qb[nconf] = &ef_qb_gemm_config_avx2;
+  if (flags & EF_ARCH_X86_AVXVNNI) { /* qs8 and qb have VNNI kernels; the rest repeat AVX2 */
+    qs8[nconf] = &ef_qs8_gemm_config_avxvnni; qb[nconf] = &ef_qb_gemm_config_avxvnni;
     sp[nconf] = &ef_sparse_config_avx2; cv[nconf] = &ef_conv_config_avx2;
     f32[nconf] = &ef_f32_gemm_config_avx2; nconf++;
   }

@@ -10,6 +10,7 @@
 const ef_qb_gemm_config* ef_qb_gemm_select(void) {
   const uint32_t flags = ef_arch_flags();
 #if EF_ARCH_X86
+  if (flags & EF_ARCH_X86_AVXVNNI) return &ef_qb_gemm_config_avxvnni;
   if (flags & EF_ARCH_X86_AVX2) return &ef_qb_gemm_config_avx2;
 #endif
 #if EF_ARCH_ARM64

@@ -44,6 +44,7 @@ typedef struct ef_qb_gemm_config {
 extern const ef_qb_gemm_config ef_qb_gemm_config_scalar;
 #if EF_ARCH_X86
 extern const ef_qb_gemm_config ef_qb_gemm_config_avx2;
+extern const ef_qb_gemm_config ef_qb_gemm_config_avxvnni;
 #endif
 #if EF_ARCH_ARM64
 extern const ef_qb_gemm_config ef_qb_gemm_config_neon;
