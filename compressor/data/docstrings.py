@@ -17,6 +17,7 @@ import hashlib
 import importlib
 import inspect
 import re
+import warnings
 
 # Modules rich in prose docstrings, importable everywhere without side effects.
 MODULES = (
@@ -61,9 +62,14 @@ def _keep(text: str | None) -> bool:
             and not text.startswith((">>>", "..", "-", "*", "|")))
 
 
-def _docstrings(module_name: str):
+def _docstrings(module_name: str) -> list[str | None]:
+    with warnings.catch_warnings():      # typing.io / typing.re warn when touched
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return list(_walk(importlib.import_module(module_name)))
+
+
+def _walk(mod):
     """Docstrings of a module, its public classes and functions, and their methods."""
-    mod = importlib.import_module(module_name)
     yield mod.__doc__
     for name, obj in sorted(vars(mod).items()):
         if name.startswith("_") or getattr(obj, "__module__", None) != mod.__name__:
@@ -84,7 +90,7 @@ def all_paragraphs() -> tuple[str, ...]:
     seen: dict[str, None] = {}
     for module_name in MODULES:
         try:
-            docs = list(_docstrings(module_name))
+            docs = _docstrings(module_name)
         except ImportError:          # a module left out of this Python build (e.g. lzma)
             continue
         for doc in docs:

@@ -155,6 +155,13 @@ class MiniLMEncoder(nn.Module):
         return pooled / pooled.norm(dim=1, keepdim=True).clamp(min=1e-12)
 
 
+    def export_onnx(self, example_input: dict[str, np.ndarray]):
+        """The fp32 ONNX graph (inputs input_ids, attention_mask; dynamic batch and
+        sequence): compress() calls this instead of its single-input exporter."""
+        from compressor.transformer.export import export_encoder
+        return export_encoder(self, example_input["input_ids"], example_input["attention_mask"])
+
+
 def load_minilm(path: str | pathlib.Path | None = None) -> MiniLMEncoder:
     """The pretrained encoder in eval mode (weights from the package, or from `path`)."""
     d = pathlib.Path(path) if path is not None else model_dir()

@@ -53,7 +53,7 @@ def build_int4(fp32: onnx.ModelProto, ids: np.ndarray | None, mask: np.ndarray |
                                                 max(np.sum(err.astype(np.float64) ** 2), 1e-30)))}
         if hessians:     # output error on the calibration activations: what GPTQ minimises
             h = hessians[s.node.input[0]]
-            entry["output_error_rel"] = float(np.trace(err.T @ h @ err) / max(np.trace(w.T @ h @ w), 1e-30))
+            entry["output_error_rel"] = float(np.sum((h @ err) * err) / max(np.sum((h @ w) * w), 1e-30))
         report["layers"].append(entry)
     for n in embedding_gathers(out, g):
         if n.input[0] not in cfg.exclude:
