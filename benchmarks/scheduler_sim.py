@@ -14,10 +14,14 @@ The scenario (simulated time, one decision and 20 inferences per simulated secon
   * the trace repeats after the hour, so a policy that outlives it keeps running until its
     battery is empty (capped at --hours-cap), which is its battery lifetime.
 
-The variants are MODELLED, not measured: numbers in the range published for MobileNetV2 on
+The variants are MODELLED by default, not measured: numbers in the range published for MobileNetV2 on
 a 4-core ARM device (ImageNet top-1 %, single-thread latency = CPU seconds per inference).
 They are not from this repository's compressor. What the benchmark measures is the policy,
-given such a bundle.
+given such a bundle. With --bundle DIR (a compressor-written bundle folder) the run is also
+repeated with MEASURED variants: latency p50/p95 and CPU seconds per inference from real
+onnxruntime sessions on this machine (agent.profiling, the agent's own on-arrival benchmark,
+with each variant's session config), quality from the manifest (in percent); both tables are
+printed. --rps sets the request rate (a tiny model at 20/s barely loads the device).
 
 Rows: "ours" is the default policy (with the battery saver); "ours (saver off)" shows what
 the trip/clear rules alone do; "ours (saver off, 4x noise)" the same with sensor noise sd
@@ -58,9 +62,6 @@ VARIANTS = [
     VariantOption("int4", quality=69.5, latency_p50_seconds=7 * MS, latency_p95_seconds=9 * MS,
                   cpu_seconds_per_inference=7 * MS, size_bytes=2_000_000, weight_bits=4),
 ]
-BY_ID = {v.variant_id: v for v in VARIANTS}
-LARGEST = max(VARIANTS, key=lambda v: v.size_bytes).variant_id
-SMALLEST = min(VARIANTS, key=lambda v: v.size_bytes).variant_id
 
 DEVICE = SimConfig(
     name="one-hour",
@@ -99,14 +100,17 @@ class Result:
 
 
 def simulate(name: str, policy: PolicyConfig | None, fixed: str | None, seed: int, cap_hours: float,
-             device_config: SimConfig = DEVICE) -> Result:
+             device_config: SimConfig = DEVICE, variants: list[VariantOption] | None = None,
+             rps: int = REQUESTS_PER_SECOND) -> Result:
+    variants = variants or VARIANTS
+    by_id = {v.variant_id: v for v in variants}
     clock = ManualClock()
     device = SimulatedSource(device_config, clock=clock, seed=seed)
     rng = random.Random(seed + 1000)
     scheduler = None
     if policy is not None:
         scheduler = Scheduler(policy, clock=clock)
-        scheduler.set_variants(VARIANTS)
+        scheduler.set_variants(variants)
     trip = (policy or OURS).thermal.trip_celsius
     current = fixed
     quality_sum = above = over_budget = requests = switches = switches_first_hour = 0
@@ -125,17 +129,17 @@ def simulate(name: str, policy: PolicyConfig | None, fixed: str | None, seed: in
             if decision.changed and current is not None:
                 switches += 1
                 switches_first_hour += t < HOUR
-                work += WARMUP_INFERENCES * BY_ID[decision.variant_id].cpu_seconds_per_inference
+                work += WARMUP_INFERENCES * by_id[decision.variant_id].cpu_seconds_per_inference
             current = decision.variant_id
-        v = BY_ID[current]
+        v = by_id[current]
         contention = 1.0 / (1.0 - device.background_load)
-        for _ in range(REQUESTS_PER_SECOND):
+        for _ in range(rps):
             latency = v.latency_p50_seconds * contention * rng.lognormvariate(0.0, LATENCY_SIGMA)
             over_budget += latency > BUDGET_SECONDS
             if scheduler is not None:
                 scheduler.observe_latency(current, latency)
-        requests += REQUESTS_PER_SECOND
-        work += REQUESTS_PER_SECOND * v.cpu_seconds_per_inference
+        requests += rps
+        work += rps * v.cpu_seconds_per_inference
         device.record_work(work)
         quality_sum += v.quality
         above += device.temperature_celsius > trip
@@ -145,16 +149,46 @@ def simulate(name: str, policy: PolicyConfig | None, fixed: str | None, seed: in
                   100.0 * over_budget / requests, switches, switches_first_hour)
 
 
-def run(seed: int, cap_hours: float) -> dict[str, Result]:
+def run(seed: int, cap_hours: float, variants: list[VariantOption] | None = None,
+        rps: int = REQUESTS_PER_SECOND) -> dict[str, Result]:
+    variants = variants or VARIANTS
+    largest, smallest = _extremes(variants)
+    kw = dict(variants=variants, rps=rps)
     return {
-        "ours": simulate("ours", OURS, None, seed, cap_hours),
-        "ours (saver off)": simulate("ours (saver off)", OURS_NO_SAVER, None, seed, cap_hours),
+        "ours": simulate("ours", OURS, None, seed, cap_hours, **kw),
+        "ours (saver off)": simulate("ours (saver off)", OURS_NO_SAVER, None, seed, cap_hours, **kw),
         # Stress for the hysteresis: the trip-driven policy with four times the sensor noise.
         "ours (saver off, 4x noise)": simulate("ours (saver off, 4x noise)", OURS_NO_SAVER, None, seed,
-                                               cap_hours, NOISY_DEVICE),
-        f"always-largest ({LARGEST})": simulate("always-largest", None, LARGEST, seed, cap_hours),
-        f"always-smallest ({SMALLEST})": simulate("always-smallest", None, SMALLEST, seed, cap_hours),
+                                               cap_hours, NOISY_DEVICE, **kw),
+        "always-largest": simulate("always-largest", None, largest, seed, cap_hours, **kw),
+        "always-smallest": simulate("always-smallest", None, smallest, seed, cap_hours, **kw),
     }
+
+
+def _extremes(variants: list[VariantOption]) -> tuple[str, str]:
+    """Largest and smallest by size (the file a device would hold)."""
+    largest = max(variants, key=lambda v: (v.size_bytes, v.cost)).variant_id
+    smallest = min(variants, key=lambda v: (v.size_bytes, v.cost)).variant_id
+    return largest, smallest
+
+
+def measured_variants(folder: str) -> list[VariantOption]:
+    """The bundle's variants with this machine's onnxruntime figures (the agent's profiler)."""
+    from agent.engines import get_engine
+    from agent.profiling import profile_variant
+    from benchmarks.agent_bundles import load_bundle_dir
+
+    bundle = load_bundle_dir(folder)
+    engine = get_engine("onnxruntime", intra_op_threads=1)
+    out = []
+    for v in bundle.manifest.variants:
+        p = profile_variant(engine, bundle.variant_path(v.id), v.id, bundle.manifest, warmup=20, runs=300)
+        quality = v.quality * 100.0 if v.quality <= 1.0 else v.quality       # fraction -> points
+        out.append(VariantOption(v.id, quality=quality, latency_p50_seconds=p.latency_p50_seconds,
+                                 latency_p95_seconds=p.latency_p95_seconds,
+                                 cpu_seconds_per_inference=p.cpu_seconds_per_inference,
+                                 size_bytes=v.size_bytes, weight_bits=v.weight_bits, sparsity=float(v.sparsity)))
+    return out
 
 
 def _fmt_life(r: Result) -> str:
@@ -171,33 +205,29 @@ def print_table(results: dict[str, Result]) -> None:
               f"{r.over_budget_pct:>9.2f} {r.switches_per_hour:>8.2f} {r.switches_first_hour:>8d}")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", type=int, default=3, help="noise seeds to run (targets checked on each)")
-    ap.add_argument("--hours-cap", type=float, default=4.0, help="stop a run that outlives this")
-    args = ap.parse_args()
-
-    print("variants (modelled, see module docstring):")
-    for v in VARIANTS:
-        print(f"  {v.variant_id:<12} quality {v.quality:5.1f}  p50 {v.latency_p50_seconds / MS:5.1f} ms  "
-              f"p95 {v.latency_p95_seconds / MS:5.1f} ms  cpu {v.cpu_seconds_per_inference / MS:5.1f} ms/inference  "
-              f"{v.size_bytes / 1e6:4.1f} MB")
-    print(f"latency budget p95 {BUDGET_SECONDS / MS:g} ms, {REQUESTS_PER_SECOND} inferences/s, "
-          f"thermal trip {OURS.thermal.trip_celsius:g} degC\n")
+def report(label: str, variants: list[VariantOption], seeds: int, cap_hours: float, rps: int) -> None:
+    largest, smallest = _extremes(variants)
+    print(f"== variants ({label}):")
+    for v in variants:
+        print(f"  {v.variant_id:<12} quality {v.quality:5.1f}  p50 {v.latency_p50_seconds / MS:7.3f} ms  "
+              f"p95 {v.latency_p95_seconds / MS:7.3f} ms  cpu {v.cpu_seconds_per_inference / MS:7.3f} ms/inference  "
+              f"{v.size_bytes / 1e6:6.3f} MB")
+    print(f"latency budget p95 {BUDGET_SECONDS / MS:g} ms, {rps} inferences/s, "
+          f"thermal trip {OURS.thermal.trip_celsius:g} degC; always-largest = {largest}, "
+          f"always-smallest = {smallest}\n")
     checks: list[tuple[str, bool]] = []
     started = time.perf_counter()
-    for seed in range(args.seeds):
-        results = run(seed, args.hours_cap)
+    for seed in range(seeds):
+        results = run(seed, cap_hours, variants, rps)
         print(f"seed {seed}")
         print_table(results)
-        ours, largest = results["ours"], results[f"always-largest ({LARGEST})"]
-        smallest = results[f"always-smallest ({SMALLEST})"]
-        dq = largest.mean_quality - ours.mean_quality
-        life_ratio = ours.lifetime_s / largest.lifetime_s
-        print(f"ratios ours/largest: quality {ours.mean_quality / largest.mean_quality:.4f} "
+        ours, big, small = results["ours"], results["always-largest"], results["always-smallest"]
+        dq = big.mean_quality - ours.mean_quality
+        life_ratio = ours.lifetime_s / big.lifetime_s
+        print(f"ratios ours/largest: quality {ours.mean_quality / big.mean_quality:.4f} "
               f"({dq:+.2f} points below), lifetime x{life_ratio:.2f}, time above trip "
-              f"{ours.above_trip_pct:.2f}% vs {largest.above_trip_pct:.2f}%;  ours/smallest: quality "
-              f"{ours.mean_quality / smallest.mean_quality:.4f}, lifetime x{ours.lifetime_s / smallest.lifetime_s:.2f}\n")
+              f"{ours.above_trip_pct:.2f}% vs {big.above_trip_pct:.2f}%;  ours/smallest: quality "
+              f"{ours.mean_quality / small.mean_quality:.4f}, lifetime x{ours.lifetime_s / small.lifetime_s:.2f}\n")
         checks += [
             (f"seed {seed}: mean quality within 1 point of always-largest ({dq:.2f})", dq <= 1.0),
             (f"seed {seed}: lifetime >= 1.30 x always-largest (x{life_ratio:.2f})", life_ratio >= 1.30),
@@ -207,10 +237,23 @@ def main() -> None:
              f"{ours.switches_first_hour} in the first hour)",
              ours.switches_per_hour <= 12.0 and ours.switches_first_hour <= 12),
         ]
-    print("issue 5 targets (ours = default policy, latency budget 50 ms):")
+    print(f"issue 5 targets, {label} variants (ours = default policy, latency budget 50 ms):")
     for text, ok in checks:
         print(f"  [{'PASS' if ok else 'FAIL'}] {text}")
-    print(f"\n{args.seeds} seeds x 5 policies simulated in {time.perf_counter() - started:.1f} s wall")
+    print(f"\n{seeds} seeds x 5 policies simulated in {time.perf_counter() - started:.1f} s wall\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, default=3, help="noise seeds to run (targets checked on each)")
+    ap.add_argument("--hours-cap", type=float, default=4.0, help="stop a run that outlives this")
+    ap.add_argument("--bundle", help="also run with variants measured on this machine from this bundle folder")
+    ap.add_argument("--rps", type=int, default=REQUESTS_PER_SECOND, help="inferences per simulated second")
+    args = ap.parse_args(argv)
+    report("modelled, see module docstring", VARIANTS, args.seeds, args.hours_cap, args.rps)
+    if args.bundle:
+        report(f"measured with onnxruntime on this machine, {args.bundle}", measured_variants(args.bundle),
+               args.seeds, args.hours_cap, args.rps)
 
 
 if __name__ == "__main__":
