@@ -72,7 +72,7 @@ def _specs(values) -> tuple[TensorSpec, ...]:
     for v in values:
         dims = tuple(d.dim_value if d.HasField("dim_value") else None
                      for d in v.type.tensor_type.shape.dim)
-        out.append(TensorSpec(v.name, dims, "float32"))
+        out.append(TensorSpec(v.name, dims, _dtype_name(v.type.tensor_type.elem_type)))
     return tuple(out)
 
 
@@ -120,10 +120,8 @@ def compress(model: nn.Module, configs: Sequence[VariantConfig], *,
     key = _load_key(signing_key)
     say = progress or (lambda _m: None)
     model = model.eval()
-    check_layers(model)
-    say("exporting fp32 ONNX")
-    fp32 = export_onnx(model, example_input)
-    ctx = CompressContext(model=model, fp32_onnx=fp32, example_input=np.asarray(example_input),
+    fp32 = export_fp32(model, example_input, say)
+    ctx = CompressContext(model=model, fp32_onnx=fp32, example_input=_example(example_input),
                           calib_data=calib_data, train_data=train_data, eval_fn=eval_fn)
     results: list[MeasuredVariant] = []
     files: dict[str, bytes] = {}
@@ -162,3 +160,31 @@ def compress(model: nn.Module, configs: Sequence[VariantConfig], *,
 def _config_json(cfg: VariantConfig) -> dict:
     from compressor.configs import config_to_dict
     return config_to_dict(cfg)
+
+
+# -- models with their own exporter (added for compressor.transformer) ---------------------
+
+def export_fp32(model: nn.Module, example_input, say: Callable[[str], None]):
+    """The fp32 graph: `model.export_onnx(example_input)` if the model has one (models with
+    several or integer inputs, e.g. compressor.models.minilm's sentence encoder, whose
+    layers the graph rewrites check op by op), else check_layers + export_onnx."""
+    own = getattr(model, "export_onnx", None)
+    if callable(own):
+        say("exporting fp32 ONNX (the model's own exporter)")
+        return own(example_input)
+    check_layers(model)
+    say("exporting fp32 ONNX")
+    return export_onnx(model, example_input)
+
+
+def _example(example_input):
+    """A dict {input name: array} stays a dict (multi-input models), else an array."""
+    return example_input if isinstance(example_input, dict) else np.asarray(example_input)
+
+
+def _dtype_name(elem_type: int) -> str:
+    import onnx
+    try:
+        return str(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+    except Exception:  # an elem type numpy has no name for (bfloat16, float8...)
+        return "float32"
