@@ -226,7 +226,8 @@ def pack_qb(q: np.ndarray, scales, offsets, bits: int, group_size: int, bias=Non
     """Pack group-quantized weights (from quant.quantize_groups): q uint8 [N, K] with values
     < 2^bits, scales/offsets float32 [N, ceil(K/group_size)], weight = scale * q + offset.
     bits: 4 or 2; group_size: 32, 64 or 128. The packed blocks are the formats in
-    kernels/csrc/blocks.h (4.5 bits per weight for int4 with groups of 128)."""
+    kernels/csrc/blocks.h (fp16 scale and offset per group: 4.25 bits per weight for int4 with
+    groups of 128, 5 with groups of 32); scales/offsets are rounded to fp16 when packed."""
     if not isinstance(q, np.ndarray):
         raise TypeError(f"q: expected a numpy uint8 array, got {type(q).__name__}")
     if q.ndim != 2:

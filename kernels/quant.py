@@ -118,6 +118,8 @@ def quantize_groups(w: np.ndarray, bits: int, group_size: int) -> tuple[np.ndarr
 
     Returns (q uint8 [N, K] in [0, 2^bits-1], scales float32 [N, G], offsets float32 [N, G]) with
     G = ceil(K / group_size) and w ~= scales * q + offsets (offsets = the group minimum).
+    Scales and offsets are rounded to fp16 first (the packed blocks store them as fp16), and
+    the quants are computed against the rounded values.
     """
     w = np.asarray(w, dtype=np.float32)
     if bits not in (2, 4) or group_size not in (32, 64, 128) or w.ndim != 2:
@@ -132,14 +134,21 @@ def quantize_groups(w: np.ndarray, bits: int, group_size: int) -> tuple[np.ndarr
     lo = np.where(valid, g, np.inf).min(axis=2)
     hi = np.where(valid, g, -np.inf).max(axis=2)
     qmax = (1 << bits) - 1
-    scale = np.where(hi > lo, (hi - lo) / qmax, 1.0).astype(np.float32)
+    scale = fp16_round(np.where(hi > lo, (hi - lo) / qmax, 1.0))
+    lo = fp16_round(lo)
     q = np.clip(np.rint((g - lo[:, :, None]) / scale[:, :, None]), 0, qmax).astype(np.uint8)
-    return q.reshape(n, -1)[:, :k].copy(), scale, lo.astype(np.float32)
+    return q.reshape(n, -1)[:, :k].copy(), scale, lo
+
+
+def fp16_round(v) -> np.ndarray:
+    """float32 values rounded to the nearest fp16 (ties to even), as the block headers store them."""
+    return np.asarray(v, np.float32).astype(np.float16).astype(np.float32)
 
 
 def dequantize_groups(q: np.ndarray, scales: np.ndarray, offsets: np.ndarray, group_size: int) -> np.ndarray:
-    """w = scales * q + offsets, per group along K."""
+    """w = scales * q + offsets, per group along K (scales and offsets as stored: fp16)."""
     n, k = q.shape
+    scales, offsets = fp16_round(scales), fp16_round(offsets)
     idx = np.arange(k) // group_size
     return (scales[:, idx] * q.astype(np.float32) + offsets[:, idx]).astype(np.float32)
 

@@ -65,7 +65,7 @@ def test_packed_is_smaller_than_int8():
     q2, d2, o2 = quant.quantize_groups(np.ones((64, 1024), np.float32), 2, 128)
     p2 = kernels.pack_qb(q2, d2, o2, 2, 128)
     assert p4.kind == "q4_g128" and p2.kind == "q2_g128"
-    assert p4.nbytes <= 64 * 1024 * 4.5 / 8 + 64 * 4
+    assert p4.nbytes <= 64 * 1024 * 4.25 / 8 + 64 * 4  # + the fp32 bias
     assert p2.nbytes < p4.nbytes
 
 
@@ -91,6 +91,8 @@ def test_bad_input():
         kernels.pack_qb(np.full((4, 64), 5, np.uint8), d, o, 2, 32)
     with pytest.raises(ValueError, match="scales: dimension 1"):
         kernels.pack_qb(q, d[:, :1], o, 4, 32)
+    with pytest.raises(ValueError, match="not finite in fp16"):
+        kernels.pack_qb(q, d * 1e6, o, 4, 32)
     with pytest.raises(TypeError, match="q: expected dtype uint8"):
         kernels.pack_qb(q.astype(np.int8), d, o, 4, 32)
     p = kernels.pack_qb(q, d, o, 4, 32)
@@ -102,3 +104,23 @@ def test_bad_input():
         kernels.qb_linear(np.ones((1, 128), np.float32)[:, ::2], p)
     with pytest.raises(TypeError, match="pack_qb"):
         kernels.qb_linear(np.ones((1, 64), np.float32), kernels.pack_qs8(np.zeros((4, 64), np.int8), np.ones(4)))
+
+
+@pytest.mark.parametrize("isa", isa_params())
+def test_fp32_scales_are_rounded_to_fp16_like_numpy(isa):
+    """Arbitrary fp32 scales/offsets (normal, subnormal in fp16, ties) go through the packer's
+    fp32 -> fp16 rounding, which must match numpy's float16 exactly."""
+    rng = np.random.default_rng(4)
+    n, k, group = 6, 128, 32
+    q = rng.integers(0, 16, (n, k)).astype(np.uint8)
+    d = (10.0 ** rng.uniform(-7, 4, (n, k // group))).astype(np.float32)
+    d[0, 0] = np.float32(1 + 2**-11)  # exactly halfway between two fp16 values: ties to even
+    d[0, 1] = np.float32(3e-8)        # fp16 subnormal
+    o = (-d * rng.uniform(0, 8, d.shape)).astype(np.float32)
+    x = rng.standard_normal((2, k)).astype(np.float32)
+    p = kernels.pack_qb(q, d, o, 4, group)
+    with kernels.use_isa(isa):
+        got = kernels.qb_linear(x, p)
+    want = quant.qb_linear_ref(x, q, d, o, group)
+    tol = quant.qb_tolerance(x, q, d, o, group)
+    assert np.all(np.abs(got.astype(np.float64) - want) <= tol)

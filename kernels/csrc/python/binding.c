@@ -334,6 +334,12 @@ static PyObject* py_qb_pack(PyObject* self, PyObject* args) {
   if (get_array(d_obj, d, "scales", 'f', 2, 0) || expect_dim(d, 0, n, "scales", "N") || expect_dim(d, 1, groups, "scales", "ceil(K / group_size)")) goto fail;
   if (get_array(m_obj, m, "offsets", 'f', 2, 0) || expect_dim(m, 0, n, "offsets", "N") || expect_dim(m, 1, groups, "offsets", "ceil(K / group_size)")) goto fail;
   if (bias_obj != Py_None && (get_array(bias_obj, bias, "bias", 'f', 1, 0) || expect_dim(bias, 0, n, "bias", "N"))) goto fail;
+  const float *dv = d->buf, *mv = m->buf;
+  for (Py_ssize_t i = 0; i < n * groups; i++)
+    if (!(fabsf(dv[i]) <= 65504.0f) || !(fabsf(mv[i]) <= 65504.0f)) {
+      PyErr_Format(PyExc_ValueError, "scales/offsets[%zd]: %g / %g is not finite in fp16 (|v| <= 65504)", i, (double)dv[i], (double)mv[i]);
+      goto fail;
+    }
   const uint8_t* qv = q->buf;
   for (Py_ssize_t i = 0; i < n * k; i++)
     if (qv[i] >> bits) {

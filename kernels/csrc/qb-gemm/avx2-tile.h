@@ -31,7 +31,7 @@ EF_INLINE QB_TARGET float hsum_ps(__m256 v) {
  * accumulators and the activations in registers. Several columns per call give the
  * per-group float FMA chains independent neighbours (one column alone is latency-bound). */
 EF_INLINE QB_TARGET void qb_tile(const int BITS, const size_t MR, const size_t NR, size_t groups, size_t group,
-                                      const int8_t* xq, size_t x_stride, const int32_t* xsum, const float* sx,
+                                      const int8_t* xq, size_t x_stride, const float* xsum, const float* sx,
                                       const uint8_t* rows, size_t row_bytes, const float* bias, float* c, size_t c_stride) {
   const size_t block_bytes = EF_QB_BLOCK_BYTES(BITS, group);
   const size_t chunks = group / EF_QB_CHUNK;
@@ -58,12 +58,12 @@ EF_INLINE QB_TARGET void qb_tile(const int BITS, const size_t MR, const size_t N
     for (size_t j = 0; j < NR; j++) {
       const uint8_t* block = rows + j * row_bytes + g * block_bytes;
       float d, mm;
-      memcpy(&d, block, 4);
-      memcpy(&mm, block + 4, 4);
+      d = _cvtsh_ss(((const uint16_t*)block)[0]); /* F16C: exact, like ef_fp16_to_fp32 */
+      mm = _cvtsh_ss(((const uint16_t*)block)[1]);
       const __m256 vd = _mm256_set1_ps(d);
       for (size_t r = 0; r < MR; r++) {
         acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r][j]), vd, acc[r][j]);
-        acc_m[r][j] += mm * (float)xsum[r * groups + g];
+        acc_m[r][j] += mm * xsum[r * groups + g];
       }
     }
   }
@@ -74,7 +74,7 @@ EF_INLINE QB_TARGET void qb_tile(const int BITS, const size_t MR, const size_t N
 /* Full tiles use NR columns; a partial tile at the end of a thread's range goes column by column. */
 #define DEFINE_KERNEL(BITS, MR, NR)                                                                                 \
   static QB_TARGET void QB_NAME(ef_qd8_f32_qb##BITS##w_gemm_ukernel_##MR##x##NR##c32)(                           \
-      size_t mr, size_t nc, size_t groups, size_t group, const int8_t* xq, size_t x_stride, const int32_t* xsum,    \
+      size_t mr, size_t nc, size_t groups, size_t group, const int8_t* xq, size_t x_stride, const float* xsum,    \
       const float* sx, const uint8_t* rows, size_t row_bytes, const float* bias, float* c, size_t c_stride) {       \
     if (nc == NR) {                                                                                                 \
       qb_tile(BITS, MR, NR, groups, group, xq, x_stride, xsum, sx, rows, row_bytes, bias, c, c_stride);             \

@@ -16,7 +16,7 @@ EF_INLINE int32x4_t dot32(int32x4_t acc, int8x16_t q_lo, int8x16_t q_hi, const i
 }
 
 EF_INLINE void qb_tile(const int BITS, const size_t MR, size_t groups, size_t group, const int8_t* xq, size_t x_stride,
-                       const int32_t* xsum, const float* sx, const uint8_t* row, float bias, float* c, size_t c_stride) {
+                       const float* xsum, const float* sx, const uint8_t* row, float bias, float* c, size_t c_stride) {
   const size_t block_bytes = EF_QB_BLOCK_BYTES(BITS, group);
   const size_t chunks = group / EF_QB_CHUNK;
   float32x4_t acc[EF_QB_MR_MAX];
@@ -25,8 +25,8 @@ EF_INLINE void qb_tile(const int BITS, const size_t MR, size_t groups, size_t gr
   for (size_t g = 0; g < groups; g++) {
     const uint8_t* block = row + g * block_bytes;
     float d, mm;
-    memcpy(&d, block, 4);
-    memcpy(&mm, block + 4, 4);
+    d = (float)((const __fp16*)block)[0]; /* hardware conversion, exact */
+    mm = (float)((const __fp16*)block)[1];
     const uint8_t* qs = block + EF_QB_HEADER_BYTES;
     int32x4_t isum[EF_QB_MR_MAX];
     for (size_t r = 0; r < MR; r++) isum[r] = vdupq_n_s32(0);
@@ -46,7 +46,7 @@ EF_INLINE void qb_tile(const int BITS, const size_t MR, size_t groups, size_t gr
     }
     for (size_t r = 0; r < MR; r++) {
       acc[r] = vfmaq_n_f32(acc[r], vcvtq_f32_s32(isum[r]), d);
-      acc_m[r] += mm * (float)xsum[r * groups + g];
+      acc_m[r] += mm * xsum[r * groups + g];
     }
   }
   for (size_t r = 0; r < MR; r++) c[r * c_stride] = (vaddvq_f32(acc[r]) + acc_m[r]) * sx[r] + bias;
@@ -54,7 +54,7 @@ EF_INLINE void qb_tile(const int BITS, const size_t MR, size_t groups, size_t gr
 
 #define DEFINE_KERNEL(BITS, MR)                                                                                 \
   static void ef_qd8_f32_qb##BITS##w_gemm_ukernel_##MR##x1c32__neon(                                           \
-      size_t mr, size_t nc, size_t groups, size_t group, const int8_t* xq, size_t x_stride, const int32_t* xsum, \
+      size_t mr, size_t nc, size_t groups, size_t group, const int8_t* xq, size_t x_stride, const float* xsum, \
       const float* sx, const uint8_t* rows, size_t row_bytes, const float* bias, float* c, size_t c_stride) {    \
     for (size_t j = 0; j < nc; j++)                                                                             \
       qb_tile(BITS, MR, groups, group, xq, x_stride, xsum, sx, rows + j * row_bytes, bias[j], c + j, c_stride);  \

@@ -38,8 +38,9 @@ int ef_qb_pack(const uint8_t* q, size_t n, size_t k, int bits, int group, const 
     out->bias[col] = bias ? bias[col] : 0.0f;
     for (size_t g = 0; g < out->groups; g++) {
       uint8_t* block = out->data + col * out->row_bytes + g * EF_QB_BLOCK_BYTES(bits, group);
-      memcpy(block, &d[col * out->groups + g], 4);
-      memcpy(block + 4, &m[col * out->groups + g], 4);
+      const uint16_t dh = ef_fp32_to_fp16(d[col * out->groups + g]), mh = ef_fp32_to_fp16(m[col * out->groups + g]);
+      memcpy(block, &dh, 2);
+      memcpy(block + 2, &mh, 2);
       uint8_t* qs = block + EF_QB_HEADER_BYTES;
       for (size_t i = 0; i < (size_t)group && g * group + i < k; i++) {
         const uint8_t v = q[col * k + g * group + i];
@@ -60,7 +61,7 @@ void ef_qb_packed_free(ef_qb_packed* p) {
   p->bias = NULL;
 }
 
-float ef_qd8_quantize_row(const float* x, size_t k, size_t kp, size_t group, int8_t* xq, int32_t* xsum) {
+float ef_qd8_quantize_row(const float* x, size_t k, size_t kp, size_t group, int8_t* xq, float* xsum) {
   float amax = 0.0f;
   for (size_t i = 0; i < k; i++) amax = fmaxf(amax, fabsf(x[i]));
   const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
@@ -75,7 +76,7 @@ float ef_qd8_quantize_row(const float* x, size_t k, size_t kp, size_t group, int
   for (size_t g = 0; g < kp / group; g++) {
     int32_t s = 0;
     for (size_t i = 0; i < group; i++) s += xq[g * group + i];
-    xsum[g] = s;
+    xsum[g] = (float)s;
   }
   return scale;
 }
@@ -84,7 +85,7 @@ typedef struct {
   const ef_qb_gemm_config* config;
   size_t m, kp;
   const int8_t* xq;
-  const int32_t* xsum;
+  const float* xsum;
   const float* sx;
   const ef_qb_packed* w;
   float* c;
@@ -110,9 +111,9 @@ int ef_qb_gemm(const ef_qb_gemm_config* config, size_t m, const float* x, const 
   if (m == 0) return 0;
   const size_t kp = w->groups * (size_t)w->group;
   /* One scratch allocation: int8 rows (padded), per-group sums, per-row scales. */
-  int8_t* xq = ef_aligned_alloc(m * kp + m * w->groups * sizeof(int32_t) + m * sizeof(float) + 64);
+  int8_t* xq = ef_aligned_alloc(m * kp + m * w->groups * sizeof(float) + m * sizeof(float) + 64);
   if (xq == NULL) return -2;
-  int32_t* xsum = (int32_t*)(xq + EF_ROUND_UP(m * kp, 4));
+  float* xsum = (float*)(xq + EF_ROUND_UP(m * kp, 4));
   float* sx = (float*)(xsum + m * w->groups);
   for (size_t r = 0; r < m; r++)
     sx[r] = ef_qd8_quantize_row(x + r * w->k, w->k, kp, (size_t)w->group, xq + r * kp, xsum + r * w->groups);

@@ -3,7 +3,7 @@
  * The activations are quantized dynamically, per row, to symmetric int8 (scale sx = max|x|/127),
  * so the inner loop is an exact integer dot product of unsigned quants with int8:
  *   isum[g] = sum_{k in g} q[n,k] * xq[m,k]          (int32, exact)
- *   xsum[g] = sum_{k in g} xq[m,k]
+ *   xsum[g] = sum_{k in g} xq[m,k]                   (kept as float: exact, |xsum| <= 128 * 128)
  *   y[m,n]  = sx[m] * sum_g (d[n,g] * isum[g] + m[n,g] * xsum[g]) + bias[n]
  * The float sum over groups is where variants may differ (summation order), so tests use a
  * named tolerance (kernels.quant.FLOAT_SUM_RTOL) for this family. */
@@ -30,7 +30,7 @@ typedef struct ef_qb_packed {
  *   sx: per-row activation scales; rows: the packed blocks of the first column, the next
  *   columns follow every row_bytes; bias: nc values; c: the tile's first output. */
 typedef void (*ef_qb_gemm_ukernel_fn)(size_t mr, size_t nc, size_t groups, size_t group, const int8_t* xq,
-                                      size_t x_stride, const int32_t* xsum, const float* sx, const uint8_t* rows,
+                                      size_t x_stride, const float* xsum, const float* sx, const uint8_t* rows,
                                       size_t row_bytes, const float* bias, float* c, size_t c_stride);
 
 typedef struct ef_qb_gemm_config {
@@ -60,4 +60,4 @@ int ef_qb_gemm(const ef_qb_gemm_config* config, size_t m, const float* x, const 
 /* Shared dynamic quantization of one activation row: symmetric int8, zero padded to kp.
  * Returns the scale; fills xsum per group. Every ISA uses this one, so all of them see the
  * same int8 activations. */
-float ef_qd8_quantize_row(const float* x, size_t k, size_t kp, size_t group, int8_t* xq, int32_t* xsum);
+float ef_qd8_quantize_row(const float* x, size_t k, size_t kp, size_t group, int8_t* xq, float* xsum);

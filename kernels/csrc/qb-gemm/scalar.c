@@ -6,7 +6,7 @@ static inline uint32_t q4_at(const uint8_t* chunk, size_t i) { return i < 16 ? c
 static inline uint32_t q2_at(const uint8_t* chunk, size_t i) { return (chunk[i % 8] >> (2 * (i / 8))) & 3; }
 
 static void qb_column(int bits, size_t mr, size_t groups, size_t group, const int8_t* xq, size_t x_stride,
-                      const int32_t* xsum, const float* sx, const uint8_t* row, float bias, float* c, size_t c_stride) {
+                      const float* xsum, const float* sx, const uint8_t* row, float bias, float* c, size_t c_stride) {
   const size_t block_bytes = EF_QB_BLOCK_BYTES(bits, group);
   for (size_t r = 0; r < mr; r++) {
     const int8_t* xr = xq + r * x_stride;
@@ -14,8 +14,8 @@ static void qb_column(int bits, size_t mr, size_t groups, size_t group, const in
     for (size_t g = 0; g < groups; g++) {
       const uint8_t* block = row + g * block_bytes;
       float d, mm;
-      memcpy(&d, block, 4);
-      memcpy(&mm, block + 4, 4);
+      d = ef_fp16_to_fp32(((const uint16_t*)block)[0]);
+      mm = ef_fp16_to_fp32(((const uint16_t*)block)[1]);
       const uint8_t* qs = block + EF_QB_HEADER_BYTES;
       int32_t isum = 0;
       for (size_t i = 0; i < group; i++) {
@@ -23,20 +23,20 @@ static void qb_column(int bits, size_t mr, size_t groups, size_t group, const in
         const uint32_t q = bits == 4 ? q4_at(chunk, i % EF_QB_CHUNK) : q2_at(chunk, i % EF_QB_CHUNK);
         isum += (int32_t)q * xr[g * group + i];
       }
-      acc += d * (float)isum + mm * (float)xsum[r * groups + g];
+      acc += d * (float)isum + mm * xsum[r * groups + g];
     }
     c[r * c_stride] = acc * sx[r] + bias;
   }
 }
 
 static void ef_qd8_f32_qb4w_gemm_ukernel_4x1c32__scalar(size_t mr, size_t nc, size_t groups, size_t group,
-                                                        const int8_t* xq, size_t x_stride, const int32_t* xsum,
+                                                        const int8_t* xq, size_t x_stride, const float* xsum,
                                                         const float* sx, const uint8_t* rows, size_t row_bytes,
                                                         const float* bias, float* c, size_t c_stride) {
   for (size_t j = 0; j < nc; j++) qb_column(4, mr, groups, group, xq, x_stride, xsum, sx, rows + j * row_bytes, bias[j], c + j, c_stride);
 }
 static void ef_qd8_f32_qb2w_gemm_ukernel_4x1c32__scalar(size_t mr, size_t nc, size_t groups, size_t group,
-                                                        const int8_t* xq, size_t x_stride, const int32_t* xsum,
+                                                        const int8_t* xq, size_t x_stride, const float* xsum,
                                                         const float* sx, const uint8_t* rows, size_t row_bytes,
                                                         const float* bias, float* c, size_t c_stride) {
   for (size_t j = 0; j < nc; j++) qb_column(2, mr, groups, group, xq, x_stride, xsum, sx, rows + j * row_bytes, bias[j], c + j, c_stride);
