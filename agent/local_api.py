@@ -32,6 +32,9 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 class _Handler(BaseHTTPRequestHandler):
     server_version = "edgefleet-agent"
     protocol_version = "HTTP/1.1"
+    # Headers and body go out as two writes; with Nagle on, the body waits for the client's
+    # delayed ACK of the headers on a keep-alive connection: +40 ms per request on Linux.
+    disable_nagle_algorithm = True
     server: "LocalApiServer"
 
     def log_message(self, fmt, *args):          # route access logs to logging at debug
