@@ -87,3 +87,29 @@ def minilm_variants(seq_len: int = 32) -> tuple[dict[str, bytes], dict[str, np.n
             int8 = f.read()
     feeds = {"input_ids": np.ascontiguousarray(ids, np.int64), "attention_mask": np.ascontiguousarray(mask, np.int64)}
     return {"fp32": fp32.SerializeToString(), "int8-dynamic": int8}, feeds
+
+
+@functools.lru_cache(maxsize=1)
+def mobilenet_variants(epochs: int = 1) -> tuple[dict[str, bytes], np.ndarray]:
+    """{variant id: ONNX bytes} for the MobileNetV2-style network on 16x16 digits (BatchNorm
+    folded before export, as the compressor does): fp32, int8 QDQ, int4 weight-only, and the
+    75%-pruned network in fp32 and int8 QDQ; plus real inputs [N, 1, 16, 16]."""
+    from compressor.examples import mobilenet_v2_digits
+    from compressor.export import export_onnx
+    from compressor.models.mobilenet_v2 import fold_batchnorm
+    from compressor.quant.qdq import QdqOptions, quantize_static_qdq
+    from compressor.quant.weight_only import quantize_weight_only
+
+    ex = mobilenet_v2_digits(seed=0, epochs=epochs)
+    calib = ex.calibration[0][:64].astype(np.float32)
+    fp32 = export_onnx(fold_batchnorm(ex.model), calib[:2])
+    sparse = prune_onnx(fp32, 0.75)
+    variants = {
+        "fp32": fp32,
+        "int8": quantize_static_qdq(fp32, calib, QdqOptions())[0],
+        "int4": quantize_weight_only(fp32, bits=4, group_size=32)[0],
+        "sparse-fp32": sparse,
+        "sparse-int8": quantize_static_qdq(sparse, calib, QdqOptions())[0],
+    }
+    inputs = ex.heldout[0][:16].astype(np.float32)
+    return {k: v.SerializeToString() for k, v in variants.items()}, np.ascontiguousarray(inputs)

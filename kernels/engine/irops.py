@@ -597,3 +597,44 @@ class QView(IROp):
 
     def ref(self, *xs):
         return OPS[self.node.op_type](self.node, *xs)
+
+
+class DWConv3x3(IROp):
+    """Depthwise 3x3 convolution, padding 1, stride 1 or 2, on the kernels' dedicated fp32 or
+    int8 kernels (NHWC; the NCHW activations are transposed in and out around the call).
+    int8 takes the int8 input (scale, zp) and always requantizes (out_q)."""
+
+    def __init__(self, name, inputs, outputs, w: np.ndarray, bias, stride: int, clamp=NO_CLAMP,
+                 a_q=None, w_scale=None, out_q=None):
+        super().__init__(name, inputs, outputs)
+        c = w.shape[0]
+        self.w_hwc = np.ascontiguousarray(w.reshape(c, 3, 3).transpose(1, 2, 0))     # [3, 3, C]
+        self.bias = np.zeros(c, F32) if bias is None else np.ascontiguousarray(bias, F32)
+        self.stride, self.clamp, self.a_q, self.out_q = stride, clamp, a_q, out_q
+        self.w_scale = None if w_scale is None else np.ascontiguousarray(w_scale, F32)
+        self.kind = "dwconv3x3[int8]" if a_q else "dwconv3x3[f32]"
+
+    def ref(self, x):
+        xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        if self.a_q:
+            y = quant.dwconv3x3_qs8_ref(xh, self.a_q[0], self.a_q[1], self.w_hwc, self.w_scale, self.bias,
+                                        self.out_q[0], self.out_q[1], self.stride, self.clamp)
+        else:
+            y = clamp_ref(quant.dwconv3x3_ref(xh, self.w_hwc, self.bias, self.stride).astype(F32), self.clamp)
+        return (np.ascontiguousarray(y.transpose(0, 3, 1, 2)),)
+
+    def bind(self, ins, outs):
+        x, y = ins[0], outs[0]
+        xh = np.empty((x.shape[0], x.shape[2], x.shape[3], x.shape[1]), x.dtype)
+        yh = np.empty((y.shape[0], y.shape[2], y.shape[3], y.shape[1]), y.dtype)
+        lo, hi = F32(self.clamp[0]), F32(self.clamp[1])
+        if self.a_q:
+            call = partial(_kernels.dwconv3x3, xh, self.w_hwc, self.bias, yh, self.stride, lo, hi,
+                           F32(self.a_q[0]), int(self.a_q[1]), self.w_scale, F32(self.out_q[0]), int(self.out_q[1]))
+        else:
+            call = partial(_kernels.dwconv3x3, xh, self.w_hwc, self.bias, yh, self.stride, lo, hi,
+                           F32(1), 0, None, F32(1), 0)
+        return [_copy_step(xh, x.transpose(0, 2, 3, 1)), call, _copy_step(y, yh.transpose(0, 3, 1, 2))]
+
+
+HAVE_DWCONV = hasattr(_kernels, "dwconv3x3")

@@ -386,9 +386,39 @@ class Lowerer:
                 self.ops.append(irops.QConv(node.name, [src[0]], [out], node, qw, kernel, src[1], clamp, out_q))
                 self._fuse(fused)
                 return True
+        if self._depthwise(node, w, group, info, bias, src):
+            return True
         out, clamp, _, fused = self.fuse_after(node.outputs[0], allow_requant=False)
         weights = self.float_weights(w2, info, bias) if group == 1 else irops.Weights(w2, bias)
         self.ops.append(irops.Conv(node.name, [x], [out], node, weights, kernel, group, clamp))
+        self._fuse(fused)
+        return True
+
+    def _depthwise(self, node: Node, w: np.ndarray, group: int, info, bias, src) -> bool:
+        """3x3 depthwise, padding 1, stride 1/2 -> the dedicated kernels (int8 when the input is
+        DQ(int8) with symmetric per-channel int8 weights and the result is requantized)."""
+        a = node.attrs
+        cout = w.shape[0]
+        if not (irops.HAVE_DWCONV and group == cout and w.shape[1:] == (1, 3, 3)
+                and a.get("auto_pad", "NOTSET") in ("NOTSET", "") and list(a.get("pads", [0] * 4)) == [1, 1, 1, 1]
+                and list(a.get("dilations", [1, 1])) == [1, 1]):
+            return False
+        strides = list(a.get("strides", [1, 1]))
+        if strides not in ([1, 1], [2, 2]):
+            return False
+        if src is not None and self.config.int8_kernels and info is not None and info.bits == 8 and not info.block \
+                and info.signed and (info.zp is None or not np.any(info.zp)):
+            out, clamp, out_q, fused = self.fuse_after(node.outputs[0], allow_requant=True)
+            if out_q is not None:
+                w_scale = np.broadcast_to(info.scale.reshape(-1), (cout,)).astype(F32)
+                self.qparams[out] = out_q
+                self.ops.append(irops.DWConv3x3(node.name, [src[0]], [out], info.q.reshape(cout, 9).astype(np.int8),
+                                                bias, strides[0], clamp, src[1], w_scale, out_q))
+                self._fuse(fused)
+                return True
+        out, clamp, _, fused = self.fuse_after(node.outputs[0], allow_requant=False)
+        self.ops.append(irops.DWConv3x3(node.name, [node.inputs[0]], [out], w.reshape(cout, 9).astype(F32),
+                                        bias, strides[0], clamp))
         self._fuse(fused)
         return True
 

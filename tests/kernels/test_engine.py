@@ -1,13 +1,23 @@
-"""Native engine vs onnxruntime on the same ONNX files, for every digits-CNN variant type, and
-vs the engine's own numpy reference of the same (integer) math.
+"""Native engine vs onnxruntime on the same ONNX files, for every variant type of the digits
+CNN and the MobileNetV2-style network (and MiniLM-L6 fp32 / dynamic int8 at the end), and vs
+the engine's own numpy reference of the same (integer) math.
 
 Tolerances (per element, on the logits):
 - fp32, sparse fp32: |ours - ort| <= FP32_RTOL * max|ort| (different summation order only).
 - int8 QDQ (uint8 or int8 activations, dense or sparse weights): onnxruntime fuses the QDQ
   pairs into its own integer kernels (QLinearConv / QGemm) whose requantization may round a
   value that lies within float error of .5 the other way, and the flip propagates: allowed
-  INT8_ORT_STEPS output quantization steps. Measured on these models: 0 (identical). Against
-  the numpy reference of the same integer math: bit-exact.
+  INT8_ORT_STEPS output quantization steps. Measured: digits CNN 0 (identical); MobileNetV2
+  1 step on ~2.5% of the logits (its residual Adds run as float add + requantize here, as
+  QLinearAdd with its own rounding in onnxruntime). Against the numpy reference of the same
+  integer math: bit-exact.
+  onnxruntime's optimized int8 path can be off by far more: on the untrained MobileNetV2 it
+  returns one logit 250 steps away from both its own unoptimized run (ORT_DISABLE_ALL, the
+  QDQ graph as the spec defines it) and ours, which agree exactly — the u8s8 AVX2 kernels'
+  int16 saturation (vpmaddubsw) that issue 4 warns about; on the untrained network's tiny
+  ranges most logits differ by a step. So int8 is held to INT8_ORT_STEPS against the
+  unoptimized session everywhere, and also against the optimized one for the trained
+  digits CNN (all logits; measured identical).
 - int4 weight-only: the qb kernels quantize activations to int8 per row (onnxruntime runs the
   dequantized fp32 weights): |ours - ort| <= INT4_RTOL * max|ort|, same argmax on >= 97%.
 """
@@ -24,13 +34,14 @@ import pytest
 import kernels
 from kernels.engine import EngineConfig, Model
 
-from benchmarks.engine_models import digits_variants
+from benchmarks.engine_models import digits_variants, mobilenet_variants
 
 FP32_RTOL = 1e-5
 INT8_ORT_STEPS = 2
 INT4_RTOL = 0.02
 
 ALL = ["fp32", "int8", "int8-s8act", "int4", "sparse-fp32", "sparse-int8"]
+MOBILENET = ["fp32", "int8", "int4", "sparse-fp32", "sparse-int8"]
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +49,34 @@ def variants():
     return digits_variants()
 
 
-def _ort(data: bytes, x: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+@pytest.fixture(scope="module")
+def mobilenet():
+    return mobilenet_variants(epochs=0)     # untrained is enough to compare engines; fast
+
+
+def _compare(data: bytes, variant: str, x: np.ndarray, optimized_int8: bool = True) -> None:
+    model = Model(data)
+    ours = model.run({"input": x})[model.outputs[0].name]
+    ref = _ort(data, x)
+    assert ours.shape == ref.shape and ours.dtype == np.float32
+    scale = float(np.abs(ref).max())
+    if variant in ("fp32", "sparse-fp32"):
+        np.testing.assert_allclose(ours, ref, rtol=0, atol=FP32_RTOL * scale)
+    elif variant.endswith(("int8", "s8act")):
+        bound = INT8_ORT_STEPS * _logits_scale(data) * 1.0001
+        assert np.abs(ours - _ort(data, x, optimize=False)).max() <= bound
+        if optimized_int8:
+            assert np.abs(ours - ref).max() <= bound
+    else:
+        np.testing.assert_allclose(ours, ref, rtol=0, atol=INT4_RTOL * scale)
+        assert np.mean(ours.argmax(1) == ref.argmax(1)) >= 0.97
+
+
+def _ort(data: bytes, x: np.ndarray, optimize: bool = True) -> np.ndarray:
+    opts = ort.SessionOptions()
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
     return session.run(None, {"input": x})[0]
 
 
@@ -53,21 +90,26 @@ def _logits_scale(data: bytes) -> float:
 
 @pytest.mark.parametrize("variant", ALL)
 @pytest.mark.parametrize("batch", [1, 7, 32])
-def test_matches_onnxruntime(variants, variant, batch):
+def test_digits_matches_onnxruntime(variants, variant, batch):
     models, inputs = variants
-    data = models[variant]
-    x = np.ascontiguousarray(inputs[:batch])
-    ours = Model(data).run({"input": x})["logits"]
-    ref = _ort(data, x)
-    assert ours.shape == ref.shape and ours.dtype == np.float32
-    scale = float(np.abs(ref).max())
-    if variant in ("fp32", "sparse-fp32"):
-        np.testing.assert_allclose(ours, ref, rtol=0, atol=FP32_RTOL * scale)
-    elif variant.endswith(("int8", "s8act")):
-        assert np.abs(ours - ref).max() <= INT8_ORT_STEPS * _logits_scale(data) * 1.0001
-    else:
-        np.testing.assert_allclose(ours, ref, rtol=0, atol=INT4_RTOL * scale)
-        assert np.mean(ours.argmax(1) == ref.argmax(1)) >= 0.97
+    _compare(models[variant], variant, np.ascontiguousarray(inputs[:batch]))
+
+
+@pytest.mark.parametrize("variant", MOBILENET)
+@pytest.mark.parametrize("batch", [1, 5])
+def test_mobilenet_matches_onnxruntime(mobilenet, variant, batch):
+    models, inputs = mobilenet
+    _compare(models[variant], variant, np.ascontiguousarray(inputs[:batch]), optimized_int8=False)
+
+
+@pytest.mark.parametrize("variant", ["int8", "sparse-int8"])
+def test_mobilenet_int8_bitexact_and_on_kernels(mobilenet, variant):
+    models, inputs = mobilenet
+    model = Model(models[variant])
+    kinds = model.op_kinds()
+    assert kinds["dwconv3x3[int8]"] == 9 and kinds["qconv[%s->int8]" % ("qs8" if variant == "int8" else "sparse_qs8")] == 19
+    assert all("ReduceMean" in op for op in model.fallback_ops())       # the global average pool
+    np.testing.assert_array_equal(model.run({"input": inputs})["logits"], model.run_reference({"input": inputs})["logits"])
 
 
 @pytest.mark.parametrize("variant", ["int8", "int8-s8act", "sparse-int8"])
