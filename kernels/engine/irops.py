@@ -359,40 +359,75 @@ class QD8Weights(Weights):
 HAVE_QD8_GEMM = hasattr(_kernels, "qd8_gemm")
 
 
+def fastest(candidates: list[list], repeats: int = 5) -> tuple[int, list]:
+    """Index and steps of the fastest candidate step list (each run on the plan's own buffers;
+    used where two kernels compute the same integers, so the choice cannot change a result)."""
+    import time
+
+    best, best_t = 0, float("inf")
+    for i, steps in enumerate(candidates):
+        for step in steps:
+            step()
+        t = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for step in steps:
+                step()
+            t = min(t, time.perf_counter() - t0)
+        if t < best_t:
+            best, best_t = i, t
+    return best, candidates[best]
+
+
 class QWeights:
     """int8 weights [N, K] with per-channel scales/zero points for the exact int8 kernels:
-    dense qs8 packing, or compressed rows (sparse_qs8) when zero points are 0 and enough
-    weights are exactly zero."""
+    dense qs8 packing, and, when zero points are 0 and enough weights are exactly zero, also
+    compressed rows (sparse_qs8). Both give the same integers; with `autotune` the plan keeps
+    whichever is faster for its shapes (small layers often run faster dense)."""
 
-    def __init__(self, q: np.ndarray, scale: np.ndarray, zp: np.ndarray, bias: np.ndarray | None, sparse: bool):
+    def __init__(self, q: np.ndarray, scale: np.ndarray, zp: np.ndarray, bias: np.ndarray | None, sparse: bool,
+                 autotune: bool = True):
         self.q = np.ascontiguousarray(q, np.int8)
         self.scale = np.ascontiguousarray(scale, F32)
         self.zp = np.ascontiguousarray(zp, np.int32)
         self.bias = None if bias is None else np.ascontiguousarray(bias, F32).reshape(-1)
         self.n, self.k = self.q.shape
         self.backend = "sparse_qs8" if sparse else "qs8"
-        if sparse:
-            self.packed = kernels.pack_sparse(self.q, self.scale, self.bias)
-        else:
-            self.packed = kernels.pack_qs8(self.q, self.scale, self.zp, self.bias)
+        self.autotune = autotune
+        self.sparse_packed = kernels.pack_sparse(self.q, self.scale, self.bias) if sparse else None
+        self.packed = kernels.pack_qs8(self.q, self.scale, self.zp, self.bias) if (autotune or not sparse) else None
+        self.chosen: list[str] = []          # per bound plan: which packing won
 
     def ref(self, a2, a_scale, a_zp, clamp, out_q):
         out_scale, out_zp = out_q if out_q else (None, 0)
         return quant.qs8_gemm_ref(a2, a_scale, a_zp, self.q, self.scale, self.zp, self.bias,
                                   clamp=None if clamp == NO_CLAMP else clamp, out_scale=out_scale, out_zp=out_zp)
 
+    def _dense_steps(self, a2, sv, zv, y2, lo, hi, out_q):
+        out_scale, out_zp = out_q if out_q else (1.0, 0)
+        return [partial(_kernels.qs8_gemm, a2, sv, zv, self.packed, y2, lo, hi, F32(out_scale), int(out_zp))]
+
+    def _sparse_steps(self, a2, sv, zv, y2, lo, hi, out_q):
+        if not out_q:
+            return [partial(_kernels.sparse_gemm, a2, sv, zv, self.sparse_packed, y2, lo, hi)]
+        tmp = np.empty(y2.shape, F32)
+        return [partial(_kernels.sparse_gemm, a2, sv, zv, self.sparse_packed, tmp, lo, hi)] + \
+            quantize_steps(tmp, y2, out_q[0], out_q[1])
+
     def steps(self, a2, a_scale, a_zp, y2, clamp, out_q) -> list:
         m = a2.shape[0]
         sv, zv = np.full(m, a_scale, F32), np.full(m, a_zp, np.int32)
         lo, hi = F32(clamp[0]), F32(clamp[1])
-        if self.backend == "qs8":
-            out_scale, out_zp = out_q if out_q else (1.0, 0)
-            return [partial(_kernels.qs8_gemm, a2, sv, zv, self.packed, y2, lo, hi, F32(out_scale), int(out_zp))]
-        if not out_q:
-            return [partial(_kernels.sparse_gemm, a2, sv, zv, self.packed, y2, lo, hi)]
-        tmp = np.empty(y2.shape, F32)
-        return [partial(_kernels.sparse_gemm, a2, sv, zv, self.packed, tmp, lo, hi)] + \
-            quantize_steps(tmp, y2, out_q[0], out_q[1])
+        if self.sparse_packed is None:
+            return self._dense_steps(a2, sv, zv, y2, lo, hi, out_q)
+        sparse = self._sparse_steps(a2, sv, zv, y2, lo, hi, out_q)
+        if self.packed is None:
+            self.chosen.append("sparse_qs8")
+            return sparse
+        a2.fill(0)      # plan buffers are uninitialised; any int8 values time the same
+        pick, steps = fastest([sparse, self._dense_steps(a2, sv, zv, y2, lo, hi, out_q)])
+        self.chosen.append(("sparse_qs8", "qs8")[pick])
+        return steps
 
 
 # ----------------------------------------------------------------------------- dense layers

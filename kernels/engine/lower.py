@@ -264,7 +264,7 @@ class Lowerer:
             return None
         sparse = (not np.any(zp) and k <= SPARSE_MAX_K
                   and float(np.mean(q == 0)) >= self.config.sparse_min_zero_fraction)
-        return irops.QWeights(q, scale, zp, bias, sparse)
+        return irops.QWeights(q, scale, zp, bias, sparse, self.config.autotune_sparse)
 
     # ------------------------------------------------------------------ lowering
 

@@ -102,21 +102,25 @@ def test_mobilenet_matches_onnxruntime(mobilenet, variant, batch):
     _compare(models[variant], variant, np.ascontiguousarray(inputs[:batch]), optimized_int8=False)
 
 
-@pytest.mark.parametrize("variant", ["int8", "sparse-int8"])
-def test_mobilenet_int8_bitexact_and_on_kernels(mobilenet, variant):
+@pytest.mark.parametrize("variant,autotune", [("int8", True), ("sparse-int8", True), ("sparse-int8", False)])
+def test_mobilenet_int8_bitexact_and_on_kernels(mobilenet, variant, autotune):
     models, inputs = mobilenet
-    model = Model(models[variant])
+    model = Model(models[variant], EngineConfig(autotune_sparse=autotune))
     kinds = model.op_kinds()
     assert kinds["dwconv3x3[int8]"] == 9 and kinds["qconv[%s->int8]" % ("qs8" if variant == "int8" else "sparse_qs8")] == 19
     assert all("ReduceMean" in op for op in model.fallback_ops())       # the global average pool
     np.testing.assert_array_equal(model.run({"input": inputs})["logits"], model.run_reference({"input": inputs})["logits"])
+    chosen = {c for op in model._lowered.ops for c in getattr(getattr(op, "weights", None), "chosen", [])}
+    if variant == "sparse-int8":
+        assert chosen <= {"qs8", "sparse_qs8"} and (autotune or chosen == {"sparse_qs8"})
 
 
-@pytest.mark.parametrize("variant", ["int8", "int8-s8act", "sparse-int8"])
+@pytest.mark.parametrize("variant,autotune", [("int8", True), ("int8-s8act", True), ("sparse-int8", True),
+                                              ("sparse-int8", False)])
 @pytest.mark.parametrize("isa", kernels.available_isas())
-def test_int8_bitexact_against_numpy_reference(variants, variant, isa):
+def test_int8_bitexact_against_numpy_reference(variants, variant, autotune, isa):
     models, inputs = variants
-    model = Model(models[variant])
+    model = Model(models[variant], EngineConfig(autotune_sparse=autotune))
     with kernels.use_isa(isa):
         ours = model.run({"input": inputs})["logits"]
     ref = model.run_reference({"input": inputs})["logits"]
