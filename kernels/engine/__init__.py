@@ -44,9 +44,10 @@ class Model:
 
     # ------------------------------------------------------------------ introspection
 
-    def op_kinds(self) -> Counter:
-        """How many ops of each kind the compiled model holds (e.g. 'qconv[qs8->int8]': 3)."""
-        return Counter(op.kind for op in self._lowered.ops)
+    def op_kinds(self, layout: bool = False) -> Counter:
+        """How many ops of each kind the compiled model holds (e.g. 'qconv[qs8->int8]': 3);
+        layout=True keeps the '@nhwc' mark of channels-last ops."""
+        return Counter(op.kind if layout else op.kind.split("@")[0] for op in self._lowered.ops)
 
     def fallback_ops(self) -> list[str]:
         """Ops that run on the numpy fallback because no C kernel covers them yet."""

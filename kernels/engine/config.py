@@ -19,6 +19,8 @@ class EngineConfig:
             computes with the QDQ pair folded, but 8x the weight memory).
         int8_kernels: run QDQ int8 Conv/Gemm/MatMul on the exact int8 kernels. False leaves the
             QDQ graph as written (dequantize, float op, quantize) on the numpy fallback.
+        channels_last: run convolution chains in NHWC (GEMM rows = pixels, no per-layer
+            transposes), converting at the chain's edges; False keeps ONNX's NCHW throughout.
         autotune_sparse: int8 weights that qualify for the sparse kernel are also packed dense,
             and each plan keeps the faster of the two for its shapes (both compute the same
             integers, so results do not depend on the choice). False: always sparse.
@@ -28,6 +30,7 @@ class EngineConfig:
     sparse_min_zero_fraction: float = 0.5
     int4_kernels: bool = True
     int8_kernels: bool = True
+    channels_last: bool = True
     autotune_sparse: bool = True
     max_cached_shapes: int = 8
 

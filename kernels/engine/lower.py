@@ -289,6 +289,9 @@ class Lowerer:
                 raise UnsupportedGraph(f"graph output {v.name!r} is a quantized tensor (not supported)",
                                        [("QuantizeLinear", self.producer[v.name].name)])
         ops = self._prune()
+        if self.config.channels_last:
+            from kernels.engine.nhwc import channels_last
+            ops = channels_last(ops, self.consts, [v.name for v in self.g.outputs])
         return Lowered(ops, self.consts, self.g.inputs, [v.name for v in self.g.outputs])
 
     def _generic(self, node: Node) -> None:

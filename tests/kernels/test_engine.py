@@ -249,3 +249,15 @@ def test_minilm_dynamic_int8(minilm):
     assert _cos(ours, fp32) >= MINILM_INT8_COS_FP32
     ref = model.run_reference(feeds)["sentence_embedding"]   # same integer math in numpy
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", MOBILENET)
+def test_channels_last_plan_equals_nchw_plan(mobilenet, variant):
+    models, inputs = mobilenet
+    nhwc, nchw = Model(models[variant]), Model(models[variant], EngineConfig(channels_last=False))
+    assert nhwc.op_kinds(layout=True)["to_nhwc"] == 1 and not nchw.op_kinds()["to_nhwc"]
+    a, b = nhwc.run({"input": inputs})["logits"], nchw.run({"input": inputs})["logits"]
+    if "int8" in variant:
+        np.testing.assert_array_equal(a, b)
+    else:
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
