@@ -36,16 +36,24 @@ class SmoothQuantInt8Config(VariantConfig):
        fixed by `alpha`.
     2. Dynamic int8: per-channel symmetric int8 weights, uint8 activations quantized per
        call (onnxruntime DynamicQuantizeMatMul), compressor.quant.dynamic's rewrite.
-    3. Mixed precision: every Linear's sensitivity is measured end to end (embedding
-       cosine on `sensitivity_sentences` calibration sentences, with that one Linear
-       back in fp32); the `keep_fp32` most sensitive stay fp32.
-    4. The word-embedding table is stored as per-row int8 (Gather on int8 rows, then scale).
+    3. Outlier channels: on the MatMul inputs not smoothed (GELU outputs, attention
+       context), channels whose calibration max |x| exceeds `outlier_ratio` x the 99th
+       percentile of channel maxima (MiniLM: the [CLS] token's "massive activation", one
+       channel of FFN-out in layers 0-3) are computed in fp32 beside the int8 product
+       (compressor.transformer.outliers). This replaced keeping three FFN-out layers fp32:
+       same fidelity, all 36 Linears int8.
+    4. Mixed precision (optional): every Linear's sensitivity is measured end to end
+       (embedding cosine on `sensitivity_sentences` calibration sentences, with that one
+       Linear back in fp32); the `keep_fp32` most sensitive stay fp32.
+    5. The word-embedding table is stored as per-row int8 (Gather on int8 rows, then scale).
 
     Args:
         alpha: fixed migration strength in [0, 1], or None to search `alpha_grid` per tensor.
         alpha_grid: candidates (None in the grid = leave that tensor unsmoothed).
         smooth: which MatMul inputs are smoothed.
-        keep_fp32: how many of the most sensitive Linears stay in fp32.
+        outlier_ratio: outlier-channel threshold (0 turns the decomposition off).
+        max_outlier_channels: at most this many fp32 channels per tensor.
+        keep_fp32: how many of the most sensitive Linears stay in fp32 (0: no scan).
         sensitivity_candidates: weight-name substrings limiting which Linears are scanned
             (empty: all of them; each costs one session on the sensitivity sentences).
         sensitivity_sentences: calibration sentences used for the scan.
@@ -58,7 +66,9 @@ class SmoothQuantInt8Config(VariantConfig):
     alpha: float | None = None
     alpha_grid: tuple = (None, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     smooth: SmoothTargets = SmoothTargets.LAYERNORM
-    keep_fp32: int = 3
+    outlier_ratio: float = 3.0
+    max_outlier_channels: int = 8
+    keep_fp32: int = 0
     sensitivity_candidates: tuple[str, ...] = ()
     sensitivity_sentences: int = 64
     calibration_rows: int = 2048
@@ -76,6 +86,8 @@ class SmoothQuantInt8Config(VariantConfig):
                 raise ValueError(f"SmoothQuant alpha must be in [0, 1], got {a}")
         if not self.alpha_grid and self.alpha is None:
             raise ValueError("give alpha or a non-empty alpha_grid")
+        if self.outlier_ratio < 0 or self.max_outlier_channels < 0:
+            raise ValueError("outlier_ratio and max_outlier_channels must be >= 0")
         if self.keep_fp32 < 0 or self.sensitivity_sentences < 8 or self.calibration_rows < 64:
             raise ValueError(f"bad SmoothQuantInt8Config: keep_fp32={self.keep_fp32}, "
                              f"sensitivity_sentences={self.sensitivity_sentences}, "

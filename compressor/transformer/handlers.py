@@ -57,6 +57,7 @@ def _smoothquant_int8(config: SmoothQuantInt8Config, ctx: CompressContext) -> Ar
         onnx=q, method="smoothquant-dynamic-int8", weight_bits=wb, activation_bits=ab,
         parent=ctx.parent_id(), layer_groups=groups,
         details={"kept_fp32": report["kept_fp32"],
+                 "outlier_channels_fp32": report["outlier_channels_fp32"],
                  "smoothquant_alpha": {t["tensor"]: t["alpha"] for t in report["smoothquant"]},
                  "sensitivity": report["sensitivity"], "calibration_sentences": int(len(ids)),
                  **_fidelity_details(ctx, q)})

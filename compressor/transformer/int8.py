@@ -16,6 +16,7 @@ from compressor.transformer.calibration import batches, channel_absmax, collect_
 from compressor.transformer.configs import SmoothQuantInt8Config, SmoothTargets
 from compressor.transformer.embedding import embedding_gathers, quantize_embedding_int8
 from compressor.transformer.fidelity import cosine_rows, run_encoder
+from compressor.transformer.outliers import outlier_channels, split_outlier_channels
 from compressor.transformer.smoothquant import (apply_smoothquant, search_alpha,
                                                 smoothable_inputs)
 
@@ -81,31 +82,42 @@ def build_smoothquant_int8(fp32: onnx.ModelProto, ids: np.ndarray, mask: np.ndar
     """Return (int8 graph, report) built from calibration sentences (ids, mask)."""
     feeds = batches(ids, mask)
     targets = smoothing_targets(fp32, cfg.smooth, cfg.exclude)
-    say(f"SmoothQuant: statistics of {len(targets)} tensors")
-    absmax = channel_absmax(fp32, list(targets), feeds) if targets else {}
+    others = {x: ws for x, ws in smoothable_inputs(fp32, include=lambda w: w not in cfg.exclude).items()
+              if x not in targets} if cfg.outlier_ratio > 0 else {}
+    say(f"statistics of {len(targets)} tensors to smooth and {len(others)} to check for outliers")
+    absmax = channel_absmax(fp32, list(targets) + list(others), feeds) if targets or others else {}
     alphas, alpha_errors = choose_alphas(fp32, targets, feeds, absmax, cfg) if targets else ({}, {})
     smoothed, sq_report = apply_smoothquant(fp32, absmax, alphas, targets)
+    outliers, fp32_parts = {}, []
+    for x, weights in others.items():
+        ch = outlier_channels(absmax[x], cfg.outlier_ratio, cfg.max_outlier_channels)
+        if len(ch):
+            fp32_parts += split_outlier_channels(smoothed, x, weights, ch)
+            outliers[weights[0]] = [int(c) for c in ch]
+    topological_sort(smoothed)
+    exclude = cfg.exclude + tuple(fp32_parts)
     embedding_layers = []
     if cfg.quantize_embedding:      # first: the scan below then measures with it in place
         smoothed, embedding_layers = _embedding_int8(smoothed)
 
     n = min(cfg.sensitivity_sentences, len(ids))
     s_ids, s_mask = ids[:n], mask[:n]
-    reference = run_encoder(session(fp32, 2), s_ids, s_mask)
     sites = [s.weight_name for s in Graph(smoothed).weight_sites()
-             if s.node.op_type == "MatMul" and s.weight_name not in cfg.exclude
-             and s.node.name not in cfg.exclude]
+             if s.node.op_type == "MatMul" and s.weight_name not in exclude
+             and s.node.name not in exclude]
     candidates = [w for w in sites if not cfg.sensitivity_candidates
                   or any(c in w for c in cfg.sensitivity_candidates)]
     keep: list[str] = []
     base, gains = None, {}
     if cfg.keep_fp32 and candidates:
         say(f"sensitivity scan of {len(candidates)} layers on {n} sentences")
-        base, gains = sensitivity(smoothed, candidates, cfg.exclude, s_ids, s_mask, reference)
+        reference = run_encoder(session(fp32, 2), s_ids, s_mask)
+        base, gains = sensitivity(smoothed, candidates, exclude, s_ids, s_mask, reference)
         keep = sorted(gains, key=gains.get, reverse=True)[:cfg.keep_fp32]
-    q, report = _quantize(smoothed, cfg.exclude + tuple(keep))
+    q, report = _quantize(smoothed, exclude + tuple(keep))
     report["layers"] += embedding_layers
-    matmuls = {s.weight_name for s in Graph(smoothed).weight_sites() if s.node.op_type == "MatMul"}
+    matmuls = {s.weight_name for s in Graph(smoothed).weight_sites()
+               if s.node.op_type == "MatMul" and s.weight_name not in fp32_parts}
     for w in dict.fromkeys(list(cfg.exclude) + keep):
         if w in matmuls:
             report["layers"].append({"node": w, "weight": w, "op": "MatMul", "weight_bits": 32,
@@ -114,6 +126,7 @@ def build_smoothquant_int8(fp32: onnx.ModelProto, ids: np.ndarray, mask: np.ndar
         "smoothquant": [{**t, "simulated_error": alpha_errors.get(t["tensor"])}
                         for t in sq_report["tensors"]],
         "kept_fp32": keep,
+        "outlier_channels_fp32": outliers,
         "sensitivity": {"all_int8_cosine": base,
                         "cosine_gain_if_fp32": {w: round(v, 6) for w, v in
                                                 sorted(gains.items(), key=lambda kv: -kv[1])}},

@@ -107,16 +107,46 @@ def test_padding_does_not_change_the_embedding(model, tok):
     np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
 
 
+# -- compression through compress(): one export and one bundle for the tests below -----------
+
+EVAL_SENTENCES, CALIB_SENTENCES = 200, 128
+
+
+@pytest.fixture(scope="module")
+def bundle(model, tok, tmp_path_factory):
+    from compressor import Fp32Config, LatencyConfig, compress
+    from compressor.transformer import (EmbeddingFidelity, SmoothQuantInt8Config,
+                                        TransformerInt4Config)
+
+    ids, mask = tok.encode(stdlib_sentences(EVAL_SENTENCES), seq_len=None)
+    c_ids, c_mask = tok.encode(calibration_sentences(CALIB_SENTENCES), seq_len=None)
+    fid = EmbeddingFidelity.from_model(model, ids, mask)
+    ex_ids, ex_mask = tok.encode(SENTENCES[:2], seq_len=16)
+    out = tmp_path_factory.mktemp("minilm") / "bundle"
+    result = compress(
+        model, [Fp32Config(),
+                # one Linear kept fp32 by a sensitivity scan (limited to the FFN-out
+                # projections for speed) besides the default outlier decomposition
+                SmoothQuantInt8Config(keep_fp32=1, sensitivity_candidates=("output.dense",),
+                                      sensitivity_sentences=32),
+                TransformerInt4Config(calibration_rows=2048)],
+        calib_data={"input_ids": c_ids, "attention_mask": c_mask}, eval_fn=fid,
+        quality_metric="cosine_to_fp32",
+        example_input={"input_ids": ex_ids, "attention_mask": ex_mask},
+        out_dir=out, signing_key=out.parent / "publisher.key", model_name="all-minilm-l6-v2",
+        latency=LatencyConfig(warmup=1, repeats=3, threads=2))
+    return result, fid
+
+
 @needs_model
-def test_onnx_export_matches_pytorch_for_other_shapes(model, tok):
-    from compressor.transformer.export import export_encoder
+def test_onnx_export_matches_pytorch_for_other_shapes(model, tok, bundle):
     from compressor.evaluate import session
 
-    ids, mask = tok.encode(SENTENCES[:2], seq_len=16)
-    proto = export_encoder(model, ids, mask)
-    assert [i.name for i in proto.graph.input] == ["input_ids", "attention_mask"]
-    weights = {t.name for t in proto.graph.initializer}
-    assert "encoder.layer.0.attention.self.query.weight_t" in weights
+    result, _ = bundle
+    proto = result.files["fp32.onnx"]
+    m = __import__("onnx").load_from_string(proto)
+    assert [i.name for i in m.graph.input] == ["input_ids", "attention_mask"]
+    assert "encoder.layer.0.attention.self.query.weight_t" in {t.name for t in m.graph.initializer}
     sess = session(proto, 2)
     for seq_len in (None, 32):                      # other batch sizes and lengths than traced
         ids, mask = tok.encode(SENTENCES, seq_len=seq_len)
@@ -124,3 +154,50 @@ def test_onnx_export_matches_pytorch_for_other_shapes(model, tok):
         with torch.no_grad():
             want = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
         np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+@needs_model
+def test_int8_and_int4_quality_size_and_signed_bundle(bundle):
+    from compressor import read_bundle
+
+    result, fid = bundle
+    loaded = read_bundle(result.out_dir)                        # signature and digests verify
+    assert loaded.bundle_id == result.bundle_id
+    m = result.manifest
+    assert m.quality_metric == "cosine_to_fp32"
+    assert [(t.name, t.dtype) for t in m.inputs] == [("input_ids", "int64"),
+                                                     ("attention_mask", "int64")]
+    v = {x.id: x for x in m.variants}
+    assert v["fp32"].quality == pytest.approx(1.0, abs=1e-5)
+    i8, i4 = v["int8-sq"], v["int4-gptq"]
+    # issue 3 targets (on a 200-sentence subset: top-10 among fewer candidates)
+    assert i8.quality >= 0.995 and i8.details["overlap@10"] >= 0.93
+    assert i4.quality >= 0.985 and i4.size_bytes <= 14e6
+    assert i4.size_bytes < v["fp32"].size_bytes / 6
+    assert len(i8.details["kept_fp32"]) == 1 and "output.dense" in i8.details["kept_fp32"][0]
+    # the [CLS] "massive activation" channel of layer 0's FFN-out input is split off in fp32
+    assert 856 in i8.details["outlier_channels_fp32"]["encoder.layer.0.output.dense.weight_t"]
+    assert i8.method == "smoothquant-dynamic-int8" and i4.method == "gptq-int4"
+    assert any(g.weight_bits == 8 and g.activation_bits == 8 for g in i8.layer_groups)
+    assert {g.weight_bits for g in i4.layer_groups} == {4, 8}     # int8 position table
+    # the int4 file really holds int4 embeddings read by GatherBlockQuantized
+    g4 = __import__("onnx").load_from_string(result.files["int4-gptq.onnx"]).graph
+    assert "GatherBlockQuantized" in {n.op_type for n in g4.node}
+    assert not any(t.data_type == 1 and len(t.dims) == 2 and t.dims[0] > 1000 for t in g4.initializer)
+
+
+@needs_model
+def test_transformer_variants_need_calibration_sentences(model, bundle):
+    from compressor.context import CompressContext
+    from compressor.errors import EmptyCalibrationError
+    from compressor.registry import handler_for
+    from compressor.transformer import SmoothQuantInt8Config, TransformerInt4Config
+
+    result, fid = bundle
+    fp32 = __import__("onnx").load_from_string(result.files["fp32.onnx"])
+    for cfg in (SmoothQuantInt8Config(), TransformerInt4Config()):
+        for bad in (None, np.zeros((4, 8), np.float32),
+                    {"input_ids": np.zeros((0, 8), np.int64), "attention_mask": np.zeros((0, 8), np.int64)}):
+            ctx = CompressContext(model=model, fp32_onnx=fp32, example_input=None, calib_data=bad)
+            with pytest.raises(EmptyCalibrationError):
+                handler_for(cfg)(cfg, ctx)

@@ -123,6 +123,57 @@ def test_search_alpha_prefers_smoothing_for_an_outlier_channel():
     assert best is not None and errors[best] < 0.5 * errors[None]
 
 
+def test_outlier_channels_split_is_exact_and_found():
+    from compressor.transformer.outliers import outlier_channels, split_outlier_channels
+    a = np.full(100, 1.0)
+    a[[7, 42]] = [30.0, 10.0]
+    assert list(outlier_channels(a, ratio=3.0)) == [7, 42]
+    assert list(outlier_channels(a, ratio=3.0, max_channels=1)) == [7]
+    assert len(outlier_channels(np.ones(100))) == 0
+    rng = np.random.default_rng(8)
+    k, n = 16, 6
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    m = helper.make_model(helper.make_graph(
+        [helper.make_node("Gelu", ["x"], ["h"]), helper.make_node("MatMul", ["h", "w"], ["y0"]),
+         helper.make_node("Add", ["y0", "b"], ["y"])], "ffn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])],
+        [make_init("w", w), make_init("b", np.ones(n, np.float32))]),
+        opset_imports=[helper.make_opsetid("", 21)])
+    m.ir_version = 10
+    x = rng.standard_normal((5, k)).astype(np.float32)
+    x[:, 3] *= 40.0
+    want = session(m).run(None, {"x": x})[0]
+    small = split_outlier_channels(m, "h", ["w"], np.array([3]))
+    topological_sort(m)
+    onnx.checker.check_model(m)
+    np.testing.assert_allclose(session(m).run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-5)
+    g = Graph(m)
+    assert g.array(small[0]).shape == (1, n) and not g.array("w")[3].any()
+    # the bias Add still follows the MatMul directly (onnxruntime fuses it); the fp32
+    # correction comes after it
+    mm = next(nd for nd in m.graph.node if nd.op_type == "MatMul" and nd.input[1] == "w")
+    assert g.consumers[mm.output[0]][0].input[1] == "b"
+    # after dynamic int8 (the outlier part excluded), the split beats plain int8
+    q_split, _ = quantize_dynamic_int8(m, exclude=tuple(small))
+    m0 = _ln_free_plain(w, k, n)
+    q_plain, _ = quantize_dynamic_int8(m0)
+    err = lambda q: np.abs(session(q).run(None, {"x": x})[0] - want).max()
+    assert err(q_split) < err(q_plain)
+
+
+def _ln_free_plain(w, k, n):
+    m = helper.make_model(helper.make_graph(
+        [helper.make_node("Gelu", ["x"], ["h"]), helper.make_node("MatMul", ["h", "w"], ["y0"]),
+         helper.make_node("Add", ["y0", "b"], ["y"])], "ffn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])],
+        [make_init("w", w), make_init("b", np.ones(n, np.float32))]),
+        opset_imports=[helper.make_opsetid("", 21)])
+    m.ir_version = 10
+    return m
+
+
 # -- int4 blocks and embeddings ------------------------------------------------------------
 
 def test_quantize_blocks_mse_range_and_beats_plain_absmax():
@@ -238,7 +289,7 @@ def test_gptq_lowers_output_error_and_runs_as_int4_matmul():
 # -- configs -------------------------------------------------------------------------------
 
 def test_transformer_configs_round_trip_and_reject_nonsense():
-    for cfg in (SmoothQuantInt8Config(alpha=0.6, keep_fp32=2, exclude=("w",)),
+    for cfg in (SmoothQuantInt8Config(alpha=0.6, keep_fp32=2, exclude=("w",), outlier_ratio=0),
                 SmoothQuantInt8Config(), TransformerInt4Config(method="rtn", group_size=64)):
         assert config_from_dict(config_to_dict(cfg)) == cfg
     assert TransformerInt4Config(method="rtn", group_size=64).id == "int4-rtn-g64"
