@@ -17,6 +17,7 @@
 
 #if EF_ARCH_X86
 #include <immintrin.h>
+#include <math.h>
 
 #include "qs8-gemm/avx2-epilogue.h"
 
@@ -59,6 +60,56 @@ DEFINE_KERNEL(1)
 DEFINE_KERNEL(2)
 DEFINE_KERNEL(3)
 DEFINE_KERNEL(4)
+
+EF_TARGET_AVX2 void ef_qd8_quantize_rows_asym__avx2(const float* x, size_t m, size_t k, int8_t* q, float* scale,
+                                                    int32_t* zp) {
+  for (size_t r = 0; r < m; r++) {
+    const float* xr = x + r * k;
+    /* min/max: max_ps/min_ps(v, acc) return acc for NaN, like the scalar compares; the
+     * order of the reduction does not change a minimum (only the sign of a zero, which
+     * gives the same scale and zero point). */
+    __m256 vlo = _mm256_setzero_ps(), vhi = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 8 <= k; i += 8) {
+      const __m256 v = _mm256_loadu_ps(xr + i);
+      vlo = _mm256_min_ps(v, vlo);
+      vhi = _mm256_max_ps(v, vhi);
+    }
+    float lo_l[8], hi_l[8];
+    _mm256_storeu_ps(lo_l, vlo);
+    _mm256_storeu_ps(hi_l, vhi);
+    float lo = 0.0f, hi = 0.0f;
+    for (int l = 0; l < 8; l++) {
+      lo = lo_l[l] < lo ? lo_l[l] : lo;
+      hi = hi_l[l] > hi ? hi_l[l] : hi;
+    }
+    for (; i < k; i++) {
+      lo = xr[i] < lo ? xr[i] : lo;
+      hi = xr[i] > hi ? xr[i] : hi;
+    }
+    const float s = hi > lo ? (hi - lo) / 255.0f : 1.0f;
+    float z = nearbyintf(-128.0f - lo / s);
+    z = z < -128.0f ? -128.0f : (z > 127.0f ? 127.0f : z);
+    const __m256 vs = _mm256_set1_ps(s), vz = _mm256_set1_ps(z);
+    const __m256 qlo = _mm256_set1_ps(-128.0f), qhi = _mm256_set1_ps(127.0f);
+    int8_t* qr = q + r * k;
+    for (i = 0; i + 8 <= k; i += 8) {
+      __m256 v = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(xr + i), vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      v = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, vz), qlo), qhi);
+      const __m256i vi = _mm256_cvtps_epi32(v);
+      const __m128i v16 = _mm_packs_epi32(_mm256_castsi256_si128(vi), _mm256_extracti128_si256(vi, 1));
+      _mm_storel_epi64((__m128i*)(qr + i), _mm_packs_epi16(v16, v16));
+    }
+    for (; i < k; i++) {
+      float v = nearbyintf(xr[i] / s) + z;
+      v = v > -128.0f ? v : -128.0f;
+      v = v < 127.0f ? v : 127.0f;
+      qr[i] = (int8_t)v;
+    }
+    scale[r] = s;
+    zp[r] = (int32_t)z;
+  }
+}
 
 const ef_qs8_gemm_config ef_qs8_gemm_config_avx2 = {
     .isa = "avx2",

@@ -162,7 +162,11 @@ int ef_qd8_gemm(const ef_qs8_gemm_config* config, size_t m, const float* x, cons
   if (q == NULL) return -2;
   float* scale = (float*)(q + EF_ROUND_UP(m * w->k, 4));
   int32_t* zp = (int32_t*)(scale + m);
-  ef_qd8_quantize_rows_asym(x, m, w->k, q, scale, zp);
+#if EF_ARCH_X86
+  if (ef_arch_flags() & EF_ARCH_X86_AVX2) ef_qd8_quantize_rows_asym__avx2(x, m, w->k, q, scale, zp);
+  else
+#endif
+    ef_qd8_quantize_rows_asym(x, m, w->k, q, scale, zp);
   const int rc = ef_qs8_gemm(config, m, q, zp, scale, w, c, params);
   ef_aligned_free(q);
   return rc;

@@ -103,6 +103,12 @@ int ef_qs8_gemm(const ef_qs8_gemm_config* config, size_t m, const int8_t* a, con
  *   lo = min(min(x), 0), hi = max(max(x), 0), scale = (hi - lo) / 255 (1 if hi == lo)
  *   zp = clamp(round(-128 - lo / scale), -128, 127), q = clamp(round(x / scale) + zp, -128, 127) */
 void ef_qd8_quantize_rows_asym(const float* x, size_t m, size_t k, int8_t* q, float* scale, int32_t* zp);
+#if EF_ARCH_X86
+/* The same computation 8 floats at a time (IEEE division and round-to-nearest-even are
+ * exact operations, so the results are identical); the scalar loop cannot be vectorized by
+ * the compiler at the baseline ISA (nearbyintf) and costs more than a small GEMV. */
+void ef_qd8_quantize_rows_asym__avx2(const float* x, size_t m, size_t k, int8_t* q, float* scale, int32_t* zp);
+#endif
 
 /* fp32 in, fp32 (or int8) out: quantize the rows of x dynamically, then ef_qs8_gemm. */
 int ef_qd8_gemm(const ef_qs8_gemm_config* config, size_t m, const float* x, const ef_qs8_packed* w, void* c,
