@@ -193,20 +193,34 @@ def _render(watcher: FleetWatcher, traffic: dict[str, TrafficStats], elapsed: fl
 
 # -- the run ---------------------------------------------------------------------------------
 
+# The demo's teacher is twice the example CNN's width and its student a quarter of that: on a
+# model this small a narrower one would cost little more than the fixed per-call overhead, and
+# the devices would have nothing cheaper to switch to.
+DEMO_TEACHER_WIDTH = 2.0
+DEMO_STUDENT_WIDTH = 0.5
+
+
 def build_bundle(out_dir: pathlib.Path, signing_key: pathlib.Path, *, seed: int = 0,
-                 epochs: int | None = None) -> pathlib.Path:
-    """Train the digits CNN and write the demo's signed bundle (fp32, int8, int4) to out_dir.
-    The key is created if missing, with its raw public key beside it as <name>.pub."""
+                 epochs: int | None = None, student: bool = True,
+                 width: float = DEMO_TEACHER_WIDTH) -> pathlib.Path:
+    """Train the digits CNN and write the demo's signed bundle to out_dir: fp32, int8 (static,
+    per-channel), int4 (weight-only) and, with `student`, a distilled narrower int8 student
+    (cheaper, a little less accurate: what a device falls back to when its battery runs low or it
+    runs hot). The key is created if missing, with its raw public key beside it as <name>.pub."""
     from compressor import Fp32Config, Int4WeightOnlyConfig, Int8StaticConfig, compress
+    from compressor.configs import DistillConfig
     from compressor.examples import digits_cnn
     from proto import signing
 
     key = signing.load_or_create_private_key(signing_key)
     signing_key.with_suffix(".pub").write_bytes(signing.public_key_bytes(key))
-    example = digits_cnn(seed=seed) if epochs is None else digits_cnn(seed=seed, epochs=epochs)
-    compress(example.model, [Fp32Config(), Int8StaticConfig(), Int4WeightOnlyConfig(group_size=32)],
-             calib_data=example.calibration[0], eval_data=example.heldout, out_dir=str(out_dir),
-             signing_key=key, model_name="digits-cnn", version="1")
+    example = digits_cnn(seed=seed, width=width, **({} if epochs is None else {"epochs": epochs}))
+    configs = [Fp32Config(), Int8StaticConfig(), Int4WeightOnlyConfig(group_size=32)]
+    if student:
+        configs.append(DistillConfig(width=DEMO_STUDENT_WIDTH, int8=True, epochs=15, seed=seed))
+    compress(example.model, configs, calib_data=example.calibration[0], eval_data=example.heldout,
+             train_data=example.train, out_dir=str(out_dir), signing_key=key, model_name="digits-cnn",
+             version="1")
     return pathlib.Path(out_dir)
 
 
@@ -263,7 +277,7 @@ def _run(args, console, workdir: pathlib.Path, children: list) -> int:
     from server.admin_client import AdminClient
 
     # 1. compress
-    console.rule("1. compress: train a CNN on the bundled digits, build fp32 / int8 / int4 variants")
+    console.rule("1. compress: train a CNN on the bundled digits; fp32, int8, int4 and a distilled student")
     key_path = workdir / "publisher.key"
     bundle_dir = build_bundle(workdir / "bundle", key_path, seed=args.seed, epochs=args.epochs)
     from proto.manifest import Manifest
@@ -358,6 +372,11 @@ def _agent_decisions(agent: processes.ManagedProcess) -> list[dict]:
         return []
 
 
+# Scheduler reasons that come from the (simulated) battery or temperature, not from load/latency.
+_SENSOR_REASONS = ("on_battery", "battery_low", "battery_critical", "battery_ok", "charging",
+                   "thermal_trip", "thermal_clear")
+
+
 def _summary(console, watcher: FleetWatcher, traffic, agents, names) -> int:
     console.rule("5. summary")
     total_ok = sum(s.ok for s in traffic.values())
@@ -374,7 +393,7 @@ def _summary(console, watcher: FleetWatcher, traffic, agents, names) -> int:
             if not decision.get("changed", True):
                 continue
             reason = decision.get("reason", "")
-            if reason in ("battery_low", "battery_critical", "thermal_trip"):
+            if reason in _SENSOR_REASONS:
                 adaptive += 1
             console.print(f"   -> {decision.get('variant_id', '?'):<10} {reason:<16} {decision.get('detail', '')}")
     if not watcher.switches:

@@ -48,7 +48,7 @@ def bundle(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("bundle")
     key = root / "publisher.key"
-    bundle_dir = build_bundle(root / "bundle", key, seed=0, epochs=3)
+    bundle_dir = build_bundle(root / "bundle", key, seed=0, epochs=3, student=False)
     return bundle_dir, key
 
 
