@@ -236,11 +236,12 @@ class Quantize(IROp):
 def quantize_steps(x: np.ndarray, q: np.ndarray, scale, zp: int) -> list:
     inv = F32(1) / F32(scale)
     tmp = np.empty(x.shape, F32)
+    # clip before rounding (integer bounds, so the same as clipping after), then add the zero
+    # point straight into the int8 output (exact integers: the cast is exact).
     return [partial(np.multiply, x, inv, out=tmp),
             partial(np.clip, tmp, F32(-128 - zp), F32(127 - zp), out=tmp),
             partial(np.rint, tmp, out=tmp),
-            partial(np.add, tmp, F32(zp), out=tmp),
-            partial(np.copyto, q, tmp, casting="unsafe")]
+            partial(np.add, tmp, F32(zp), out=q, casting="unsafe")]
 
 
 class Dequantize(IROp):
