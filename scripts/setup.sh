@@ -3,7 +3,8 @@
 # (agent + server + compressor + test tools), pinned by constraints.txt (CPU torch).
 #   scripts/setup.sh          what the demo needs
 #   scripts/setup.sh --test   also the Debian packages the tests use (prometheus/promtool,
-#                             the aarch64 cross compiler and qemu-user for the NEON kernels)
+#                             the aarch64 cross compiler and qemu-user for the NEON kernels,
+#                             docker-compose to validate the compose file without a daemon)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,7 @@ if [ "${1:-}" = "--test" ]; then
   command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
   command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || missing+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
   command -v qemu-aarch64 >/dev/null 2>&1 || missing+=(qemu-user)
+  command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)   # validates deploy/docker-compose.yml
   if [ ${#missing[@]} -gt 0 ]; then
     echo "== installing Debian packages: ${missing[*]}"
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
