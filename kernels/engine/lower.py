@@ -6,17 +6,23 @@
 2. Lowering, in graph order, with these patterns:
    - Conv / Gemm / MatMul with a constant weight -> Conv / Dense on the best weight form:
      int4/int2 blocked weights -> qb kernels; >= sparse_min_zero_fraction zeros -> sparse
-     kernel; else numpy (BLAS). A following Relu / Clip is fused.
+     kernel; else the fp32 GEMM kernel. A following Relu / Clip is fused.
    - QDQ int8: Conv / Gemm / MatMul whose input is DequantizeLinear(dynamic int8) and whose
      weight is DequantizeLinear(int8 initializer, per channel) -> QConv / QDense on the exact
      int8 kernels, taking the int8 tensor directly; [Relu|Clip] -> QuantizeLinear after it is
      fused as requantization, so int8 flows from layer to layer.
    - MaxPool / Reshape / Flatten between DQ and Q with the same scale and zero point -> run on
      the int8 tensor.
-   - remaining QuantizeLinear / DequantizeLinear on dynamic tensors -> Quantize / Dequantize.
+   - Conv with group == channels, 3x3, padding 1, stride 1/2 -> the depthwise kernels (int8
+     when its input is DQ(int8) and the result is requantized).
+   - dynamic int8 (onnxruntime's quantize_dynamic): DynamicQuantizeLinear -> MatMulInteger ->
+     Cast -> Mul(scales) [-> Add(bias)] -> one Dense on the qd8 kernel.
+   - remaining QuantizeLinear / DequantizeLinear on dynamic tensors -> Quantize / Dequantize
+     (or the numpy DequantizeLinear for ONNX-domain integers, e.g. a Gather from an int8 table).
    - everything else -> Generic (numpy implementation), or UnsupportedGraph naming every op
      the engine has no implementation for.
 3. Dead ops (e.g. a DequantizeLinear whose consumers all took the int8 tensor) are dropped.
+4. Channels-last (nhwc.py): conv chains are rewritten to NHWC with conversions at their edges.
 """
 
 from __future__ import annotations
@@ -86,6 +92,7 @@ class Lowerer:
         self.producer: dict[str, Node] = {}
         self.consumers: dict[str, list[Node]] = {}
         self.outputs = {v.name for v in graph.outputs}
+        self._fused: set[int] = set()       # ids of nodes folded into an op emitted earlier
 
     # ------------------------------------------------------------------ folding
 
@@ -271,7 +278,7 @@ class Lowerer:
     def lower(self) -> Lowered:
         self.fold()
         self._index()
-        unsupported = []
+        unsupported, messages = [], []
         for idx, node in enumerate(self.g.nodes):
             if idx in self.done or id(node) in self._fused_ids():
                 continue
@@ -281,9 +288,9 @@ class Lowerer:
                     self._generic(node)
             except UnsupportedGraph as exc:
                 unsupported.extend(exc.ops or [(node.op_type, node.name)])
-                self._unsupported_msgs = getattr(self, "_unsupported_msgs", []) + [str(exc)]
+                messages.append(str(exc))
         if unsupported:
-            raise UnsupportedGraph("; ".join(self._unsupported_msgs), unsupported)
+            raise UnsupportedGraph("; ".join(messages), unsupported)
         for v in self.g.outputs:
             if v.name in self.qparams:
                 raise UnsupportedGraph(f"graph output {v.name!r} is a quantized tensor (not supported)",
@@ -307,10 +314,10 @@ class Lowerer:
         self.ops.append(irops.Generic(node))
 
     def _fused_ids(self) -> set[int]:
-        return self.__dict__.setdefault("_fused", set())
+        return self._fused
 
     def _fuse(self, nodes) -> None:
-        self._fused_ids().update(id(n) for n in nodes)
+        self._fused.update(id(n) for n in nodes)
 
     def _prune(self) -> list[irops.IROp]:
         needed = set(v.name for v in self.g.outputs)
