@@ -195,6 +195,41 @@ __all__ = ["ToNHWC", "ToNCHW", "ConvNHWC", "DWConvNHWC", "MaxPoolNHWC", "Element
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Relu", "Clip", "Max", "Min"}
 
 
+class SpatialMeanNHWC(IROp):
+    """GlobalAveragePool / ReduceMean over H, W of an NHWC tensor. [N, 1, 1, C] has the bytes of
+    the NCHW result [N, C, 1, 1] (or [N, C] without keepdims), so it writes the ONNX output as is."""
+
+    kind = "spatial_mean@nhwc"
+
+    def __init__(self, name, inputs, outputs, generic: irops.Generic):
+        super().__init__(name, inputs, outputs)
+        self.inner = generic
+
+    def ref(self, x, *rest):
+        return self.inner.ref(to_nchw(x), *rest)
+
+    def bind(self, ins, outs):
+        x, y = ins[0], outs[0]
+        n, c = x.shape[0], x.shape[3]
+        return [partial(np.mean, x, axis=(1, 2), keepdims=True, out=y.reshape(n, 1, 1, c))]
+
+
+def _spatial_mean(op: IROp, consts: dict) -> bool:
+    """Is op a mean over axes (2, 3) of a 4-D NCHW tensor?"""
+    if not isinstance(op, irops.Generic):
+        return False
+    node = op.node
+    if node.op_type == "GlobalAveragePool":
+        return True
+    if node.op_type != "ReduceMean":
+        return False
+    axes = node.attrs.get("axes")
+    if len(node.inputs) > 1 and node.inputs[1]:
+        axes = consts.get(node.inputs[1])
+        axes = None if axes is None else [int(a) for a in np.atleast_1d(axes)]
+    return axes is not None and sorted(a % 4 for a in axes) == [2, 3]
+
+
 def channels_last(ops: list[IROp], consts: dict, outputs: list[str]) -> list[IROp]:
     """Rewrite NCHW conv chains to NHWC, inserting layout conversions at their edges."""
     nhwc: set[str] = set()
@@ -226,6 +261,9 @@ def channels_last(ops: list[IROp], consts: dict, outputs: list[str]) -> list[IRO
             new = DWConvNHWC(op.name, [as_nhwc(op.inputs[0])], op.outputs, op)
         elif isinstance(op, irops.MaxPool) and op.inputs[0] in nhwc:
             new = MaxPoolNHWC(op.name, [op.inputs[0]], op.outputs, op)
+        elif op.inputs and op.inputs[0] in nhwc and _spatial_mean(op, consts):
+            result.append(SpatialMeanNHWC(op.name, list(op.inputs), op.outputs, op))
+            continue
         elif isinstance(op, (irops.Quantize, irops.Dequantize)) and op.inputs[0] in nhwc:
             nhwc.update(op.outputs)
             result.append(op)
