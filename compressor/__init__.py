@@ -7,7 +7,7 @@
 """
 
 from compressor.configs import (ActivationType, Fp32Config, Int4WeightOnlyConfig,
-                                Int8DynamicConfig, Int8StaticConfig, PruneConfig,
+                                Int8DynamicConfig, Int8StaticConfig, PruneConfig, DistillConfig,
                                 SparsityPattern, VariantConfig, config_from_dict,
                                 config_to_dict)
 from compressor.errors import (BudgetError, CompressionError, EmptyCalibrationError,
@@ -17,12 +17,14 @@ from compressor.quant.calibration import CalibrationMethod
 from compressor.registry import register_variant_handler
 from compressor.api import BundleResult, compress  # noqa: E402  (after configs)
 from compressor.bundle import read_bundle, write_bundle
+from compressor.search import Budget, SearchResult, default_candidates, search  # noqa: E402
 import compressor.quant.handlers  # noqa: F401,E402  registers the quantization handlers
 import compressor.prune.handlers  # noqa: F401,E402
+import compressor.distill.handlers  # noqa: F401,E402
 
 __all__ = [
-    "compress", "BundleResult", "read_bundle", "write_bundle", "register_variant_handler",
-    "VariantConfig", "Fp32Config", "Int8StaticConfig", "Int8DynamicConfig", "PruneConfig", "SparsityPattern", "Int4WeightOnlyConfig",
+    "compress", "BundleResult", "search", "Budget", "SearchResult", "default_candidates", "read_bundle", "write_bundle", "register_variant_handler",
+    "VariantConfig", "Fp32Config", "Int8StaticConfig", "Int8DynamicConfig", "PruneConfig", "SparsityPattern", "DistillConfig", "Int4WeightOnlyConfig",
     "ActivationType", "CalibrationMethod", "LatencyConfig", "config_to_dict", "config_from_dict",
     "CompressionError", "EmptyCalibrationError", "UnsupportedLayerError", "BudgetError",
 ]

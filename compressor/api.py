@@ -104,6 +104,32 @@ def compress(model: nn.Module, configs: Sequence[VariantConfig], *,
     ids = [c.id for c in configs]
     if len(set(ids)) != len(ids):
         raise CompressionError(f"variant ids must be unique, got {ids}")
+    if out_dir is not None and signing_key is None:
+        raise CompressionError("writing a bundle needs signing_key (a key or a key file path)")
+    key = _load_key(signing_key)
+    say = progress or (lambda _m: None)
+    ctx = prepare_context(model, calib_data, eval_data, eval_fn, train_data, example_input, say)
+    fp32, example_input = ctx.fp32_onnx, ctx.example_input
+    results: list[MeasuredVariant] = []
+    files: dict[str, bytes] = {}
+    for cfg in configs:
+        say(f"building {cfg.id} ({type(cfg).__name__})")
+        mv, data = build_and_measure(cfg, ctx, example_input, latency)
+        files[mv.variant.file] = data
+        results.append(mv)
+    manifest = make_manifest(fp32, [r.variant for r in results], model_name, version,
+                             quality_metric, description)
+    result = BundleResult(manifest=manifest, files=files, variants=results)
+    if out_dir is not None:
+        say(f"writing bundle to {out_dir}")
+        result.bundle_id = write_bundle(out_dir, manifest, files, key)
+        result.out_dir = os.fspath(out_dir)
+    return result
+
+
+def prepare_context(model: nn.Module, calib_data, eval_data, eval_fn, train_data, example_input,
+                    say: Callable[[str], None]) -> CompressContext:
+    """Check the inputs, export the fp32 graph once; shared by compress() and search()."""
     if eval_fn is None:
         if eval_data is None:
             raise CompressionError("compress() needs eval_data=(x, y) or eval_fn to measure quality")
@@ -115,46 +141,40 @@ def compress(model: nn.Module, configs: Sequence[VariantConfig], *,
                 break
     if example_input is None:
         raise CompressionError("compress() needs example_input (or calib/eval data) to export")
-    if out_dir is not None and signing_key is None:
-        raise CompressionError("writing a bundle needs signing_key (a key or a key file path)")
-    key = _load_key(signing_key)
-    say = progress or (lambda _m: None)
     model = model.eval()
     fp32 = export_fp32(model, example_input, say)
-    ctx = CompressContext(model=model, fp32_onnx=fp32, example_input=_example(example_input),
-                          calib_data=calib_data, train_data=train_data, eval_fn=eval_fn)
-    results: list[MeasuredVariant] = []
-    files: dict[str, bytes] = {}
-    for cfg in configs:
-        say(f"building {cfg.id} ({type(cfg).__name__})")
-        art = handler_for(cfg)(cfg, ctx)
-        ctx.built[cfg.id] = art
-        say(f"measuring {cfg.id}")
-        m = measure(art.onnx, eval_fn, example_input, latency, art.session_config)
-        data = art.onnx.SerializeToString()
-        fname = f"{cfg.id}.onnx"
-        files[fname] = data
-        v = Variant(id=cfg.id, file=fname, digest=sha256_digest(data), size_bytes=len(data),
-                    method=art.method, weight_bits=art.weight_bits,
-                    activation_bits=art.activation_bits, quality=round(m.quality, 6),
-                    latency_p50_seconds=m.latency_p50_seconds,
-                    latency_p95_seconds=m.latency_p95_seconds, memory_bytes=m.memory_bytes,
-                    sparsity=round(float(art.sparsity), 6), sparsity_pattern=art.sparsity_pattern,
-                    parent=art.parent, layer_groups=art.layer_groups,
-                    details={**art.details, "config": _config_json(cfg),
-                             **({"onnxruntime_session_config": art.session_config}
-                                if art.session_config else {})})
-        results.append(MeasuredVariant(v, art, m))
-    manifest = Manifest(model=model_name, version=version, quality_metric=quality_metric,
-                        inputs=_specs(fp32.graph.input), outputs=_specs(fp32.graph.output),
-                        variants=tuple(r.variant for r in results), created_unix=time.time(),
-                        description=description)
-    result = BundleResult(manifest=manifest, files=files, variants=results)
-    if out_dir is not None:
-        say(f"writing bundle to {out_dir}")
-        result.bundle_id = write_bundle(out_dir, manifest, files, key)
-        result.out_dir = os.fspath(out_dir)
-    return result
+    return CompressContext(model=model, fp32_onnx=fp32, example_input=_example(example_input),
+                           calib_data=calib_data, train_data=train_data, eval_fn=eval_fn)
+
+
+def build_and_measure(cfg: VariantConfig, ctx: CompressContext, example_input: np.ndarray,
+                      latency: LatencyConfig) -> tuple[MeasuredVariant, bytes]:
+    """Run the config's handler, measure the result; return it and the ONNX bytes."""
+    art = handler_for(cfg)(cfg, ctx)
+    ctx.built[cfg.id] = art
+    m = measure(art.onnx, ctx.eval_fn, example_input, latency, art.session_config)
+    data = art.onnx.SerializeToString()
+    return MeasuredVariant(variant_of(cfg.id, art, m, data, _config_json(cfg)), art, m), data
+
+
+def variant_of(vid: str, art: Artifact, m: Measurement, data: bytes, config: dict) -> Variant:
+    return Variant(id=vid, file=f"{vid}.onnx", digest=sha256_digest(data), size_bytes=len(data),
+                   method=art.method, weight_bits=art.weight_bits,
+                   activation_bits=art.activation_bits, quality=round(m.quality, 6),
+                   latency_p50_seconds=m.latency_p50_seconds,
+                   latency_p95_seconds=m.latency_p95_seconds, memory_bytes=m.memory_bytes,
+                   sparsity=round(float(art.sparsity), 6), sparsity_pattern=art.sparsity_pattern,
+                   parent=art.parent, layer_groups=art.layer_groups,
+                   details={**art.details, "config": config,
+                            **({"onnxruntime_session_config": art.session_config}
+                               if art.session_config else {})})
+
+
+def make_manifest(fp32, variants: list[Variant], model_name: str, version: str,
+                  quality_metric: str, description: str = "") -> Manifest:
+    return Manifest(model=model_name, version=version, quality_metric=quality_metric,
+                    inputs=_specs(fp32.graph.input), outputs=_specs(fp32.graph.output),
+                    variants=tuple(variants), created_unix=time.time(), description=description)
 
 
 def _config_json(cfg: VariantConfig) -> dict:

@@ -57,6 +57,27 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from compressor.evaluate import LatencyConfig
+    from compressor.examples import EXAMPLES
+    from compressor.search import Budget, print_report, search
+    from proto.signing import load_or_create_private_key, public_key_bytes
+
+    key = load_or_create_private_key(args.signing_key)
+    public_key_path(args.signing_key).write_bytes(public_key_bytes(key))
+    print(f"training {args.model} (seed {args.seed}, {args.epochs} epochs)...", flush=True)
+    ex = EXAMPLES[args.model](seed=args.seed, epochs=args.epochs)
+    budget = Budget(max_quality_drop=args.max_drop / 100.0,
+                    max_size_bytes=int(args.max_size_kib * 1024) if args.max_size_kib else None,
+                    max_latency_seconds=args.max_latency_ms / 1e3 if args.max_latency_ms else None)
+    res = search(ex.model, budget, calib_data=ex.calibration[0], eval_data=ex.heldout,
+                 train_data=ex.train, work_dir=args.work_dir, out_dir=args.out, signing_key=key,
+                 model_name=args.model, latency=LatencyConfig(threads=args.threads))
+    print_report(res)
+    print(f"bundle id {res.bundle.bundle_id} ({len(res.front)} variants) -> {args.out}")
+    return 0
+
+
 def load_calibration(path: str, input_name: str | None = None) -> np.ndarray:
     """.npy: the array itself. .npz: the array named like the model input, else the only
     array, else one called "calib"/"x"/"input"."""
@@ -114,6 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency")
     c.add_argument("--version", default="1", help="model version recorded in the manifest")
     c.set_defaults(fn=cmd_compress)
+    s = sub.add_parser("search", help="budget search on a built-in example: Pareto front as bundle")
+    s.add_argument("--out", required=True)
+    s.add_argument("--signing-key", required=True)
+    s.add_argument("--work-dir", required=True, help="finished candidates are kept here (resume)")
+    s.add_argument("--max-drop", type=float, default=1.0, help="accepted accuracy drop, points")
+    s.add_argument("--max-size-kib", type=float, default=None)
+    s.add_argument("--max-latency-ms", type=float, default=None)
+    s.add_argument("--model", default="digits-cnn", choices=["digits-cnn"])
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--epochs", type=int, default=15)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(fn=cmd_search)
     q = sub.add_parser("quantize-onnx", help="post-training quantization of an existing .onnx")
     q.add_argument("input", help="fp32 .onnx file")
     q.add_argument("--calib", help=".npy or .npz with calibration inputs (N, ...)")

@@ -202,6 +202,41 @@ class PruneConfig(VariantConfig):
         return base + ("-int8" if self.int8 else "")
 
 
+@dataclass
+class DistillConfig(VariantConfig):
+    """A narrower student trained from the teacher (the model given to compress()).
+
+    Args:
+        width: student channel multiplier (the model must offer make_student(width)).
+        temperature: softmax temperature of the Hinton KD term.
+        alpha: weight of the KD term; 1 - alpha weighs cross-entropy on the labels.
+        feature_weight: weight of intermediate-feature distillation (0 turns it off).
+        epochs, lr, seed: student training.
+        int8: also quantize the student with static int8.
+    """
+
+    width: float = 0.5
+    temperature: float = 4.0
+    alpha: float = 0.5
+    feature_weight: float = 0.0
+    epochs: int = 20
+    lr: float = 1e-2
+    int8: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.width < 1.0:
+            raise ValueError(f"student width must be in (0, 1), got {self.width}")
+        if self.temperature <= 0 or not 0.0 <= self.alpha <= 1.0 or self.feature_weight < 0:
+            raise ValueError("temperature must be > 0, alpha in [0, 1], feature_weight >= 0")
+        if self.epochs < 1:
+            raise ValueError("a student needs epochs >= 1")
+        super().__post_init__()
+
+    def default_id(self) -> str:
+        return f"student{round(self.width * 100)}" + ("-int8" if self.int8 else "")
+
+
 # -- serialisation ---------------------------------------------------------------------
 
 def _allowed() -> dict[str, type]:

@@ -34,4 +34,18 @@ def digits_cnn(seed: int = 0, epochs: int = DIGITS_EPOCHS, width: float = 1.0) -
                    (s.calibration.x, s.calibration.y), (s.heldout.x, s.heldout.y))
 
 
-EXAMPLES: dict[str, Callable[..., Example]] = {"digits-cnn": digits_cnn}
+def mobilenet_v2_digits(seed: int = 0, epochs: int = 12, width: float = 1.0,
+                        size: int = 16) -> Example:
+    from compressor.data.digits import upsampled_digits_splits
+    from compressor.models.mobilenet_v2 import MobileNetV2
+
+    s = upsampled_digits_splits(size)
+    seed_everything(seed)
+    model = MobileNetV2(width=width)
+    train(model, s.train.x, s.train.y, TrainConfig(epochs=epochs, seed=seed, lr=5e-3))
+    return Example("mobilenetv2-digits", model, (s.train.x, s.train.y),
+                   (s.calibration.x, s.calibration.y), (s.heldout.x, s.heldout.y))
+
+
+EXAMPLES: dict[str, Callable[..., Example]] = {"digits-cnn": digits_cnn,
+                                               "mobilenetv2-digits": mobilenet_v2_digits}

@@ -40,6 +40,13 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor | np.ndarray, *,
     onnx.checker (full check, shape inference) and loads in onnxruntime.
     """
     model = model.eval()
+    fold = getattr(model, "fold_for_export", None)
+    if fold is None:
+        from compressor.models.mobilenet_v2 import ConvBNAct, fold_batchnorm
+        if any(isinstance(m, ConvBNAct) for m in model.modules()):
+            model = fold_batchnorm(model)        # no BatchNormalization between Conv and Q
+    else:
+        model = fold()
     x = torch.from_numpy(np.array(example_input, dtype=np.float32)) if not isinstance(
         example_input, torch.Tensor) else example_input.float()
     if x.shape[0] < 2:

@@ -56,3 +56,19 @@ def load_digits_splits() -> DigitsSplits:
     for arr in (x_train, x_cal, x_held):
         arr.setflags(write=False)   # cached and shared: nobody may modify it in place
     return DigitsSplits(Split(x_train, y_train), Split(x_cal, y_cal), Split(x_held, y_held))
+
+
+@lru_cache(maxsize=4)
+def upsampled_digits_splits(size: int = 16) -> DigitsSplits:
+    """The same split, bilinearly upsampled to size x size (for the MobileNetV2-style net)."""
+    import torch
+
+    base = load_digits_splits()
+
+    def up(sp: Split) -> Split:
+        x = torch.nn.functional.interpolate(torch.from_numpy(np.array(sp.x)), size=(size, size),
+                                            mode="bilinear", align_corners=False).numpy()
+        x.setflags(write=False)
+        return Split(x, sp.y)
+
+    return DigitsSplits(up(base.train), up(base.calibration), up(base.heldout))

@@ -42,7 +42,9 @@ class DigitsCNN(nn.Module):
         """A narrower network of the same shape (distillation students)."""
         return DigitsCNN(width=width, num_classes=self.fc2.out_features)
 
+    def head(self, c: torch.Tensor) -> torch.Tensor:
+        """Logits from the last feature map (features(x)[-1])."""
+        return self.fc2(torch.relu(self.fc1(torch.flatten(c, 1))))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.features(x)[-1]
-        h = torch.relu(self.fc1(torch.flatten(c, 1)))
-        return self.fc2(h)
+        return self.head(self.features(x)[-1])

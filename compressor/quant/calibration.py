@@ -61,6 +61,7 @@ def capture_tensors(model: onnx.ModelProto, names: list[str], data: np.ndarray,
             aug.graph.output.append(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep tensors
+    opts.intra_op_num_threads = 1          # shared machine: see TrainConfig.threads
     sess = ort.InferenceSession(aug.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     in_name = sess.get_inputs()[0].name
     out: dict[str, list[np.ndarray]] = {n: [] for n in names}

@@ -30,6 +30,8 @@ class SmoothTargets(str, enum.Enum):
 class SmoothQuantInt8Config(VariantConfig):
     """int8 for transformer encoders: SmoothQuant + dynamic int8 + measured mixed precision.
 
+    0. Linears that read one tensor (Q, K, V) are merged into one MatMul + Split
+       (`merge_parallel`; compressor.transformer.fuse): fewer, larger int8 GEMMs.
     1. SmoothQuant: per-channel scales move activation outliers into the weights of the
        chosen MatMuls (exact in fp32); alpha per tensor is picked from `alpha_grid` by the
        simulated int8 error of that tensor's products on the calibration sentences, or
@@ -51,6 +53,7 @@ class SmoothQuantInt8Config(VariantConfig):
         alpha: fixed migration strength in [0, 1], or None to search `alpha_grid` per tensor.
         alpha_grid: candidates (None in the grid = leave that tensor unsmoothed).
         smooth: which MatMul inputs are smoothed.
+        merge_parallel: merge Linears sharing an input (Q/K/V) first.
         outlier_ratio: outlier-channel threshold (0 turns the decomposition off).
         max_outlier_channels: at most this many fp32 channels per tensor.
         keep_fp32: how many of the most sensitive Linears stay in fp32 (0: no scan).
@@ -66,6 +69,7 @@ class SmoothQuantInt8Config(VariantConfig):
     alpha: float | None = None
     alpha_grid: tuple = (None, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     smooth: SmoothTargets = SmoothTargets.LAYERNORM
+    merge_parallel: bool = True
     outlier_ratio: float = 3.0
     max_outlier_channels: int = 8
     keep_fp32: int = 0

@@ -5,7 +5,7 @@ quantizing only the MatMuls leaves the file at 2.6x the int4 size it could have.
 only reads a few rows per call, so the table must never be dequantized whole at run time
 (a DequantizeLinear on the table would expand 11.7 M values on every call). Instead:
 
-    int8   Gather(table_int8, ids) -> Cast -> Mul(Gather(row_scale, ids)[..., None])
+    int8   Gather(table_int8, ids) -> Cast -> Mul(Gather(row_scale (V, 1), ids))
            per-row symmetric int8, standard ops only: only the looked-up rows are converted.
     int4   com.microsoft GatherBlockQuantized(table_int4, ids, scales): blocks of
            `block_size` along the hidden axis, INT4 codes in [-8, 7] (ONNX INT4 tensor, two
@@ -47,18 +47,16 @@ def quantize_embedding_int8(model: onnx.ModelProto, g: Graph, node: onnx.NodePro
     table = g.array(table_name)
     q, scale = ref.quantize_symmetric_ref(table, axis=0, bits=8)
     q_name, s_name = g.fresh(f"{table_name}_int8"), g.fresh(f"{table_name}_row_scale")
-    model.graph.initializer.extend([make_init(q_name, q), make_init(s_name, scale)])
+    # scales stored (V, 1): the gathered scales are (..., 1) and broadcast over the row
+    model.graph.initializer.extend([make_init(q_name, q), make_init(s_name, scale[:, None])])
     ids, y = node.input[1], node.output[0]
-    rows, rows_f, row_s, row_s3 = (g.fresh(f"{y}_{s}") for s in ("int8", "float", "scale", "scale3"))
-    axes = g.fresh(f"{y}_unsqueeze_axes")
-    model.graph.initializer.append(make_init(axes, np.asarray([-1], np.int64)))
+    rows, rows_f, row_s = (g.fresh(f"{y}_{s}") for s in ("int8", "float", "scale"))
     node.input[0] = q_name
     node.output[0] = rows
     model.graph.node.extend([
         helper.make_node("Cast", [rows], [rows_f], to=onnx.TensorProto.FLOAT, name=g.fresh(f"{y}_Cast")),
         helper.make_node("Gather", [s_name, ids], [row_s], axis=0, name=g.fresh(f"{y}_GatherScale")),
-        helper.make_node("Unsqueeze", [row_s, axes], [row_s3], name=g.fresh(f"{y}_Unsqueeze")),
-        helper.make_node("Mul", [rows_f, row_s3], [y], name=g.fresh(f"{y}_Dequantize")),
+        helper.make_node("Mul", [rows_f, row_s], [y], name=g.fresh(f"{y}_Dequantize")),
     ])
     err = ref.dequantize_affine_ref(q, scale[:, None]) - table
     return {"node": node.name, "op": "Gather", "weight": table_name, "weight_bits": 8,

@@ -1,0 +1,1 @@
+"""Knowledge distillation: a smaller student trained to match a teacher."""

@@ -1,0 +1,63 @@
+"""MobileNetV2-style net: BN folded at export (same outputs), every conv runs as QLinearConv."""
+
+import numpy as np
+import onnx
+import torch
+
+from compressor.evaluate import run, session
+from compressor.export import export_onnx
+from compressor.models.mobilenet_v2 import MobileNetV2
+from compressor.prune.structured import prune_channels
+from compressor.quant.qdq import QdqOptions, quantize_static_qdq
+
+
+def _model():
+    torch.manual_seed(0)
+    m = MobileNetV2(width=0.25)
+    m.train()
+    with torch.no_grad():                       # give BatchNorm non-trivial running stats
+        for _ in range(3):
+            m(torch.rand(16, 1, 16, 16))
+    return m.eval()
+
+
+def test_export_folds_batchnorm_and_matches_torch():
+    m = _model()
+    proto = export_onnx(m, np.zeros((2, 1, 16, 16), np.float32))
+    ops = {n.op_type for n in proto.graph.node}
+    assert "BatchNormalization" not in ops and "Clip" in ops
+    x = np.random.default_rng(0).random((4, 1, 16, 16), dtype=np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(run(session(proto), x), m(torch.from_numpy(x)).numpy(),
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_int8_depthwise_and_relu6_convs_all_fuse(tmp_path):
+    import onnxruntime as ort
+    m = _model()
+    proto = export_onnx(m, np.zeros((2, 1, 16, 16), np.float32))
+    calib = np.random.default_rng(1).random((32, 1, 16, 16), dtype=np.float32)
+    q, report = quantize_static_qdq(proto, calib, QdqOptions())
+    n_conv = sum(n.op_type == "Conv" for n in proto.graph.node)
+    assert report["clips_removed"] == sum(n.op_type == "Clip" for n in proto.graph.node)
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    opts.log_severity_level = 3
+    ort.InferenceSession(q.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert ops.count("QLinearConv") == n_conv, ops
+    # removing the Clip is exact: the output Q saturates inside [0, 6]
+    ref_out = run(session(proto), calib)
+    assert np.abs(run(session(q), calib) - ref_out).max() < 0.1 * np.abs(ref_out).max()
+
+
+def test_channel_groups_prune_hidden_channels():
+    m = _model()
+    groups = m.channel_groups()
+    scores = {g.name: torch.rand(m.get_submodule(g.out[0]).weight.shape[0]) for g in groups}
+    small, rep = prune_channels(m, groups, 0.5, scores)
+    b = small.blocks[1]
+    assert b.dw.conv.groups == b.dw.conv.out_channels == b.expand.conv.out_channels
+    assert b.project.conv.in_channels == b.dw.conv.out_channels == rep["blocks.1"]["kept"]
+    out = small(torch.rand(2, 1, 16, 16))
+    assert out.shape == (2, 10)
