@@ -82,23 +82,3 @@ def split_outlier_channels(model: onnx.ModelProto, tensor: str, weights: list[st
         fp32_weights.append(small_name)
     return fp32_weights
 
-
-def shrink_outlier_channels(model: onnx.ModelProto, tensor: str, weights: list[str],
-                            channels: np.ndarray, factors: np.ndarray) -> None:
-    """The one-op alternative: x[..., O] /= f and W[O, :] *= f (SmoothQuant restricted to
-    the outlier channels): one Mul instead of Mul + Gather + MatMul + Add, at the price of
-    larger weights in those rows."""
-    g = Graph(model)
-    inv = np.ones(g.array(weights[0]).shape[0], np.float32)
-    inv[np.asarray(channels)] = 1.0 / np.asarray(factors, np.float32)
-    for w_name in weights:
-        w = g.array(w_name).copy()
-        w[np.asarray(channels)] *= np.asarray(factors, np.float32)[:, None]
-        g.inits[w_name].CopyFrom(onnx.numpy_helper.from_array(w, w_name))
-    inv_name, shrunk = g.fresh(f"{tensor}_outlier_inv_scale"), g.fresh(f"{tensor}_shrunk")
-    model.graph.initializer.append(make_init(inv_name, inv))
-    model.graph.node.append(helper.make_node("Mul", [tensor, inv_name], [shrunk],
-                                             name=g.fresh(f"{tensor}_ShrinkOutliers")))
-    for n in g.consumers.get(tensor, []):
-        if n.op_type == "MatMul" and n.input[0] == tensor and n.input[1] in weights:
-            n.input[0] = shrunk

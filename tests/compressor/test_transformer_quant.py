@@ -174,6 +174,36 @@ def _ln_free_plain(w, k, n):
     return m
 
 
+def test_merge_parallel_linears_is_exact_and_quantizes_as_one_gemm():
+    from compressor.transformer.fuse import merge_parallel_linears
+    rng = np.random.default_rng(9)
+    k = 8
+    inits = [make_init(f"w{i}", rng.standard_normal((k, 4 + i)).astype(np.float32)) for i in range(3)]
+    inits += [make_init(f"b{i}", rng.standard_normal(4 + i).astype(np.float32)) for i in range(3)]
+    nodes = []
+    for i in range(3):
+        nodes += [helper.make_node("MatMul", ["x", f"w{i}"], [f"m{i}"]),
+                  helper.make_node("Add", [f"m{i}", f"b{i}"], [f"y{i}"])]
+    m = helper.make_model(helper.make_graph(
+        nodes, "qkv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
+        [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [None, 4 + i]) for i in range(3)],
+        inits), opset_imports=[helper.make_opsetid("", 21)])
+    m.ir_version = 10
+    x = rng.standard_normal((5, k)).astype(np.float32)
+    want = session(m).run(None, {"x": x})
+    merged, report = merge_parallel_linears(m)
+    onnx.checker.check_model(merged)
+    assert [n.op_type for n in merged.graph.node] == ["MatMul", "Add", "Split"]
+    assert report[0]["merged"] == ["w0", "w1", "w2"]
+    for a, b in zip(session(merged).run(None, {"x": x}), want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # per-output-channel weight scales: quantizing the merged weight = quantizing each
+    q_merged, _ = quantize_dynamic_int8(merged)
+    q_sep, _ = quantize_dynamic_int8(m)
+    for a, b in zip(session(q_merged).run(None, {"x": x}), session(q_sep).run(None, {"x": x})):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 # -- int4 blocks and embeddings ------------------------------------------------------------
 
 def test_quantize_blocks_mse_range_and_beats_plain_absmax():
