@@ -105,14 +105,21 @@ class Int4WeightOnlyConfig(VariantConfig):
         bits: 4. (2 is refused: ONNX has INT2 since opset 25, but onnxruntime 1.32 has no
             DequantizeLinear kernel for it, so the file would not load on devices.)
         symmetric: signed codes with zero point 0; False adds a per-group zero point.
+        algorithm: "rtn" (round to nearest) or "gptq" (error-correcting, needs calibration
+            data; symmetric only).
     """
 
     group_size: int = 32
     bits: int = 4
     symmetric: bool = True
     exclude: tuple[str, ...] = ()
+    algorithm: str = "rtn"
 
     def __post_init__(self) -> None:
+        if self.algorithm not in ("rtn", "gptq"):
+            raise ValueError(f"algorithm must be 'rtn' or 'gptq', got {self.algorithm!r}")
+        if self.algorithm == "gptq" and not self.symmetric:
+            raise ValueError("gptq here is symmetric only")
         if self.group_size < 8 or self.group_size & (self.group_size - 1):
             raise ValueError(f"group_size must be a power of two >= 8, got {self.group_size}")
         if self.bits != 4:
@@ -122,7 +129,8 @@ class Int4WeightOnlyConfig(VariantConfig):
         super().__post_init__()
 
     def default_id(self) -> str:
-        return f"int{self.bits}" if self.group_size == 32 else f"int{self.bits}-g{self.group_size}"
+        base = f"int{self.bits}" if self.group_size == 32 else f"int{self.bits}-g{self.group_size}"
+        return base + ("-gptq" if self.algorithm == "gptq" else "")
 
 
 @dataclass

@@ -42,9 +42,16 @@ def _int8_static(config: Int8StaticConfig, ctx: CompressContext) -> Artifact:
 
 @register_variant_handler(Int4WeightOnlyConfig)
 def _weight_only(config: Int4WeightOnlyConfig, ctx: CompressContext) -> Artifact:
+    quantizer = None
+    if config.algorithm == "gptq":
+        from compressor.quant.gptq import gptq_quantizer
+        quantizer = gptq_quantizer(ctx.fp32_onnx, check_calibration_data(
+            ctx.calib_data, f"variant {config.id!r} (GPTQ)"))
     q, report = quantize_weight_only(ctx.fp32_onnx, bits=config.bits, group_size=config.group_size,
-                                     symmetric=config.symmetric, exclude=config.exclude)
-    return weight_only_artifact(q, report, config.bits, ctx, method=f"weight-only-int{config.bits}",
+                                     symmetric=config.symmetric, exclude=config.exclude,
+                                     quantizer=quantizer)
+    method = "gptq" if config.algorithm == "gptq" else f"weight-only-int{config.bits}"
+    return weight_only_artifact(q, report, config.bits, ctx, method=method,
                                 details={"group_size": config.group_size, "symmetric": config.symmetric})
 
 

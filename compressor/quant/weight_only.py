@@ -38,14 +38,17 @@ def _packed_tensor(name: str, q: np.ndarray, dtype: str, bits: int) -> onnx.Tens
 
 
 def quantize_weight_blockwise(model: onnx.ModelProto, g: Graph, site: WeightSite, bits: int,
-                              group_size: int, symmetric: bool = True) -> dict:
+                              group_size: int, symmetric: bool = True, quantizer=None) -> dict:
     w = g.array(site.weight_name)
     name = site.weight_name
     conv = site.node.op_type == "Conv"
     w2 = w.reshape(w.shape[0], -1) if conv else w
     axis = 1 if conv else site.reduce_axis
     block = min(group_size, w2.shape[axis])          # a layer narrower than a group: one block
-    b = ref.quantize_blockwise_ref(w2, axis=axis, block_size=block, bits=bits, symmetric=symmetric)
+    if quantizer is None:
+        b = ref.quantize_blockwise_ref(w2, axis=axis, block_size=block, bits=bits, symmetric=symmetric)
+    else:   # e.g. GPTQ: same storage format, smarter rounding
+        b = quantizer(site, w2, axis, block, bits)
     q_name, s_name = g.fresh(f"{name}_q{bits}"), g.fresh(f"{name}_scale")
     inits = [_packed_tensor(q_name, b.q, b.dtype, bits), make_init(s_name, b.scale)]
     dq_inputs = [q_name, s_name]
@@ -74,7 +77,8 @@ def quantize_weight_blockwise(model: onnx.ModelProto, g: Graph, site: WeightSite
 
 def quantize_weight_only(model: onnx.ModelProto, bits: int = 4, group_size: int = 32,
                          symmetric: bool = True, exclude: tuple[str, ...] = (),
-                         overrides: dict[str, int] | None = None) -> tuple[onnx.ModelProto, dict]:
+                         overrides: dict[str, int] | None = None, quantizer=None
+                         ) -> tuple[onnx.ModelProto, dict]:
     """Return (copy of `model` with block-quantized weights, report). `overrides` maps a
     weight name to other bits (8 for a sensitive layer: stored as int8 per-channel blocks)."""
     out = onnx.ModelProto()
@@ -87,7 +91,8 @@ def quantize_weight_only(model: onnx.ModelProto, bits: int = 4, group_size: int 
             continue
         b = (overrides or {}).get(s.weight_name, bits)
         if b in PACKERS:
-            report["layers"].append(quantize_weight_blockwise(out, g, s, b, group_size, symmetric))
+            report["layers"].append(quantize_weight_blockwise(out, g, s, b, group_size, symmetric,
+                                                              quantizer))
         else:
             from compressor.quant.qdq import quantize_weight_int
             quantize_weight_int(out, g, s, b, per_channel=True)
