@@ -112,9 +112,13 @@ def test_compress_deploy_infer_restart(fleet, bundle):
     # The local endpoint answers exactly what onnxruntime answers on the same variant file.
     rng = np.random.default_rng(0)
     x = rng.random((4, 1, 8, 8), dtype=np.float32)  # digits are scaled to [0, 1]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1     # as the agent runs it (--threads 1): same reduction order
     for v in manifest.variants:
+        # Run it as the agent does: one intra-op thread (--threads 1, the same reduction order)
+        # and the session settings the variant carries in its manifest.
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        for entry, value in v.details.get("onnxruntime_session_config", {}).items():
+            options.add_session_config_entry(entry, value)
         session = ort.InferenceSession(str(bundle_dir / v.file), sess_options=options,
                                        providers=["CPUExecutionProvider"])
         expected = session.run(None, {"input": x})[0]
