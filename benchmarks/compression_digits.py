@@ -89,11 +89,12 @@ def torch_ao_dynamic(model, x_eval, y_eval, sample, lat: LatencyConfig):
 
 
 def our_configs(name: str):
+    ft = 5 if name == "digits-cnn" else 10     # MobileNet needs longer to recover from pruning
     cfgs = [Fp32Config(), Int8StaticConfig(), Int8StaticConfig(id="int8-percentile", calibration="percentile"),
-            Int8DynamicConfig(), Int4WeightOnlyConfig(),
+            Int8DynamicConfig(), Int4WeightOnlyConfig(), Int4WeightOnlyConfig(algorithm="gptq"),
             PruneConfig(pattern="2:4", finetune_epochs=3),
-            PruneConfig(pattern="channel", sparsity=0.5, finetune_epochs=5),
-            PruneConfig(pattern="channel", sparsity=0.5, int8=True, finetune_epochs=5)]
+            PruneConfig(pattern="channel", sparsity=0.5, finetune_epochs=ft),
+            PruneConfig(pattern="channel", sparsity=0.5, int8=True, finetune_epochs=ft)]
     if name == "digits-cnn":
         cfgs += [DistillConfig(width=0.25, int8=True)]
     return cfgs

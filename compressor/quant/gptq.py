@@ -23,6 +23,8 @@ from compressor.quant.graph import Graph, WeightSite
 def layer_inputs(model, sites: list[WeightSite], calib: np.ndarray) -> dict[str, np.ndarray]:
     """Rows of X for each site, laid out like the flattened weight's columns (im2col)."""
     g = Graph(model)
+    sites = [s for s in sites if not (s.node.op_type == "Conv" and any(
+        a.name == "group" and a.i != 1 for a in s.node.attribute))]   # grouped: RTN (below)
     names = sorted({s.node.input[0] for s in sites})
     acts = {n: np.concatenate(v) for n, v in capture_tensors(model, names, calib).items()}
     out = {}
@@ -31,8 +33,6 @@ def layer_inputs(model, sites: list[WeightSite], calib: np.ndarray) -> dict[str,
         if s.node.op_type == "Conv":
             at = {x.name: helper.get_attribute_value(x) for x in s.node.attribute}
             w = g.array(s.weight_name)
-            if at.get("group", 1) != 1:
-                raise ValueError("GPTQ here handles dense convs (group=1)")
             pads = at.get("pads", [0, 0, 0, 0])
             cols = torch.nn.functional.unfold(
                 torch.nn.functional.pad(torch.from_numpy(a), (pads[1], pads[3], pads[0], pads[2])),
@@ -80,6 +80,10 @@ def gptq_quantizer(model, calib: np.ndarray):
     xs = layer_inputs(model, g.weight_sites(), calib)
 
     def quantize(site: WeightSite, w2: np.ndarray, axis: int, block: int, bits: int):
+        if site.weight_name not in xs:
+            # grouped/depthwise conv: each output channel sees only its own group's inputs;
+            # a per-group Hessian is not implemented, so these layers use round-to-nearest
+            return ref.quantize_blockwise_ref(w2, axis=axis, block_size=block, bits=bits)
         if axis != 1:                   # MatMul (K, N): GPTQ works on (out x in)
             b = gptq_blockwise(w2.T, xs[site.weight_name], block, bits)
             return ref.Blockwise(q=b.q.T.copy(), scale=b.scale.T.copy(), zero_point=None,
