@@ -119,7 +119,6 @@ def estimate_memory(model: onnx.ModelProto) -> int:
 
 def count_macs(model: onnx.ModelProto) -> int:
     """Multiply-accumulates of Conv/Gemm/MatMul at batch 1 (from inferred shapes)."""
-    from onnx import numpy_helper
     m = onnx.ModelProto()
     m.CopyFrom(model)
     for i in m.graph.input:

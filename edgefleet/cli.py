@@ -14,7 +14,6 @@ never loads torch or the server, and `edgefleet --help` is instant.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 # Subcommands that hand their arguments to a package's own main(argv):

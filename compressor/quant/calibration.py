@@ -13,6 +13,8 @@ the calibration batches. Each method turns what it saw into one (min, max) per t
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import enum
 
 import numpy as np
@@ -48,9 +50,9 @@ def check_calibration_data(data, what: str = "static quantization") -> np.ndarra
     return arr
 
 
-def capture_tensors(model: onnx.ModelProto, names: list[str], data: np.ndarray,
-                    batch_size: int = 64) -> dict[str, list[np.ndarray]]:
-    """Run `model` on `data` in batches; return every batch's value of each named tensor."""
+def capture_session(model: onnx.ModelProto, names: Iterable[str]):
+    """An onnxruntime session of `model` that also outputs the tensors `names` (graph
+    optimisations off, so every named intermediate tensor still exists)."""
     import onnxruntime as ort
 
     aug = onnx.ModelProto()
@@ -62,7 +64,14 @@ def capture_tensors(model: onnx.ModelProto, names: list[str], data: np.ndarray,
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep tensors
     opts.intra_op_num_threads = 1          # shared machine: see TrainConfig.threads
-    sess = ort.InferenceSession(aug.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    opts.log_severity_level = 3
+    return ort.InferenceSession(aug.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def capture_tensors(model: onnx.ModelProto, names: list[str], data: np.ndarray,
+                    batch_size: int = 64) -> dict[str, list[np.ndarray]]:
+    """Run `model` on `data` in batches; return every batch's value of each named tensor."""
+    sess = capture_session(model, names)
     in_name = sess.get_inputs()[0].name
     out: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for s in range(0, len(data), batch_size):

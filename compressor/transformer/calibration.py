@@ -8,11 +8,10 @@ rows where attention_mask is 0 are left out of the statistics.
 
 from __future__ import annotations
 
-from typing import Iterable
-
 import numpy as np
 import onnx
-from onnx import helper
+
+from compressor.quant.calibration import capture_session
 
 
 def batches(ids: np.ndarray, mask: np.ndarray, batch_size: int = 32) -> list[dict[str, np.ndarray]]:
@@ -26,23 +25,6 @@ def batches(ids: np.ndarray, mask: np.ndarray, batch_size: int = 32) -> list[dic
         out.append({"input_ids": np.ascontiguousarray(ids[idx, :w]),
                     "attention_mask": np.ascontiguousarray(mask[idx, :w])})
     return out
-
-
-def capture_session(model: onnx.ModelProto, names: Iterable[str]):
-    """A session of `model` that also outputs `names` (graph optimisations off, so every
-    named tensor still exists)."""
-    import onnxruntime as ort
-
-    aug = onnx.ModelProto()
-    aug.CopyFrom(model)
-    existing = {o.name for o in aug.graph.output}
-    for n in names:
-        if n not in existing:
-            aug.graph.output.append(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(aug.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def channel_absmax(model: onnx.ModelProto, names: list[str], feeds: list[dict[str, np.ndarray]]
