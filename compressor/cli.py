@@ -121,7 +121,7 @@ def cmd_quantize_onnx(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgefleet compress", description=__doc__,
+    p = argparse.ArgumentParser(prog="edgefleet", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compress", help="train a built-in example model and write its bundle")

@@ -7,6 +7,7 @@ never loads torch or the server, and `edgefleet --help` is instant.
     edgefleet server  --data-dir D      the control plane (gRPC + Prometheus /metrics)
     edgefleet agent   --server H:P --token T --data-dir D
     edgefleet compress --out DIR        train the example model and write a signed bundle
+    edgefleet search --out DIR --max-drop 1.0   the Pareto front under a quality budget
     edgefleet quantize-onnx IN --calib X.npz --out OUT
     edgefleet keygen  --out publisher.key
     edgefleet token | upload | deploy | status | devices | deployments   (operator calls)
@@ -23,6 +24,7 @@ _DELEGATED = {
     "agent": ("agent.main", [], "run the device agent"),
     "demo": ("edgefleet.demo", [], "run the end-to-end demo on the embedded defaults"),
     "compress": ("compressor.cli", ["compress"], "train the example model and write a signed bundle"),
+    "search": ("compressor.cli", ["search"], "search compressions under a quality budget; keep the Pareto front"),
     "quantize-onnx": ("compressor.cli", ["quantize-onnx"], "post-training quantization of an existing .onnx"),
 }
 # Subcommands that talk to a running server as an operator.
