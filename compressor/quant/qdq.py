@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from compressor.quant import reference as ref
 from compressor.quant.calibration import CalibrationMethod, compute_ranges
@@ -160,8 +160,13 @@ def insert_qdq(model: onnx.ModelProto, g: Graph, tensor: str, scale: np.float32,
     Returns the name of the dequantized tensor."""
     store = ref.NUMPY_STORAGE[dtype]
     s_name, z_name = g.fresh(f"{tensor}_scale"), g.fresh(f"{tensor}_zero_point")
-    model.graph.initializer.extend([make_init(s_name, np.asarray(scale, np.float32)),
-                                    make_init(z_name, np.asarray(zp, store))])
+    # 0-d (scalar) scale and zero point: onnxruntime's QDQ Add/Mul fusion into QLinearAdd
+    # requires scalars and silently leaves DQ -> float Add -> Q when they are shape [1]
+    # (QLinearConv accepts either), which kept every residual Add of a MobileNet in fp32.
+    # (not make_init: np.ascontiguousarray turns a 0-d array into shape [1])
+    model.graph.initializer.extend([
+        numpy_helper.from_array(np.asarray(scale, np.float32).reshape(()), s_name),
+        numpy_helper.from_array(np.asarray(zp, store).reshape(()), z_name)])
     if tensor in g.graph_outputs:
         # keep the graph output's name on the DQ output; the producer writes a new name
         src = g.fresh(f"{tensor}_float")

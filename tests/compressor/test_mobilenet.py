@@ -46,6 +46,9 @@ def test_int8_depthwise_and_relu6_convs_all_fuse(tmp_path):
     ort.InferenceSession(q.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
     assert ops.count("QLinearConv") == n_conv, ops
+    # residual Adds run on int8 too (scalar Q/DQ params; shape-[1] ones blocked the fusion)
+    n_add = sum(n.op_type == "Add" for n in proto.graph.node)
+    assert n_add > 0 and ops.count("QLinearAdd") == n_add and "Add" not in ops, ops
     # removing the Clip is exact: the output Q saturates inside [0, 6]
     ref_out = run(session(proto), calib)
     assert np.abs(run(session(q), calib) - ref_out).max() < 0.1 * np.abs(ref_out).max()
