@@ -28,6 +28,18 @@ from dataclasses import dataclass, field
 
 from edgefleet import processes
 
+# The demo devices' scheduling policy (agent/scheduler/policy.example.toml has every key).
+# When hot or low on battery the defaults allow 40-50 % of the costliest variant's CPU time;
+# the measured int8/fp32 ratio of the demo model sits close to that on a 2-core VM, so the demo
+# asks for a clearer saving: a quarter, which only the distilled student meets.
+DEMO_POLICY = """\
+version = 1
+[thermal]
+max_cost_fraction = 0.25
+[battery]
+low_max_cost_fraction = 0.25
+"""
+
 PROFILES = (
     ("drain", "sim:drain", "on battery, draining"),
     ("heat", "sim:heat", "on mains, heating up"),
@@ -297,11 +309,13 @@ def _run(args, console, workdir: pathlib.Path, children: list) -> int:
     console.print(f"  server pid {server.pid} on {address}, metrics on :{server.info['metrics_port']}")
     agents: dict[str, processes.ManagedProcess] = {}
     names: dict[str, str] = {}
+    policy = workdir / "policy.toml"
+    policy.write_text(DEMO_POLICY)
     for name, sensors, description in PROFILES:
         token = client.create_enrollment_token(600, {"profile": name}).token
         agent = processes.start_agent(workdir / f"agent-{name}", server=address, token=token, sensors=sensors,
                                       sim_speed=args.sim_speed, name=f"agent-{name}",
-                                      extra_args=["--label", f"profile={name}"])
+                                      extra_args=["--label", f"profile={name}", "--policy", str(policy)])
         children.append(agent)
         agents[agent.info["device_id"]] = agent
         names[agent.info["device_id"]] = name
