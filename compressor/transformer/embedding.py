@@ -5,8 +5,10 @@ quantizing only the MatMuls leaves the file at 2.6x the int4 size it could have.
 only reads a few rows per call, so the table must never be dequantized whole at run time
 (a DequantizeLinear on the table would expand 11.7 M values on every call). Instead:
 
-    int8   Gather(table_int8, ids) -> Cast -> Mul(Gather(row_scale (V, 1), ids))
-           per-row symmetric int8, standard ops only: only the looked-up rows are converted.
+    int8   com.microsoft GatherBlockQuantized(bits=8): symmetric int8 codes stored as
+           uint8 with zero point 128, one fp32 scale per power-of-two block of a row (per
+           row when the row is one block); one op, only the looked-up rows are converted.
+           (Hidden sizes without such a block: Gather int8 rows -> Cast -> Mul(row scale).)
     int4   com.microsoft GatherBlockQuantized(table_int4, ids, scales): blocks of
            `block_size` along the hidden axis, INT4 codes in [-8, 7] (ONNX INT4 tensor, two
            per byte), fp16 or fp32 scales; onnxruntime dequantizes only the gathered rows.
@@ -40,9 +42,51 @@ def embedding_gathers(model: onnx.ModelProto, g: Graph | None = None) -> list[on
     return out
 
 
-# -- int8: per-row ---------------------------------------------------------------------------
+# -- int8: per-row blocks, one GatherBlockQuantized ------------------------------------------
+
+def int8_block_size(d: int) -> int:
+    """GatherBlockQuantized wants a power-of-two block of at least 16: the largest one that
+    divides the hidden size (MiniLM's 384 -> 128, three scales a row), 0 if none does."""
+    b = 1 << (d.bit_length() - 1)
+    while b >= 16 and d % b:
+        b >>= 1
+    return b if b >= 16 else 0
+
 
 def quantize_embedding_int8(model: onnx.ModelProto, g: Graph, node: onnx.NodeProto) -> dict:
+    """Symmetric int8 blocks along the hidden axis (per row when the row is one block),
+    looked up by com.microsoft GatherBlockQuantized(bits=8): one op, which dequantizes only
+    the gathered rows. The 4-op form (Gather int8, Cast, Gather scales, Mul) cost ~25 us per
+    call at batch 1 x 32 tokens on 2 threads, a quarter of our gap to onnxruntime's int8."""
+    table_name = node.input[0]
+    table = g.array(table_name)
+    v, d = table.shape
+    block = int8_block_size(d)
+    if not block:
+        return _quantize_embedding_int8_rows(model, g, node)
+    q, scale = ref.quantize_symmetric_ref(table.reshape(v * (d // block), block), axis=0, bits=8)
+    codes = (q.astype(np.int16) + 128).astype(np.uint8).reshape(v, d)   # uint8, zero point 128
+    scale = scale.reshape(v, d // block).astype(np.float32)
+    q_name, s_name, z_name = (g.fresh(f"{table_name}_{x}") for x in ("uint8", "block_scale", "zero_point"))
+    model.graph.initializer.extend([make_init(q_name, codes), make_init(s_name, scale),
+                                    make_init(z_name, np.full(scale.shape, 128, np.uint8))])
+    ids = node.input[1]
+    node.op_type, node.domain = "GatherBlockQuantized", MS_DOMAIN
+    del node.input[:]
+    node.input.extend([q_name, ids, s_name, z_name])
+    del node.attribute[:]
+    node.attribute.extend([helper.make_attribute("gather_axis", 0),
+                           helper.make_attribute("quantize_axis", 1),
+                           helper.make_attribute("block_size", block),
+                           helper.make_attribute("bits", 8)])
+    _ensure_opset(model, MS_DOMAIN, 1)
+    deq = (q.astype(np.float32) * scale.reshape(-1)[:, None]).reshape(v, d)
+    return {"node": node.name, "op": "Gather", "weight": table_name, "weight_bits": 8,
+            "group_size": block, "sqnr_db": _sqnr(table, deq - table)}
+
+
+def _quantize_embedding_int8_rows(model: onnx.ModelProto, g: Graph, node: onnx.NodeProto) -> dict:
+    """Per-row int8 with standard ops, for hidden sizes without a power-of-two block."""
     table_name = node.input[0]
     table = g.array(table_name)
     q, scale = ref.quantize_symmetric_ref(table, axis=0, bits=8)

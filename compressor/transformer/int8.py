@@ -100,9 +100,6 @@ def build_smoothquant_int8(fp32: onnx.ModelProto, ids: np.ndarray, mask: np.ndar
             outliers[weights[0]] = [int(c) for c in ch]
     topological_sort(smoothed)
     exclude = cfg.exclude + tuple(fp32_parts)
-    embedding_layers = []
-    if cfg.quantize_embedding:      # first: the scan below then measures with it in place
-        smoothed, embedding_layers = _embedding_int8(smoothed)
 
     n = min(cfg.sensitivity_sentences, len(ids))
     s_ids, s_mask = ids[:n], mask[:n]
@@ -119,7 +116,11 @@ def build_smoothquant_int8(fp32: onnx.ModelProto, ids: np.ndarray, mask: np.ndar
         base, gains = sensitivity(smoothed, candidates, exclude, s_ids, s_mask, reference)
         keep = sorted(gains, key=gains.get, reverse=True)[:cfg.keep_fp32]
     q, report = _quantize(smoothed, exclude + tuple(keep))
-    report["layers"] += embedding_layers
+    if cfg.quantize_embedding:
+        # last: the dynamic int8 rewrite does not take a GatherBlockQuantized (weights on a
+        # com.microsoft op), so the sensitivity scan above measures with an fp32 table
+        q, embedding_layers = _embedding_int8(q)
+        report["layers"] += embedding_layers
     matmuls = {s.weight_name for s in Graph(smoothed).weight_sites()
                if s.node.op_type == "MatMul" and s.weight_name not in fp32_parts}
     for w in dict.fromkeys(list(cfg.exclude) + keep):

@@ -13,6 +13,16 @@ MatMul y = x @ W with outlier channels O (few, found on calibration data):
 The first term no longer sees the outliers in its range; the second is exact and tiny.
 The correction is added after the bias Add (so onnxruntime still fuses the bias into
 its DynamicQuantizeMatMul). Exact in fp32 up to rounding.
+
+When x = Gelu(h @ W1 + b1) (a transformer FFN) the outliers are removed at their source
+instead of masked: W1's columns O are zeroed and b1[O] set to -30 (Gelu(-30) is exactly
+0), and the fp32 side path recomputes them from h:
+
+    x[..., O] = Gelu(h @ W1[:, O] + b1[O])       fp32, N = |O|
+
+No Mul over the whole (tokens x 1536) GELU output and no Gather: at batch 1 x 32 tokens
+that path's four tiny ops cost ~25 us per layer instead of ~36 (measured with onnxruntime's
+profiler, 2 threads), and the outlier pre-activation is now fp32 rather than int8.
 """
 
 from __future__ import annotations
@@ -38,12 +48,42 @@ def outlier_channels(absmax: np.ndarray, ratio: float = 3.0, max_channels: int =
     return np.asarray([c for c in order[:max_channels] if a[c] > ratio * ref], np.int64)
 
 
+GELU_OFF = -30.0      # a pre-activation whose exact (erf) Gelu is 0 in float32
+
+
+def _ffn_source(g: Graph, tensor: str, weights: list[str]):
+    """(MatMul, bias Add, Gelu) if `tensor` = Gelu(MatMul(h, const W1) + const b1), each
+    link read only by the next, and `tensor` read only by MatMuls with `weights`."""
+    gelu = g.producer.get(tensor)
+    if gelu is None or gelu.op_type != "Gelu" or gelu.domain not in ("", "ai.onnx"):
+        return None
+    users = g.consumers.get(tensor, [])
+    if tensor in g.graph_outputs or not users or any(
+            u.op_type != "MatMul" or u.input[0] != tensor or u.input[1] not in weights for u in users):
+        return None
+    add = g.producer.get(gelu.input[0])
+    if add is None or add.op_type != "Add" or len(g.consumers.get(add.output[0], [])) != 1:
+        return None
+    bias = next((i for i in add.input if i in g.inits and len(g.inits[i].dims) == 1), None)
+    other = next((i for i in add.input if i != bias), None)
+    mm = g.producer.get(other) if bias is not None else None
+    if mm is None or mm.op_type != "MatMul" or mm.input[1] not in g.inits or \
+            len(g.inits[mm.input[1]].dims) != 2 or len(g.consumers.get(other, [])) != 1:
+        return None
+    if len(g.consumers.get(mm.input[1], [])) != 1 or len(g.consumers.get(bias, [])) != 1:
+        return None
+    return mm, add, bias, gelu
+
+
 def split_outlier_channels(model: onnx.ModelProto, tensor: str, weights: list[str],
                            channels: np.ndarray) -> list[str]:
     """Rewrite every MatMul reading `tensor` with a weight in `weights` as above; returns
     the names of the small fp32 weights (to keep out of quantization)."""
     g = Graph(model)
     channels = np.asarray(channels, np.int64)
+    src = _ffn_source(g, tensor, weights)
+    if src is not None:
+        return _recompute_at_source(model, g, tensor, weights, channels, *src)
     k = g.array(weights[0]).shape[0]
     mask = np.ones(k, np.float32)
     mask[channels] = 0.0
@@ -82,3 +122,46 @@ def split_outlier_channels(model: onnx.ModelProto, tensor: str, weights: list[st
         fp32_weights.append(small_name)
     return fp32_weights
 
+
+
+def _recompute_at_source(model: onnx.ModelProto, g: Graph, tensor: str, weights: list[str],
+                         channels: np.ndarray, mm: onnx.NodeProto, add: onnx.NodeProto,
+                         bias: str, gelu: onnx.NodeProto) -> list[str]:
+    w1_name = mm.input[1]
+    w1, b1 = g.array(w1_name), g.array(bias)
+    up_name, upb_name = g.fresh(f"{w1_name}_outlier_cols"), g.fresh(f"{bias}_outlier_cols")
+    model.graph.initializer.extend([make_init(up_name, w1[:, channels]),
+                                    make_init(upb_name, b1[channels])])
+    w1z, b1z = w1.copy(), b1.copy()
+    w1z[:, channels] = 0.0
+    b1z[channels] = GELU_OFF              # Gelu of these channels is now exactly 0
+    g.inits[w1_name].CopyFrom(onnx.numpy_helper.from_array(w1z, w1_name))
+    g.inits[bias].CopyFrom(onnx.numpy_helper.from_array(b1z.astype(np.float32), bias))
+    pre, pre_b, gathered = (g.fresh(f"{tensor}_outlier_{s}") for s in ("pre", "biased", "act"))
+    side_gelu = helper.make_node("Gelu", [pre_b], [gathered], name=g.fresh(f"{tensor}_OutlierGelu"))
+    side_gelu.attribute.extend(gelu.attribute)
+    model.graph.node.extend([
+        helper.make_node("MatMul", [mm.input[0], up_name], [pre], name=g.fresh(f"{tensor}_OutlierUp")),
+        helper.make_node("Add", [pre, upb_name], [pre_b], name=g.fresh(f"{tensor}_OutlierBias")),
+        side_gelu])
+    fp32_weights = [up_name]
+    for n in list(g.consumers.get(tensor, [])):
+        w_name = n.input[1]
+        w = g.array(w_name)
+        small_name = g.fresh(f"{w_name}_outlier_rows")
+        model.graph.initializer.append(make_init(small_name, w[channels]))
+        zeroed = w.copy()
+        zeroed[channels] = 0.0
+        g.inits[w_name].CopyFrom(onnx.numpy_helper.from_array(zeroed, w_name))
+        out = n.output[0]
+        users = g.consumers.get(out, [])
+        anchor = users[0] if len(users) == 1 and users[0].op_type == "Add" and \
+            any(i in g.inits for i in users[0].input) else n
+        y = anchor.output[0]
+        partial, corr = g.fresh(f"{y}_int8_part"), g.fresh(f"{y}_outlier_part")
+        anchor.output[0] = partial
+        model.graph.node.extend([
+            helper.make_node("MatMul", [gathered, small_name], [corr], name=g.fresh(f"{y}_OutlierMatMul")),
+            helper.make_node("Add", [partial, corr], [y], name=g.fresh(f"{y}_AddOutliers"))])
+        fp32_weights.append(small_name)
+    return fp32_weights

@@ -331,3 +331,44 @@ def test_transformer_configs_round_trip_and_reject_nonsense():
         TransformerInt4Config(group_size=12)
     with pytest.raises(ValueError):
         TransformerInt4Config(method="awq")
+
+
+def test_outliers_of_an_ffn_are_recomputed_at_their_source():
+    # x -> MatMul(W1) -> Add(b1) -> Gelu -> MatMul(W2) -> Add(b2): the outlier channel is
+    # zeroed in W1/b1 (no Mask Mul, no Gather) and recomputed in fp32 beside; exact in fp32
+    from compressor.transformer.outliers import split_outlier_channels
+    rng = np.random.default_rng(9)
+    d, k, n = 8, 16, 6
+    w1 = rng.standard_normal((d, k)).astype(np.float32)
+    w1[:, 5] *= 30.0                                    # channel 5 of the Gelu output is huge
+    w2 = rng.standard_normal((k, n)).astype(np.float32)
+    m = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["a0"]), helper.make_node("Add", ["a0", "b1"], ["a"]),
+         helper.make_node("Gelu", ["a"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["y0"]),
+         helper.make_node("Add", ["y0", "b2"], ["y"])], "ffn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, d])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])],
+        [make_init("w1", w1), make_init("b1", rng.standard_normal(k).astype(np.float32)),
+         make_init("w2", w2), make_init("b2", np.ones(n, np.float32))]),
+        opset_imports=[helper.make_opsetid("", 21)])
+    m.ir_version = 10
+    x = rng.standard_normal((5, d)).astype(np.float32)
+    want = session(m).run(None, {"x": x})[0]
+    small = split_outlier_channels(m, "h", ["w2"], np.array([5]))
+    topological_sort(m)
+    onnx.checker.check_model(m)
+    np.testing.assert_allclose(session(m).run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-4)
+    g = Graph(m)
+    assert not any(nd.op_type in ("Mul", "Gather") for nd in m.graph.node)
+    assert not g.array("w1")[:, 5].any() and g.array("b1")[5] == -30.0
+    assert [g.array(s).shape for s in small] == [(d, 1), (1, n)]
+    # the main Gelu output's channel 5 is exactly 0 now (what the int8 range sees)
+    m.graph.output.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, [None, k]))
+    h = session(m).run(["h"], {"x": x})[0]
+    assert np.all(h[:, 5] == 0)
+
+
+def test_int8_embedding_block_size():
+    from compressor.transformer.embedding import int8_block_size
+    assert (int8_block_size(384), int8_block_size(16), int8_block_size(512), int8_block_size(24)) == \
+        (128, 16, 512, 0)
