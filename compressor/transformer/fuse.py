@@ -76,3 +76,85 @@ def merge_parallel_linears(model: onnx.ModelProto) -> tuple[onnx.ModelProto, lis
     remove_unused_initializers(out)
     topological_sort(out)
     return out, report
+
+
+# -- one head split for the merged Q/K/V -----------------------------------------------------
+
+def _const_int(g: Graph, name: str) -> int | None:
+    if name not in g.inits:
+        return None
+    a = g.array(name).reshape(-1)
+    return int(a[0]) if a.size == 1 else None
+
+
+def merge_head_splits(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Split heads once for the merged Q/K/V instead of once per projection.
+
+    After merge_parallel_linears each of Q, K, V still goes Split -> Reshape (B, S, H, D)
+    -> Transpose: seven small ops per layer, each ~8-15 us of onnxruntime overhead at
+    batch 1 x 32 tokens on 2 threads. The same tensors come from
+
+        Reshape (B, S, 3H, D) -> Transpose (0, 2, 1, 3) -> Split(axis=1, [H, H, H])
+
+    with K's (0, 2, 3, 1) layout one Transpose (0, 1, 3, 2) further, which onnxruntime
+    folds into the attention MatMul (FusedMatMul transB). Pure data movement: exact.
+    Returns (copy, number of Splits rewritten)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = Graph(out)
+    drop, done = set(), 0
+    for sp in list(out.graph.node):
+        if sp.op_type != "Split" or len(sp.input) < 2 or sp.input[1] not in g.inits:
+            continue
+        axis = next((helper.get_attribute_value(a) for a in sp.attribute if a.name == "axis"), 0)
+        sizes = [int(v) for v in g.array(sp.input[1]).reshape(-1)]
+        chain = []
+        for o in sp.output:
+            users = g.consumers.get(o, [])
+            if len(users) != 1 or users[0].op_type != "Reshape" or users[0].input[0] != o:
+                break
+            rs = users[0]
+            t_users = g.consumers.get(rs.output[0], [])
+            if len(t_users) != 1 or t_users[0].op_type != "Transpose" or rs.output[0] in g.graph_outputs:
+                break
+            perm = next((list(helper.get_attribute_value(a)) for a in t_users[0].attribute
+                         if a.name == "perm"), None)
+            if perm not in ([0, 2, 1, 3], [0, 2, 3, 1]):
+                break
+            chain.append((rs, t_users[0], perm))
+        if len(chain) != len(sp.output) or axis not in (-1, 2) or len({rs.input[1] for rs, _, _ in chain}) != 1:
+            continue
+        shape = g.producer.get(chain[0][0].input[1])
+        if shape is None or shape.op_type != "Concat" or len(shape.input) != 4:
+            continue
+        h, d = _const_int(g, shape.input[2]), _const_int(g, shape.input[3])
+        if not h or not d or any(s != h * d for s in sizes):
+            continue
+        n = len(sizes)
+        shape_name, heads_name = g.fresh(f"{sp.name}_heads_shape"), g.fresh(f"{sp.name}_head_split")
+        out.graph.initializer.extend([make_init(shape_name, np.asarray([0, 0, n * h, d], np.int64)),
+                                      make_init(heads_name, np.asarray([h] * n, np.int64))])
+        r, t = g.fresh(f"{sp.name}_heads"), g.fresh(f"{sp.name}_heads_t")
+        outs, extra = [], []
+        for rs, tr, perm in chain:
+            if perm == [0, 2, 1, 3]:
+                outs.append(tr.output[0])
+            else:
+                o = g.fresh(f"{tr.output[0]}_bhsd")
+                outs.append(o)
+                extra.append(helper.make_node("Transpose", [o], [tr.output[0]], perm=[0, 1, 3, 2],
+                                              name=g.fresh(f"{tr.name}_last2")))
+            drop.update({id(rs), id(tr)})
+        drop.add(id(sp))
+        out.graph.node.extend([
+            helper.make_node("Reshape", [sp.input[0], shape_name], [r], name=g.fresh(f"{sp.name}_Heads")),
+            helper.make_node("Transpose", [r], [t], perm=[0, 2, 1, 3], name=g.fresh(f"{sp.name}_HeadsT")),
+            helper.make_node("Split", [t, heads_name], outs, axis=1, name=g.fresh(f"{sp.name}_SplitHeads")),
+            *extra])
+        done += 1
+    kept = [n for n in out.graph.node if id(n) not in drop]
+    del out.graph.node[:]
+    out.graph.node.extend(kept)
+    remove_unused_initializers(out)
+    topological_sort(out)
+    return out, done

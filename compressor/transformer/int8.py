@@ -16,7 +16,7 @@ from compressor.transformer.calibration import batches, channel_absmax, collect_
 from compressor.transformer.configs import SmoothQuantInt8Config, SmoothTargets
 from compressor.transformer.embedding import embedding_gathers, quantize_embedding_int8
 from compressor.transformer.fidelity import cosine_rows, run_encoder
-from compressor.transformer.fuse import merge_parallel_linears
+from compressor.transformer.fuse import merge_head_splits, merge_parallel_linears
 from compressor.transformer.outliers import outlier_channels, split_outlier_channels
 from compressor.transformer.smoothquant import (apply_smoothquant, search_alpha,
                                                 smoothable_inputs)
@@ -85,6 +85,7 @@ def build_smoothquant_int8(fp32: onnx.ModelProto, ids: np.ndarray, mask: np.ndar
     merged = []
     if cfg.merge_parallel:
         fp32, merged = merge_parallel_linears(fp32)
+        fp32, _ = merge_head_splits(fp32)
     targets = smoothing_targets(fp32, cfg.smooth, cfg.exclude)
     others = {x: ws for x, ws in smoothable_inputs(fp32, include=lambda w: w not in cfg.exclude).items()
               if x not in targets} if cfg.outlier_ratio > 0 else {}

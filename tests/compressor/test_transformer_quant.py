@@ -360,8 +360,9 @@ def test_outliers_of_an_ffn_are_recomputed_at_their_source():
     np.testing.assert_allclose(session(m).run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-4)
     g = Graph(m)
     assert not any(nd.op_type in ("Mul", "Gather") for nd in m.graph.node)
-    assert not g.array("w1")[:, 5].any() and g.array("b1")[5] == -30.0
-    assert [g.array(s).shape for s in small] == [(d, 1), (1, n)]
+    assert g.array("w1").shape == (d, k + 1) and not g.array("w1")[:, 5].any()
+    assert g.array("b1")[5] == -30.0
+    assert [g.array(s).shape for s in small] == [(1, n)]
     # the main Gelu output's channel 5 is exactly 0 now (what the int8 range sees)
     m.graph.output.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, [None, k]))
     h = session(m).run(["h"], {"x": x})[0]
@@ -372,3 +373,33 @@ def test_int8_embedding_block_size():
     from compressor.transformer.embedding import int8_block_size
     assert (int8_block_size(384), int8_block_size(16), int8_block_size(512), int8_block_size(24)) == \
         (128, 16, 512, 0)
+
+
+def test_merge_head_splits_is_exact_and_drops_reshapes():
+    from compressor.transformer.fuse import merge_head_splits
+    h, d = 3, 4
+    e = h * d
+    outs = ["qt", "kt", "vt"]
+    nodes = [helper.make_node("Shape", ["x"], ["b"], start=0, end=1),
+             helper.make_node("Shape", ["x"], ["s"], start=1, end=2),
+             helper.make_node("Concat", ["b", "s", "hh", "dd"], ["shape"], axis=0),
+             helper.make_node("Split", ["x", "sizes"], ["q", "k", "v"], axis=-1)]
+    for name, o, perm in zip("qkv", outs, ([0, 2, 1, 3], [0, 2, 3, 1], [0, 2, 1, 3])):
+        nodes += [helper.make_node("Reshape", [name, "shape"], [f"{name}r"], allowzero=1),
+                  helper.make_node("Transpose", [f"{name}r"], [o], perm=perm)]
+    m = helper.make_model(helper.make_graph(
+        nodes, "heads", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, 3 * e])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, [None] * 4) for o in outs],
+        [make_init("hh", np.array([h], np.int64)), make_init("dd", np.array([d], np.int64)),
+         make_init("sizes", np.array([e] * 3, np.int64))]),
+        opset_imports=[helper.make_opsetid("", 21)])
+    m.ir_version = 10
+    x = np.random.default_rng(3).standard_normal((2, 5, 3 * e)).astype(np.float32)
+    want = session(m).run(None, {"x": x})
+    fused, n = merge_head_splits(m)
+    onnx.checker.check_model(fused)
+    assert n == 1
+    for a, b in zip(session(fused).run(None, {"x": x}), want):
+        np.testing.assert_array_equal(a, b)
+    ops = [nd.op_type for nd in fused.graph.node]
+    assert ops.count("Reshape") == 1 and ops.count("Split") == 1 and ops.count("Transpose") == 2
