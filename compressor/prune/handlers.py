@@ -12,7 +12,7 @@ from compressor.context import Artifact, CompressContext, layer_groups_from_repo
 from compressor.errors import CompressionError, UnsupportedLayerError
 from compressor.evaluate import count_macs
 from compressor.export import export_onnx
-from compressor.prune.importance import Importance, channel_activation, weight_scores
+from compressor.prune.importance import Importance, channel_contribution, weight_scores
 from compressor.prune.masks import apply_masks, n_m_masks, sparsity_of, unstructured_masks
 from compressor.prune.structured import channel_scores_magnitude, count_params, prune_channels
 from compressor.quant.calibration import check_calibration_data
@@ -37,7 +37,7 @@ def prune_model(model: torch.nn.Module, config: PruneConfig, calib: np.ndarray |
                 "needs to know which layers read each channel")
         groups = model.channel_groups()
         if importance is Importance.ACTIVATION:
-            scores = {g.name: channel_activation(model, g.out[-1], calib) for g in groups}
+            scores = {g.name: channel_contribution(model, g, calib) for g in groups}
         else:
             scores = {g.name: channel_scores_magnitude(model, g) for g in groups}
         before = count_params(model)

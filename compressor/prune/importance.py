@@ -4,8 +4,9 @@ magnitude    |w| (unstructured) / L2 norm of a filter (channels). Needs no data.
 activation   data-aware, from calibration inputs:
              unstructured: Wanda's |w_ij| * ||x_j||_2 (a weight matters if it is large AND
              its input is large; Sun et al. 2023);
-             channels: mean post-ReLU activation of the channel (a filter that rarely
-             fires contributes little downstream).
+             channels: what the channel adds to the next layer's input, mean |activation|
+             (post-ReLU) times the L2 norm of the weights that read it (a channel that
+             rarely fires, or that the next layer barely reads, contributes little).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class Importance(str, enum.Enum):
     MAGNITUDE = "magnitude"
     """|w| or filter L2 norm; data-free."""
     ACTIVATION = "activation"
-    """Data-aware: Wanda |w|*||x|| for weights, mean activation for channels."""
+    """Data-aware: Wanda |w|*||x|| for weights; mean activation x reader weight norm for channels."""
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -97,3 +98,28 @@ def channel_activation(model: nn.Module, module_name: str, x: np.ndarray) -> tor
         model(xt[s:s + 128])
     h.remove()
     return torch.stack(acc).mean(0)
+
+
+def reader_column_norms(model: nn.Module, readers: tuple[str, ...], n_channels: int,
+                        repeat: int = 1) -> torch.Tensor:
+    """Per input channel, the L2 norm of every reader's weights on it (Conv: w[:, c]; Linear
+    after a flatten: the `repeat` consecutive columns of the channel)."""
+    total = torch.zeros(n_channels)
+    for name in readers:
+        w = model.get_submodule(name).weight.detach()
+        cols = w.transpose(0, 1).reshape(w.shape[1], -1)          # (in, rest)
+        if repeat > 1:
+            cols = cols.reshape(n_channels, -1)
+        total += (cols ** 2).sum(1)
+    return total.sqrt()
+
+
+def channel_contribution(model: nn.Module, group, x: np.ndarray) -> torch.Tensor:
+    """Data-aware channel score: mean post-ReLU activation of the group's last output module
+    times the norm of the readers' weights on the channel, i.e. the channel's share of the
+    next layer's input. The activation alone ranks a channel the projection scales to ~0 as
+    important; the weight norm alone ignores BatchNorm's rescaling of the channel."""
+    act = channel_activation(model, group.out[-1], x)
+    if not group.inp:
+        return act
+    return act * reader_column_norms(model, group.inp, len(act), group.inp_repeat)

@@ -9,9 +9,9 @@ from onnx import numpy_helper
 from compressor import CompressionError, Fp32Config, PruneConfig, UnsupportedLayerError, compress
 from compressor.evaluate import LatencyConfig
 from compressor.models.digits_cnn import DigitsCNN
-from compressor.prune.importance import Importance, weight_scores
+from compressor.prune.importance import Importance, channel_contribution, weight_scores
 from compressor.prune.masks import n_m_masks, unstructured_masks
-from compressor.prune.structured import prune_channels
+from compressor.prune.structured import ChannelGroup, prune_channels
 
 FAST = LatencyConfig(warmup=1, repeats=3)
 
@@ -38,6 +38,19 @@ def test_wanda_scores_hand_values():
     s = weight_scores(model, Importance.ACTIVATION, x)["0"]
     assert s.tolist() == [[2.0, 1.0], [6.0, 2.0]]
     assert weight_scores(model, "magnitude", None)["0"].tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
+def test_channel_contribution_hand_values():
+    # channel c's score = mean ReLU(activation_c) * ||reader weights on c||
+    conv = torch.nn.Conv2d(1, 2, 1, bias=False)
+    conv.weight.data = torch.tensor([[[[1.0]]], [[[-1.0]]]])     # ch0 = x, ch1 = -x
+    lin = torch.nn.Linear(4, 1, bias=False)                      # 2 features per channel
+    lin.weight.data = torch.tensor([[3.0, 4.0, 0.0, 0.5]])      # ||ch0|| = 5, ||ch1|| = 0.5
+    model = torch.nn.Sequential(conv, torch.nn.Flatten(), lin)
+    x = np.array([[[[2.0, 0.0]]], [[[0.0, -4.0]]]], np.float32)  # (N=2, C=1, 1, 2)
+    s = channel_contribution(model, ChannelGroup("c", ("0",), ("2",), inp_repeat=2), x)
+    # ch0 = [2, 0 | 0, -4] -> relu mean 0.5; ch1 = [-2, 0 | 0, 4] -> relu mean 1.0
+    np.testing.assert_allclose(s.numpy(), [0.5 * 5.0, 1.0 * 0.5], rtol=1e-6)
 
 
 def test_removing_channels_equals_zeroing_them():
