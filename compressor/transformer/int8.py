@@ -45,6 +45,10 @@ def choose_alphas(model: onnx.ModelProto, targets: dict[str, list[str]], feeds, 
         alphas[x], errs = search_alpha(rows[x], sentence, [g.array(w) for w in weights],
                                        absmax[x], cfg.alpha_grid)
         errors[x] = {str(a): float(e) for a, e in errs.items()}
+        # a smoothed tensor costs one Mul per call: only where it cuts the error enough
+        if alphas[x] is not None and None in errs and \
+                errs[None] < cfg.min_smoothing_gain * errs[alphas[x]]:
+            alphas[x] = None
     return alphas, errors
 
 
