@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import signal
 import sys
@@ -22,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = AgentConfig.__dataclass_fields__
     p = argparse.ArgumentParser(prog="edgefleet agent", description="edgefleet device agent")
     p.add_argument("--server", default="127.0.0.1:50051", help="control plane HOST:PORT")
-    p.add_argument("--token", default=None, help="one-time enrollment token (first start only)")
+    p.add_argument("--token", default=os.environ.get("EDGEFLEET_ENROLL_TOKEN"),
+                   help="one-time enrollment token (first start only); default $EDGEFLEET_ENROLL_TOKEN, "
+                        "which keeps it out of the process list")
     p.add_argument("--data-dir", default=defaults["data_dir"].default_factory(),
                    help="identity, artifacts, bundles, profiles (default: %(default)s)")
     p.add_argument("--sensors", default="psutil",

@@ -146,3 +146,23 @@ def test_compress_deploy_infer_restart(fleet, bundle):
     _wait(lambda: all(client.get_device(d).online for d in device_ids), 90, "agents reconnected")
     for device_id in device_ids:
         assert client.get_device(device_id).reported.bundle_id == uploaded.bundle_id
+
+
+def test_agent_takes_its_enrollment_token_from_the_environment(tmp_path):
+    """The token may come from $EDGEFLEET_ENROLL_TOKEN instead of argv (kept out of `ps`)."""
+    from server.admin_client import AdminClient
+
+    server = processes.start_server(tmp_path / "server")
+    agent = None
+    try:
+        client = AdminClient(server.info["address"], processes.operator_token(tmp_path / "server"))
+        token = client.create_enrollment_token(60, {}).token
+        agent = processes.start_agent(tmp_path / "agent", server=server.info["address"], token=None,
+                                      env={"EDGEFLEET_ENROLL_TOKEN": token})
+        assert token not in " ".join(agent.popen.args)
+        device_id = agent.info["device_id"]
+        _wait(lambda: client.get_device(device_id).online, 60, "agent online")
+    finally:
+        if agent is not None:
+            agent.stop()
+        server.stop()
