@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args, console, workdir: pathlib.Path, children: list) -> int:
     from compressor.data.digits import load_digits_splits
     from proto import fleet_pb2
-    from server.admin_client import AdminClient
+    from server.admin_client import AdminClient, read_operator_token
 
     # 1. compress
     console.rule("1. compress: train a CNN on the bundled digits; fp32, int8, int4 and a distilled student")
@@ -305,7 +305,7 @@ def _run(args, console, workdir: pathlib.Path, children: list) -> int:
     server = processes.start_server(workdir / "server", trust_keys=[str(key_path.with_suffix(".pub"))])
     children.append(server)
     address = server.info["address"]
-    client = AdminClient(address, processes.operator_token(workdir / "server"))
+    client = AdminClient(address, read_operator_token(workdir / "server"))
     console.print(f"  server pid {server.pid} on {address}, metrics on :{server.info['metrics_port']}")
     agents: dict[str, processes.ManagedProcess] = {}
     names: dict[str, str] = {}

@@ -9,7 +9,6 @@ Where to find the server and the operator token, first match wins:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import sys
@@ -29,10 +28,10 @@ def resolve_address(args: argparse.Namespace) -> str:
         return args.server
     if os.environ.get("EDGEFLEET_SERVER"):
         return os.environ["EDGEFLEET_SERVER"]
-    if args.data_dir:
-        info = pathlib.Path(args.data_dir) / "server.json"
-        if info.exists():
-            return json.loads(info.read_text())["address"]
+    if args.data_dir and (pathlib.Path(args.data_dir) / "server.json").exists():
+        from server.admin_client import read_server_address
+
+        return read_server_address(args.data_dir)
     return DEFAULT_ADDRESS
 
 
@@ -41,10 +40,10 @@ def resolve_token(args: argparse.Namespace) -> str:
         return args.token
     if os.environ.get("EDGEFLEET_OPERATOR_TOKEN"):
         return os.environ["EDGEFLEET_OPERATOR_TOKEN"]
-    if args.data_dir:
-        path = pathlib.Path(args.data_dir) / "operator.token"
-        if path.exists():
-            return path.read_text().strip()
+    if args.data_dir and (pathlib.Path(args.data_dir) / "operator.token").exists():
+        from server.admin_client import read_operator_token
+
+        return read_operator_token(args.data_dir)
     raise SystemExit("edgefleet: no operator token: pass --token, set EDGEFLEET_OPERATOR_TOKEN, "
                      "or point --data-dir at the server's data directory")
 

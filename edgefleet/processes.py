@@ -122,7 +122,3 @@ def start_agent(data_dir: str | os.PathLike, *, server: str, token: str | None, 
     if token:
         args += ["--token", token]
     return _spawn(name, args + list(extra_args), data_dir, "agent.json", timeout, env)
-
-
-def operator_token(server_data_dir: str | os.PathLike) -> str:
-    return (pathlib.Path(server_data_dir) / "operator.token").read_text().strip()

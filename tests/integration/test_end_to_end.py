@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pathlib
 import time
 import urllib.request
 
@@ -60,9 +59,9 @@ def fleet(tmp_path, bundle):
     try:
         server = processes.start_server(tmp_path / "server", trust_keys=[str(key.with_suffix(".pub"))])
         children.append(server)
-        from server.admin_client import AdminClient
+        from server.admin_client import AdminClient, read_operator_token
 
-        client = AdminClient(server.info["address"], processes.operator_token(tmp_path / "server"))
+        client = AdminClient(server.info["address"], read_operator_token(tmp_path / "server"))
         agents = []
         for i in range(2):
             token = client.create_enrollment_token(300, {"ring": "test"}).token
@@ -136,9 +135,9 @@ def test_compress_deploy_infer_restart(fleet, bundle):
     assert server.stop() == 0
     restarted = processes.start_server(server.data_dir, trust_keys=[str(key.with_suffix(".pub"))], port=port)
     fleet["children"].append(restarted)
-    from server.admin_client import AdminClient
+    from server.admin_client import AdminClient, read_operator_token
 
-    client = AdminClient(restarted.info["address"], processes.operator_token(server.data_dir))
+    client = AdminClient(restarted.info["address"], read_operator_token(server.data_dir))
     assert sorted(d.device_id for d in client.list_devices("")) == devices_before
     assert sorted(b.bundle_id for b in client.list_bundles()) == bundles_before
     assert {d.deployment_id: d.state for d in client.list_deployments()} == deployments_before
@@ -150,12 +149,12 @@ def test_compress_deploy_infer_restart(fleet, bundle):
 
 def test_agent_takes_its_enrollment_token_from_the_environment(tmp_path):
     """The token may come from $EDGEFLEET_ENROLL_TOKEN instead of argv (kept out of `ps`)."""
-    from server.admin_client import AdminClient
+    from server.admin_client import AdminClient, read_operator_token
 
     server = processes.start_server(tmp_path / "server")
     agent = None
     try:
-        client = AdminClient(server.info["address"], processes.operator_token(tmp_path / "server"))
+        client = AdminClient(server.info["address"], read_operator_token(tmp_path / "server"))
         token = client.create_enrollment_token(60, {}).token
         agent = processes.start_agent(tmp_path / "agent", server=server.info["address"], token=None,
                                       env={"EDGEFLEET_ENROLL_TOKEN": token})
