@@ -54,14 +54,16 @@ __all__ = [
 
 
 def cpu_features() -> dict:
-    """Detected CPU features ({'avx2': bool, 'avxvnni': bool, 'neon': bool, 'machine': str}) plus the ISA
+    """Detected CPU features ({'avx2', 'avxvnni', 'avx512', 'amx', 'neon': bool, 'machine': str}) plus the ISA
     the dispatcher uses now ('isa') and the thread count ('threads')."""
     return _kernels.cpu_features()
 
 
 def set_isa(name: str) -> None:
     """Restrict dispatch: 'auto' (best available), 'scalar' (portable reference), 'avx2' (AVX2
-    kernels only), 'avxvnni' (AVX2 plus the VNNI int8 GEMM), 'neon'.
+    kernels only), 'avxvnni' (AVX2 plus the 256-bit VNNI kernels), 'avx512' (plus AVX-512 VNNI/VBMI2
+    kernels), 'amx' (plus the AMX tile kernels), 'neon'. A family without a kernel for the named
+    level runs its best kernel below it.
     Raises ValueError for an unknown name or an ISA this CPU lacks."""
     if not isinstance(name, str):
         raise TypeError(f"ISA name must be a str, got {type(name).__name__}")
@@ -75,7 +77,7 @@ def get_isa() -> str:
 def available_isas() -> list[str]:
     """ISAs this CPU can run, reference first: e.g. ['scalar', 'avx2', 'avxvnni']."""
     f = _kernels.cpu_features()
-    return ["scalar"] + [isa for isa in ("avx2", "avxvnni", "neon") if f[isa]]
+    return ["scalar"] + [isa for isa in ("avx2", "avxvnni", "avx512", "amx", "neon") if f[isa]]
 
 
 @contextlib.contextmanager

@@ -19,6 +19,11 @@ enum {
   EF_ARCH_X86_AVX2 = 1u << 0, /* AVX2 + FMA (+F16C): Haswell / Zen 1 and later */
   EF_ARCH_ARM_NEON = 1u << 1, /* aarch64 Advanced SIMD (always present on aarch64) */
   EF_ARCH_X86_AVXVNNI = 1u << 2, /* AVX-VNNI (vpdpbusd on 256-bit registers): Alder Lake, Sapphire Rapids, Zen 5 */
+  /* AVX-512 F/BW/DQ/VL + VNNI + VBMI2 (512-bit vpdpbusd, vpexpandb): Ice Lake, Sapphire Rapids, Zen 4 */
+  EF_ARCH_X86_AVX512 = 1u << 3,
+  /* AMX-TILE + AMX-INT8 (tdpbusd on 16x64-byte tiles), and the kernel granted this process the
+   * tile data state (arch_prctl ARCH_REQ_XCOMP_PERM): Sapphire Rapids and later */
+  EF_ARCH_X86_AMX = 1u << 4,
 };
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -27,6 +32,10 @@ enum {
  * only calls these functions when cpuid says the CPU has AVX2 and FMA. */
 #define EF_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define EF_TARGET_AVXVNNI __attribute__((target("avx2,fma,f16c,avxvnni")))
+#define EF_TARGET_AVX512 \
+  __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx512vbmi2")))
+#define EF_TARGET_AMX \
+  __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx512vbmi2,amx-tile,amx-int8")))
 #else
 #define EF_ARCH_X86 0
 #endif
@@ -47,7 +56,9 @@ enum {
  * (EDGEFLEET_KERNELS_ISA env var or ef_set_isa()). Dispatchers consult ef_arch_flags(). */
 uint32_t ef_arch_flags(void);
 uint32_t ef_arch_flags_detected(void);
-/* name: "auto", "scalar", "avx2", "avxvnni", "neon" ("avx2" excludes the VNNI kernels). Returns 0 on success, -1 if unknown, -2 if the
+/* name: "auto", "scalar", "avx2", "avxvnni", "avx512", "amx", "neon". Each name allows its own
+ * level and those below it on the same line (amx > avx512 > avxvnni > avx2; "avx2" excludes
+ * every VNNI kernel). Returns 0 on success, -1 if unknown, -2 if the
  * CPU (or this build) cannot run it. */
 int ef_set_isa(const char* name);
 const char* ef_isa_name(void); /* name of the best ISA in the current mask */

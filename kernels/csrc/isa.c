@@ -7,12 +7,29 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__) && (defined(__x86_64__) || defined(__i386__))
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "common.h"
 
 static uint32_t g_detected;
 static uint32_t g_active; /* detected & override; read by every dispatcher */
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+
+#if EF_ARCH_X86
+/* Linux hands out the 8 KB AMX tile state only to processes that ask for it; without the
+ * grant the first tile instruction faults. Asked once, here; a refusal just means no AMX. */
+static int amx_permitted(void) {
+#if defined(__linux__)
+  const long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
+  return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+#else
+  return 0;
+#endif
+}
+#endif
 
 static uint32_t detect_cpu(void) {
   uint32_t flags = EF_ARCH_SCALAR;
@@ -21,6 +38,14 @@ static uint32_t detect_cpu(void) {
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
     flags |= EF_ARCH_X86_AVX2;
     if (__builtin_cpu_supports("avxvnni")) flags |= EF_ARCH_X86_AVXVNNI;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi2")) {
+      flags |= EF_ARCH_X86_AVX512;
+      if (__builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-int8") && amx_permitted()) {
+        flags |= EF_ARCH_X86_AMX;
+      }
+    }
   }
 #endif
 #if EF_ARCH_ARM64
@@ -29,25 +54,41 @@ static uint32_t detect_cpu(void) {
   return flags;
 }
 
-/* Mask of flags an ISA name allows; UINT32_MAX for "auto", 0 for unknown names. */
-static int mask_for_name(const char* name, uint32_t* mask) {
-  if (name == NULL || strcmp(name, "auto") == 0 || name[0] == '\0') { *mask = UINT32_MAX; return 0; }
-  if (strcmp(name, "scalar") == 0) { *mask = EF_ARCH_SCALAR; return 0; }
-  if (strcmp(name, "avx2") == 0) { *mask = EF_ARCH_X86_AVX2; return 0; }
-  if (strcmp(name, "avxvnni") == 0) { *mask = EF_ARCH_X86_AVX2 | EF_ARCH_X86_AVXVNNI; return 0; }
-  if (strcmp(name, "neon") == 0) { *mask = EF_ARCH_ARM_NEON; return 0; }
+/* An ISA name stands for the flags it allows (its level and the levels below it) and the one
+ * flag it requires. `allowed` is UINT32_MAX for "auto"; -1 for unknown names. */
+static int mask_for_name(const char* name, uint32_t* allowed, uint32_t* required) {
+  static const struct { const char* name; uint32_t allowed, required; } table[] = {
+      {"scalar", EF_ARCH_SCALAR, EF_ARCH_SCALAR},
+      {"avx2", EF_ARCH_X86_AVX2, EF_ARCH_X86_AVX2},
+      {"avxvnni", EF_ARCH_X86_AVX2 | EF_ARCH_X86_AVXVNNI, EF_ARCH_X86_AVXVNNI},
+      {"avx512", EF_ARCH_X86_AVX2 | EF_ARCH_X86_AVXVNNI | EF_ARCH_X86_AVX512, EF_ARCH_X86_AVX512},
+      {"amx", EF_ARCH_X86_AVX2 | EF_ARCH_X86_AVXVNNI | EF_ARCH_X86_AVX512 | EF_ARCH_X86_AMX, EF_ARCH_X86_AMX},
+      {"neon", EF_ARCH_ARM_NEON, EF_ARCH_ARM_NEON},
+  };
+  if (name == NULL || name[0] == '\0' || strcmp(name, "auto") == 0) {
+    *allowed = UINT32_MAX;
+    *required = EF_ARCH_SCALAR;
+    return 0;
+  }
+  for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
+    if (strcmp(name, table[i].name) == 0) {
+      *allowed = table[i].allowed;
+      *required = table[i].required;
+      return 0;
+    }
+  }
   return -1;
 }
 
 static void init_once(void) {
   g_detected = detect_cpu();
   g_active = g_detected;
-  uint32_t mask;
+  uint32_t allowed, required;
   const char* env = getenv("EDGEFLEET_KERNELS_ISA");
   /* An unknown or unavailable name in the environment falls back to auto detection
    * rather than failing the import; ef_set_isa() reports errors explicitly. */
-  if (env != NULL && mask_for_name(env, &mask) == 0 && (mask == UINT32_MAX || (g_detected & mask) == mask)) {
-    g_active = g_detected & mask;
+  if (env != NULL && mask_for_name(env, &allowed, &required) == 0 && (g_detected & required) == required) {
+    g_active = g_detected & allowed;
   }
 }
 
@@ -56,15 +97,17 @@ uint32_t ef_arch_flags(void) { pthread_once(&g_once, init_once); return __atomic
 
 int ef_set_isa(const char* name) {
   pthread_once(&g_once, init_once);
-  uint32_t mask;
-  if (mask_for_name(name, &mask) != 0) return -1;
-  if (mask != UINT32_MAX && (g_detected & mask) != mask) return -2;
-  __atomic_store_n(&g_active, g_detected & mask, __ATOMIC_RELAXED);
+  uint32_t allowed, required;
+  if (mask_for_name(name, &allowed, &required) != 0) return -1;
+  if ((g_detected & required) != required) return -2;
+  __atomic_store_n(&g_active, g_detected & allowed, __ATOMIC_RELAXED);
   return 0;
 }
 
 const char* ef_isa_name(void) {
   uint32_t flags = ef_arch_flags();
+  if (flags & EF_ARCH_X86_AMX) return "amx";
+  if (flags & EF_ARCH_X86_AVX512) return "avx512";
   if (flags & EF_ARCH_X86_AVXVNNI) return "avxvnni";
   if (flags & EF_ARCH_X86_AVX2) return "avx2";
   if (flags & EF_ARCH_ARM_NEON) return "neon";

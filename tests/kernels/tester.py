@@ -9,7 +9,7 @@ import pytest
 
 import kernels
 
-ALL_ISAS = ("scalar", "avx2", "avxvnni", "neon")
+ALL_ISAS = ("scalar", "avx2", "avxvnni", "avx512", "amx", "neon")
 
 
 def isa_params():

@@ -693,8 +693,9 @@ fail:
 
 static PyObject* py_cpu_features(PyObject* self, PyObject* unused) {
   const uint32_t det = ef_arch_flags_detected();
-  return Py_BuildValue("{s:N,s:N,s:N,s:s,s:s,s:i}", "avx2", PyBool_FromLong(det & EF_ARCH_X86_AVX2), "avxvnni",
-                       PyBool_FromLong(det & EF_ARCH_X86_AVXVNNI), "neon",
+  return Py_BuildValue("{s:N,s:N,s:N,s:N,s:N,s:s,s:s,s:i}", "avx2", PyBool_FromLong(det & EF_ARCH_X86_AVX2), "avxvnni",
+                       PyBool_FromLong(det & EF_ARCH_X86_AVXVNNI), "avx512", PyBool_FromLong(det & EF_ARCH_X86_AVX512),
+                       "amx", PyBool_FromLong(det & EF_ARCH_X86_AMX), "neon",
                        PyBool_FromLong(det & EF_ARCH_ARM_NEON), "machine",
 #if EF_ARCH_X86
                        "x86_64",
@@ -710,7 +711,7 @@ static PyObject* py_set_isa(PyObject* self, PyObject* args) {
   const char* name;
   if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
   const int rc = ef_set_isa(name);
-  if (rc == -1) return PyErr_Format(PyExc_ValueError, "unknown ISA %R (use 'auto', 'scalar', 'avx2', 'avxvnni' or 'neon')", PyTuple_GET_ITEM(args, 0));
+  if (rc == -1) return PyErr_Format(PyExc_ValueError, "unknown ISA %R (use 'auto', 'scalar', 'avx2', 'avxvnni', 'avx512', 'amx' or 'neon')", PyTuple_GET_ITEM(args, 0));
   if (rc == -2) return PyErr_Format(PyExc_ValueError, "ISA %R is not available on this CPU/build", PyTuple_GET_ITEM(args, 0));
   Py_RETURN_NONE;
 }
