@@ -283,8 +283,9 @@ def test_agent_unit_runs_the_agent_hardened():
     service = dict(unit["Service"])
     assert service["Restart"] == "on-failure"
     exec_start = service["ExecStart"]
-    assert re.search(r"/edgefleet agent --server \S+ --token \S+ --data-dir /var/lib/edgefleet-agent$",
-                     exec_start)
+    assert re.search(r"/edgefleet agent --server \S+ --data-dir /var/lib/edgefleet-agent$", exec_start)
+    # The one-time token reaches the agent through its environment, never its command line.
+    assert "--token" not in exec_start
     assert service["StateDirectory"] == "edgefleet-agent"      # = the --data-dir above
     assert service["ProtectSystem"] == "strict" and service["NoNewPrivileges"] == "yes"
     assert service["CapabilityBoundingSet"] == ""
@@ -294,7 +295,8 @@ def test_agent_unit_runs_the_agent_hardened():
     example = (files.AGENT_UNIT.parent / "agent.env.example").read_text()
     defined = set(re.findall(r"^([A-Z_]+)=", example, re.M))
     used = set(re.findall(r"\$\{([A-Z_]+)\}", exec_start))
-    assert used == {"EDGEFLEET_SERVER", "EDGEFLEET_TOKEN"} and used <= defined
+    assert used == {"EDGEFLEET_SERVER"} and used <= defined
+    assert "EDGEFLEET_ENROLL_TOKEN" in defined      # read by the agent from its environment
     assert unit["Install"] == [("WantedBy", "multi-user.target")]
 
 
