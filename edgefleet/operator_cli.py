@@ -21,6 +21,8 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", help="server address HOST:PORT")
     parser.add_argument("--token", help="operator token")
     parser.add_argument("--data-dir", help="the server's data directory (to read its address and token)")
+    parser.add_argument("--tls-ca", default=os.environ.get("EDGEFLEET_TLS_CA"), metavar="PEM",
+                        help="CA of a TLS server's certificate (default $EDGEFLEET_TLS_CA; none = plaintext)")
 
 
 def resolve_address(args: argparse.Namespace) -> str:
@@ -51,7 +53,7 @@ def resolve_token(args: argparse.Namespace) -> str:
 def _client(args: argparse.Namespace):
     from server.admin_client import AdminClient
 
-    return AdminClient(resolve_address(args), resolve_token(args))
+    return AdminClient(resolve_address(args), resolve_token(args), tls_ca=args.tls_ca)
 
 
 def _labels(pairs: list[str]) -> dict[str, str]:

@@ -39,13 +39,18 @@ def read_server_address(data_dir: str | pathlib.Path) -> str:
 
 class AdminClient:
     def __init__(self, address: str, operator_token: str, timeout: float = 30.0,
-                 upload_timeout: float = 3600.0, channel: grpc.Channel | None = None) -> None:
+                 upload_timeout: float = 3600.0, channel: grpc.Channel | None = None,
+                 tls_ca: str | pathlib.Path | None = None) -> None:
+        """tls_ca: PEM of the CA that signed a TLS server's certificate; None = plaintext."""
         self.address = address
         self.timeout = timeout
         self.upload_timeout = upload_timeout
         self._metadata = (("authorization", f"Bearer {operator_token}"),)
-        self._channel = channel or grpc.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)])
+        options = [("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)]
+        if channel is None and tls_ca is not None:
+            creds = grpc.ssl_channel_credentials(root_certificates=pathlib.Path(tls_ca).read_bytes())
+            channel = grpc.secure_channel(address, creds, options=options)
+        self._channel = channel or grpc.insecure_channel(address, options=options)
         self._stub = fleet_pb2_grpc.AdminServiceStub(self._channel)
 
     def close(self) -> None:

@@ -112,6 +112,7 @@ def serve(config: ServerConfig, registry: CollectorRegistry | None = None) -> Ru
     trusted_keys = config.resolved_trusted_keys()
     if not trusted_keys:
         log.warning("no trusted publisher keys: every bundle upload will be refused")
+    tls_credentials = config.resolved_tls_credentials()
     db = Database(config.resolved_db_url())
     db.create_schema()
     store = ArtifactStore(config.artifacts_dir)
@@ -140,7 +141,11 @@ def serve(config: ServerConfig, registry: CollectorRegistry | None = None) -> Ru
         reflection.enable_server_reflection(
             (DEVICE_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         # Add the port.
-        port = server.add_insecure_port(_bind(config.host, config.port))
+        if tls_credentials is None:
+            port = server.add_insecure_port(_bind(config.host, config.port))
+        else:
+            port = server.add_secure_port(_bind(config.host, config.port),
+                                          grpc.ssl_server_credentials([tls_credentials]))
         # Start.
         reaper = DeploymentReaper(db, config.reaper_interval_seconds)
         reaper.start()
@@ -166,8 +171,8 @@ def serve(config: ServerConfig, registry: CollectorRegistry | None = None) -> Ru
                                 health=health_servicer, reaper=reaper, _metrics_httpd=httpd)
         _write_server_json(config.server_json_path, {
             "pid": os.getpid(), "grpc_port": port, "metrics_port": metrics_port,
-            "address": running.address})
-        log.info("edgefleet server on %s (metrics %s, db %s)", running.address,
+            "address": running.address, "tls": config.tls})
+        log.info("edgefleet server on %s%s (metrics %s, db %s)", running.address, " (TLS)" if config.tls else "",
                  metrics_port if metrics_port is not None else "disabled", db.engine.url.render_as_string())
         return running
     except BaseException:
@@ -214,6 +219,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="operator token (default: data_dir/operator.token, created on first start)")
     p.add_argument("--trust-key", action="append", default=[], metavar="FILE",
                    help="raw 32-byte Ed25519 publisher key to trust (repeatable)")
+    p.add_argument("--tls-cert", default=os.environ.get("EDGEFLEET_TLS_CERT"), metavar="PEM",
+                   help="certificate chain: serve gRPC over TLS (with --tls-key; default $EDGEFLEET_TLS_CERT)")
+    p.add_argument("--tls-key", default=os.environ.get("EDGEFLEET_TLS_KEY"), metavar="PEM",
+                   help="private key of --tls-cert (default $EDGEFLEET_TLS_KEY)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p.parse_args(argv)
 
@@ -225,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     config = ServerConfig(data_dir=pathlib.Path(args.data_dir), host=args.host, port=args.port,
                           metrics_port=args.metrics_port, db_url=args.db_url,
                           operator_token=args.operator_token,
-                          trust_key_files=[pathlib.Path(p) for p in args.trust_key])
+                          trust_key_files=[pathlib.Path(p) for p in args.trust_key],
+                          tls_cert_file=pathlib.Path(args.tls_cert) if args.tls_cert else None,
+                          tls_key_file=pathlib.Path(args.tls_key) if args.tls_key else None)
     running = serve(config)
     stop = threading.Event()
 

@@ -42,6 +42,8 @@ class ServerConfig:
         reaper_interval_seconds: how often deployments past their deadline are timed out.
         desired_recheck_seconds: a connected stream re-reads its desired state this often even
             without a local notification (covers changes made by another server replica).
+        tls_cert_file / tls_key_file: PEM certificate chain and private key; both set = gRPC
+            over TLS (agents pass the CA with --tls-ca), both None = plaintext.
     """
 
     data_dir: pathlib.Path
@@ -64,9 +66,13 @@ class ServerConfig:
     min_client_ping_interval_ms: int = 10_000  # clients may ping this often without strikes
     reaper_interval_seconds: float = 1.0
     desired_recheck_seconds: float = 10.0
+    tls_cert_file: pathlib.Path | None = None
+    tls_key_file: pathlib.Path | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = pathlib.Path(self.data_dir)
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS needs both a certificate and a private key (or neither for plaintext)")
         self.trust_key_files = [pathlib.Path(p) for p in self.trust_key_files]
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} out of range")
@@ -93,7 +99,26 @@ class ServerConfig:
     def server_json_path(self) -> pathlib.Path:
         return self.data_dir / "server.json"
 
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
+
     # -- resolution (touches disk) ----------------------------------------------------
+    def resolved_tls_credentials(self) -> tuple[bytes, bytes] | None:
+        """(private key PEM, certificate chain PEM), read once at start; None for plaintext.
+
+        Read and checked here so a wrong path or a non-PEM file stops the start with the file's
+        name, not with grpc's generic "failed to bind"."""
+        if not self.tls:
+            return None
+        pems = []
+        for what, path in (("private key", self.tls_key_file), ("certificate", self.tls_cert_file)):
+            data = pathlib.Path(path).read_bytes()
+            if b"-----BEGIN " not in data:
+                raise ValueError(f"{path}: not a PEM {what}")
+            pems.append(data)
+        return pems[0], pems[1]
+
     def resolved_db_url(self) -> str:
         if self.db_url:
             return self.db_url

@@ -42,7 +42,7 @@ def test_reflection_lists_services(server):
 def test_server_json_describes_the_running_server(server):
     info = json.loads(server.config.server_json_path.read_text())
     assert info == {"pid": os.getpid(), "grpc_port": server.port, "metrics_port": server.metrics_port,
-                    "address": f"127.0.0.1:{server.port}"}
+                    "address": f"127.0.0.1:{server.port}", "tls": False}
     assert read_server_address(server.config.data_dir) == server.address
     assert read_operator_token(server.config.data_dir) == server.operator_token
 
