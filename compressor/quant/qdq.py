@@ -225,12 +225,17 @@ def quantize_bias_int32(model: onnx.ModelProto, g: Graph, site: WeightSite, x_sc
     site.node.input[2] = dq_out
 
 
-def quantize_static_qdq(model: onnx.ModelProto, calib_data: np.ndarray, opts: QdqOptions
+def quantize_static_qdq(model: onnx.ModelProto, calib_data: np.ndarray, opts: QdqOptions,
+                        ranges: dict[str, tuple[float, float]] | None = None
                         ) -> tuple[onnx.ModelProto, dict]:
     """Return (quantized copy of `model`, report) — the input model is not modified.
 
     The report lists, per weight op, the weight bits and activation type used, and the
     calibrated ranges, for the manifest's layer groups and for debugging.
+
+    `ranges` gives (min, max) for activation tensors by name; only the tensors it lacks are
+    calibrated (QAT passes the ranges its observers learned; mixed precision calibrates
+    once and rebuilds many times).
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -239,8 +244,12 @@ def quantize_static_qdq(model: onnx.ModelProto, calib_data: np.ndarray, opts: Qd
     sites = [s for s in g.weight_sites()
              if s.node.name not in opts.exclude and s.weight_name not in opts.exclude]
     tensors = activation_plan(g, sites, opts.quantize_outputs)
-    ranges = compute_ranges(model, tensors, calib_data, opts.method, opts.percentile,
-                            bits=8 if opts.activation_dtype.endswith("8") else 16)
+    given = dict(ranges or {})
+    missing = [t for t in tensors if t not in given]
+    ranges = {t: given[t] for t in tensors if t in given}
+    if missing:
+        ranges.update(compute_ranges(model, missing, calib_data, opts.method, opts.percentile,
+                                     bits=8 if opts.activation_dtype.endswith("8") else 16))
     # per-tensor activation type: an override on a weight op applies to the tensors it reads
     act_dtype = {t: opts.activation_dtype for t in tensors}
     for s in sites:
