@@ -245,6 +245,101 @@ class DistillConfig(VariantConfig):
         return f"student{round(self.width * 100)}" + ("-int8" if self.int8 else "")
 
 
+# -- quantization-aware training and mixed precision (compressor/quant/qat.py, mixed.py) --
+
+@dataclass
+class Int8QatConfig(VariantConfig):
+    """Quantization-aware training to the static int8 QDQ format.
+
+    Fake quantization is put into a copy of the model exactly where the static rewrite puts
+    QuantizeLinear/DequantizeLinear (weights symmetric int8 per channel or per tensor,
+    activations uint8 per tensor with a straight-through estimator); activation observers
+    start from the calibration ranges and follow the training batches (moving average);
+    the model is fine-tuned on train_data and exported with the learned ranges.
+
+    Args:
+        epochs: fine-tuning passes over train_data (>= 1).
+        lr: AdamW learning rate (cosine-decayed), small: the model is already trained.
+        batch_size: mini-batch size.
+        calibration: how the starting activation ranges are chosen (as Int8StaticConfig).
+        percentile: for calibration="percentile".
+        per_channel: one weight scale per output channel (else one per tensor).
+        observer_momentum: moving-average weight of each training batch's min/max
+            (torch's MovingAverageMinMaxObserver averaging_constant); 0 freezes the
+            calibrated ranges.
+        seed: seeds the fine-tuning.
+    """
+
+    epochs: int = 3
+    lr: float = 1e-4
+    batch_size: int = 64
+    calibration: CalibrationMethod = CalibrationMethod.MINMAX
+    percentile: float = 99.99
+    per_channel: bool = True
+    observer_momentum: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.calibration = CalibrationMethod(self.calibration)
+        if self.epochs < 1:
+            raise ValueError(f"QAT needs epochs >= 1, got {self.epochs} (use Int8StaticConfig "
+                             "for no training)")
+        if self.lr <= 0 or self.batch_size < 1:
+            raise ValueError(f"QAT needs lr > 0 and batch_size >= 1, got {self.lr}, {self.batch_size}")
+        if not 0.0 <= self.observer_momentum <= 1.0:
+            raise ValueError(f"observer_momentum must be in [0, 1], got {self.observer_momentum}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
+        super().__post_init__()
+
+    def default_id(self) -> str:
+        return "int8-qat" if self.per_channel else "int8-qat-pt"
+
+
+MIXED_PRECISIONS = ("int8", "int16", "fp32")
+
+
+@dataclass
+class MixedPrecisionConfig(VariantConfig):
+    """Static int8 with the most sensitive layers kept at higher precision.
+
+    Each Conv/Gemm/MatMul is quantized alone (all others fp32) and the quality drop on the
+    held-out data is measured (ties broken by the output error on calibration data). Then,
+    from all-int8, the most sensitive layers are promoted one at a time to the next
+    candidate precision until the drop is within `max_drop`.
+
+    Args:
+        max_drop: largest accepted quality drop vs fp32, in the metric's units
+            (accuracy 0.005 = half a point).
+        candidates: precisions in increasing order, starting with "int8"; from
+            "int16" (int16 weights, uint16 inputs: QDQ that onnxruntime runs unfused)
+            and "fp32" (the layer is left out of quantization).
+        calibration, percentile, per_channel: as Int8StaticConfig.
+    """
+
+    max_drop: float = 0.005
+    candidates: tuple[str, ...] = ("int8", "fp32")
+    calibration: CalibrationMethod = CalibrationMethod.MINMAX
+    percentile: float = 99.99
+    per_channel: bool = True
+
+    def __post_init__(self) -> None:
+        self.calibration = CalibrationMethod(self.calibration)
+        self.candidates = tuple(self.candidates)
+        if not self.max_drop >= 0.0:
+            raise ValueError(f"max_drop must be >= 0, got {self.max_drop}")
+        order = [MIXED_PRECISIONS.index(c) if c in MIXED_PRECISIONS else -1 for c in self.candidates]
+        if len(order) < 2 or self.candidates[0] != "int8" or -1 in order or order != sorted(set(order)):
+            raise ValueError(f"candidates must start with 'int8' and add higher precisions in "
+                             f"order from {MIXED_PRECISIONS[1:]}, got {self.candidates}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
+        super().__post_init__()
+
+    def default_id(self) -> str:
+        return f"mixed-{round(self.max_drop * 1000)}"
+
+
 # -- serialisation ---------------------------------------------------------------------
 
 def _allowed() -> dict[str, type]:
