@@ -77,6 +77,24 @@ static void test_qs8(const ef_qs8_gemm_config* cfg, size_t m, size_t n, size_t k
   free(a); free(w); free(ws); free(bias); free(as); free(wz); free(az); free(ref); free(got);
 }
 
+#if EF_ARCH_X86
+/* The AMX tile path on every M from 1 (panel_min_m forced to 1; by default M < 8 falls back to
+ * AVX-VNNI), N across the 16/32-column tile edges, K across the 64-byte tile steps. */
+static void test_qs8_tiles(void) {
+  ef_qs8_gemm_config all_m = ef_qs8_gemm_config_amx;
+  all_m.panel_min_m = 1;
+  all_m.isa = "amx (every M)";
+  static const size_t ns[] = {1, 15, 16, 17, 32, 33, 50};
+  static const size_t ks[] = {1, 63, 64, 65, 200};
+  for (size_t m = 1; m <= 40; m++) {
+    const size_t n = ns[m % 7], k = ks[m % 5];
+    test_qs8(&all_m, m, n, k, (int)(m % 3 == 0), (int)(m % 2));
+  }
+  test_qs8(&all_m, 17, 33, EF_QS8_MAX_K, 1, 0);
+  test_qs8(&all_m, 33, 49, EF_QS8_MAX_K, 1, 1);
+}
+#endif
+
 /* ----------------------------------------------------------------------- qb */
 
 static void test_qb(const ef_qb_gemm_config* cfg, int bits, int group, size_t m, size_t n, size_t k) {
@@ -210,13 +228,19 @@ static void test_dwconv(const ef_conv_config* cfg, int q8, size_t h, size_t w, s
 
 int main(void) {
   const uint32_t flags = ef_arch_flags_detected();
-  const ef_qs8_gemm_config* qs8[3] = {NULL, NULL, NULL};
-  const ef_qb_gemm_config* qb[3] = {NULL, NULL, NULL};
-  const ef_sparse_config* sp[3] = {NULL, NULL, NULL};
-  const ef_conv_config* cv[3] = {NULL, NULL, NULL};
-  const ef_f32_gemm_config* f32[3] = {NULL, NULL, NULL};
+  const ef_qs8_gemm_config* qs8[4] = {NULL, NULL, NULL, NULL};
+  const ef_qb_gemm_config* qb[4] = {NULL, NULL, NULL, NULL};
+  const ef_sparse_config* sp[4] = {NULL, NULL, NULL, NULL};
+  const ef_conv_config* cv[4] = {NULL, NULL, NULL, NULL};
+  const ef_f32_gemm_config* f32[4] = {NULL, NULL, NULL, NULL};
   int nconf = 0;
 #if EF_ARCH_X86
+  if (flags & EF_ARCH_X86_AMX) { /* qs8 has an AMX kernel; the rest repeat AVX2 / AVX-VNNI */
+    qs8[nconf] = &ef_qs8_gemm_config_amx; qb[nconf] = &ef_qb_gemm_config_avxvnni;
+    sp[nconf] = &ef_sparse_config_avx2; cv[nconf] = &ef_conv_config_avx2;
+    f32[nconf] = &ef_f32_gemm_config_avx2; nconf++;
+    test_qs8_tiles();
+  }
   if (flags & EF_ARCH_X86_AVXVNNI) { /* qs8 and qb have VNNI kernels; the rest repeat AVX2 */
     qs8[nconf] = &ef_qs8_gemm_config_avxvnni; qb[nconf] = &ef_qb_gemm_config_avxvnni;
     sp[nconf] = &ef_sparse_config_avx2; cv[nconf] = &ef_conv_config_avx2;

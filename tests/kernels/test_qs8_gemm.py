@@ -125,6 +125,95 @@ def test_property_every_isa_equals_reference(m, n, k, seed, extreme, a_zp, w_zp,
             assert_bitexact(kernels.qs8_linear(a, 0.01, a_zp, packed, relu=relu, out_scale=0.7, out_zero_point=out_zp), want_q, isa)
 
 
+
+# ------------------------------------------------------------------ AMX / tile-shaped paths
+# The AMX kernel works on 16-row x 16-column x 64-K tiles (padding M to 16 rows, N to 16
+# columns, K to 64) from M = panel_min_m (8) up; below that it falls back to AVX-VNNI. These
+# cases straddle every one of those boundaries and run under every ISA the CPU has.
+
+
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("m", list(range(1, 41)))
+def test_every_m_up_to_40_bit_exact(isa, m):
+    rng = np.random.default_rng(100 + m)
+    n = int(rng.integers(1, 51))
+    k = int(rng.choice([1, 3, 63, 64, 65, 127, 200, 384]))
+    a, a_scale, a_zp, w, w_scale, wz, b = _case(rng, m, n, k, True, True)
+    packed = kernels.pack_qs8(w, w_scale, wz, b)
+    with kernels.use_isa(isa):
+        got = kernels.qs8_linear(a, a_scale, a_zp, packed, relu=m % 2 == 0)
+        got_q = kernels.qs8_linear(a, a_scale, a_zp, packed, out_scale=0.03, out_zero_point=m - 20)
+    assert_bitexact(got, quant.qs8_gemm_ref(a, a_scale, a_zp, w, w_scale, wz, b, m % 2 == 0), f"{isa} {m}x{n}x{k}")
+    assert_bitexact(got_q, quant.qs8_gemm_ref(a, a_scale, a_zp, w, w_scale, wz, b, False, 0.03, m - 20), f"{isa} {m}x{n}x{k} int8")
+
+
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 31, 32, 33, 47, 48, 49, 50])
+def test_every_n_boundary_bit_exact(isa, n):
+    rng = np.random.default_rng(200 + n)
+    m, k = 19, 130
+    a, a_scale, a_zp, w, w_scale, wz, b = _case(rng, m, n, k, True, True)
+    packed = kernels.pack_qs8(w, w_scale, wz, b)
+    with kernels.use_isa(isa):
+        got = kernels.qs8_linear(a, a_scale, a_zp, packed)
+    assert_bitexact(got, quant.qs8_gemm_ref(a, a_scale, a_zp, w, w_scale, wz, b), f"{isa} n={n}")
+
+
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("m", [8, 16, 17, 33])
+@pytest.mark.parametrize("a_val,a_zp,w_val,w_zp", [(-128, 127, -128, 127), (127, -128, 127, -128), (-128, 127, 127, -128),
+                                                  (-128, -128, -128, -128)])
+def test_extreme_values_tile_shapes(isa, m, a_val, a_zp, w_val, w_zp):
+    """The largest |acc| (K * 255 * 255 at K = QS8_MAX_K, not a multiple of 64) through the tile
+    path, with the row count on and off the 16-row tiles; int8 output saturates both ways."""
+    n, k = 33, quant.QS8_MAX_K
+    a = np.full((m, k), a_val, np.int8)
+    w = np.full((n, k), w_val, np.int8)
+    ws = np.ones(n, np.float32)
+    packed = kernels.pack_qs8(w, ws, np.full(n, w_zp, np.int32))
+    with kernels.use_isa(isa):
+        got = kernels.qs8_linear(a, 1.0, a_zp, packed)
+        got_q = kernels.qs8_linear(a, 1.0, a_zp, packed, out_scale=1e-6, out_zero_point=3)
+    assert_bitexact(got, quant.qs8_gemm_ref(a, 1.0, a_zp, w, ws, np.full(n, w_zp)), isa)
+    assert_bitexact(got_q, quant.qs8_gemm_ref(a, 1.0, a_zp, w, ws, np.full(n, w_zp), None, False, 1e-6, 3), isa)
+    assert got[m - 1, n - 1] == np.float32((a_val - a_zp) * (w_val - w_zp) * k)
+
+
+@pytest.mark.parametrize("isa", isa_params())
+def test_qd8_linear_minilm_shape(isa):
+    """The native engine's MiniLM dense[qd8] layer shape (M = 32 tokens, 384 -> 1536 -> 384)."""
+    rng = np.random.default_rng(32)
+    for n, k in [(1536, 384), (384, 1536)]:
+        x = rng.standard_normal((32, k)).astype(np.float32)
+        w = rng.integers(-128, 128, (n, k), dtype=np.int8)
+        ws = rng.uniform(1e-3, 1e-2, n).astype(np.float32)
+        b = rng.standard_normal(n).astype(np.float32)
+        packed = kernels.pack_qs8(w, ws, None, b)
+        q, s, z = quant.quantize_rows_dynamic(x)
+        with kernels.use_isa(isa):
+            got = kernels.qd8_linear(x, packed)
+        assert_bitexact(got, quant.qs8_gemm_ref(q, s, z, w, ws, None, b), f"{isa} {n}x{k}")
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(8, 40), n=st.integers(1, 50), k=st.integers(1, 300), seed=st.integers(0, 2**32 - 1),
+       extreme=st.booleans(), a_zp=int8s, w_zp=int8s, out_zp=int8s)
+def test_property_tile_path_equals_reference(m, n, k, seed, extreme, a_zp, w_zp, out_zp):
+    rng = np.random.default_rng(seed)
+    pick = (lambda shape: rng.choice(np.array([-128, 127], np.int8), shape)) if extreme else \
+        (lambda shape: rng.integers(-128, 128, shape, dtype=np.int8))
+    a, w = pick((m, k)), pick((n, k))
+    ws = rng.uniform(1e-3, 1.0, n).astype(np.float32)
+    wz = np.full(n, w_zp, np.int32)
+    want = quant.qs8_gemm_ref(a, 0.01, a_zp, w, ws, wz)
+    want_q = quant.qs8_gemm_ref(a, 0.01, a_zp, w, ws, wz, None, False, 0.7, out_zp)
+    packed = kernels.pack_qs8(w, ws, wz)
+    for isa in kernels.available_isas():
+        with kernels.use_isa(isa):
+            assert_bitexact(kernels.qs8_linear(a, 0.01, a_zp, packed), want, isa)
+            assert_bitexact(kernels.qs8_linear(a, 0.01, a_zp, packed, out_scale=0.7, out_zero_point=out_zp), want_q, isa)
+
+
 # ------------------------------------------------------------------ bad input
 
 

@@ -10,6 +10,7 @@
 const ef_qs8_gemm_config* ef_qs8_gemm_select(void) {
   const uint32_t flags = ef_arch_flags();
 #if EF_ARCH_X86
+  if (flags & EF_ARCH_X86_AMX) return &ef_qs8_gemm_config_amx;
   if (flags & EF_ARCH_X86_AVXVNNI) return &ef_qs8_gemm_config_avxvnni;
   if (flags & EF_ARCH_X86_AVX2) return &ef_qs8_gemm_config_avx2;
 #endif
@@ -55,12 +56,34 @@ int ef_qs8_pack(const int8_t* w, size_t n, size_t k, const float* w_scale, const
       if (zp[j] != 0) out->has_w_zp = 1;
     }
   }
+
+  /* The x4 panel for AMX: by what the CPU has (not the current set_isa override), so one
+   * packing serves every ISA this process may switch to. */
+  out->kp64 = EF_ROUND_UP(k, EF_QS8_PANEL_KC);
+#if EF_ARCH_X86
+  if (ef_arch_flags_detected() & EF_ARCH_X86_AMX) {
+    const size_t panel_bytes = out->kp64 * EF_QS8_NR;
+    out->panel = ef_aligned_alloc(out->n_blocks * panel_bytes);
+    if (out->panel == NULL) {
+      ef_qs8_packed_free(out);
+      return -2;
+    }
+    memset(out->panel, 0, out->n_blocks * panel_bytes);
+    for (size_t col = 0; col < n; col++) {
+      uint8_t* dst = out->panel + (col / EF_QS8_NR) * panel_bytes + (col % EF_QS8_NR) * 4;
+      const int8_t* wrow = w + col * k;
+      for (size_t kk = 0; kk < k; kk++) dst[(kk / 4) * 4 * EF_QS8_NR + kk % 4] = (uint8_t)wrow[kk];
+    }
+  }
+#endif
   return 0;
 }
 
 void ef_qs8_packed_free(ef_qs8_packed* p) {
   ef_aligned_free(p->data);
+  ef_aligned_free(p->panel);
   p->data = NULL;
+  p->panel = NULL;
 }
 
 typedef struct {
@@ -95,10 +118,53 @@ static void gemm_range(void* ctx, size_t begin, size_t end) {
   }
 }
 
+typedef struct {
+  ef_qs8_panel_fn fn;
+  size_t blocks_per_item, n_blocks;
+  ef_qs8_panel_args args;
+} panel_job;
+
+static void panel_range(void* ctx, size_t begin, size_t end) {
+  const panel_job* j = ctx;
+  j->fn(&j->args, begin * j->blocks_per_item, EF_MIN(end * j->blocks_per_item, j->n_blocks));
+}
+
+/* The panel path: activations as uint8 rows of kp64 (K padded with 128, i.e. a = 0), rows
+ * padded to a multiple of 16; threads split the output columns in units of panel_blocks. */
+static int panel_gemm(const ef_qs8_gemm_config* config, size_t m, const int8_t* a, const int32_t* a_zp,
+                      const float* a_scale, const ef_qs8_packed* w, void* c, const ef_qs8_gemm_params* params) {
+  const size_t k = w->k, kp64 = w->kp64, m_pad = EF_ROUND_UP(m, 16);
+  uint8_t* a_prep = ef_aligned_alloc(m_pad * kp64 + m * sizeof(int32_t));
+  if (a_prep == NULL) return -2;
+  int32_t* rowsum = (int32_t*)(a_prep + m_pad * kp64);
+  for (size_t r = 0; r < m; r++) {
+    const int8_t* src = a + r * k;
+    uint8_t* dst = a_prep + r * kp64;
+    int32_t sum = 0;
+    for (size_t kk = 0; kk < k; kk++) {
+      dst[kk] = (uint8_t)(src[kk] + 128);
+      sum += src[kk];
+    }
+    memset(dst + k, 128, kp64 - k);
+    rowsum[r] = sum;
+  }
+  memset(a_prep + m * kp64, 128, (m_pad - m) * kp64);
+  const size_t per = config->panel_blocks;
+  panel_job job = {config->panel, per, w->n_blocks,
+                   {m, m_pad, a_prep, kp64, a_zp, a_scale, rowsum, w, c, params}};
+  ef_parallel_for(EF_DIV_UP(w->n_blocks, per), m_pad * kp64 * EF_QS8_NR * per, panel_range, &job);
+  ef_aligned_free(a_prep);
+  return 0;
+}
+
 int ef_qs8_gemm(const ef_qs8_gemm_config* config, size_t m, const int8_t* a, const int32_t* a_zp,
                 const float* a_scale, const ef_qs8_packed* w, void* c, const ef_qs8_gemm_params* params) {
   if (config == NULL) config = ef_qs8_gemm_select();
   if (m == 0) return 0;
+  if (config->panel != NULL) {
+    if (w->panel != NULL && m >= config->panel_min_m) return panel_gemm(config, m, a, a_zp, a_scale, w, c, params);
+    config = config->fallback;
+  }
   const size_t k = w->k, kp = w->kp;
   /* Activations are prepared once per call (O(MK), against O(MNK) for the GEMM): widened to
    * int16 for kernels that multiply int16 pairs, or offset to uint8 (a + 128) for the VNNI

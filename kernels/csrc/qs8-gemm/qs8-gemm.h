@@ -44,7 +44,20 @@ typedef struct ef_qs8_packed {
   size_t n_blocks, block_bytes;
   int has_w_zp;
   uint8_t* data;
+  /* The x4 panel (AMX, EF_QS8_PANEL_* below): a second copy of the weights in the layout the
+   * tile instructions read, built at pack time only when this CPU can run AMX (NULL
+   * otherwise). The c2 blocks above stay, so every ISA can still run on the same packing
+   * (set_isa may change between calls); the headers (colsum, zp, scale, bias) live only there. */
+  size_t kp64;    /* K rounded up to 64, one AMX tile row of bytes */
+  uint8_t* panel; /* n_blocks * kp64 * 16 bytes, or NULL */
 } ef_qs8_packed;
+
+/* x4 panel layout: per 16-column block, kp64/4 rows of 64 bytes; row q holds, for columns
+ * 0..15 in turn, w[col, 4q..4q+3]. 16 consecutive rows (1 KB, stride 64) are exactly one AMX
+ * "B" tile in the VNNI-4 form tdpbusd wants (K/4 rows x 16 columns x 4 bytes). Past N and K
+ * the bytes are 0, so padded columns and K steps contribute nothing. */
+#define EF_QS8_PANEL_KC 64                            /* K values per AMX tile step */
+#define EF_QS8_PANEL_TILE_BYTES (EF_QS8_PANEL_KC * 16) /* one B tile: 16 quads x 16 columns x 4 */
 
 /* Per-call parameters shared by every tile. */
 typedef struct ef_qs8_gemm_params {
@@ -67,6 +80,22 @@ typedef void (*ef_qs8_gemm_ukernel_fn)(size_t mr, size_t nc, size_t kp, const vo
                                         const uint8_t* block, void* c, size_t c_stride,
                                         const ef_qs8_gemm_params* params);
 
+/* Arguments of a panel kernel (AMX): the whole GEMM for a range of 16-column blocks.
+ *   a: uint8 (a + 128) rows, row stride a_stride = kp64 bytes, K padded with 128 (a = 0) and
+ *      rows padded to m_pad = m rounded up to 16 (padding rows are computed, never stored). */
+typedef struct ef_qs8_panel_args {
+  size_t m, m_pad;
+  const uint8_t* a;
+  size_t a_stride;
+  const int32_t* a_zp;
+  const float* a_scale;
+  const int32_t* a_rowsum;
+  const ef_qs8_packed* w;
+  void* c; /* [m, n] float or int8 */
+  const ef_qs8_gemm_params* params;
+} ef_qs8_panel_args;
+typedef void (*ef_qs8_panel_fn)(const ef_qs8_panel_args* args, size_t block_begin, size_t block_end);
+
 /* One ISA's kernels, indexed by rows - 1 (a 1-row kernel for GEMV, up to MR). */
 typedef struct ef_qs8_gemm_config {
   const char* isa;
@@ -74,18 +103,25 @@ typedef struct ef_qs8_gemm_config {
   size_t mr;
   int a_u8; /* activations prepared as uint8 (a + 128) instead of int16 */
   ef_qs8_gemm_ukernel_fn ukernel[EF_QS8_MR_MAX];
+  /* Panel path (AMX only): used when the packing has a panel and m >= panel_min_m; otherwise
+   * the call goes to `fallback` (small M, where 16-row tiles would mostly multiply padding). */
+  ef_qs8_panel_fn panel;
+  size_t panel_min_m;
+  size_t panel_blocks; /* 16-column blocks per work item handed to a thread */
+  const struct ef_qs8_gemm_config* fallback;
 } ef_qs8_gemm_config;
 
 extern const ef_qs8_gemm_config ef_qs8_gemm_config_scalar;
 #if EF_ARCH_X86
 extern const ef_qs8_gemm_config ef_qs8_gemm_config_avx2;
 extern const ef_qs8_gemm_config ef_qs8_gemm_config_avxvnni;
+extern const ef_qs8_gemm_config ef_qs8_gemm_config_amx;
 #endif
 #if EF_ARCH_ARM64
 extern const ef_qs8_gemm_config ef_qs8_gemm_config_neon;
 #endif
 
-/* Best config the current arch flags allow (avxvnni -> avx2 -> neon -> scalar). */
+/* Best config the current arch flags allow (amx -> avxvnni -> avx2 -> neon -> scalar). */
 const ef_qs8_gemm_config* ef_qs8_gemm_select(void);
 
 /* Packing and the operator (operator.c). Return 0 or a negative error. */

@@ -1,0 +1,47 @@
+/* AVX-512 epilogue for the qs8 kernels that accumulate u8 (a + 128) x s8 sums (AMX): offset
+ * and zero-point correction, scale, bias, clamp, and fp32 store or int8 requantization for one
+ * 16-column block of one row, with the operation sequence of the scalar definition in
+ * qs8-gemm.h (bit-exact, as ef_qs8_store_8__avx2 is for 8 columns). */
+#pragma once
+#include "qs8-gemm.h"
+
+#if EF_ARCH_X86
+#include <immintrin.h>
+
+/* raw[j] = sum_k (a[k] + 128) * w[j, k] for the 16 columns of `block`; nc (1..16) of them are
+ * stored to c. */
+EF_INLINE EF_TARGET_AVX512 void ef_qs8_store_16__avx512(__m512i raw, size_t nc, int32_t a_zp, float a_scale,
+                                                        int32_t rowsum, const uint8_t* block, void* c,
+                                                        const ef_qs8_gemm_params* p) {
+  const __mmask16 mask = (__mmask16)((1u << nc) - 1);
+  const __m512i colsum = _mm512_loadu_si512(block);
+  const __m512i w_zp = _mm512_loadu_si512(block + 16 * 4);
+  const __m512 w_scale = _mm512_loadu_ps(block + 32 * 4);
+  const __m512 bias = _mm512_loadu_ps(block + 48 * 4);
+
+  /* acc = raw - (a_zp + 128)*colsum - w_zp*rowsum + w_zp*(K*a_zp), wrapping: equal mod 2^32 to
+   * ef_qs8_correct(raw - 128*colsum, ...), the exact int32 result. */
+  __m512i acc = _mm512_sub_epi32(raw, _mm512_mullo_epi32(colsum, _mm512_set1_epi32((int32_t)((uint32_t)a_zp + 128u))));
+  const uint32_t zp_term = (uint32_t)p->k * (uint32_t)a_zp - (uint32_t)rowsum;
+  acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(w_zp, _mm512_set1_epi32((int32_t)zp_term)));
+
+  /* y = (float)acc * (a_scale * w_scale) + bias, then the clamp: ef_qs8_dequant's roundings. */
+  const __m512 s = _mm512_mul_ps(_mm512_set1_ps(a_scale), w_scale);
+  __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), s), bias);
+  y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(p->out_min)), _mm512_set1_ps(p->out_max));
+
+  if (!p->out_int8) {
+    _mm512_mask_storeu_ps(c, mask, y);
+    return;
+  }
+  /* Requantize as ef_qs8_requant: clamp in float (NaN -> low bound), round to nearest even
+   * (cvtps under the default MXCSR, like nearbyintf), add the zero point; the results are in
+   * [-128, 127], so the saturating narrowing store is exact. */
+  __m512 t = _mm512_mul_ps(y, _mm512_set1_ps(p->out_inv_scale));
+  t = _mm512_max_ps(t, _mm512_set1_ps((float)(-128 - p->out_zp)));
+  t = _mm512_min_ps(t, _mm512_set1_ps((float)(127 - p->out_zp)));
+  const __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(t), _mm512_set1_epi32(p->out_zp));
+  _mm512_mask_cvtsepi32_storeu_epi8(c, mask, q);
+}
+
+#endif
