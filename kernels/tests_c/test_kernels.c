@@ -97,23 +97,93 @@ static void test_qs8_tiles(void) {
 
 /* ----------------------------------------------------------------------- qb */
 
-static void test_qb(const ef_qb_gemm_config* cfg, int bits, int group, size_t m, size_t n, size_t k) {
+/* Reference: scalar on the blocks.h rows layout; cfg runs on weights packed in `layout`. */
+static void test_qb_layout(const ef_qb_gemm_config* cfg, int layout, int bits, int group, size_t m, size_t n, size_t k) {
   const size_t groups = EF_DIV_UP(k, (size_t)group);
   uint8_t* q = malloc(n * k);
-  float *d = malloc(n * groups * 4), *mn = malloc(n * groups * 4), *x = malloc(m * k * 4);
+  float *d = malloc(n * groups * 4), *mn = malloc(n * groups * 4), *x = malloc(m * k * 4), *bias = malloc(n * 4);
   for (size_t i = 0; i < n * k; i++) q[i] = (uint8_t)(rnd() & ((1u << bits) - 1));
   for (size_t i = 0; i < n * groups; i++) { d[i] = 0.01f + (rnd() % 100) * 1e-3f; mn[i] = -d[i] * (1 << (bits - 1)); }
   for (size_t i = 0; i < m * k; i++) x[i] = rnd_f();
-  ef_qb_packed pw;
-  if (ef_qb_pack(q, n, k, bits, group, d, mn, NULL, &pw) != 0) { printf("pack failed\n"); exit(2); }
-  float *ref = malloc(m * n * 4), *got = malloc(m * n * 4);
-  ef_qb_gemm(&ef_qb_gemm_config_scalar, m, x, &pw, ref);
+  for (size_t i = 0; i < n; i++) bias[i] = rnd_f();
+  ef_qb_packed pref, pw;
+  if (ef_qb_pack_layout(q, n, k, bits, group, d, mn, bias, EF_QB_LAYOUT_ROWS, &pref) != 0 ||
+      ef_qb_pack_layout(q, n, k, bits, group, d, mn, bias, layout, &pw) != 0) { printf("pack failed\n"); exit(2); }
+  float *ref = malloc(m * n * 4), *got = malloc((m * n + 1) * 4);
+  got[m * n] = 12345.0f; /* a guard after the output: partial panels must not write past N */
+  ef_qb_gemm(&ef_qb_gemm_config_scalar, m, x, &pref, ref);
   ef_qb_gemm(cfg, m, x, &pw, got);
   char what[96];
-  snprintf(what, sizeof what, "q%d_g%d %zux%zux%zu", bits, group, m, n, k);
+  snprintf(what, sizeof what, "q%d_g%d %s %zux%zux%zu", bits, group, layout == EF_QB_LAYOUT_P16 ? "p16" : "rows", m, n, k);
   expect_close(what, cfg->isa, got, ref, m * n);
+  checks++;
+  if (got[m * n] != 12345.0f) { failures++; printf("FAIL %s [%s]: wrote past the output\n", what, cfg->isa); }
+  ef_qb_packed_free(&pref);
   ef_qb_packed_free(&pw);
-  free(q); free(d); free(mn); free(x); free(ref); free(got);
+  free(q); free(d); free(mn); free(x); free(bias); free(ref); free(got);
+}
+
+static void test_qb(const ef_qb_gemm_config* cfg, int bits, int group, size_t m, size_t n, size_t k) {
+  test_qb_layout(cfg, cfg->layout, bits, group, m, n, k);
+}
+
+#if EF_ARCH_X86
+/* The AVX-512 activation quantizer against the portable one, byte for byte: NaN, infinities,
+ * zeros, ties at .5 and every tail length. */
+static void test_qd8_quantize_avx512(void) {
+  static const size_t ks[] = {1, 2, 15, 16, 17, 31, 33, 100, 129, 384, 1001, 4096};
+  for (size_t t = 0; t < sizeof ks / sizeof ks[0]; t++)
+    for (int kind = 0; kind < 5; kind++)
+      for (size_t group = 32; group <= 128; group *= 2) {
+        const size_t k = ks[t], kp = EF_ROUND_UP(k, group);
+        float* x = malloc(k * 4);
+        for (size_t i = 0; i < k; i++) {
+          x[i] = rnd_f();
+          if (kind == 1) x[i] = (float)((int)(rnd() % 255) - 127) * 0.5f; /* with amax 63.5: many exact .5 ties */
+          if (kind == 2) x[i] = 0.0f;
+          if (kind == 3 && i % 7 == 3) x[i] = NAN;
+          if (kind == 4 && i % 11 == 5) x[i] = (i & 1) ? INFINITY : -INFINITY;
+        }
+        if (kind == 1) x[0] = 63.5f;
+        int8_t *a = malloc(kp), *b = malloc(kp);
+        float *sa = malloc(kp / group * 4), *sb = malloc(kp / group * 4);
+        const float ya = ef_qd8_quantize_row(x, k, kp, group, a, sa);
+        const float yb = ef_qd8_quantize_row__avx512(x, k, kp, group, b, sb);
+        char what[96];
+        snprintf(what, sizeof what, "qd8 quantize k=%zu g=%zu kind %d", k, group, kind);
+        expect_same_bytes(what, "avx512", b, a, kp);
+        expect_same_bytes(what, "avx512", sb, sa, kp / group * 4);
+        expect_same_bytes(what, "avx512", &yb, &ya, 4);
+        free(x); free(a); free(b); free(sa); free(sb);
+      }
+}
+#endif
+
+/* qb beyond the per-ISA loop: the AVX-512 panel (P16) kernels on N across the 16-column
+ * panel edges and the 4-panel tiles, and every config on weights packed in either layout
+ * (the layout it lacks runs through its fallback). */
+static void test_qb_layouts(uint32_t flags) {
+  const ef_qb_gemm_config* cfgs[6];
+  int nc = 0;
+#if EF_ARCH_X86
+  if (flags & EF_ARCH_X86_AVX512) { cfgs[nc++] = &ef_qb_gemm_config_avx512; test_qd8_quantize_avx512(); }
+  if (flags & EF_ARCH_X86_AVXVNNI) cfgs[nc++] = &ef_qb_gemm_config_avxvnni;
+  if (flags & EF_ARCH_X86_AVX2) cfgs[nc++] = &ef_qb_gemm_config_avx2;
+#endif
+#if EF_ARCH_ARM64
+  if (flags & EF_ARCH_ARM_NEON) cfgs[nc++] = &ef_qb_gemm_config_neon;
+#endif
+  cfgs[nc++] = &ef_qb_gemm_config_scalar;
+  static const size_t shapes[][3] = {{1, 1, 1},    {1, 15, 32},  {1, 16, 64},   {1, 17, 100}, {1, 48, 33},
+                                     {1, 63, 129}, {1, 64, 384}, {1, 65, 256},  {1, 100, 1000}, {1, 200, 64},
+                                     {2, 33, 129}, {3, 50, 300}, {4, 16, 64},   {5, 80, 257},  {9, 130, 200}};
+  for (int c = 0; c < nc; c++) {
+    printf("== qb layouts %s\n", cfgs[c]->isa);
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+      for (int layout = EF_QB_LAYOUT_ROWS; layout <= EF_QB_LAYOUT_P16; layout++)
+        for (int bits = 2; bits <= 4; bits += 2)
+          for (int g = 32; g <= 128; g *= 2) test_qb_layout(cfgs[c], layout, bits, g, shapes[s][0], shapes[s][1], shapes[s][2]);
+  }
 }
 
 /* ----------------------------------------------------------------------- sparse */
@@ -287,6 +357,7 @@ int main(void) {
       for (size_t stride = 1; stride <= 2; stride++)
         for (int q8 = 0; q8 < 2; q8++) test_dwconv(cv[c], q8, conv_shapes[s][0], conv_shapes[s][1], conv_shapes[s][2], stride);
   }
+  test_qb_layouts(flags);
   printf("%d checks, %d failures\n", checks, failures);
   return failures != 0;
 }

@@ -13,8 +13,10 @@ from .tester import isa_params
 
 
 def _check(isa, x, q, d, o, bits, group, bias=None):
-    p = kernels.pack_qb(q, d, o, bits=bits, group_size=group, bias=bias)
+    # packed under the ISA too: the packed layout follows the ISA selected when packing
+    # (avx512: 16-column panels; the others: rows of blocks.h blocks)
     with kernels.use_isa(isa):
+        p = kernels.pack_qb(q, d, o, bits=bits, group_size=group, bias=bias)
         got = kernels.qb_linear(x, p)
     want = quant.qb_linear_ref(x, q, d, o, group, bias)
     tol = quant.qb_tolerance(x, q, d, o, group)
@@ -26,7 +28,8 @@ def _check(isa, x, q, d, o, bits, group, bias=None):
 @pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("bits", [4, 2])
 @pytest.mark.parametrize("group", [32, 64, 128])
-@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 19, 100), (2, 16, 256), (3, 7, 33), (5, 33, 129), (9, 4, 384)])
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 19, 100), (2, 16, 256), (3, 7, 33), (5, 33, 129), (9, 4, 384),
+                                   (1, 65, 256), (1, 200, 64), (4, 130, 96)])
 def test_matches_reference(isa, bits, group, m, n, k):
     rng = np.random.default_rng(bits * 7 + group + m * 100 + n + k)
     w = rng.standard_normal((n, k)).astype(np.float32)
@@ -81,6 +84,28 @@ def test_property_all_isas(m, n, k, bits, group, seed, scale):
         _check(isa, x, q, d, o, bits, group)
 
 
+def test_weights_packed_under_one_isa_run_under_every_other():
+    """A layout the running ISA has no kernels for goes through its fallback (down to the
+    portable kernels), with the same results within the tolerance."""
+    rng = np.random.default_rng(11)
+    n, k, group = 37, 200, 64
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    for bits in (4, 2):
+        q, d, o = quant.quantize_groups(w, bits, group)
+        want = quant.qb_linear_ref(x, q, d, o, group)
+        tol = quant.qb_tolerance(x, q, d, o, group)
+        for pack_isa in kernels.available_isas():
+            with kernels.use_isa(pack_isa):
+                p = kernels.pack_qb(q, d, o, bits, group)
+            for run_isa in kernels.available_isas():
+                with kernels.use_isa(run_isa):
+                    got = kernels.qb_linear(x, p)
+                    got1 = kernels.qb_linear(x[1], p)
+                assert np.all(np.abs(got.astype(np.float64) - want) <= tol), (bits, pack_isa, run_isa)
+                assert np.all(np.abs(got1.astype(np.float64) - want[1]) <= tol[1]), (bits, pack_isa, run_isa)
+
+
 def test_bad_input():
     q, d, o = quant.quantize_groups(np.ones((4, 64), np.float32), 4, 32)
     with pytest.raises(ValueError, match="bits must be 4 or 2"):
@@ -118,8 +143,8 @@ def test_fp32_scales_are_rounded_to_fp16_like_numpy(isa):
     d[0, 1] = np.float32(3e-8)        # fp16 subnormal
     o = (-d * rng.uniform(0, 8, d.shape)).astype(np.float32)
     x = rng.standard_normal((2, k)).astype(np.float32)
-    p = kernels.pack_qb(q, d, o, 4, group)
     with kernels.use_isa(isa):
+        p = kernels.pack_qb(q, d, o, 4, group)
         got = kernels.qb_linear(x, p)
     want = quant.qb_linear_ref(x, q, d, o, group)
     tol = quant.qb_tolerance(x, q, d, o, group)

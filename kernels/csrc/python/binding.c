@@ -166,7 +166,7 @@ static PyObject* packed_get_k(PackedObject* self, void* unused) {
 static PyObject* packed_get_nbytes(PackedObject* self, void* unused) {
   switch (self->kind) {
     case PACKED_QS8: return PyLong_FromSize_t(self->u.qs8.n_blocks * self->u.qs8.block_bytes);
-    case PACKED_QB: return PyLong_FromSize_t(self->u.qb.n * self->u.qb.row_bytes + self->u.qb.n * sizeof(float));
+    case PACKED_QB: return PyLong_FromSize_t(self->u.qb.data_bytes + self->u.qb.n * sizeof(float));
     case PACKED_F32: return PyLong_FromSize_t(self->u.f32.n_blocks * self->u.f32.block_floats * sizeof(float));
     case PACKED_SPW: {
       const ef_spw_packed* sp = &self->u.spw;
