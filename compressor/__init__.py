@@ -21,6 +21,7 @@ from compressor.search import Budget, SearchResult, default_candidates, search  
 import compressor.quant.handlers  # noqa: F401,E402  registers the quantization handlers
 import compressor.prune.handlers  # noqa: F401,E402
 import compressor.distill.handlers  # noqa: F401,E402
+import compressor.distill.layer_student  # noqa: F401,E402  (transformer students)
 
 __all__ = [
     "compress", "BundleResult", "search", "Budget", "SearchResult", "default_candidates", "read_bundle", "write_bundle", "register_variant_handler",

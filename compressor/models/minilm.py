@@ -17,6 +17,7 @@ attention_mask (the shape of the exported ONNX) and adds token-type row 0 as a c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -139,6 +140,12 @@ class MiniLMEncoder(nn.Module):
         self.encoder.layer = nn.ModuleList(Layer(c) for _ in range(c.num_hidden_layers))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_hidden(input_ids, attention_mask)[0]
+
+    def forward_with_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                            ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(sentence embedding, [output of every layer]): the layer outputs are what
+        intermediate-feature distillation matches between a teacher and a shallower student."""
         e = self.embeddings
         s = input_ids.shape[1]
         x = e.word_embeddings(input_ids) + e.position_embeddings.weight[:s] \
@@ -148,11 +155,26 @@ class MiniLMEncoder(nn.Module):
         # additive mask: padded keys get a large negative score (finite, so a row of all
         # padding stays NaN-free; such rows are dropped by the pooling anyway)
         mask_bias = ((1.0 - m) * -1e4)[:, None, None, :]
+        hidden = []
         for layer in self.encoder.layer:
             x = layer(x, mask_bias)
+            hidden.append(x)
         summed = (x * m[:, :, None]).sum(1)
         pooled = summed / m.sum(1, keepdim=True).clamp(min=1e-9)
-        return pooled / pooled.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        return pooled / pooled.norm(dim=1, keepdim=True).clamp(min=1e-12), hidden
+
+    def make_layer_student(self, keep: tuple[int, ...]) -> "MiniLMEncoder":
+        """A shallower encoder initialised from this one: the embeddings and the layers at
+        indices `keep` (in order) are copied; the student starts close to the teacher, which is
+        what makes distilling a 3-layer MiniLM take minutes rather than a pre-training run."""
+        n = self.config.num_hidden_layers
+        if not keep or len(set(keep)) != len(keep) or not all(0 <= i < n for i in keep):
+            raise ValueError(f"keep must name distinct layers of 0..{n - 1}, got {keep}")
+        student = MiniLMEncoder(dataclasses.replace(self.config, num_hidden_layers=len(keep)))
+        student.embeddings.load_state_dict(self.embeddings.state_dict())
+        for dst, src in zip(student.encoder.layer, keep):
+            dst.load_state_dict(self.encoder.layer[src].state_dict())
+        return student
 
 
     def export_onnx(self, example_input: dict[str, np.ndarray]):
