@@ -324,3 +324,6 @@ def f32_linear(x: np.ndarray, w: Packed, relu: bool = False, activation=None) ->
 
 
 from .conv import ConvWeights, conv2d, conv2d_qs8, dwconv3x3, dwconv3x3_qs8, pack_conv  # noqa: E402
+from .nn import attention, erf, gelu, layer_norm, softmax  # noqa: E402
+
+__all__ += ["layer_norm", "gelu", "erf", "softmax", "attention"]

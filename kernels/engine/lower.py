@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kernels import quant
-from kernels.engine import irops
+from kernels.engine import irops, transformer
 from kernels.engine.config import EngineConfig
 from kernels.engine.errors import InvalidModel, UnsupportedGraph
 from kernels.engine.graph import Graph, Node
@@ -278,13 +278,16 @@ class Lowerer:
     def lower(self) -> Lowered:
         self.fold()
         self._index()
+        anchored = transformer.prematch(self)     # attention blocks, Erf-form GELU
         unsupported, messages = [], []
         for idx, node in enumerate(self.g.nodes):
             if idx in self.done or id(node) in self._fused_ids():
                 continue
             try:
                 handler = getattr(self, f"_lower_{node.op_type}", None)
-                if handler is None or not handler(node):
+                if id(node) in anchored:
+                    self.ops.append(anchored[id(node)])
+                elif handler is None or not handler(node):
                     self._generic(node)
             except UnsupportedGraph as exc:
                 unsupported.extend(exc.ops or [(node.op_type, node.name)])
@@ -295,7 +298,7 @@ class Lowerer:
             if v.name in self.qparams:
                 raise UnsupportedGraph(f"graph output {v.name!r} is a quantized tensor (not supported)",
                                        [("QuantizeLinear", self.producer[v.name].name)])
-        ops = self._prune()
+        ops = transformer.merge_qkv(self._prune())
         if self.config.channels_last:
             from kernels.engine.nhwc import channels_last
             ops = channels_last(ops, self.consts, [v.name for v in self.g.outputs])
@@ -501,6 +504,22 @@ class Lowerer:
         self.ops.append(irops.Dense(node.name, [dq.inputs[0]], [out], weights, clamp))
         self._fuse(fused + more)
         return True
+
+    # transformer ops on the nn kernels (transformer.py)
+    def _lower_LayerNormalization(self, node: Node) -> bool:
+        return transformer.lower_layernorm(self, node)
+
+    def _lower_Add(self, node: Node) -> bool:
+        return transformer.lower_residual_add(self, node)
+
+    def _lower_Gelu(self, node: Node) -> bool:
+        return transformer.lower_gelu(self, node)
+
+    def _lower_Erf(self, node: Node) -> bool:
+        return transformer.lower_erf(self, node)
+
+    def _lower_Softmax(self, node: Node) -> bool:
+        return transformer.lower_softmax(self, node)
 
     def _lower_MatMul(self, node: Node) -> bool:
         if node.inputs[1] not in self.consts or node.inputs[0] in self.consts:

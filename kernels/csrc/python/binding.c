@@ -12,6 +12,7 @@
 #include "common.h"
 #include "conv/conv.h"
 #include "f32-gemm/f32-gemm.h"
+#include "nn/nn.h"
 #include "qb-gemm/qb-gemm.h"
 #include "qs8-gemm/qs8-gemm.h"
 #include "sparse-gemm/sparse-gemm.h"
@@ -689,6 +690,119 @@ fail:
   return NULL;
 }
 
+/* ------------------------------------------------------------------ nn (transformer float ops) */
+
+/* layernorm(x [R,N], res [R,N] | None, gamma [N], beta [N] | None, eps, out [R,N]); out may be x */
+static PyObject* py_layernorm(PyObject* self, PyObject* args) {
+  PyObject *x_obj, *res_obj, *g_obj, *b_obj, *out_obj;
+  float eps;
+  if (!PyArg_ParseTuple(args, "OOOOfO", &x_obj, &res_obj, &g_obj, &b_obj, &eps, &out_obj)) return NULL;
+  if (!(eps >= 0.0f)) return PyErr_Format(PyExc_ValueError, "layernorm: eps must be >= 0");
+  views vs = {.n = 0};
+  Py_buffer *x = views_add(&vs), *res = views_add(&vs), *g = views_add(&vs), *b = views_add(&vs), *out = views_add(&vs);
+  if (get_array(x_obj, x, "x", 'f', 2, 0)) goto fail;
+  const Py_ssize_t rows = dim(x, 0), n = dim(x, 1);
+  if (n == 0) { PyErr_SetString(PyExc_ValueError, "x: the normalized axis is empty"); goto fail; }
+  if (res_obj != Py_None && (get_array(res_obj, res, "res", 'f', 2, 0) || expect_dim(res, 0, rows, "res", "rows of x") ||
+                             expect_dim(res, 1, n, "res", "columns of x")))
+    goto fail;
+  if (get_array(g_obj, g, "gamma", 'f', 1, 0) || expect_dim(g, 0, n, "gamma", "columns of x")) goto fail;
+  if (b_obj != Py_None && (get_array(b_obj, b, "beta", 'f', 1, 0) || expect_dim(b, 0, n, "beta", "columns of x"))) goto fail;
+  if (get_array(out_obj, out, "out", 'f', 2, 1) || expect_dim(out, 0, rows, "out", "rows of x") || expect_dim(out, 1, n, "out", "columns of x")) goto fail;
+  Py_BEGIN_ALLOW_THREADS ef_nn_layernorm(NULL, (size_t)rows, (size_t)n, x->buf, res->buf, g->buf, b->buf, eps, out->buf);
+  Py_END_ALLOW_THREADS views_release(&vs);
+  Py_RETURN_NONE;
+fail:
+  views_release(&vs);
+  return NULL;
+}
+
+/* softmax(x [R,N], out [R,N]) over the last axis; out may be x */
+static PyObject* py_softmax(PyObject* self, PyObject* args) {
+  PyObject *x_obj, *out_obj;
+  if (!PyArg_ParseTuple(args, "OO", &x_obj, &out_obj)) return NULL;
+  views vs = {.n = 0};
+  Py_buffer *x = views_add(&vs), *out = views_add(&vs);
+  if (get_array(x_obj, x, "x", 'f', 2, 0)) goto fail;
+  const Py_ssize_t rows = dim(x, 0), n = dim(x, 1);
+  if (get_array(out_obj, out, "out", 'f', 2, 1) || expect_dim(out, 0, rows, "out", "rows of x") || expect_dim(out, 1, n, "out", "columns of x")) goto fail;
+  Py_BEGIN_ALLOW_THREADS ef_nn_softmax(NULL, (size_t)rows, (size_t)n, x->buf, out->buf);
+  Py_END_ALLOW_THREADS views_release(&vs);
+  Py_RETURN_NONE;
+fail:
+  views_release(&vs);
+  return NULL;
+}
+
+/* gelu(x [N], out [N]) and erf(x [N], out [N]); out may be x */
+static PyObject* elementwise(PyObject* args, void (*fn)(const ef_nn_config*, size_t, const float*, float*)) {
+  PyObject *x_obj, *out_obj;
+  if (!PyArg_ParseTuple(args, "OO", &x_obj, &out_obj)) return NULL;
+  views vs = {.n = 0};
+  Py_buffer *x = views_add(&vs), *out = views_add(&vs);
+  if (get_array(x_obj, x, "x", 'f', 1, 0)) goto fail;
+  const Py_ssize_t n = dim(x, 0);
+  if (get_array(out_obj, out, "out", 'f', 1, 1) || expect_dim(out, 0, n, "out", "length of x")) goto fail;
+  Py_BEGIN_ALLOW_THREADS fn(NULL, (size_t)n, x->buf, out->buf);
+  Py_END_ALLOW_THREADS views_release(&vs);
+  Py_RETURN_NONE;
+fail:
+  views_release(&vs);
+  return NULL;
+}
+
+static PyObject* py_gelu(PyObject* self, PyObject* args) { return elementwise(args, ef_nn_gelu); }
+static PyObject* py_erf(PyObject* self, PyObject* args) { return elementwise(args, ef_nn_erf); }
+
+/* attention(q [B,Sq,Wq], k [B,Skv,Wk], v [B,Skv,Wv], mask [B|1,Skv] | None, out [B,Sq,H*D], heads, head_dim,
+ *           scale, q_off, k_off, v_off): head h reads columns off + h*D .. off + (h+1)*D of q, k, v
+ * (so q, k and v may be one merged [B, S, 3*H*D] buffer) and writes columns h*D.. of out. */
+static PyObject* py_attention(PyObject* self, PyObject* args) {
+  PyObject *q_obj, *k_obj, *v_obj, *m_obj, *out_obj;
+  Py_ssize_t heads, d, qo, ko, vo;
+  float scale;
+  if (!PyArg_ParseTuple(args, "OOOOOnnfnnn", &q_obj, &k_obj, &v_obj, &m_obj, &out_obj, &heads, &d, &scale, &qo, &ko, &vo))
+    return NULL;
+  if (heads <= 0 || d <= 0 || qo < 0 || ko < 0 || vo < 0)
+    return PyErr_Format(PyExc_ValueError, "attention: heads and head_dim must be positive, offsets >= 0");
+  views vs = {.n = 0};
+  Py_buffer *q = views_add(&vs), *k = views_add(&vs), *v = views_add(&vs), *m = views_add(&vs), *out = views_add(&vs);
+  if (get_array(q_obj, q, "q", 'f', 3, 0) || get_array(k_obj, k, "k", 'f', 3, 0) || get_array(v_obj, v, "v", 'f', 3, 0)) goto fail;
+  const Py_ssize_t b = dim(q, 0), sq = dim(q, 1), skv = dim(k, 1), e = heads * d;
+  if (expect_dim(k, 0, b, "k", "batch of q") || expect_dim(v, 0, b, "v", "batch of q") || expect_dim(v, 1, skv, "v", "length of k")) goto fail;
+  if (qo + e > dim(q, 2) || ko + e > dim(k, 2) || vo + e > dim(v, 2)) {
+    PyErr_SetString(PyExc_ValueError, "attention: offset + heads * head_dim exceeds the width of q, k or v");
+    goto fail;
+  }
+  Py_ssize_t mb = 0;
+  if (m_obj != Py_None) {
+    if (get_array(m_obj, m, "mask", 'f', 2, 0) || expect_dim(m, 1, skv, "mask", "length of k")) goto fail;
+    if (dim(m, 0) != b && dim(m, 0) != 1) {
+      PyErr_Format(PyExc_ValueError, "mask: dimension 0 must be 1 or the batch %zd, got %zd", b, dim(m, 0));
+      goto fail;
+    }
+    mb = dim(m, 0) == 1 ? 0 : skv;
+  }
+  if (get_array(out_obj, out, "out", 'f', 3, 1) || expect_dim(out, 0, b, "out", "batch") || expect_dim(out, 1, sq, "out", "length of q") ||
+      expect_dim(out, 2, e, "out", "heads * head_dim"))
+    goto fail;
+  const ef_nn_attention_params p = {
+      .batch = (size_t)b, .heads = (size_t)heads, .sq = (size_t)sq, .skv = (size_t)skv, .d = (size_t)d,
+      .q = (const float*)q->buf + qo, .q_bstride = (size_t)(sq * dim(q, 2)), .q_rstride = (size_t)dim(q, 2),
+      .k = (const float*)k->buf + ko, .k_bstride = (size_t)(skv * dim(k, 2)), .k_rstride = (size_t)dim(k, 2),
+      .v = (const float*)v->buf + vo, .v_bstride = (size_t)(skv * dim(v, 2)), .v_rstride = (size_t)dim(v, 2),
+      .mask = m->buf, .mask_bstride = (size_t)mb, .scale = scale,
+      .out = out->buf, .out_bstride = (size_t)(sq * e), .out_rstride = (size_t)e};
+  int rc;
+  Py_BEGIN_ALLOW_THREADS rc = ef_nn_attention(NULL, &p);
+  Py_END_ALLOW_THREADS views_release(&vs);
+  if (rc != 0) return PyErr_NoMemory();
+  Py_RETURN_NONE;
+fail:
+  views_release(&vs);
+  return NULL;
+}
+
 /* ------------------------------------------------------------------ dispatch control */
 
 static PyObject* py_cpu_features(PyObject* self, PyObject* unused) {
@@ -747,6 +861,12 @@ static PyMethodDef methods[] = {
     {"f32_gemm", py_f32_gemm, METH_VARARGS, "f32_gemm(x, packed, out, out_min, out_max)"},
     {"dwconv3x3", py_dwconv3x3, METH_VARARGS, "dwconv3x3(x, w, bias, out, stride, lo, hi, x_scale, x_zp, w_scale, out_scale, out_zp)"},
     {"im2col", py_im2col, METH_VARARGS, "im2col(x, kh, kw, sh, sw, pad_top, pad_left, oh, ow, pad_value, out)"},
+    {"layernorm", py_layernorm, METH_VARARGS, "layernorm(x, res|None, gamma, beta|None, eps, out)"},
+    {"softmax", py_softmax, METH_VARARGS, "softmax(x, out): rows of x"},
+    {"gelu", py_gelu, METH_VARARGS, "gelu(x, out): exact (erf) GELU, 1-D"},
+    {"erf", py_erf, METH_VARARGS, "erf(x, out): 1-D"},
+    {"attention", py_attention, METH_VARARGS,
+     "attention(q, k, v, mask|None, out, heads, head_dim, scale, q_off, k_off, v_off)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {
