@@ -102,11 +102,17 @@ class Int4WeightOnlyConfig(VariantConfig):
     Args:
         group_size: consecutive weights sharing one scale, along the reduction axis
             (a power of two >= 8; a layer narrower than one group gets a single group).
-        bits: 4. (2 is refused: ONNX has INT2 since opset 25, but onnxruntime 1.32 has no
-            DequantizeLinear kernel for it, so the file would not load on devices.)
-        symmetric: signed codes with zero point 0; False adds a per-group zero point.
-        algorithm: "rtn" (round to nearest) or "gptq" (error-correcting, needs calibration
-            data; symmetric only).
+        bits: 4, or 2. int2 is not ONNX INT2 (onnxruntime 1.32 has no DequantizeLinear
+            kernel for it): codes are packed four per uint8 and unpacked by ordinary ops that
+            onnxruntime folds at load (compressor/quant/int2.py); group_size 32, 64 or 128,
+            float16 scales, codes chosen by a per-group MSE search.
+        symmetric: signed codes with zero point 0 (int2: levels +-0.5, +-1.5 x scale); False
+            adds a per-group zero point (int2: a float16 one).
+        algorithm: "rtn" (round to nearest; int2: MSE-searched scales) or "gptq"
+            (error-correcting, needs calibration data; symmetric only at 4 bits).
+        edge_bits: bits of the first and last weight layers (2, 4 or 8); None keeps them at
+            `bits` for int4 and at 8 for int2, where they cost the most accuracy for the
+            fewest bytes.
     """
 
     group_size: int = 32
@@ -114,23 +120,25 @@ class Int4WeightOnlyConfig(VariantConfig):
     symmetric: bool = True
     exclude: tuple[str, ...] = ()
     algorithm: str = "rtn"
+    edge_bits: int | None = None
 
     def __post_init__(self) -> None:
+        from compressor.quant.weight_only import check_weight_only_args
         if self.algorithm not in ("rtn", "gptq"):
             raise ValueError(f"algorithm must be 'rtn' or 'gptq', got {self.algorithm!r}")
-        if self.algorithm == "gptq" and not self.symmetric:
-            raise ValueError("gptq here is symmetric only")
-        if self.group_size < 8 or self.group_size & (self.group_size - 1):
-            raise ValueError(f"group_size must be a power of two >= 8, got {self.group_size}")
-        if self.bits != 4:
-            raise ValueError(f"Int4WeightOnlyConfig.bits must be 4, got {self.bits} (onnxruntime "
-                             "1.32 cannot run INT2 DequantizeLinear)")
+        if self.algorithm == "gptq" and not self.symmetric and self.bits != 2:
+            raise ValueError("gptq at 4 bits here is symmetric only")
+        check_weight_only_args(self.bits, self.group_size, self.edge_bits)
+        if self.edge_bits is None:
+            self.edge_bits = 8 if self.bits == 2 else self.bits
         self.exclude = tuple(self.exclude)
         super().__post_init__()
 
     def default_id(self) -> str:
         base = f"int{self.bits}" if self.group_size == 32 else f"int{self.bits}-g{self.group_size}"
-        return base + ("-gptq" if self.algorithm == "gptq" else "")
+        default_edges = 8 if self.bits == 2 else self.bits
+        edges = "" if self.edge_bits in (None, default_edges) else f"-e{self.edge_bits}"
+        return base + edges + ("-gptq" if self.algorithm == "gptq" else "")
 
 
 @dataclass

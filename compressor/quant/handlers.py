@@ -45,14 +45,19 @@ def _weight_only(config: Int4WeightOnlyConfig, ctx: CompressContext) -> Artifact
     quantizer = None
     if config.algorithm == "gptq":
         from compressor.quant.gptq import gptq_quantizer
-        quantizer = gptq_quantizer(ctx.fp32_onnx, check_calibration_data(
+        from compressor.quant.int2 import gptq_int2_quantizer
+        make = gptq_int2_quantizer if config.bits == 2 else gptq_quantizer
+        quantizer = make(ctx.fp32_onnx, check_calibration_data(
             ctx.calib_data, f"variant {config.id!r} (GPTQ)"))
     q, report = quantize_weight_only(ctx.fp32_onnx, bits=config.bits, group_size=config.group_size,
                                      symmetric=config.symmetric, exclude=config.exclude,
-                                     quantizer=quantizer)
+                                     quantizer=quantizer, edge_bits=config.edge_bits)
     method = "gptq" if config.algorithm == "gptq" else f"weight-only-int{config.bits}"
+    if config.algorithm == "gptq" and config.bits == 2:
+        method = "gptq-int2"
     return weight_only_artifact(q, report, config.bits, ctx, method=method,
-                                details={"group_size": config.group_size, "symmetric": config.symmetric})
+                                details={"group_size": config.group_size, "symmetric": config.symmetric,
+                                         "edge_bits": config.edge_bits})
 
 
 # Without a MatMul to fuse into MatMulNBits, onnxruntime would run every blocked

@@ -1,6 +1,10 @@
 """Weight-only block quantization (int4, int2) as a rewrite of an fp32 ONNX graph.
 
-Each weight becomes a packed INT4 (or INT2/UINT4) initializer and one blocked
+int2 is stored differently (onnxruntime 1.32 cannot run an INT2 DequantizeLinear): packed
+uint8 codes unpacked by ordinary ops that onnxruntime constant-folds at load; see int2.py.
+The rest of this module is about int4.
+
+Each weight becomes a packed INT4 (or UINT4) initializer and one blocked
 DequantizeLinear (opset 21 `block_size`), with one fp32 scale per block of `group_size`
 consecutive values along the reduction axis; activations stay fp32.
 
@@ -27,7 +31,7 @@ from compressor.quant.graph import (Graph, WeightSite, make_init, remove_unused_
                                     topological_sort)
 from compressor.quant.qdq import ONNX_TYPES
 
-PACKERS = {4: ref.pack_nibbles_ref, 2: ref.pack_crumbs_ref}
+PACKERS = {4: ref.pack_nibbles_ref}     # INT2 DequantizeLinear does not load in onnxruntime 1.32
 
 
 def _packed_tensor(name: str, q: np.ndarray, dtype: str, bits: int) -> onnx.TensorProto:
@@ -75,29 +79,68 @@ def quantize_weight_blockwise(model: onnx.ModelProto, g: Graph, site: WeightSite
             "sqnr_db": float(10 * np.log10(np.sum(w ** 2) / max(np.sum(err ** 2), 1e-30)))}
 
 
+WEIGHT_ONLY_BITS = (2, 4)
+INT2_GROUP_SIZES = (32, 64, 128)
+
+
+def check_weight_only_args(bits: int, group_size: int, edge_bits: int | None = None) -> None:
+    """Clear errors for settings the formats cannot store (shared by the config and the
+    graph rewrite, so a direct caller gets the same message as a config user)."""
+    if bits not in WEIGHT_ONLY_BITS:
+        raise ValueError(f"weight-only bits must be one of {WEIGHT_ONLY_BITS}, got {bits!r}")
+    if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) or \
+            group_size < 8 or group_size & (group_size - 1):
+        raise ValueError(f"group_size must be a power of two >= 8, got {group_size!r}")
+    if bits == 2 and group_size not in INT2_GROUP_SIZES:
+        raise ValueError(f"int2 group_size must be one of {INT2_GROUP_SIZES}, got {group_size} (below 32 "
+                         "the float16 scales cost more than 2-bit codes save; above 128 accuracy falls)")
+    if edge_bits is not None and edge_bits not in (2, 4, 8):
+        raise ValueError(f"edge_bits (first/last layer) must be 2, 4 or 8, got {edge_bits!r}")
+
+
+def edge_overrides(g: Graph, bits: int, edge_bits: int | None) -> dict[str, int]:
+    """First and last weight layers (graph order) at `edge_bits`: they hold few weights
+    and cost the most accuracy at 2 bits (the input layer sees raw pixels, the last one
+    writes the logits)."""
+    sites = g.weight_sites()
+    if edge_bits is None or edge_bits == bits or not sites:
+        return {}
+    return {sites[0].weight_name: edge_bits, sites[-1].weight_name: edge_bits}
+
+
 def quantize_weight_only(model: onnx.ModelProto, bits: int = 4, group_size: int = 32,
                          symmetric: bool = True, exclude: tuple[str, ...] = (),
-                         overrides: dict[str, int] | None = None, quantizer=None
-                         ) -> tuple[onnx.ModelProto, dict]:
+                         overrides: dict[str, int] | None = None, quantizer=None,
+                         edge_bits: int | None = None) -> tuple[onnx.ModelProto, dict]:
     """Return (copy of `model` with block-quantized weights, report). `overrides` maps a
-    weight name to other bits (8 for a sensitive layer: stored as int8 per-channel blocks)."""
+    weight name to other bits (8 for a sensitive layer: stored as int8 per-channel blocks);
+    `edge_bits` sets the first and last weight layers' bits. `quantizer` serves the layers
+    at `bits` (int4: site, w2, axis, block, bits -> Blockwise; int2: int2.gptq_int2_quantizer);
+    layers overridden to other bits use round-to-nearest."""
+    check_weight_only_args(bits, group_size, edge_bits)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = Graph(out)
     g.check_supported(f"int{bits} weight-only quantization")
+    overrides = {**edge_overrides(g, bits, edge_bits), **(overrides or {})}
     report = {"layers": []}
     for s in g.weight_sites():
         if s.node.name in exclude or s.weight_name in exclude:
             continue
-        b = (overrides or {}).get(s.weight_name, bits)
-        if b in PACKERS:
+        b = overrides.get(s.weight_name, bits)
+        if b == 2:
+            from compressor.quant.int2 import emit_int2_weight
+            report["layers"].append(emit_int2_weight(out, g, s, group_size, symmetric,
+                                                     quantizer if b == bits else None))
+        elif b in PACKERS:
             report["layers"].append(quantize_weight_blockwise(out, g, s, b, group_size, symmetric,
-                                                              quantizer))
+                                                              quantizer if b == bits else None))
         else:
             from compressor.quant.qdq import quantize_weight_int
+            name = s.weight_name             # the rewrite points the node at the DQ output
             quantize_weight_int(out, g, s, b, per_channel=True)
             report["layers"].append({"node": s.node.name, "op": s.node.op_type,
-                                     "weight": s.weight_name, "weight_bits": b})
+                                     "weight": name, "weight_bits": b})
     remove_unused_initializers(out)
     topological_sort(out)
     return out, report
