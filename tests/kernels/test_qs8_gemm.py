@@ -214,6 +214,59 @@ def test_property_tile_path_equals_reference(m, n, k, seed, extreme, a_zp, w_zp,
             assert_bitexact(kernels.qs8_linear(a, 0.01, a_zp, packed, out_scale=0.7, out_zero_point=out_zp), want_q, isa)
 
 
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(8, 40), n=st.integers(1, 40), k=st.integers(1, 300), seed=st.integers(0, 2**32 - 1),
+       scale=st.sampled_from([1e-30, 1e-4, 1.0, 1e4, 1e30]), sign=st.sampled_from([-1, 0, 1]))
+def test_qd8_linear_tile_path_equals_numpy(m, n, k, seed, scale, sign):
+    """M >= 8: on AMX the activations are quantized straight into the tile layout (AVX-512,
+    multiply by 1/scale with a division fallback near ties); same values as numpy's division."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((m, k)) * scale).astype(np.float32)
+    if sign:
+        x = sign * np.abs(x)
+    x[0, : k // 3] = 0
+    w = rng.integers(-128, 128, (n, k), dtype=np.int8)
+    ws = rng.uniform(1e-3, 1, n).astype(np.float32)
+    packed = kernels.pack_qs8(w, ws)
+    q, s, z = quant.quantize_rows_dynamic(x)
+    want = quant.qs8_gemm_ref(q, s, z, w, ws)
+    for isa in kernels.available_isas():
+        with kernels.use_isa(isa):
+            assert_bitexact(kernels.qd8_linear(x, packed), want, isa)
+
+
+@pytest.mark.parametrize("isa", isa_params())
+def test_qd8_linear_exact_ties_and_tiny_scales(isa):
+    """Rows whose quotients x / scale are exact half-integers (round half to even decides), a row
+    of subnormals (1 / scale overflows), an all-zero row, and rows with only a few distinct values."""
+    k = 256
+    rows = [np.arange(-127.5, 128.0, 1.0)[:k],                   # scale 1, every x / s a tie
+            np.arange(-127.5, 128.0, 1.0)[:k] * 2.0 ** -20,      # scale 2^-20, ties again
+            np.full(k, 1e-42) * np.sign(np.arange(k) - 100.5),  # subnormal range
+            np.zeros(k),
+            np.where(np.arange(k) % 3 == 0, 255.0, 0.0),        # scale 1, integers
+            np.linspace(-3.0, 5.0, k)]
+    # a scale that is not a power of two, and x next to (j + 0.5) * scale: here x * (1 / scale)
+    # rounds differently from x / scale for many elements, so a missing fallback would show
+    lo, hi = np.float32(-5.167034), np.float32(9.50959)
+    s0 = np.float32((hi - lo) / np.float32(255.0))
+    base = ((np.arange(-85, 160) + 0.5) * s0).astype(np.float32)
+    near = np.stack([np.nextafter(base, np.float32(np.inf)), base, np.nextafter(base, np.float32(-np.inf))], 1).ravel()
+    near = np.concatenate([[lo, hi], near[(near > lo) & (near < hi)]])[:k].astype(np.float32)
+    assert np.any(np.rint(near / s0) != np.rint(near * (np.float32(1) / s0)))
+    rows.append(near)
+    x = np.stack([np.resize(r, k) for r in rows] * 3).astype(np.float32)  # 21 rows
+    rng = np.random.default_rng(9)
+    w = rng.integers(-128, 128, (20, k), dtype=np.int8)
+    ws = np.full(20, 0.01, np.float32)
+    packed = kernels.pack_qs8(w, ws)
+    q, s, z = quant.quantize_rows_dynamic(x)
+    with kernels.use_isa(isa):
+        got = kernels.qd8_linear(x, packed)
+    assert_bitexact(got, quant.qs8_gemm_ref(q, s, z, w, ws), isa)
+
+
 # ------------------------------------------------------------------ bad input
 
 

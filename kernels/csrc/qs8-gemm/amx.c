@@ -103,12 +103,13 @@ static EF_TARGET_AMX void ef_qs8_qc8w_gemm_minmax_ukernel_32x32c4__amx(const ef_
       const size_t rows = EF_MIN(32, g->m - EF_MIN(g->m, m0)); /* real rows in this tile */
       for (int j = 0; j < nb; j++) {
         const size_t n0 = (b + j) * EF_QS8_NR;
-        const size_t nc = EF_MIN(EF_QS8_NR, w->n - n0);
-        const uint8_t* block = w->data + (b + j) * w->block_bytes;
+        const __mmask16 mask = (__mmask16)((1u << EF_MIN(EF_QS8_NR, w->n - n0)) - 1);
+        const ef_qs8_cols16 cols = ef_qs8_load_cols16__avx512(w->data + (b + j) * w->block_bytes, w->has_w_zp, p);
+        uint8_t* c = (uint8_t*)g->c + (m0 * w->n + n0) * elem;
         for (size_t r = 0; r < rows; r++) {
           const size_t row = m0 + r;
-          ef_qs8_store_16__avx512(_mm512_load_si512(acc + r * 32 + 16 * j), nc, g->a_zp[row], g->a_scale[row],
-                                  g->a_rowsum[row], block, (uint8_t*)g->c + (row * w->n + n0) * elem, p);
+          ef_qs8_store_16__avx512(_mm512_load_si512(acc + r * 32 + 16 * j), mask, g->a_zp[row], g->a_scale[row],
+                                  g->a_rowsum[row], &cols, c + r * w->n * elem, p);
         }
       }
     }

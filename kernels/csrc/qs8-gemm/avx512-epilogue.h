@@ -8,27 +8,44 @@
 #if EF_ARCH_X86
 #include <immintrin.h>
 
-/* raw[j] = sum_k (a[k] + 128) * w[j, k] for the 16 columns of `block`; nc (1..16) of them are
- * stored to c. */
-EF_INLINE EF_TARGET_AVX512 void ef_qs8_store_16__avx512(__m512i raw, size_t nc, int32_t a_zp, float a_scale,
-                                                        int32_t rowsum, const uint8_t* block, void* c,
-                                                        const ef_qs8_gemm_params* p) {
-  const __mmask16 mask = (__mmask16)((1u << nc) - 1);
-  const __m512i colsum = _mm512_loadu_si512(block);
-  const __m512i w_zp = _mm512_loadu_si512(block + 16 * 4);
-  const __m512 w_scale = _mm512_loadu_ps(block + 32 * 4);
-  const __m512 bias = _mm512_loadu_ps(block + 48 * 4);
+/* The per-column constants of one 16-column block, loaded once for all rows of a tile. */
+typedef struct {
+  __m512i colsum, w_zp;
+  __m512 w_scale, bias, out_min, out_max;
+  int has_w_zp;
+} ef_qs8_cols16;
 
+EF_INLINE EF_TARGET_AVX512 ef_qs8_cols16 ef_qs8_load_cols16__avx512(const uint8_t* block, int has_w_zp,
+                                                                   const ef_qs8_gemm_params* p) {
+  ef_qs8_cols16 v;
+  v.colsum = _mm512_loadu_si512(block);
+  v.w_zp = _mm512_loadu_si512(block + 16 * 4);
+  v.w_scale = _mm512_loadu_ps(block + 32 * 4);
+  v.bias = _mm512_loadu_ps(block + 48 * 4);
+  v.out_min = _mm512_set1_ps(p->out_min);
+  v.out_max = _mm512_set1_ps(p->out_max);
+  v.has_w_zp = has_w_zp;
+  return v;
+}
+
+/* raw[j] = sum_k (a[k] + 128) * w[j, k] for the 16 columns of one block; the nc lanes in
+ * `mask` are stored to c. */
+EF_INLINE EF_TARGET_AVX512 void ef_qs8_store_16__avx512(__m512i raw, __mmask16 mask, int32_t a_zp, float a_scale,
+                                                        int32_t rowsum, const ef_qs8_cols16* v, void* c,
+                                                        const ef_qs8_gemm_params* p) {
   /* acc = raw - (a_zp + 128)*colsum - w_zp*rowsum + w_zp*(K*a_zp), wrapping: equal mod 2^32 to
-   * ef_qs8_correct(raw - 128*colsum, ...), the exact int32 result. */
-  __m512i acc = _mm512_sub_epi32(raw, _mm512_mullo_epi32(colsum, _mm512_set1_epi32((int32_t)((uint32_t)a_zp + 128u))));
-  const uint32_t zp_term = (uint32_t)p->k * (uint32_t)a_zp - (uint32_t)rowsum;
-  acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(w_zp, _mm512_set1_epi32((int32_t)zp_term)));
+   * ef_qs8_correct(raw - 128*colsum, ...), the exact int32 result. (w_zp = 0 everywhere:
+   * the last product is 0, skipped.) */
+  __m512i acc = _mm512_sub_epi32(raw, _mm512_mullo_epi32(v->colsum, _mm512_set1_epi32((int32_t)((uint32_t)a_zp + 128u))));
+  if (v->has_w_zp) {
+    const uint32_t zp_term = (uint32_t)p->k * (uint32_t)a_zp - (uint32_t)rowsum;
+    acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(v->w_zp, _mm512_set1_epi32((int32_t)zp_term)));
+  }
 
   /* y = (float)acc * (a_scale * w_scale) + bias, then the clamp: ef_qs8_dequant's roundings. */
-  const __m512 s = _mm512_mul_ps(_mm512_set1_ps(a_scale), w_scale);
-  __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), s), bias);
-  y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(p->out_min)), _mm512_set1_ps(p->out_max));
+  const __m512 s = _mm512_mul_ps(_mm512_set1_ps(a_scale), v->w_scale);
+  __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), s), v->bias);
+  y = _mm512_min_ps(_mm512_max_ps(y, v->out_min), v->out_max);
 
   if (!p->out_int8) {
     _mm512_mask_storeu_ps(c, mask, y);
@@ -41,7 +58,7 @@ EF_INLINE EF_TARGET_AVX512 void ef_qs8_store_16__avx512(__m512i raw, size_t nc, 
   t = _mm512_max_ps(t, _mm512_set1_ps((float)(-128 - p->out_zp)));
   t = _mm512_min_ps(t, _mm512_set1_ps((float)(127 - p->out_zp)));
   const __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(t), _mm512_set1_epi32(p->out_zp));
-  _mm512_mask_cvtsepi32_storeu_epi8(c, mask, q);
+  _mm_mask_storeu_epi8(c, mask, _mm512_cvtepi32_epi8(q));
 }
 
 #endif

@@ -130,13 +130,28 @@ static void panel_range(void* ctx, size_t begin, size_t end) {
 }
 
 /* The panel path: activations as uint8 rows of kp64 (K padded with 128, i.e. a = 0), rows
- * padded to a multiple of 16; threads split the output columns in units of panel_blocks. */
+ * padded to a multiple of 16; threads split the output columns in units of panel_blocks.
+ * a_prep holds m_pad * kp64 bytes, then per row: rowsum, and (qd8) scale and zero point. */
+static void panel_run(const ef_qs8_gemm_config* config, size_t m, uint8_t* a_prep, const int32_t* a_zp,
+                      const float* a_scale, const int32_t* rowsum, const ef_qs8_packed* w, void* c,
+                      const ef_qs8_gemm_params* params) {
+  const size_t kp64 = w->kp64, m_pad = EF_ROUND_UP(m, 16);
+  memset(a_prep + m * kp64, 128, (m_pad - m) * kp64);
+  const size_t per = config->panel_blocks;
+  panel_job job = {config->panel, per, w->n_blocks, {m, m_pad, a_prep, kp64, a_zp, a_scale, rowsum, w, c, params}};
+  ef_parallel_for(EF_DIV_UP(w->n_blocks, per), m_pad * kp64 * EF_QS8_NR * per, panel_range, &job);
+}
+
+static uint8_t* panel_alloc(size_t m, const ef_qs8_packed* w) {
+  return ef_aligned_alloc(EF_ROUND_UP(m, 16) * w->kp64 + 3 * m * sizeof(int32_t));
+}
+
 static int panel_gemm(const ef_qs8_gemm_config* config, size_t m, const int8_t* a, const int32_t* a_zp,
                       const float* a_scale, const ef_qs8_packed* w, void* c, const ef_qs8_gemm_params* params) {
-  const size_t k = w->k, kp64 = w->kp64, m_pad = EF_ROUND_UP(m, 16);
-  uint8_t* a_prep = ef_aligned_alloc(m_pad * kp64 + m * sizeof(int32_t));
+  const size_t k = w->k, kp64 = w->kp64;
+  uint8_t* a_prep = panel_alloc(m, w);
   if (a_prep == NULL) return -2;
-  int32_t* rowsum = (int32_t*)(a_prep + m_pad * kp64);
+  int32_t* rowsum = (int32_t*)(a_prep + EF_ROUND_UP(m, 16) * kp64);
   for (size_t r = 0; r < m; r++) {
     const int8_t* src = a + r * k;
     uint8_t* dst = a_prep + r * kp64;
@@ -148,13 +163,13 @@ static int panel_gemm(const ef_qs8_gemm_config* config, size_t m, const int8_t* 
     memset(dst + k, 128, kp64 - k);
     rowsum[r] = sum;
   }
-  memset(a_prep + m * kp64, 128, (m_pad - m) * kp64);
-  const size_t per = config->panel_blocks;
-  panel_job job = {config->panel, per, w->n_blocks,
-                   {m, m_pad, a_prep, kp64, a_zp, a_scale, rowsum, w, c, params}};
-  ef_parallel_for(EF_DIV_UP(w->n_blocks, per), m_pad * kp64 * EF_QS8_NR * per, panel_range, &job);
+  panel_run(config, m, a_prep, a_zp, a_scale, rowsum, w, c, params);
   ef_aligned_free(a_prep);
   return 0;
+}
+
+static int use_panel(const ef_qs8_gemm_config* config, size_t m, const ef_qs8_packed* w) {
+  return config->panel != NULL && w->panel != NULL && m >= config->panel_min_m;
 }
 
 int ef_qs8_gemm(const ef_qs8_gemm_config* config, size_t m, const int8_t* a, const int32_t* a_zp,
@@ -162,7 +177,7 @@ int ef_qs8_gemm(const ef_qs8_gemm_config* config, size_t m, const int8_t* a, con
   if (config == NULL) config = ef_qs8_gemm_select();
   if (m == 0) return 0;
   if (config->panel != NULL) {
-    if (w->panel != NULL && m >= config->panel_min_m) return panel_gemm(config, m, a, a_zp, a_scale, w, c, params);
+    if (use_panel(config, m, w)) return panel_gemm(config, m, a, a_zp, a_scale, w, c, params);
     config = config->fallback;
   }
   const size_t k = w->k, kp = w->kp;
@@ -224,6 +239,20 @@ void ef_qd8_quantize_rows_asym(const float* x, size_t m, size_t k, int8_t* q, fl
 int ef_qd8_gemm(const ef_qs8_gemm_config* config, size_t m, const float* x, const ef_qs8_packed* w, void* c,
                 const ef_qs8_gemm_params* params) {
   if (m == 0) return 0;
+#if EF_ARCH_X86
+  if (config == NULL) config = ef_qs8_gemm_select();
+  if (use_panel(config, m, w)) { /* AMX: quantize straight into the tile layout (AVX-512 with AMX) */
+    uint8_t* a_prep = panel_alloc(m, w);
+    if (a_prep == NULL) return -2;
+    int32_t* rowsum = (int32_t*)(a_prep + EF_ROUND_UP(m, 16) * w->kp64);
+    float* scale = (float*)(rowsum + m);
+    int32_t* zp = (int32_t*)(scale + m);
+    ef_qd8_quantize_rows_u8__avx512(x, m, w->k, w->kp64, a_prep, scale, zp, rowsum);
+    panel_run(config, m, a_prep, zp, scale, rowsum, w, c, params);
+    ef_aligned_free(a_prep);
+    return 0;
+  }
+#endif
   int8_t* q = ef_aligned_alloc(m * w->k + m * (sizeof(float) + sizeof(int32_t)) + 64);
   if (q == NULL) return -2;
   float* scale = (float*)(q + EF_ROUND_UP(m * w->k, 4));

@@ -144,6 +144,10 @@ void ef_qd8_quantize_rows_asym(const float* x, size_t m, size_t k, int8_t* q, fl
  * exact operations, so the results are identical); the scalar loop cannot be vectorized by
  * the compiler at the baseline ISA (nearbyintf) and costs more than a small GEMV. */
 void ef_qd8_quantize_rows_asym__avx2(const float* x, size_t m, size_t k, int8_t* q, float* scale, int32_t* zp);
+/* The same values written as uint8 q + 128 in rows of `stride` bytes (K padded with 128), with
+ * the row sums of q: the AMX kernel's activation layout (avx512.c; needs AVX-512). */
+void ef_qd8_quantize_rows_u8__avx512(const float* x, size_t m, size_t k, size_t stride, uint8_t* a, float* scale,
+                                     int32_t* zp, int32_t* rowsum);
 #endif
 
 /* fp32 in, fp32 (or int8) out: quantize the rows of x dynamically, then ef_qs8_gemm. */

@@ -1,0 +1,99 @@
+/* AVX-512 helpers of the AMX qs8 path: dynamic quantization of fp32 rows straight into the
+ * tile layout (uint8 a + 128, row stride kp64, with the row sums), in one pass instead of
+ * quantize -> int8 buffer -> offset copy.
+ *
+ * The definition is ef_qd8_quantize_rows_asym's (qs8-gemm.h): q = clamp(nearbyint(x / s) + zp).
+ * A vector division costs about as much as the whole GEMM for K = 384 at M = 128, so the
+ * quotient is first taken as y = x * (1/s): with r = RN(1/s) and y = RN(x * r), y is within
+ * 2 ulp of x/s, and |x/s| <= 255 * (1 + 2^-22) (|x| <= hi - lo = 255 s up to rounding), so
+ * |y - x/s| < 2^-14 and |RN(x/s) - x/s| < 2^-16. Rounding to an integer only jumps at
+ * half-integers, so when y is farther than EF_QD8_TIE_MARGIN (2^-10) from every half-integer,
+ * nearbyint(y) == nearbyint(RN(x/s)) exactly. A vector with any lane inside the margin (ties
+ * included) or NaN is recomputed with the true division; rows whose scale is not a normal
+ * finite float (s = inf, or 1/s overflows) use the division throughout. Bit-exact either way. */
+#include "qs8-gemm.h"
+
+#if EF_ARCH_X86
+#include <immintrin.h>
+#include <math.h>
+
+#define EF_QD8_TIE_MARGIN (1.0f / 1024.0f)
+
+EF_TARGET_AVX512 void ef_qd8_quantize_rows_u8__avx512(const float* x, size_t m, size_t k, size_t stride, uint8_t* a,
+                                                      float* scale, int32_t* zp, int32_t* rowsum) {
+  const size_t k16 = k & ~(size_t)15;
+  const __mmask16 tail = (__mmask16)((1u << (k - k16)) - 1);
+  for (size_t row = 0; row < m; row++) {
+    const float* xr = x + row * k;
+    /* min/max as the AVX2 version: min_ps(v, acc) keeps acc for NaN v; masked-off tail lanes
+     * load 0, which cannot move a minimum <= 0 or a maximum >= 0. */
+    __m512 vlo = _mm512_setzero_ps(), vhi = _mm512_setzero_ps();
+    size_t i0 = 0;
+    if (k16 >= 64) { /* four independent chains: min/max latency, not throughput, limits one */
+      __m512 lo1 = vlo, lo2 = vlo, lo3 = vlo, hi1 = vhi, hi2 = vhi, hi3 = vhi;
+      for (; i0 + 64 <= k16; i0 += 64) {
+        const __m512 v0 = _mm512_loadu_ps(xr + i0), v1 = _mm512_loadu_ps(xr + i0 + 16);
+        const __m512 v2 = _mm512_loadu_ps(xr + i0 + 32), v3 = _mm512_loadu_ps(xr + i0 + 48);
+        vlo = _mm512_min_ps(v0, vlo);
+        lo1 = _mm512_min_ps(v1, lo1);
+        lo2 = _mm512_min_ps(v2, lo2);
+        lo3 = _mm512_min_ps(v3, lo3);
+        vhi = _mm512_max_ps(v0, vhi);
+        hi1 = _mm512_max_ps(v1, hi1);
+        hi2 = _mm512_max_ps(v2, hi2);
+        hi3 = _mm512_max_ps(v3, hi3);
+      }
+      /* none of these lanes is NaN, so the combining order is free */
+      vlo = _mm512_min_ps(_mm512_min_ps(vlo, lo1), _mm512_min_ps(lo2, lo3));
+      vhi = _mm512_max_ps(_mm512_max_ps(vhi, hi1), _mm512_max_ps(hi2, hi3));
+    }
+    for (size_t i = i0; i < k16; i += 16) {
+      const __m512 v = _mm512_loadu_ps(xr + i);
+      vlo = _mm512_min_ps(v, vlo);
+      vhi = _mm512_max_ps(v, vhi);
+    }
+    if (tail) {
+      const __m512 v = _mm512_maskz_loadu_ps(tail, xr + k16);
+      vlo = _mm512_min_ps(v, vlo);
+      vhi = _mm512_max_ps(v, vhi);
+    }
+    const float lo = _mm512_reduce_min_ps(vlo), hi = _mm512_reduce_max_ps(vhi);
+    const float s = hi > lo ? (hi - lo) / 255.0f : 1.0f;
+    float z = nearbyintf(-128.0f - lo / s);
+    z = z < -128.0f ? -128.0f : (z > 127.0f ? 127.0f : z);
+    const float r = 1.0f / s;
+    const int fast = r > 0.0f && r < INFINITY; /* s normal and finite */
+
+    const __m512 vs = _mm512_set1_ps(s), vr = _mm512_set1_ps(r);
+    const __m512 far = _mm512_set1_ps(0.5f - EF_QD8_TIE_MARGIN);
+    const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
+    const __m512i vz = _mm512_set1_epi32((int32_t)z), qlo = _mm512_set1_epi32(-128), qhi = _mm512_set1_epi32(127);
+    __m512i sum = _mm512_setzero_si512();
+    uint8_t* dst = a + row * stride;
+    for (size_t i = 0; i < k; i += 16) {
+      const __mmask16 lanes = i + 16 <= k ? (__mmask16)0xFFFF : tail;
+      const __m512 v = _mm512_maskz_loadu_ps(lanes, xr + i);
+      /* cvtps rounds to nearest even (default MXCSR), as nearbyintf; |quotient| <= 256, and
+       * NaN becomes INT_MIN, which the clamp below sends to -128 like the scalar compares. */
+      __m512i qi;
+      if (fast) {
+        const __m512 y = _mm512_mul_ps(v, vr);
+        qi = _mm512_cvtps_epi32(y);
+        const __m512 frac = _mm512_and_ps(_mm512_sub_ps(y, _mm512_cvtepi32_ps(qi)), abs_mask);
+        /* ordered compare: NaN lanes count as near a tie */
+        if (_mm512_cmp_ps_mask(frac, far, _CMP_LT_OQ) != 0xFFFF) qi = _mm512_cvtps_epi32(_mm512_div_ps(v, vs));
+      } else {
+        qi = _mm512_cvtps_epi32(_mm512_div_ps(v, vs));
+      }
+      /* + zp and the clamp in int32: the same values as the float sequence (all small integers) */
+      qi = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(qi, vz), qlo), qhi);
+      sum = _mm512_mask_add_epi32(sum, lanes, sum, qi);
+      _mm_mask_storeu_epi8(dst + i, lanes, _mm512_cvtepi32_epi8(_mm512_add_epi32(qi, _mm512_set1_epi32(128))));
+    }
+    memset(dst + k, 128, stride - k); /* K padding: a = 0 */
+    scale[row] = s;
+    zp[row] = (int32_t)z;
+    rowsum[row] = _mm512_reduce_add_epi32(sum);
+  }
+}
+#endif /* EF_ARCH_X86 */
