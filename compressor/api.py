@@ -208,3 +208,8 @@ def _dtype_name(elem_type: int) -> str:
         return str(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
     except Exception:  # an elem type numpy has no name for (bfloat16, float8...)
         return "float32"
+
+
+# -- handlers registered here rather than in compressor/__init__ (QAT, mixed precision) ----
+import compressor.quant.mixed  # noqa: E402,F401  MixedPrecisionConfig
+import compressor.quant.qat  # noqa: E402,F401  Int8QatConfig
