@@ -64,8 +64,11 @@ EF_INLINE T __m512i bcast4(const int8_t* p) {
   return _mm512_set1_epi32(v);
 }
 
-/* MR rows x NP panels (16 * NP columns), all groups. */
-EF_INLINE T void p16_tile(const int BITS, const size_t MR, const size_t NP, size_t nc, size_t groups, size_t group,
+/* MR rows x NP panels (16 * NP columns), all groups. `group` is a constant at every call
+ * (tile_by_group), so the steps of a group unroll fully and the int32 accumulators live
+ * only inside one group (with a runtime trip count GCC shuffles them between registers on
+ * every step). */
+EF_INLINE T void p16_tile(const int BITS, const size_t MR, const size_t NP, size_t nc, size_t groups, const size_t group,
                           const int8_t* xq, size_t x_stride, const float* xsum, const float* sx, const uint8_t* panels,
                           size_t panel_bytes, const float* bias, float* c, size_t c_stride) {
   const size_t gbytes = EF_QB_P16_GROUP_BYTES(BITS, group);
@@ -81,6 +84,7 @@ EF_INLINE T void p16_tile(const int BITS, const size_t MR, const size_t NP, size
     __m512i i0[4][4], i1[4][4];
     for (size_t r = 0; r < MR; r++)
       for (size_t p = 0; p < NP; p++) { i0[r][p] = _mm512_setzero_si512(); i1[r][p] = _mm512_setzero_si512(); }
+#pragma GCC unroll 16
     for (size_t s = 0; s < steps; s++) {
       for (size_t p = 0; p < NP; p++) {
         const __m512i v = _mm512_load_si512((const void*)(rec + p * panel_bytes + 64 + 64 * s));
@@ -128,6 +132,17 @@ EF_INLINE T void p16_tile(const int BITS, const size_t MR, const size_t NP, size
   }
 }
 
+EF_INLINE T void tile_by_group(const int BITS, const size_t MR, const size_t NP, size_t nc, size_t groups, size_t group,
+                               const int8_t* xq, size_t x_stride, const float* xsum, const float* sx,
+                               const uint8_t* panels, size_t panel_bytes, const float* bias, float* c, size_t c_stride) {
+  if (group == 32)
+    p16_tile(BITS, MR, NP, nc, groups, 32, xq, x_stride, xsum, sx, panels, panel_bytes, bias, c, c_stride);
+  else if (group == 64)
+    p16_tile(BITS, MR, NP, nc, groups, 64, xq, x_stride, xsum, sx, panels, panel_bytes, bias, c, c_stride);
+  else
+    p16_tile(BITS, MR, NP, nc, groups, 128, xq, x_stride, xsum, sx, panels, panel_bytes, bias, c, c_stride);
+}
+
 /* A full call is one MR x NP tile; a shorter one (the end of a thread's range) goes by 2 and
  * 1 panels. */
 #define DEFINE_KERNEL(BITS, MR, NP, NR)                                                                              \
@@ -137,16 +152,16 @@ EF_INLINE T void p16_tile(const int BITS, const size_t MR, const size_t NP, size
       size_t c_stride) {                                                                                             \
     size_t p = 0;                                                                                                    \
     if (np == NP) {                                                                                                  \
-      p16_tile(BITS, MR, NP, nc, groups, group, xq, x_stride, xsum, sx, panels, panel_bytes, bias, c, c_stride);    \
+      tile_by_group(BITS, MR, NP, nc, groups, group, xq, x_stride, xsum, sx, panels, panel_bytes, bias, c, c_stride); \
       return;                                                                                                        \
     }                                                                                                                \
     if (NP > 2)                                                                                                      \
       for (; p + 2 <= np; p += 2)                                                                                    \
-        p16_tile(BITS, MR, 2, nc - p * EF_QB_PANEL, groups, group, xq, x_stride, xsum, sx, panels + p * panel_bytes, \
-                 panel_bytes, bias + p * EF_QB_PANEL, c + p * EF_QB_PANEL, c_stride);                                \
+        tile_by_group(BITS, MR, 2, nc - p * EF_QB_PANEL, groups, group, xq, x_stride, xsum, sx,                      \
+                      panels + p * panel_bytes, panel_bytes, bias + p * EF_QB_PANEL, c + p * EF_QB_PANEL, c_stride); \
     for (; p < np; p++)                                                                                              \
-      p16_tile(BITS, MR, 1, nc - p * EF_QB_PANEL, groups, group, xq, x_stride, xsum, sx, panels + p * panel_bytes,   \
-               panel_bytes, bias + p * EF_QB_PANEL, c + p * EF_QB_PANEL, c_stride);                                  \
+      tile_by_group(BITS, MR, 1, nc - p * EF_QB_PANEL, groups, group, xq, x_stride, xsum, sx,                        \
+                    panels + p * panel_bytes, panel_bytes, bias + p * EF_QB_PANEL, c + p * EF_QB_PANEL, c_stride);   \
   }
 DEFINE_KERNEL(4, 1, 4, 64)
 DEFINE_KERNEL(4, 2, 2, 32)
