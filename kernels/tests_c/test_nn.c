@@ -35,6 +35,26 @@ static void expect_close(const char* what, const char* isa, const float* got, co
   }
 }
 
+/* attention on a merged QKV buffer ([B, SKV, 3E] rows; q reads the first SQ rows), per-batch mask */
+static void test_attention(const ef_nn_config* cfg, size_t B, size_t H, size_t SQ, size_t SKV, size_t D) {
+  const ef_nn_config* ref = &ef_nn_config_scalar;
+  const size_t E = H * D, rows = SKV > SQ ? SKV : SQ;
+  float *qkv = malloc(B * rows * 3 * E * 4), *mask = malloc(B * SKV * 4), *o0 = malloc(B * SQ * E * 4), *o1 = malloc(B * SQ * E * 4);
+  for (size_t i = 0; i < B * rows * 3 * E; i++) qkv[i] = 2.0f * rnd_f();
+  for (size_t i = 0; i < B * SKV; i++) mask[i] = (i % SKV) > SKV / 2 + 1 ? -3.4e38f : 0.0f;
+  ef_nn_attention_params p = {.batch = B, .heads = H, .sq = SQ, .skv = SKV, .d = D,
+                              .q = qkv, .q_bstride = rows * 3 * E, .q_rstride = 3 * E,
+                              .k = qkv + E, .k_bstride = rows * 3 * E, .k_rstride = 3 * E,
+                              .v = qkv + 2 * E, .v_bstride = rows * 3 * E, .v_rstride = 3 * E,
+                              .mask = mask, .mask_bstride = SKV, .scale = 0.378f,
+                              .out = o0, .out_bstride = SQ * E, .out_rstride = E};
+  ef_nn_attention(ref, &p);
+  p.out = o1;
+  ef_nn_attention(cfg, &p);
+  expect_close("attention", cfg->isa, o1, o0, B * SQ * E, 1e-5);
+  free(qkv), free(mask), free(o0), free(o1);
+}
+
 static void test_variant(const ef_nn_config* cfg) {
   const ef_nn_config* ref = &ef_nn_config_scalar;
   const size_t sizes[] = {1, 3, 8, 13, 32, 384, 1001};
@@ -62,22 +82,11 @@ static void test_variant(const ef_nn_config* cfg) {
     expect_close("erf", cfg->isa, y1, y0, rows * n, 1e-30);
     free(x), free(r), free(g), free(b), free(y0), free(y1);
   }
-  /* attention: 2 batches, 3 heads, Sq 5, Skv 9, D 7, merged QKV rows, per-batch mask */
-  const size_t B = 2, H = 3, SQ = 5, SKV = 9, D = 7, E = H * D;
-  float *qkv = malloc(B * SKV * 3 * E * 4), *mask = malloc(B * SKV * 4), *o0 = malloc(B * SQ * E * 4), *o1 = malloc(B * SQ * E * 4);
-  for (size_t i = 0; i < B * SKV * 3 * E; i++) qkv[i] = 2.0f * rnd_f();
-  for (size_t i = 0; i < B * SKV; i++) mask[i] = (i % SKV) > 6 ? -3.4e38f : 0.0f;
-  ef_nn_attention_params p = {.batch = B, .heads = H, .sq = SQ, .skv = SKV, .d = D,
-                              .q = qkv, .q_bstride = SKV * 3 * E, .q_rstride = 3 * E,
-                              .k = qkv + E, .k_bstride = SKV * 3 * E, .k_rstride = 3 * E,
-                              .v = qkv + 2 * E, .v_bstride = SKV * 3 * E, .v_rstride = 3 * E,
-                              .mask = mask, .mask_bstride = SKV, .scale = 0.378f,
-                              .out = o0, .out_bstride = SQ * E, .out_rstride = E};
-  ef_nn_attention(ref, &p);
-  p.out = o1;
-  ef_nn_attention(cfg, &p);
-  expect_close("attention", cfg->isa, o1, o0, B * SQ * E, 1e-5);
-  free(qkv), free(mask), free(o0), free(o1);
+  /* head sizes and lengths covering every vector block and tail */
+  test_attention(cfg, 2, 3, 5, 9, 7);
+  test_attention(cfg, 1, 2, 33, 41, 40);
+  test_attention(cfg, 1, 12, 32, 32, 32);
+  test_attention(cfg, 2, 1, 3, 70, 64);
 }
 
 static void test_reference_accuracy(void) {

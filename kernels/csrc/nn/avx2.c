@@ -162,25 +162,61 @@ static EF_TARGET_AVX2 void softmax_row(size_t n, const float* x, float scale, co
   for (; i < n; i++) y[i] *= inv;
 }
 
-static EF_TARGET_AVX2 float dot(size_t n, const float* a, const float* b) {
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  size_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+/* 32 keys per pass (4 accumulators: independent FMA chains), then 8 at a time; ldk is a
+ * multiple of 8 with zero columns past n, so the last block may compute a few ignored keys. */
+static EF_TARGET_AVX2 void qk_row(size_t n, size_t d, const float* q, const float* kt, size_t ldk, float* s) {
+  size_t j = 0;
+  for (; j + 32 <= n; j += 32) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    const float* k = kt + j;
+    for (size_t c = 0; c < d; c++, k += ldk) {
+      const __m256 qc = _mm256_broadcast_ss(q + c);
+      a0 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k), a0);
+      a1 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k + 8), a1);
+      a2 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k + 16), a2);
+      a3 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k + 24), a3);
+    }
+    _mm256_storeu_ps(s + j, a0);
+    _mm256_storeu_ps(s + j + 8, a1);
+    _mm256_storeu_ps(s + j + 16, a2);
+    _mm256_storeu_ps(s + j + 24, a3);
   }
-  for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
-  float s = hsum(_mm256_add_ps(acc0, acc1));
-  for (; i < n; i++) s += a[i] * b[i];
-  return s;
+  for (; j < n; j += 8) {
+    __m256 a0 = _mm256_setzero_ps();
+    const float* k = kt + j;
+    for (size_t c = 0; c < d; c++, k += ldk) a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(q + c), _mm256_loadu_ps(k), a0);
+    _mm256_storeu_ps(s + j, a0); /* s holds ldk floats */
+  }
 }
 
-static EF_TARGET_AVX2 void axpy(size_t n, float a, const float* x, float* y) {
-  const __m256 va = _mm256_set1_ps(a);
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-  for (; i < n; i++) y[i] += a * x[i];
+static EF_TARGET_AVX2 void pv_row(size_t n, size_t d, const float* p, const float* v, size_t v_stride, float* out) {
+  size_t c = 0;
+  for (; c + 32 <= d; c += 32) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t j = 0; j < n; j++) {
+      const __m256 pj = _mm256_broadcast_ss(p + j);
+      const float* vj = v + j * v_stride + c;
+      a0 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj), a0);
+      a1 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8), a1);
+      a2 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 16), a2);
+      a3 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 24), a3);
+    }
+    _mm256_storeu_ps(out + c, a0);
+    _mm256_storeu_ps(out + c + 8, a1);
+    _mm256_storeu_ps(out + c + 16, a2);
+    _mm256_storeu_ps(out + c + 24, a3);
+  }
+  for (; c + 8 <= d; c += 8) {
+    __m256 a0 = _mm256_setzero_ps();
+    for (size_t j = 0; j < n; j++) a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), _mm256_loadu_ps(v + j * v_stride + c), a0);
+    _mm256_storeu_ps(out + c, a0);
+  }
+  for (; c < d; c++) {
+    float a = 0.0f;
+    for (size_t j = 0; j < n; j++) a += p[j] * v[j * v_stride + c];
+    out[c] = a;
+  }
 }
 
-const ef_nn_config ef_nn_config_avx2 = {"avx2", layernorm_row, softmax_row, gelu, erf_, dot, axpy};
+const ef_nn_config ef_nn_config_avx2 = {"avx2", layernorm_row, softmax_row, gelu, erf_, qk_row, pv_row};
 #endif

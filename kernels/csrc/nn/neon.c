@@ -146,24 +146,57 @@ static void softmax_row(size_t n, const float* x, float scale, const float* mask
   for (; i < n; i++) y[i] *= inv;
 }
 
-static float dot(size_t n, const float* a, const float* b) {
-  float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = vdupq_n_f32(0.0f);
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    acc0 = vfmaq_f32(acc0, vld1q_f32(a + i), vld1q_f32(b + i));
-    acc1 = vfmaq_f32(acc1, vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
+static void qk_row(size_t n, size_t d, const float* q, const float* kt, size_t ldk, float* s) {
+  size_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
+    const float* k = kt + j;
+    for (size_t c = 0; c < d; c++, k += ldk) {
+      a0 = vfmaq_n_f32(a0, vld1q_f32(k), q[c]);
+      a1 = vfmaq_n_f32(a1, vld1q_f32(k + 4), q[c]);
+      a2 = vfmaq_n_f32(a2, vld1q_f32(k + 8), q[c]);
+      a3 = vfmaq_n_f32(a3, vld1q_f32(k + 12), q[c]);
+    }
+    vst1q_f32(s + j, a0);
+    vst1q_f32(s + j + 4, a1);
+    vst1q_f32(s + j + 8, a2);
+    vst1q_f32(s + j + 12, a3);
   }
-  for (; i + 4 <= n; i += 4) acc0 = vfmaq_f32(acc0, vld1q_f32(a + i), vld1q_f32(b + i));
-  float s = vaddvq_f32(vaddq_f32(acc0, acc1));
-  for (; i < n; i++) s += a[i] * b[i];
-  return s;
+  for (; j < n; j += 4) {
+    float32x4_t a0 = vdupq_n_f32(0.0f);
+    const float* k = kt + j;
+    for (size_t c = 0; c < d; c++, k += ldk) a0 = vfmaq_n_f32(a0, vld1q_f32(k), q[c]);
+    vst1q_f32(s + j, a0); /* ldk is a multiple of 8: in bounds */
+  }
 }
 
-static void axpy(size_t n, float a, const float* x, float* y) {
-  size_t i = 0;
-  for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vfmaq_n_f32(vld1q_f32(y + i), vld1q_f32(x + i), a));
-  for (; i < n; i++) y[i] += a * x[i];
+static void pv_row(size_t n, size_t d, const float* p, const float* v, size_t v_stride, float* out) {
+  size_t c = 0;
+  for (; c + 16 <= d; c += 16) {
+    float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t j = 0; j < n; j++) {
+      const float* vj = v + j * v_stride + c;
+      a0 = vfmaq_n_f32(a0, vld1q_f32(vj), p[j]);
+      a1 = vfmaq_n_f32(a1, vld1q_f32(vj + 4), p[j]);
+      a2 = vfmaq_n_f32(a2, vld1q_f32(vj + 8), p[j]);
+      a3 = vfmaq_n_f32(a3, vld1q_f32(vj + 12), p[j]);
+    }
+    vst1q_f32(out + c, a0);
+    vst1q_f32(out + c + 4, a1);
+    vst1q_f32(out + c + 8, a2);
+    vst1q_f32(out + c + 12, a3);
+  }
+  for (; c + 4 <= d; c += 4) {
+    float32x4_t a0 = vdupq_n_f32(0.0f);
+    for (size_t j = 0; j < n; j++) a0 = vfmaq_n_f32(a0, vld1q_f32(v + j * v_stride + c), p[j]);
+    vst1q_f32(out + c, a0);
+  }
+  for (; c < d; c++) {
+    float a = 0.0f;
+    for (size_t j = 0; j < n; j++) a += p[j] * v[j * v_stride + c];
+    out[c] = a;
+  }
 }
 
-const ef_nn_config ef_nn_config_neon = {"neon", layernorm_row, softmax_row, gelu, erf_, dot, axpy};
+const ef_nn_config ef_nn_config_neon = {"neon", layernorm_row, softmax_row, gelu, erf_, qk_row, pv_row};
 #endif

@@ -29,8 +29,11 @@ typedef struct ef_nn_config {
   void (*softmax_row)(size_t n, const float* x, float scale, const float* mask, float* y);
   void (*gelu)(size_t n, const float* x, float* y);
   void (*erf)(size_t n, const float* x, float* y);
-  float (*dot)(size_t n, const float* a, const float* b);
-  void (*axpy)(size_t n, float a, const float* x, float* y); /* y += a * x */
+  /* attention rows: s[j] = sum_c q[c] * kt[c * ldk + j] for j < n (K of one head transposed,
+   * ldk a multiple of 8 >= n, columns n..ldk zero: they may be computed and ignored), and
+   * out[c] = sum_j p[j] * v[j * v_stride + c] for c < d. */
+  void (*qk_row)(size_t n, size_t d, const float* q, const float* kt, size_t ldk, float* s);
+  void (*pv_row)(size_t n, size_t d, const float* p, const float* v, size_t v_stride, float* out);
 } ef_nn_config;
 
 extern const ef_nn_config ef_nn_config_scalar;

@@ -86,17 +86,21 @@ typedef struct {
   int failed;
 } attention_job;
 
-/* One (batch, head) pair per item: scores row by row (dot products with K rows), softmax with
- * scale and mask fused, then the output row as a weighted sum of V rows. */
+/* One (batch, head) pair per item: K of the head transposed once into [d][ldk] scratch (zero
+ * columns past skv), then per query row: scores, softmax with scale and mask fused, output row
+ * as the probability-weighted sum of V rows. */
 static void attention_range(void* ctx, size_t begin, size_t end) {
   attention_job* j = ctx;
   const ef_nn_attention_params* p = j->p;
   const ef_nn_config* cfg = j->cfg;
-  float* scores = ef_aligned_alloc(p->skv * sizeof(float));
-  if (scores == NULL) {
+  const size_t ldk = EF_ROUND_UP(p->skv, 8);
+  float* kt = ef_aligned_alloc((p->d + 1) * ldk * sizeof(float));
+  if (kt == NULL) {
     j->failed = 1;
     return;
   }
+  float* scores = kt + p->d * ldk;
+  memset(kt, 0, p->d * ldk * sizeof(float));
   for (size_t item = begin; item < end; item++) {
     const size_t b = item / p->heads, h = item % p->heads;
     const float* q = p->q + b * p->q_bstride + h * p->d;
@@ -104,16 +108,15 @@ static void attention_range(void* ctx, size_t begin, size_t end) {
     const float* v = p->v + b * p->v_bstride + h * p->d;
     const float* mask = p->mask ? p->mask + b * p->mask_bstride : NULL;
     float* out = p->out + b * p->out_bstride + h * p->d;
+    for (size_t jj = 0; jj < p->skv; jj++)
+      for (size_t c = 0; c < p->d; c++) kt[c * ldk + jj] = k[jj * p->k_rstride + c];
     for (size_t i = 0; i < p->sq; i++) {
-      const float* qi = q + i * p->q_rstride;
-      for (size_t jj = 0; jj < p->skv; jj++) scores[jj] = cfg->dot(p->d, qi, k + jj * p->k_rstride);
+      cfg->qk_row(p->skv, p->d, q + i * p->q_rstride, kt, ldk, scores);
       cfg->softmax_row(p->skv, scores, p->scale, mask, scores);
-      float* oi = out + i * p->out_rstride;
-      memset(oi, 0, p->d * sizeof(float));
-      for (size_t jj = 0; jj < p->skv; jj++) cfg->axpy(p->d, scores[jj], v + jj * p->v_rstride, oi);
+      cfg->pv_row(p->skv, p->d, scores, v, p->v_rstride, out + i * p->out_rstride);
     }
   }
-  ef_aligned_free(scores);
+  ef_aligned_free(kt);
 }
 
 int ef_nn_attention(const ef_nn_config* cfg, const ef_nn_attention_params* p) {

@@ -55,14 +55,16 @@ static void erf_(size_t n, const float* x, float* y) {
   for (size_t i = 0; i < n; i++) y[i] = ef_nn_erf_scalar(x[i]);
 }
 
-static float dot(size_t n, const float* a, const float* b) {
-  float s = 0.0f;
-  for (size_t i = 0; i < n; i++) s += a[i] * b[i];
-  return s;
+static void qk_row(size_t n, size_t d, const float* q, const float* kt, size_t ldk, float* s) {
+  for (size_t j = 0; j < n; j++) s[j] = 0.0f;
+  for (size_t c = 0; c < d; c++)
+    for (size_t j = 0; j < n; j++) s[j] += q[c] * kt[c * ldk + j];
 }
 
-static void axpy(size_t n, float a, const float* x, float* y) {
-  for (size_t i = 0; i < n; i++) y[i] += a * x[i];
+static void pv_row(size_t n, size_t d, const float* p, const float* v, size_t v_stride, float* out) {
+  for (size_t c = 0; c < d; c++) out[c] = 0.0f;
+  for (size_t j = 0; j < n; j++)
+    for (size_t c = 0; c < d; c++) out[c] += p[j] * v[j * v_stride + c];
 }
 
-const ef_nn_config ef_nn_config_scalar = {"scalar", layernorm_row, softmax_row, gelu, erf_, dot, axpy};
+const ef_nn_config ef_nn_config_scalar = {"scalar", layernorm_row, softmax_row, gelu, erf_, qk_row, pv_row};
