@@ -4,7 +4,8 @@ Hinton et al. 2015: the student matches the teacher's temperature-softened class
 distribution; the KL term is scaled by T^2 so its gradients keep their size as T changes.
 Feature distillation (FitNets, Romero et al. 2015): each of the student's intermediate maps,
 through a learned 1x1 conv "adapter" to the teacher's channel count, regresses the teacher's
-map (MSE). Models expose their maps with `features(x) -> list[Tensor]`.
+map (MSE). Models expose their maps with `features(x) -> list[Tensor]` and `head(map)`, or
+are tapped at the end of each resolution stage by forward hooks (taps.py; MobileNetV2).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from compressor.distill.taps import FeatureTaps
 from compressor.train import TrainConfig, train
 
 
@@ -62,23 +64,23 @@ def distill(teacher: nn.Module, student: nn.Module, x: np.ndarray, y: np.ndarray
     teacher = teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    adapters = None
+    adapters = t_taps = s_taps = None
     if s.feature_weight > 0:
         probe = torch.from_numpy(np.array(x[:2], np.float32))
-        with torch.no_grad():
-            tc = [f.shape[1] for f in teacher.features(probe)]
-            sc = [f.shape[1] for f in student.features(probe)]
+        t_taps, s_taps = FeatureTaps(teacher, probe), FeatureTaps(student, probe)
+        tc, sc = t_taps.channels, s_taps.channels
+        if len(tc) != len(sc):
+            raise ValueError(f"teacher has {len(tc)} feature stages, student {len(sc)}: "
+                             "feature distillation pairs them one to one")
         adapters = Adapters(sc, tc)
     wrapper = _StudentWithAdapters(student, adapters)
 
     def loss_fn(w: _StudentWithAdapters, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            t_feats = teacher.features(xb) if adapters is not None else None
-            t_logits = teacher(xb)
+            t_feats, t_logits = t_taps(xb) if adapters is not None else (None, teacher(xb))
         if adapters is None:
             return hinton_kd_loss(w.student(xb), t_logits, yb, s.temperature, s.alpha)
-        s_feats = w.student.features(xb)
-        logits = w.student.head(s_feats[-1])
+        s_feats, logits = s_taps(xb)
         feat = sum(F.mse_loss(a, t) for a, t in zip(w.adapters(s_feats), t_feats)) / len(s_feats)
         return hinton_kd_loss(logits, t_logits, yb, s.temperature, s.alpha) + s.feature_weight * feat
 

@@ -70,3 +70,35 @@ def test_distillation_bad_input(digits):
         compress(digits.model, [DistillConfig()], eval_data=digits.heldout, latency=FAST)
     with pytest.raises(ValueError, match="width"):
         DistillConfig(width=1.5)
+
+
+def test_feature_taps_pair_mobilenet_stages_without_touching_batchnorm():
+    """MobileNetV2 has no features()/head(): stage ends are tapped by hooks, one per
+    resolution, and teacher/student maps pair up by resolution."""
+    import numpy as np
+    from torch import nn
+
+    from compressor.distill.taps import FeatureTaps
+    from compressor.models.mobilenet_v2 import MobileNetV2
+    torch.manual_seed(0)
+    teacher = MobileNetV2()
+    student = teacher.make_student(0.5)
+    x = torch.rand(2, 1, 16, 16)
+    before = student.stem.bn.running_mean.clone()
+    tt, st = FeatureTaps(teacher, x), FeatureTaps(student, x)
+    assert torch.equal(student.stem.bn.running_mean, before) and student.training
+    (tm, tl), (sm, sl) = tt(x), st(x)
+    assert [m.shape[2:] for m in tm] == [m.shape[2:] for m in sm] == [
+        (16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
+    assert tt.channels == [m.shape[1] for m in tm] and st.channels == [m.shape[1] for m in sm]
+    assert st.channels[0] < tt.channels[0]
+    with torch.no_grad():
+        torch.testing.assert_close(tl, teacher(x))          # taps do not change the output
+    # one short feature-distillation run end to end on the hooked model
+    rng = np.random.default_rng(0)
+    xs = rng.random((64, 1, 16, 16), dtype=np.float32)
+    ys = rng.integers(0, 10, 64)
+    out = distill(teacher.eval(), student, xs, ys, DistillSettings(epochs=1, feature_weight=0.1))
+    assert not out.training and out(x).shape == (2, 10)
+    with pytest.raises(ValueError, match="no 4-D feature maps"):
+        FeatureTaps(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), torch.rand(2, 1, 2, 2))
