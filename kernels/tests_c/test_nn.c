@@ -1,6 +1,6 @@
 /* C harness for the nn family (layer norm, GELU, erf, softmax, attention): every variant this
  * machine runs (AVX2 on x86, NEON under qemu-aarch64) against the scalar reference, within
- * EF_NN_RTOL / EF_NN_ATOL (same polynomials everywhere; sums in another order, FMA). Plus
+ * EF_NN_RTOL / EF_NN_ATOL (AVX-512 too where the CPU has it) (same polynomials everywhere; sums in another order, FMA). Plus
  * erf/GELU of the scalar reference against libm's erf in double precision. */
 #include <math.h>
 #include <stdio.h>
@@ -114,6 +114,7 @@ int main(void) {
   int variants = 0;
 #if EF_ARCH_X86
   if (flags & EF_ARCH_X86_AVX2) test_variant(&ef_nn_config_avx2), variants++;
+  if (flags & EF_ARCH_X86_AVX512) test_variant(&ef_nn_config_avx512), variants++;
 #endif
 #if EF_ARCH_ARM64
   if (flags & EF_ARCH_ARM_NEON) test_variant(&ef_nn_config_neon), variants++;

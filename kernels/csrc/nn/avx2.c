@@ -1,5 +1,6 @@
 /* nn AVX2+FMA kernels: 8 floats per step, scalar tails with the shared scalar formulas. */
 #include "nn/nn-scalar.h"
+#include "nn/nn-x86.h"
 
 #if EF_ARCH_X86
 #include <immintrin.h>
@@ -86,7 +87,7 @@ static EF_TARGET_AVX2 void erf_(size_t n, const float* x, float* y) {
   for (; i < n; i++) y[i] = ef_nn_erf_scalar(x[i]);
 }
 
-static EF_TARGET_AVX2 void layernorm_row(size_t n, const float* x, const float* res, const float* gamma,
+EF_TARGET_AVX2 void ef_nn_layernorm_row__avx2(size_t n, const float* x, const float* res, const float* gamma,
                                          const float* beta, float eps, float* y) {
   __m256 acc = _mm256_setzero_ps();
   float sum = 0.0f;
@@ -126,7 +127,7 @@ static EF_TARGET_AVX2 void layernorm_row(size_t n, const float* x, const float* 
   for (; i < n; i++) y[i] = (s[i] - mean) * inv * gamma[i] + (beta ? beta[i] : 0.0f);
 }
 
-static EF_TARGET_AVX2 void softmax_row(size_t n, const float* x, float scale, const float* mask, float* y) {
+EF_TARGET_AVX2 void ef_nn_softmax_row__avx2(size_t n, const float* x, float scale, const float* mask, float* y) {
   const __m256 vs = _mm256_set1_ps(scale);
   __m256 vmax = _mm256_set1_ps(-INFINITY);
   float mx = -INFINITY;
@@ -164,22 +165,35 @@ static EF_TARGET_AVX2 void softmax_row(size_t n, const float* x, float scale, co
 
 /* 32 keys per pass (4 accumulators: independent FMA chains), then 8 at a time; ldk is a
  * multiple of 8 with zero columns past n, so the last block may compute a few ignored keys. */
-static EF_TARGET_AVX2 void qk_row(size_t n, size_t d, const float* q, const float* kt, size_t ldk, float* s) {
+EF_TARGET_AVX2 void ef_nn_qk_row__avx2(size_t n, size_t d, const float* q, const float* kt, size_t ldk, float* s) {
   size_t j = 0;
   for (; j + 32 <= n; j += 32) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    /* two sets of 4 accumulators (even / odd c): 8 independent FMA chains */
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
     const float* k = kt + j;
-    for (size_t c = 0; c < d; c++, k += ldk) {
+    size_t c = 0;
+    for (; c + 2 <= d; c += 2, k += 2 * ldk) {
+      const __m256 qc = _mm256_broadcast_ss(q + c), qd = _mm256_broadcast_ss(q + c + 1);
+      a0 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k), a0);
+      a1 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k + 8), a1);
+      a2 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k + 16), a2);
+      a3 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k + 24), a3);
+      b0 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k + ldk), b0);
+      b1 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k + ldk + 8), b1);
+      b2 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k + ldk + 16), b2);
+      b3 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k + ldk + 24), b3);
+    }
+    if (c < d) {
       const __m256 qc = _mm256_broadcast_ss(q + c);
       a0 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k), a0);
       a1 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k + 8), a1);
       a2 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k + 16), a2);
       a3 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k + 24), a3);
     }
-    _mm256_storeu_ps(s + j, a0);
-    _mm256_storeu_ps(s + j + 8, a1);
-    _mm256_storeu_ps(s + j + 16, a2);
-    _mm256_storeu_ps(s + j + 24, a3);
+    _mm256_storeu_ps(s + j, _mm256_add_ps(a0, b0));
+    _mm256_storeu_ps(s + j + 8, _mm256_add_ps(a1, b1));
+    _mm256_storeu_ps(s + j + 16, _mm256_add_ps(a2, b2));
+    _mm256_storeu_ps(s + j + 24, _mm256_add_ps(a3, b3));
   }
   for (; j < n; j += 8) {
     __m256 a0 = _mm256_setzero_ps();
@@ -189,11 +203,26 @@ static EF_TARGET_AVX2 void qk_row(size_t n, size_t d, const float* q, const floa
   }
 }
 
-static EF_TARGET_AVX2 void pv_row(size_t n, size_t d, const float* p, const float* v, size_t v_stride, float* out) {
+EF_TARGET_AVX2 void ef_nn_pv_row__avx2(size_t n, size_t d, const float* p, const float* v, size_t v_stride, float* out) {
   size_t c = 0;
   for (; c + 32 <= d; c += 32) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (size_t j = 0; j < n; j++) {
+    /* two sets of accumulators (even / odd j): 8 independent FMA chains */
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    size_t j = 0;
+    for (; j + 2 <= n; j += 2) {
+      const __m256 pj = _mm256_broadcast_ss(p + j), pk = _mm256_broadcast_ss(p + j + 1);
+      const float* vj = v + j * v_stride + c;
+      const float* vk = vj + v_stride;
+      a0 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj), a0);
+      a1 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8), a1);
+      a2 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 16), a2);
+      a3 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 24), a3);
+      b0 = _mm256_fmadd_ps(pk, _mm256_loadu_ps(vk), b0);
+      b1 = _mm256_fmadd_ps(pk, _mm256_loadu_ps(vk + 8), b1);
+      b2 = _mm256_fmadd_ps(pk, _mm256_loadu_ps(vk + 16), b2);
+      b3 = _mm256_fmadd_ps(pk, _mm256_loadu_ps(vk + 24), b3);
+    }
+    if (j < n) {
       const __m256 pj = _mm256_broadcast_ss(p + j);
       const float* vj = v + j * v_stride + c;
       a0 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj), a0);
@@ -201,6 +230,7 @@ static EF_TARGET_AVX2 void pv_row(size_t n, size_t d, const float* p, const floa
       a2 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 16), a2);
       a3 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 24), a3);
     }
+    a0 = _mm256_add_ps(a0, b0), a1 = _mm256_add_ps(a1, b1), a2 = _mm256_add_ps(a2, b2), a3 = _mm256_add_ps(a3, b3);
     _mm256_storeu_ps(out + c, a0);
     _mm256_storeu_ps(out + c + 8, a1);
     _mm256_storeu_ps(out + c + 16, a2);
@@ -218,5 +248,6 @@ static EF_TARGET_AVX2 void pv_row(size_t n, size_t d, const float* p, const floa
   }
 }
 
-const ef_nn_config ef_nn_config_avx2 = {"avx2", layernorm_row, softmax_row, gelu, erf_, qk_row, pv_row};
+const ef_nn_config ef_nn_config_avx2 = {"avx2", ef_nn_layernorm_row__avx2, ef_nn_softmax_row__avx2, gelu, erf_,
+                                      ef_nn_qk_row__avx2, ef_nn_pv_row__avx2};
 #endif

@@ -39,6 +39,7 @@ typedef struct ef_nn_config {
 extern const ef_nn_config ef_nn_config_scalar;
 #if EF_ARCH_X86
 extern const ef_nn_config ef_nn_config_avx2;
+extern const ef_nn_config ef_nn_config_avx512; /* GELU / erf 16 wide; rows as AVX2 */
 #endif
 #if EF_ARCH_ARM64
 extern const ef_nn_config ef_nn_config_neon;

@@ -1,10 +1,11 @@
-/* nn operator: dispatch (avx2 -> neon -> scalar) and threads over rows / (batch, head) pairs. */
+/* nn operator: dispatch (avx512 -> avx2 -> neon -> scalar) and threads over rows / (batch, head) pairs. */
 #include "nn/nn.h"
 #include "threadpool.h"
 
 const ef_nn_config* ef_nn_select(void) {
   const uint32_t flags = ef_arch_flags();
 #if EF_ARCH_X86
+  if (flags & EF_ARCH_X86_AVX512) return &ef_nn_config_avx512;
   if (flags & EF_ARCH_X86_AVX2) return &ef_nn_config_avx2;
 #endif
 #if EF_ARCH_ARM64
