@@ -10,7 +10,7 @@ For every M in {1, 32, 128}, N and K in {384, 1536, 4096}, and 1 and 2 threads, 
   int4  ours: kernels.qb_linear (groups of 32)
         ORT:  com.microsoft MatMulNBits (bits=4, block 32), the faster of accuracy_level 0 and 4
   sparse ours: kernels.sparse_linear on int8 weights with 75% (and 50%) unstructured zeros
-        (the gather-free "windows" layout), against our dense int8 GEMM (kernels.qs8_linear) on
+        (the "bitmask" layout: 64-column masks + packed nonzeros), against our dense int8 GEMM (kernels.qs8_linear) on
         the same symmetric int8 input
 with times (fastest of repeated calls, as timeit does; see best_time), ratio theirs/ours (> 1 means we are faster), and the
 fraction of the issue's Zen 3 peak (16 fp32 FMAs, 32 int8 multiply-adds per cycle per core)
@@ -183,8 +183,8 @@ def prepare(n: int, k: int, rng, tmp: str) -> Weights:
         qs8_int8=wq,
         f32=kernels.pack_f32(w),
         q4=kernels.pack_qb(q4, d, -8 * d, 4, GROUP),
-        sparse75=kernels.pack_sparse(quant.prune_unstructured(wq, 0.75), ws, layout="windows"),
-        sparse50=kernels.pack_sparse(quant.prune_unstructured(wq, 0.50), ws, layout="windows"),
+        sparse75=kernels.pack_sparse(quant.prune_unstructured(wq, 0.75), ws, layout="bitmask"),
+        sparse50=kernels.pack_sparse(quant.prune_unstructured(wq, 0.50), ws, layout="bitmask"),
         ort_models=models,
     )
 

@@ -242,6 +242,44 @@ static void test_spw(const ef_sparse_config* cfg, size_t m, size_t n, size_t k, 
   free(w); free(x); free(ws); free(xs); free(xz); free(ref); free(got);
 }
 
+/* Bitmask layout: extreme = every value -128 or 127 (x and w), zero points at both ends. */
+static void test_spb(const ef_spb_config* cfg, size_t m, size_t n, size_t k, unsigned keep_pct, int extreme) {
+  int8_t* w = calloc(n * k, 1);
+  int8_t* x = malloc(m * k);
+  float *ws = malloc(n * 4), *xs = malloc(m * 4), *bias = malloc(n * 4);
+  int32_t* xz = malloc(m * 4);
+  for (size_t i = 0; i < n * k; i++)
+    if (rnd() % 100 < keep_pct) w[i] = extreme ? rnd_i8(1) : rnd_i8(0);
+  for (size_t i = 0; i < m * k; i++) x[i] = rnd_i8(extreme);
+  for (size_t i = 0; i < n; i++) { ws[i] = 0.5f; bias[i] = rnd_f(); }
+  for (size_t i = 0; i < m; i++) { xs[i] = 0.25f; xz[i] = extreme ? ((i & 1) ? 127 : -128) : rnd_i8(0); }
+  ef_spb_packed pw;
+  if (ef_spb_pack(w, n, k, ws, bias, &pw) != 0) { printf("pack failed\n"); exit(2); }
+  ef_sparse_params p = {.out_min = -INFINITY, .out_max = INFINITY, .x_scale = xs, .x_zp = xz};
+  float *ref = malloc(m * n * 4), *got = malloc(m * n * 4);
+  ef_spb_gemm(&ef_spb_config_scalar, m, x, &pw, ref, &p);
+  ef_spb_gemm(cfg, m, x, &pw, got, &p);
+  char what[96];
+  snprintf(what, sizeof what, "sparse bitmask %zux%zux%zu keep %u%%%s", m, n, k, keep_pct, extreme ? " extreme" : "");
+  expect_same_bytes(what, cfg->isa, got, ref, m * n * 4);
+  /* the scalar reference itself against a dense int32 sum */
+  checks++;
+  for (size_t r = 0; r < m; r++)
+    for (size_t j = 0; j < n; j++) {
+      uint32_t acc = 0;
+      for (size_t c = 0; c < k; c++) acc += (uint32_t)((int32_t)x[r * k + c] * w[j * k + c]);
+      const float want = ef_sparse_qs8_out((int32_t)acc, xz[r], pw.wsum[j], xs[r], ws[j], bias[j], -INFINITY, INFINITY);
+      if (memcmp(&want, &ref[r * n + j], 4) != 0) {
+        failures++;
+        printf("FAIL %s: scalar [%zu, %zu] %.9g vs dense %.9g\n", what, r, j, ref[r * n + j], want);
+        r = m;
+        break;
+      }
+    }
+  ef_spb_packed_free(&pw);
+  free(w); free(x); free(ws); free(xs); free(xz); free(bias); free(ref); free(got);
+}
+
 /* ----------------------------------------------------------------------- f32 gemm */
 
 static void test_f32(const ef_f32_gemm_config* cfg, size_t m, size_t n, size_t k) {
@@ -358,6 +396,26 @@ int main(void) {
         for (int q8 = 0; q8 < 2; q8++) test_dwconv(cv[c], q8, conv_shapes[s][0], conv_shapes[s][1], conv_shapes[s][2], stride);
   }
   test_qb_layouts(flags);
+  /* bitmask sparse layout: its own configs (avx512 has a kernel there) */
+  const ef_spb_config* spb[4] = {NULL, NULL, NULL, NULL};
+  int nspb = 0;
+#if EF_ARCH_X86
+  if (flags & EF_ARCH_X86_AVX512) spb[nspb++] = &ef_spb_config_avx512;
+  if (flags & EF_ARCH_X86_AVX2) spb[nspb++] = &ef_spb_config_avx2;
+#endif
+#if EF_ARCH_ARM64
+  if (flags & EF_ARCH_ARM_NEON) spb[nspb++] = &ef_spb_config_neon;
+#endif
+  spb[nspb++] = &ef_spb_config_scalar;
+  static const size_t spb_shapes[][3] = {{1, 1, 1}, {1, 17, 33}, {2, 31, 7}, {3, 16, 64}, {4, 33, 129},
+                                         {5, 48, 300}, {9, 20, 1001}, {1, 64, 4096}};
+  for (int c = 0; c < nspb; c++) {
+    printf("== bitmask %s\n", spb[c]->isa);
+    for (size_t s = 0; s < sizeof spb_shapes / sizeof spb_shapes[0]; s++)
+      for (unsigned keep = 0; keep <= 100; keep += 25)
+        for (int extreme = 0; extreme < 2; extreme++)
+          test_spb(spb[c], spb_shapes[s][0], spb_shapes[s][1], spb_shapes[s][2], keep, extreme);
+  }
   printf("%d checks, %d failures\n", checks, failures);
   return failures != 0;
 }

@@ -1,6 +1,6 @@
-"""Sparse weights (unstructured, block, 2:4), int8 and fp32, GEMV and GEMM paths: int8
-bit-exact with the dense qs8 reference on every ISA, fp32 within the named tolerance;
-compact storage; bad input."""
+"""Sparse weights (unstructured, block, 2:4), int8 and fp32, GEMV and GEMM paths, and the
+int8 "windows" and "bitmask" layouts: int8 bit-exact with the dense qs8 reference on every
+ISA, fp32 within the named tolerance; compact storage; bad input."""
 
 import numpy as np
 import pytest
@@ -73,8 +73,81 @@ def test_windows_layout_is_smaller_than_dense_at_75_percent():
     assert p.nbytes < 0.85 * w.nbytes
     with pytest.raises(TypeError, match="windows layout needs int8"):
         kernels.pack_sparse(w.astype(np.float32), layout="windows")
-    with pytest.raises(ValueError, match="layout must be"):
+    with pytest.raises(ValueError, match="layout must be 'rows', 'windows' or 'bitmask'"):
         kernels.pack_sparse(w, np.ones(256, np.float32), layout="csc")
+
+
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("pattern", sorted(PATTERNS))
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 8, 16), (1, 24, 64), (2, 13, 65), (3, 40, 208), (5, 9, 130),
+                                   (9, 33, 300)])
+def test_bitmask_layout_bit_exact(isa, pattern, m, n, k):
+    """64-column masks + packed nonzeros: exact on every ISA, for N/K off the 4-row and
+    64-column grid and M across the 4-row activation blocks."""
+    rng = np.random.default_rng(len(pattern) * 5 + m * 7 + n + k)
+    w = rng.integers(-128, 128, (n, k)).astype(np.int8)
+    w = PATTERNS[pattern](w) if k % 16 == 0 else quant.prune_unstructured(w, 0.6)
+    ws = rng.uniform(0.01, 1, n).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    x = rng.integers(-128, 128, (m, k)).astype(np.int8)
+    x[0, ::5] = -128
+    xs = rng.uniform(0.01, 1, m).astype(np.float32)
+    xz = rng.integers(-128, 128, m).astype(np.int32)
+    p = kernels.pack_sparse(w, ws, b, layout="bitmask")
+    assert p.kind == "sparse_qs8_bitmask" and p.nnz == np.count_nonzero(w) and (p.n, p.k) == (n, k)
+    with kernels.use_isa(isa):
+        y = kernels.sparse_linear(x, p, xs, xz, activation="relu6")
+        y1 = kernels.sparse_linear(x[0], p, float(xs[0]), int(xz[0]))
+    assert_bitexact(y, quant.sparse_linear_ref(x, w, xs, xz, ws, b, clamp=(0, 6)), f"{isa} bitmask")
+    assert_bitexact(y1, quant.sparse_linear_ref(x[:1], w, xs[0], xz[0], ws, b)[0], f"{isa} bitmask GEMV")
+
+
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("m", [1, 4, 6])
+@pytest.mark.parametrize("zp", [-128, 127])
+def test_bitmask_layout_extremes(isa, m, zp):
+    """Every product at its extreme (-128 * -128), zero points at both ends, K long enough that
+    the sums use most of int32."""
+    n, k = 9, 4001
+    w = np.where(np.arange(k) % 2 == 0, -128, 0).astype(np.int8)[None, :].repeat(n, 0)
+    w[1] = -128  # a dense row
+    w[2] = 0  # an empty row
+    w[3, ::3] = 127
+    x = np.full((m, k), -128, np.int8)
+    if m > 1:
+        x[1] = 127
+    ws = np.ones(n, np.float32)
+    p = kernels.pack_sparse(w, ws, layout="bitmask")
+    with kernels.use_isa(isa):
+        y = kernels.sparse_linear(x, p, 1.0, zp)
+    assert_bitexact(y, quant.sparse_linear_ref(x, w, 1.0, zp, ws), f"{isa} zp {zp}")
+    assert y[0, 1] == np.float32((-128 - zp) * -128 * k)
+
+
+def test_bitmask_layout_bytes_per_weight():
+    """Density + 1/8 byte per weight (plus per-row scale, bias and sum)."""
+    rng = np.random.default_rng(3)
+    w = rng.integers(-128, 128, (512, 1024)).astype(np.int8)
+    w[w == 0] = 1
+    ones = np.ones(512, np.float32)
+    for sparsity, want in ((0.75, 0.375), (0.5, 0.625), (0.0, 1.125)):
+        p = kernels.pack_sparse(quant.prune_unstructured(w, sparsity), ones, layout="bitmask")
+        assert want <= p.nbytes / w.size <= want + 0.02, (sparsity, p.nbytes / w.size)
+    with pytest.raises(TypeError, match="bitmask layout needs int8"):
+        kernels.pack_sparse(w.astype(np.float32), layout="bitmask")
+    with pytest.raises(ValueError, match="per-row scales"):
+        kernels.pack_sparse(w, layout="bitmask")
+    p = kernels.pack_sparse(w, ones, layout="bitmask")
+    with pytest.raises(ValueError, match="K of the packed weights"):
+        kernels.sparse_linear(np.ones((1, 1023), np.int8), p, 1.0, 0)
+    with pytest.raises(ValueError, match="int8 range"):
+        kernels.sparse_linear(np.ones((1, 1024), np.int8), p, 1.0, -129)
+    with pytest.raises(TypeError, match="x: expected dtype int8"):
+        kernels.sparse_linear(np.ones((1, 1024), np.float32), p, 1.0, 0)
+    with pytest.raises(TypeError, match="x_zero_point: expected integers"):
+        kernels.sparse_linear(np.ones((1, 1024), np.int8), p, 1.0, 0.5)
+    with pytest.raises(ValueError, match="x_scale: expected a scalar or shape"):
+        kernels.sparse_linear(np.ones((2, 1024), np.int8), p, np.ones(3, np.float32), 0)
 
 
 @pytest.mark.parametrize("isa", isa_params())
@@ -121,11 +194,13 @@ def test_property_all_isas(m, n, k, sparsity, seed, relu):
     zp = rng.integers(-128, 128, m).astype(np.int32)
     p = kernels.pack_sparse(w, ws)
     pw = kernels.pack_sparse(w, ws, layout="windows")
+    pb = kernels.pack_sparse(w, ws, layout="bitmask")
     want = quant.sparse_linear_ref(x, w, 0.5, zp, ws, None, relu)
     for isa in kernels.available_isas():
         with kernels.use_isa(isa):
             assert_bitexact(kernels.sparse_linear(x, p, 0.5, zp, relu=relu), want, isa)
             assert_bitexact(kernels.sparse_linear(x, pw, 0.5, zp, relu=relu), want, f"{isa} windows")
+            assert_bitexact(kernels.sparse_linear(x, pb, 0.5, zp, relu=relu), want, f"{isa} bitmask")
 
 
 def test_bad_input():

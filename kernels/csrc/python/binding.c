@@ -122,7 +122,7 @@ static void views_release(views* vs) {
 
 /* ------------------------------------------------------------------ packed weights */
 
-typedef enum { PACKED_QS8 = 1, PACKED_QB, PACKED_SPARSE, PACKED_F32, PACKED_SPW } packed_kind;
+typedef enum { PACKED_QS8 = 1, PACKED_QB, PACKED_SPARSE, PACKED_F32, PACKED_SPW, PACKED_SPB } packed_kind;
 
 typedef struct {
   PyObject_HEAD packed_kind kind;
@@ -132,6 +132,7 @@ typedef struct {
     ef_sparse_packed sp;
     ef_f32_packed f32;
     ef_spw_packed spw;
+    ef_spb_packed spb;
   } u;
 } PackedObject;
 
@@ -141,6 +142,7 @@ static void packed_dealloc(PackedObject* self) {
   if (self->kind == PACKED_SPARSE) ef_sparse_packed_free(&self->u.sp);
   if (self->kind == PACKED_F32) ef_f32_packed_free(&self->u.f32);
   if (self->kind == PACKED_SPW) ef_spw_packed_free(&self->u.spw);
+  if (self->kind == PACKED_SPB) ef_spb_packed_free(&self->u.spb);
   Py_TYPE(self)->tp_free((PyObject*)self);
 }
 
@@ -151,6 +153,7 @@ static PyObject* packed_get_n(PackedObject* self, void* unused) {
     case PACKED_SPARSE: return PyLong_FromSize_t(self->u.sp.n);
     case PACKED_F32: return PyLong_FromSize_t(self->u.f32.n);
     case PACKED_SPW: return PyLong_FromSize_t(self->u.spw.n);
+    case PACKED_SPB: return PyLong_FromSize_t(self->u.spb.n);
   }
   Py_RETURN_NONE;
 }
@@ -161,6 +164,7 @@ static PyObject* packed_get_k(PackedObject* self, void* unused) {
     case PACKED_SPARSE: return PyLong_FromSize_t(self->u.sp.k);
     case PACKED_F32: return PyLong_FromSize_t(self->u.f32.k);
     case PACKED_SPW: return PyLong_FromSize_t(self->u.spw.k);
+    case PACKED_SPB: return PyLong_FromSize_t(self->u.spb.k);
   }
   Py_RETURN_NONE;
 }
@@ -173,6 +177,7 @@ static PyObject* packed_get_nbytes(PackedObject* self, void* unused) {
       const ef_spw_packed* sp = &self->u.spw;
       return PyLong_FromSize_t(sp->steps * (EF_SPW_STEP_BYTES + sizeof(uint16_t)) + (sp->groups + 1) * 4 + sp->n * 12);
     }
+    case PACKED_SPB: return PyLong_FromSize_t(ef_spb_packed_bytes(&self->u.spb));
     case PACKED_SPARSE: {
       const ef_sparse_packed* sp = &self->u.sp;
       const size_t per_nz = sizeof(uint16_t) + (sp->dtype == EF_SPARSE_F32 ? 4 : 1);
@@ -188,6 +193,7 @@ static PyObject* packed_get_kind(PackedObject* self, void* unused) {
     case PACKED_SPARSE: return PyUnicode_FromString(self->u.sp.dtype == EF_SPARSE_F32 ? "sparse_f32" : "sparse_qs8");
     case PACKED_F32: return PyUnicode_FromString("f32");
     case PACKED_SPW: return PyUnicode_FromString("sparse_qs8_windows");
+    case PACKED_SPB: return PyUnicode_FromString("sparse_qs8_bitmask");
   }
   Py_RETURN_NONE;
 }
@@ -195,6 +201,7 @@ static PyObject* packed_get_kind(PackedObject* self, void* unused) {
 static PyObject* packed_get_nnz(PackedObject* self, void* unused) {
   if (self->kind == PACKED_SPARSE) return PyLong_FromSize_t(self->u.sp.nnz);
   if (self->kind == PACKED_SPW) return PyLong_FromSize_t(self->u.spw.nnz);
+  if (self->kind == PACKED_SPB) return PyLong_FromSize_t(self->u.spb.nnz);
   Py_RETURN_NONE;
 }
 
@@ -514,6 +521,71 @@ static PyObject* py_spw_gemm(PyObject* self, PyObject* args) {
   ef_sparse_params params = {.out_min = out_min, .out_max = out_max, .x_scale = scale->buf, .x_zp = zp->buf};
   int rc;
   Py_BEGIN_ALLOW_THREADS rc = ef_spw_gemm(NULL, (size_t)m, x->buf, w, out->buf, &params);
+  Py_END_ALLOW_THREADS views_release(&vs);
+  if (rc != 0) return PyErr_NoMemory();
+  Py_RETURN_NONE;
+fail:
+  views_release(&vs);
+  return NULL;
+}
+
+/* spb_pack(w int8 [N,K], w_scale [N], bias|None) -> Packed (bitmask layout) */
+static PyObject* py_spb_pack(PyObject* self, PyObject* args) {
+  PyObject *w_obj, *scale_obj, *bias_obj;
+  if (!PyArg_ParseTuple(args, "OOO", &w_obj, &scale_obj, &bias_obj)) return NULL;
+  views vs = {.n = 0};
+  Py_buffer *w = views_add(&vs), *scale = views_add(&vs), *bias = views_add(&vs);
+  if (get_array(w_obj, w, "w", 'b', 2, 0)) goto fail;
+  const Py_ssize_t n = dim(w, 0), k = dim(w, 1);
+  if (n == 0 || k == 0 || k > (Py_ssize_t)EF_SPB_MAX_K) {
+    PyErr_Format(PyExc_ValueError, "w: need 0 < N and 0 < K <= %u, got [%zd, %zd]", EF_SPB_MAX_K, n, k);
+    goto fail;
+  }
+  if (get_array(scale_obj, scale, "w_scale", 'f', 1, 0) || expect_dim(scale, 0, n, "w_scale", "N")) goto fail;
+  if (bias_obj != Py_None && (get_array(bias_obj, bias, "bias", 'f', 1, 0) || expect_dim(bias, 0, n, "bias", "N"))) goto fail;
+  PackedObject* p = PyObject_New(PackedObject, &PackedType);
+  if (p == NULL) goto fail;
+  p->kind = PACKED_SPB;
+  int rc;
+  Py_BEGIN_ALLOW_THREADS rc = ef_spb_pack(w->buf, (size_t)n, (size_t)k, scale->buf, bias->buf, &p->u.spb);
+  Py_END_ALLOW_THREADS if (rc != 0) {
+    memset(&p->u.spb, 0, sizeof p->u.spb);
+    Py_DECREF(p);
+    if (rc == -1) PyErr_SetString(PyExc_ValueError, "w: too many nonzeros for the bitmask layout");
+    else PyErr_NoMemory();
+    goto fail;
+  }
+  views_release(&vs);
+  return (PyObject*)p;
+fail:
+  views_release(&vs);
+  return NULL;
+}
+
+/* spb_gemm(x int8 [M,K], x_scale [M], x_zp [M], packed, out [M,N], out_min, out_max) */
+static PyObject* py_spb_gemm(PyObject* self, PyObject* args) {
+  PyObject *x_obj, *scale_obj, *zp_obj, *packed_obj, *out_obj;
+  float out_min, out_max;
+  if (!PyArg_ParseTuple(args, "OOOOOff", &x_obj, &scale_obj, &zp_obj, &packed_obj, &out_obj, &out_min, &out_max)) return NULL;
+  PackedObject* pk = packed_arg(packed_obj, PACKED_SPB, "packed");
+  if (pk == NULL) return NULL;
+  const ef_spb_packed* w = &pk->u.spb;
+  views vs = {.n = 0};
+  Py_buffer *x = views_add(&vs), *scale = views_add(&vs), *zp = views_add(&vs), *out = views_add(&vs);
+  if (get_array(x_obj, x, "x", 'b', 2, 0) || expect_dim(x, 1, (Py_ssize_t)w->k, "x", "K of the packed weights")) goto fail;
+  const Py_ssize_t m = dim(x, 0);
+  if (get_array(scale_obj, scale, "x_scale", 'f', 1, 0) || expect_dim(scale, 0, m, "x_scale", "M")) goto fail;
+  if (get_array(zp_obj, zp, "x_zero_point", 'i', 1, 0) || expect_dim(zp, 0, m, "x_zero_point", "M")) goto fail;
+  const int32_t* z = zp->buf;
+  for (Py_ssize_t i = 0; i < m; i++)
+    if (z[i] < -128 || z[i] > 127) {
+      PyErr_Format(PyExc_ValueError, "x_zero_point[%zd] = %d is outside the int8 range [-128, 127]", i, z[i]);
+      goto fail;
+    }
+  if (get_array(out_obj, out, "out", 'f', 2, 1) || expect_dim(out, 0, m, "out", "M") || expect_dim(out, 1, (Py_ssize_t)w->n, "out", "N")) goto fail;
+  ef_sparse_params params = {.out_min = out_min, .out_max = out_max, .x_scale = scale->buf, .x_zp = zp->buf};
+  int rc;
+  Py_BEGIN_ALLOW_THREADS rc = ef_spb_gemm(NULL, (size_t)m, x->buf, w, out->buf, &params);
   Py_END_ALLOW_THREADS views_release(&vs);
   if (rc != 0) return PyErr_NoMemory();
   Py_RETURN_NONE;
@@ -857,6 +929,8 @@ static PyMethodDef methods[] = {
     {"qd8_gemm", py_qd8_gemm, METH_VARARGS, "qd8_gemm(x, packed, out, out_min, out_max)"},
     {"spw_pack", py_spw_pack, METH_VARARGS, "spw_pack(w int8, w_scale, bias|None) -> Packed (windows layout)"},
     {"spw_gemm", py_spw_gemm, METH_VARARGS, "spw_gemm(x, x_scale, x_zero_point, packed, out, out_min, out_max)"},
+    {"spb_pack", py_spb_pack, METH_VARARGS, "spb_pack(w int8, w_scale, bias|None) -> Packed (bitmask layout)"},
+    {"spb_gemm", py_spb_gemm, METH_VARARGS, "spb_gemm(x, x_scale, x_zero_point, packed, out, out_min, out_max)"},
     {"f32_pack", py_f32_pack, METH_VARARGS, "f32_pack(w, bias|None) -> Packed"},
     {"f32_gemm", py_f32_gemm, METH_VARARGS, "f32_gemm(x, packed, out, out_min, out_max)"},
     {"dwconv3x3", py_dwconv3x3, METH_VARARGS, "dwconv3x3(x, w, bias, out, stride, lo, hi, x_scale, x_zp, w_scale, out_scale, out_zp)"},

@@ -172,3 +172,80 @@ const ef_sparse_config ef_sparse_config_avx2 = {
     .spw = ef_qs8_spmv_windows_ukernel_8x16__avx2,
 };
 #endif /* EF_ARCH_X86 */
+
+/* ------------------------------------------------------------------ bitmask layout */
+#if EF_ARCH_X86
+/* Bitmask layout (sparse-gemm.h) without VNNI or vpexpandb (Haswell, Zen 1-3): 16 columns
+ * at a time, the two mask bytes pick two 8-byte pshufb indices from ef_spb_expand_table
+ * (the second shifted by the first byte's popcount), the shuffle of a 16-byte load puts the
+ * nonzeros in their columns, and vpmaddwd with int16 activations sums them exactly. */
+#define SPB_TARGET_AVX2 __attribute__((target("avx2,fma,f16c,popcnt")))
+
+EF_INLINE SPB_TARGET_AVX2 __m256i spb_expand16(uint32_t bits, const int8_t* v) {
+  const uint32_t b0 = bits & 0xFF, b1 = (bits >> 8) & 0xFF;
+  const __m128i lo = _mm_loadl_epi64((const __m128i*)ef_spb_expand_table[b0]);
+  const __m128i hi = _mm_add_epi8(_mm_loadl_epi64((const __m128i*)ef_spb_expand_table[b1]),
+                                  _mm_set1_epi8((char)_mm_popcnt_u32(b0)));
+  const __m128i vals = _mm_loadu_si128((const __m128i*)v);
+  return _mm256_cvtepi8_epi16(_mm_shuffle_epi8(vals, _mm_unpacklo_epi64(lo, hi)));
+}
+
+/* [sum a0, sum a1, sum a2, sum a3] */
+EF_INLINE SPB_TARGET_AVX2 __m128i spb_hsum4(__m256i a0, __m256i a1, __m256i a2, __m256i a3) {
+  const __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
+  return _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+}
+
+EF_INLINE SPB_TARGET_AVX2 void spb_groups_avx2(const size_t MR, const ef_spb_packed* w, size_t g0, size_t g1,
+                                               const int16_t* x, size_t ldx, int32_t* raw, size_t ldr) {
+  const size_t chunks = w->chunks;
+  for (size_t g = g0; g < g1; g++) {
+    __m256i acc[EF_SPB_MR][EF_SPB_ROWS];
+    for (size_t r = 0; r < MR; r++)
+      for (size_t i = 0; i < EF_SPB_ROWS; i++) acc[r][i] = _mm256_setzero_si256();
+    const uint64_t* mask = w->mask + g * chunks * EF_SPB_ROWS;
+    const int8_t* v = w->val + w->group_val[g];
+    for (size_t c = 0; c < chunks; c++) {
+      for (size_t i = 0; i < EF_SPB_ROWS; i++) {
+        const uint64_t m = *mask++;
+        /* start of each 16-column piece */
+        const size_t o1 = (size_t)_mm_popcnt_u32((uint32_t)m & 0xFFFF);
+        const size_t o2 = (size_t)_mm_popcnt_u32((uint32_t)m);
+        const size_t o3 = o2 + (size_t)_mm_popcnt_u32((uint32_t)(m >> 32) & 0xFFFF);
+        const __m256i w0 = spb_expand16((uint32_t)m, v);
+        const __m256i w1 = spb_expand16((uint32_t)m >> 16, v + o1);
+        const __m256i w2 = spb_expand16((uint32_t)(m >> 32), v + o2);
+        const __m256i w3 = spb_expand16((uint32_t)(m >> 48), v + o3);
+        v += (size_t)_mm_popcnt_u64(m);
+        for (size_t r = 0; r < MR; r++) {
+          const int16_t* xc = x + r * ldx + c * EF_SPB_CHUNK;
+          __m256i s = _mm256_madd_epi16(w0, _mm256_loadu_si256((const __m256i*)xc));
+          s = _mm256_add_epi32(s, _mm256_madd_epi16(w1, _mm256_loadu_si256((const __m256i*)(xc + 16))));
+          s = _mm256_add_epi32(s, _mm256_madd_epi16(w2, _mm256_loadu_si256((const __m256i*)(xc + 32))));
+          s = _mm256_add_epi32(s, _mm256_madd_epi16(w3, _mm256_loadu_si256((const __m256i*)(xc + 48))));
+          acc[r][i] = _mm256_add_epi32(acc[r][i], s);
+        }
+      }
+    }
+    for (size_t r = 0; r < MR; r++)
+      _mm_storeu_si128((__m128i*)(raw + r * ldr + g * EF_SPB_ROWS), spb_hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]));
+  }
+}
+
+static SPB_TARGET_AVX2 void ef_qs8_spmv_bitmask_ukernel_4x64__avx2(const ef_spb_packed* w, size_t g0, size_t g1,
+                                                                   size_t mr, const void* x, size_t ldx, int32_t* raw,
+                                                                   size_t ldr) {
+  switch (mr) {
+    case 1: spb_groups_avx2(1, w, g0, g1, x, ldx, raw, ldr); break;
+    case 2: spb_groups_avx2(2, w, g0, g1, x, ldx, raw, ldr); break;
+    case 3: spb_groups_avx2(3, w, g0, g1, x, ldx, raw, ldr); break;
+    default: spb_groups_avx2(4, w, g0, g1, x, ldx, raw, ldr); break;
+  }
+}
+
+const ef_spb_config ef_spb_config_avx2 = {
+    .isa = "avx2",
+    .x_format = EF_SPB_X_S16,
+    .ukernel = ef_qs8_spmv_bitmask_ukernel_4x64__avx2,
+};
+#endif /* EF_ARCH_X86 */

@@ -137,3 +137,73 @@ const ef_sparse_config ef_sparse_config_neon = {
     .spw = ef_qs8_spmv_windows_ukernel_8x16__neon,
 };
 #endif /* EF_ARCH_ARM64 */
+
+/* ------------------------------------------------------------------ bitmask layout */
+#if EF_ARCH_ARM64
+/* Bitmask layout (sparse-gemm.h): 16 columns at a time, two 8-byte tbl indices from
+ * ef_spb_expand_table (out-of-range 0x80.. reads as zero), smull into int16 (exact: at most
+ * 128 * 128) and sadalp into int32. */
+EF_INLINE int8x16_t spb_expand16_neon(uint32_t bits, const int8_t* v) {
+  const uint32_t b0 = bits & 0xFF, b1 = (bits >> 8) & 0xFF;
+  const uint8x8_t lo = vld1_u8(ef_spb_expand_table[b0]);
+  const uint8x8_t hi = vadd_u8(vld1_u8(ef_spb_expand_table[b1]), vdup_n_u8((uint8_t)__builtin_popcount(b0)));
+  return vqtbl1q_s8(vld1q_s8(v), vcombine_u8(lo, hi));
+}
+
+EF_INLINE int32x4_t spb_dot16_neon(int32x4_t acc, int8x16_t w, const int8_t* x) {
+  const int8x16_t xv = vld1q_s8(x);
+  acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(w), vget_low_s8(xv)));
+  return vpadalq_s16(acc, vmull_high_s8(w, xv));
+}
+
+EF_INLINE void spb_groups_neon(const size_t MR, const ef_spb_packed* w, size_t g0, size_t g1, const int8_t* x,
+                               size_t ldx, int32_t* raw, size_t ldr) {
+  const size_t chunks = w->chunks;
+  for (size_t g = g0; g < g1; g++) {
+    int32x4_t acc[EF_SPB_MR][EF_SPB_ROWS];
+    for (size_t r = 0; r < MR; r++)
+      for (size_t i = 0; i < EF_SPB_ROWS; i++) acc[r][i] = vdupq_n_s32(0);
+    const uint64_t* mask = w->mask + g * chunks * EF_SPB_ROWS;
+    const int8_t* v = w->val + w->group_val[g];
+    for (size_t c = 0; c < chunks; c++) {
+      for (size_t i = 0; i < EF_SPB_ROWS; i++) {
+        const uint64_t m = *mask++;
+        const size_t o1 = (size_t)__builtin_popcount((uint32_t)m & 0xFFFF);
+        const size_t o2 = (size_t)__builtin_popcount((uint32_t)m);
+        const size_t o3 = o2 + (size_t)__builtin_popcount((uint32_t)(m >> 32) & 0xFFFF);
+        const int8x16_t w0 = spb_expand16_neon((uint32_t)m, v);
+        const int8x16_t w1 = spb_expand16_neon((uint32_t)m >> 16, v + o1);
+        const int8x16_t w2 = spb_expand16_neon((uint32_t)(m >> 32), v + o2);
+        const int8x16_t w3 = spb_expand16_neon((uint32_t)(m >> 48), v + o3);
+        v += (size_t)__builtin_popcountll(m);
+        for (size_t r = 0; r < MR; r++) {
+          const int8_t* xc = x + r * ldx + c * EF_SPB_CHUNK;
+          int32x4_t a = acc[r][i];
+          a = spb_dot16_neon(a, w0, xc);
+          a = spb_dot16_neon(a, w1, xc + 16);
+          a = spb_dot16_neon(a, w2, xc + 32);
+          acc[r][i] = spb_dot16_neon(a, w3, xc + 48);
+        }
+      }
+    }
+    for (size_t r = 0; r < MR; r++)
+      for (size_t i = 0; i < EF_SPB_ROWS; i++) raw[r * ldr + g * EF_SPB_ROWS + i] = vaddvq_s32(acc[r][i]);
+  }
+}
+
+static void ef_qs8_spmv_bitmask_ukernel_4x64__neon(const ef_spb_packed* w, size_t g0, size_t g1, size_t mr,
+                                                   const void* x, size_t ldx, int32_t* raw, size_t ldr) {
+  switch (mr) {
+    case 1: spb_groups_neon(1, w, g0, g1, x, ldx, raw, ldr); break;
+    case 2: spb_groups_neon(2, w, g0, g1, x, ldx, raw, ldr); break;
+    case 3: spb_groups_neon(3, w, g0, g1, x, ldx, raw, ldr); break;
+    default: spb_groups_neon(4, w, g0, g1, x, ldx, raw, ldr); break;
+  }
+}
+
+const ef_spb_config ef_spb_config_neon = {
+    .isa = "neon",
+    .x_format = EF_SPB_X_S8,
+    .ukernel = ef_qs8_spmv_bitmask_ukernel_4x64__neon,
+};
+#endif /* EF_ARCH_ARM64 */

@@ -266,3 +266,155 @@ int ef_spw_gemm(const ef_sparse_config* config, size_t m, const int8_t* x, const
   ef_aligned_free(buf);
   return 0;
 }
+
+/* ------------------------------------------------------------------ bitmask layout */
+
+const ef_spb_config* ef_spb_select(void) {
+  const uint32_t flags = ef_arch_flags();
+#if EF_ARCH_X86
+  if (flags & EF_ARCH_X86_AVX512) return &ef_spb_config_avx512;
+  if (flags & EF_ARCH_X86_AVX2) return &ef_spb_config_avx2;
+#endif
+#if EF_ARCH_ARM64
+  if (flags & EF_ARCH_ARM_NEON) return &ef_spb_config_neon;
+#endif
+  (void)flags;
+  return &ef_spb_config_scalar;
+}
+
+void ef_spb_packed_free(ef_spb_packed* p) {
+  ef_aligned_free(p->mask);
+  free(p->group_val);
+  ef_aligned_free(p->val);
+  free(p->wsum);
+  free(p->w_scale);
+  free(p->bias);
+  memset(p, 0, sizeof *p);
+}
+
+size_t ef_spb_packed_bytes(const ef_spb_packed* p) {
+  return p->groups * p->chunks * EF_SPB_ROWS * sizeof(uint64_t) + p->nnz + (p->groups + 1) * sizeof(uint32_t) +
+         p->n * (sizeof(int32_t) + 2 * sizeof(float));
+}
+
+int ef_spb_pack(const int8_t* w, size_t n, size_t k, const float* w_scale, const float* bias, ef_spb_packed* out) {
+  memset(out, 0, sizeof *out);
+  if (n == 0 || k == 0 || k > EF_SPB_MAX_K) return -1;
+  size_t nnz = 0;
+  for (size_t i = 0; i < n * k; i++) nnz += w[i] != 0;
+  if (nnz > (size_t)UINT32_MAX - EF_SPB_VAL_PAD) return -1; /* group_val is uint32 */
+  out->n = n;
+  out->k = k;
+  out->nnz = nnz;
+  out->chunks = EF_DIV_UP(k, EF_SPB_CHUNK);
+  out->groups = EF_DIV_UP(n, EF_SPB_ROWS);
+  const size_t masks = out->groups * out->chunks * EF_SPB_ROWS;
+  out->mask = ef_aligned_alloc(masks * sizeof(uint64_t));
+  out->group_val = malloc((out->groups + 1) * sizeof(uint32_t));
+  out->val = ef_aligned_alloc(nnz + EF_SPB_VAL_PAD);
+  out->wsum = calloc(out->groups * EF_SPB_ROWS, sizeof(int32_t));
+  out->w_scale = malloc(n * sizeof(float));
+  out->bias = malloc(n * sizeof(float));
+  if (!out->mask || !out->group_val || !out->val || !out->wsum || !out->w_scale || !out->bias) {
+    ef_spb_packed_free(out);
+    return -2;
+  }
+  memset(out->mask, 0, masks * sizeof(uint64_t));
+  memset(out->val + nnz, 0, EF_SPB_VAL_PAD);
+  uint64_t* mask = out->mask;
+  size_t v = 0;
+  for (size_t g = 0; g < out->groups; g++) {
+    out->group_val[g] = (uint32_t)v;
+    for (size_t c = 0; c < out->chunks; c++)
+      for (size_t i = 0; i < EF_SPB_ROWS; i++, mask++) {
+        const size_t row = g * EF_SPB_ROWS + i;
+        if (row >= n) continue;
+        for (size_t j = 0; j < EF_SPB_CHUNK && c * EF_SPB_CHUNK + j < k; j++) {
+          const int8_t x = w[row * k + c * EF_SPB_CHUNK + j];
+          if (x == 0) continue;
+          *mask |= (uint64_t)1 << j;
+          out->val[v++] = x;
+          out->wsum[row] += x;
+        }
+      }
+  }
+  out->group_val[out->groups] = (uint32_t)v;
+  for (size_t r = 0; r < n; r++) {
+    out->w_scale[r] = w_scale[r];
+    out->bias[r] = bias ? bias[r] : 0.0f;
+  }
+  return 0;
+}
+
+typedef struct {
+  const ef_spb_config* config;
+  const ef_spb_packed* w;
+  size_t m;
+  const uint8_t* x; /* [m][ldx] in the config's format */
+  size_t ldx, elem;
+  int32_t* raw;     /* [m][ldr] */
+  size_t ldr;
+  float* y;
+  const ef_sparse_params* p;
+} spb_job;
+
+/* Groups of 16 (64 rows) keep a tile's weights in cache while every block of EF_SPB_MR
+ * activation rows passes over them (M > EF_SPB_MR only; a GEMV reads each weight once). */
+#define SPB_GROUP_TILE 16
+
+static void spb_range(void* ctx, size_t begin, size_t end) {
+  const spb_job* j = ctx;
+  const size_t tile = j->m <= EF_SPB_MR ? end - begin : SPB_GROUP_TILE;
+  for (size_t g0 = begin; g0 < end; g0 += tile) {
+    const size_t g1 = EF_MIN(end, g0 + tile);
+    for (size_t r = 0; r < j->m; r += EF_SPB_MR)
+      j->config->ukernel(j->w, g0, g1, EF_MIN(EF_SPB_MR, j->m - r), j->x + r * j->ldx * j->elem, j->ldx,
+                         j->raw + r * j->ldr, j->ldr);
+  }
+  const ef_spb_packed* w = j->w;
+  const size_t n1 = EF_MIN(end * EF_SPB_ROWS, w->n);
+  for (size_t r = 0; r < j->m; r++) {
+    const int32_t* raw = j->raw + r * j->ldr;
+    float* y = j->y + r * w->n;
+    const int32_t zp = j->p->x_zp[r];
+    const float xs = j->p->x_scale[r], lo = j->p->out_min, hi = j->p->out_max;
+    for (size_t n = begin * EF_SPB_ROWS; n < n1; n++)
+      y[n] = ef_sparse_qs8_out(raw[n], zp, w->wsum[n], xs, w->w_scale[n], w->bias[n], lo, hi);
+  }
+}
+
+int ef_spb_gemm(const ef_spb_config* config, size_t m, const int8_t* x, const ef_spb_packed* w, float* y,
+                const ef_sparse_params* p) {
+  if (config == NULL) config = ef_spb_select();
+  if (m == 0) return 0;
+  const size_t ldx = w->chunks * EF_SPB_CHUNK, ldr = w->groups * EF_SPB_ROWS, k = w->k;
+  const size_t elem = config->x_format == EF_SPB_X_S16 ? 2 : 1;
+  uint8_t* buf = ef_aligned_alloc(EF_ROUND_UP(m * ldx * elem, 64) + m * ldr * sizeof(int32_t));
+  if (buf == NULL) return -2;
+  int32_t* raw = (int32_t*)(buf + EF_ROUND_UP(m * ldx * elem, 64));
+  for (size_t r = 0; r < m; r++) {
+    const int8_t* xr = x + r * k;
+    switch (config->x_format) {
+      case EF_SPB_X_S8:
+        memcpy(buf + r * ldx, xr, k);
+        memset(buf + r * ldx + k, 0, ldx - k);
+        break;
+      case EF_SPB_X_U8: { /* x + 128; the padding is x = 0 (its weights are zero anyway) */
+        uint8_t* d = buf + r * ldx;
+        for (size_t i = 0; i < k; i++) d[i] = (uint8_t)(xr[i] ^ 0x80);
+        memset(d + k, 0x80, ldx - k);
+        break;
+      }
+      case EF_SPB_X_S16: {
+        int16_t* d = (int16_t*)buf + r * ldx;
+        for (size_t i = 0; i < k; i++) d[i] = xr[i];
+        memset(d + k, 0, (ldx - k) * sizeof(int16_t));
+        break;
+      }
+    }
+  }
+  spb_job job = {config, w, m, buf, ldx, elem, raw, ldr, y, p};
+  ef_parallel_for(w->groups, m * w->chunks * EF_SPB_CHUNK, spb_range, &job);
+  ef_aligned_free(buf);
+  return 0;
+}

@@ -75,3 +75,42 @@ const ef_sparse_config ef_sparse_config_scalar = {
     .mvec = {ef_f32_spmm_mvec_ukernel__scalar, ef_qs8_spmm_mvec_ukernel__scalar},
     .spw = ef_qs8_spmv_windows_ukernel_8x16__scalar,
 };
+
+/* ------------------------------------------------------------------ bitmask layout */
+
+/* ef_spb_expand_table, written out by the preprocessor: entry b, byte i. */
+#define SPB_POPC8(b) (((b) & 1) + (((b) >> 1) & 1) + (((b) >> 2) & 1) + (((b) >> 3) & 1) + (((b) >> 4) & 1) + \
+                      (((b) >> 5) & 1) + (((b) >> 6) & 1) + (((b) >> 7) & 1))
+#define SPB_E(b, i) ((((b) >> (i)) & 1) ? SPB_POPC8((b) & ((1u << (i)) - 1)) : 0x80)
+#define SPB_T1(b) {SPB_E(b, 0), SPB_E(b, 1), SPB_E(b, 2), SPB_E(b, 3), SPB_E(b, 4), SPB_E(b, 5), SPB_E(b, 6), SPB_E(b, 7)}
+#define SPB_T4(b) SPB_T1(b), SPB_T1((b) + 1), SPB_T1((b) + 2), SPB_T1((b) + 3)
+#define SPB_T16(b) SPB_T4(b), SPB_T4((b) + 4), SPB_T4((b) + 8), SPB_T4((b) + 12)
+#define SPB_T64(b) SPB_T16(b), SPB_T16((b) + 16), SPB_T16((b) + 32), SPB_T16((b) + 48)
+const uint8_t ef_spb_expand_table[256][8] = {SPB_T64(0u), SPB_T64(64u), SPB_T64(128u), SPB_T64(192u)};
+
+/* Reference: walk the set bits of every mask. */
+static void ef_qs8_spmv_bitmask_ukernel_4x64__scalar(const ef_spb_packed* w, size_t g0, size_t g1, size_t mr,
+                                                     const void* x, size_t ldx, int32_t* raw, size_t ldr) {
+  for (size_t r = 0; r < mr; r++) {
+    const int8_t* xr = (const int8_t*)x + r * ldx;
+    for (size_t g = g0; g < g1; g++) {
+      uint32_t acc[EF_SPB_ROWS] = {0};
+      const uint64_t* mask = w->mask + g * w->chunks * EF_SPB_ROWS;
+      const int8_t* v = w->val + w->group_val[g];
+      for (size_t c = 0; c < w->chunks; c++)
+        for (size_t i = 0; i < EF_SPB_ROWS; i++) {
+          for (uint64_t m = *mask++; m != 0; m &= m - 1) {
+            const int col = __builtin_ctzll(m);
+            acc[i] += (uint32_t)((int32_t)xr[c * EF_SPB_CHUNK + col] * *v++);
+          }
+        }
+      for (size_t i = 0; i < EF_SPB_ROWS; i++) raw[r * ldr + g * EF_SPB_ROWS + i] = (int32_t)acc[i];
+    }
+  }
+}
+
+const ef_spb_config ef_spb_config_scalar = {
+    .isa = "scalar",
+    .x_format = EF_SPB_X_S8,
+    .ukernel = ef_qs8_spmv_bitmask_ukernel_4x64__scalar,
+};

@@ -128,6 +128,84 @@ void ef_spw_packed_free(ef_spw_packed* p);
 int ef_spw_gemm(const ef_sparse_config* config, size_t m, const int8_t* x, const ef_spw_packed* w, float* y,
                 const ef_sparse_params* p);
 
+/* ---- "bitmask" layout: int8 sparse GEMV streaming 64-column masks ----------------------
+ *
+ * K is cut into chunks of 64 columns, N into groups of 4 rows. For every (group, chunk, row)
+ * the layout stores a uint64 mask (bit j set = column 64 * chunk + j is nonzero) and, in the
+ * value stream, that row-chunk's nonzeros in column order. Order: masks [groups][chunks][4];
+ * values group by group, then chunk by chunk, then row by row, so one group is one
+ * sequential read of masks and one of values (group_val[g] = where its values start).
+ * Storage per weight: density + 1/8 byte (0.375 B at 75% sparsity, 0.625 B at 50%; dense
+ * int8: 1), whatever the pattern, with no per-nonzero index.
+ *
+ * Kernels rebuild each 64-column weight vector from the mask and the packed values:
+ *   AVX-512  vpexpandb (mask) of a 64-byte load at the row-chunk's offset, then vpdpbusd with
+ *            x + 128 as uint8 (no saturation: exact), minus 128 * wsum at the end
+ *   AVX2     16 columns at a time: per mask byte an 8-byte pshufb index from
+ *            ef_spb_expand_table (0x80 = zero), sign-extend to int16, vpmaddwd with int16 x
+ *   NEON     the same table through tbl, smull + sadalp
+ *   scalar   walks the set bits
+ * Each row-chunk's offset is the running sum of popcounts, so the only serial dependency is
+ * one add per chunk. Exact for every int8 input (also x = -128): all sums are int32 with
+ * wrap-around, like the reference. Rows past N have zero masks. */
+#define EF_SPB_ROWS 4
+#define EF_SPB_CHUNK 64
+#define EF_SPB_MR 4      /* activation rows per ukernel call (the expanded weights are reused) */
+#define EF_SPB_VAL_PAD 64 /* value stream padding: the 64-byte loads may run past the end */
+#define EF_SPB_MAX_K (1u << 20)
+
+typedef struct ef_spb_packed {
+  size_t n, k, nnz;
+  size_t chunks, groups;
+  uint64_t* mask;      /* [groups][chunks][EF_SPB_ROWS] */
+  uint32_t* group_val; /* [groups + 1]: group g's values are val[group_val[g] .. group_val[g + 1]) */
+  int8_t* val;         /* [nnz + EF_SPB_VAL_PAD] */
+  int32_t* wsum;       /* [groups * EF_SPB_ROWS], zero past N */
+  float* w_scale;      /* [n] */
+  float* bias;         /* [n] */
+} ef_spb_packed;
+
+/* Activation layout a ukernel reads: one row is chunks * 64 elements, zero padded. */
+typedef enum {
+  EF_SPB_X_S8 = 0,  /* int8 as given */
+  EF_SPB_X_U8 = 1,  /* uint8 x + 128 (vpdpbusd) */
+  EF_SPB_X_S16 = 2, /* int16 (vpmaddwd) */
+} ef_spb_x_format;
+
+/* raw[r * ldr + n] = sum_k x[r][k] * w[n][k] (int32, wrapping) for r < mr <= EF_SPB_MR and
+ * the 4 rows n of every group in [g0, g1) (rows past N too: they read as 0). x: mr rows,
+ * row r at x + r * ldx elements of the config's format. */
+typedef void (*ef_spb_ukernel_fn)(const ef_spb_packed* w, size_t g0, size_t g1, size_t mr, const void* x, size_t ldx,
+                                  int32_t* raw, size_t ldr);
+
+typedef struct ef_spb_config {
+  const char* isa;
+  ef_spb_x_format x_format;
+  ef_spb_ukernel_fn ukernel;
+} ef_spb_config;
+
+extern const ef_spb_config ef_spb_config_scalar;
+#if EF_ARCH_X86
+extern const ef_spb_config ef_spb_config_avx2;
+extern const ef_spb_config ef_spb_config_avx512;
+#endif
+#if EF_ARCH_ARM64
+extern const ef_spb_config ef_spb_config_neon;
+#endif
+const ef_spb_config* ef_spb_select(void);
+
+/* ef_spb_expand_table[b][i] = index of column i's value among the set bits of byte b
+ * (= popcount of the bits below i) when bit i is set, 0x80 (pshufb/tbl: zero) otherwise. */
+extern const uint8_t ef_spb_expand_table[256][8];
+
+int ef_spb_pack(const int8_t* w, size_t n, size_t k, const float* w_scale, const float* bias, ef_spb_packed* out);
+void ef_spb_packed_free(ef_spb_packed* p);
+/* Bytes of packed storage (masks, values, group offsets, per-row wsum/scale/bias). */
+size_t ef_spb_packed_bytes(const ef_spb_packed* p);
+/* x int8 [m, k] -> y fp32 [m, n] with the qs8 epilogue (x_scale, x_zp per row). */
+int ef_spb_gemm(const ef_spb_config* config, size_t m, const int8_t* x, const ef_spb_packed* w, float* y,
+                const ef_sparse_params* p);
+
 /* Shared epilogues (one definition for every ISA). */
 EF_INLINE float ef_sparse_f32_out(float acc, float bias, float lo, float hi) { return ef_clamp(acc + bias, lo, hi); }
 EF_INLINE float ef_sparse_qs8_out(int32_t raw, int32_t x_zp, int32_t wsum, float x_scale, float w_scale, float bias,
