@@ -37,10 +37,10 @@ typedef struct {
   uint8_t rows[16];
 } amx_tile_config;
 
-/* C (int32, rows x 32 columns, row stride 128 bytes) for up to 2 x 2 tiles. MA (row tiles)
- * and NB (column blocks) are constants after inlining: tile numbers must be immediates. */
-EF_INLINE EF_TARGET_AMX void amx_tile(const int MA, const int NB, size_t kc, const uint8_t* a, size_t a_stride,
-                                      const uint8_t* w0, const uint8_t* w1, int32_t* c) {
+/* Accumulates up to 2 x 2 tiles in tmm0..3; MA (row tiles) and NB (column blocks) are
+ * constants after inlining: tile numbers must be immediates. */
+EF_INLINE EF_TARGET_AMX void amx_compute(const int MA, const int NB, size_t kc, const uint8_t* a, size_t a_stride,
+                                         const uint8_t* w0, const uint8_t* w1) {
   _tile_zero(0);
   if (NB > 1) _tile_zero(1);
   if (MA > 1) {
@@ -62,6 +62,10 @@ EF_INLINE EF_TARGET_AMX void amx_tile(const int MA, const int NB, size_t kc, con
       if (NB > 1) _tile_dpbusd(3, 5, 7);
     }
   }
+}
+
+/* tmm0..3 -> c (int32, 32 x 32, row stride 128 bytes); only the tiles amx_compute used. */
+EF_INLINE EF_TARGET_AMX void amx_store(const int MA, const int NB, int32_t* c) {
   _tile_stored(0, c, 32 * sizeof(int32_t));
   if (NB > 1) _tile_stored(1, c + 16, 32 * sizeof(int32_t));
   if (MA > 1) {
@@ -70,6 +74,51 @@ EF_INLINE EF_TARGET_AMX void amx_tile(const int MA, const int NB, size_t kc, con
   }
 }
 
+/* One output tile: 32-column block pair b (nb blocks) x 32-row tile m0 (ma 16-row tiles). */
+typedef struct {
+  size_t b, m0;
+  int nb, ma;
+} amx_tile_pos;
+
+static EF_TARGET_AMX void compute_tile(const ef_qs8_panel_args* g, amx_tile_pos t) {
+  const ef_qs8_packed* w = g->w;
+  const size_t kc = w->kp64 / EF_QS8_PANEL_KC, panel_bytes = w->kp64 * EF_QS8_NR;
+  const uint8_t* w0 = w->panel + t.b * panel_bytes;
+  const uint8_t* w1 = w0 + panel_bytes;
+  const uint8_t* a = g->a + t.m0 * g->a_stride;
+  if (t.ma == 2 && t.nb == 2) amx_compute(2, 2, kc, a, g->a_stride, w0, w1);
+  else if (t.ma == 2) amx_compute(2, 1, kc, a, g->a_stride, w0, w1);
+  else if (t.nb == 2) amx_compute(1, 2, kc, a, g->a_stride, w0, w1);
+  else amx_compute(1, 1, kc, a, g->a_stride, w0, w1);
+}
+
+static EF_TARGET_AMX void store_tile(amx_tile_pos t, int32_t* acc) {
+  if (t.ma == 2 && t.nb == 2) amx_store(2, 2, acc);
+  else if (t.ma == 2) amx_store(2, 1, acc);
+  else if (t.nb == 2) amx_store(1, 2, acc);
+  else amx_store(1, 1, acc);
+}
+
+static EF_TARGET_AMX void epilogue_tile(const ef_qs8_panel_args* g, amx_tile_pos t, const int32_t* acc) {
+  const ef_qs8_packed* w = g->w;
+  const ef_qs8_gemm_params* p = g->params;
+  const size_t elem = p->out_int8 ? 1 : sizeof(float);
+  const size_t rows = EF_MIN(32, g->m - t.m0); /* real rows (t.m0 < m always) */
+  for (int j = 0; j < t.nb; j++) {
+    const size_t n0 = (t.b + j) * EF_QS8_NR;
+    const __mmask16 mask = (__mmask16)((1u << EF_MIN(EF_QS8_NR, w->n - n0)) - 1);
+    const ef_qs8_cols16 cols = ef_qs8_load_cols16__avx512(w->data + (t.b + j) * w->block_bytes, w->has_w_zp, p);
+    uint8_t* c = (uint8_t*)g->c + (t.m0 * w->n + n0) * elem;
+    for (size_t r = 0; r < rows; r++) {
+      const size_t row = t.m0 + r;
+      ef_qs8_store_16__avx512(_mm512_load_si512(acc + r * 32 + 16 * j), mask, g->a_zp[row], g->a_scale[row],
+                              g->a_rowsum[row], &cols, c + r * w->n * elem, p);
+    }
+  }
+}
+
+/* (Issuing tile i+1 before the epilogue of tile i, so the AVX-512 work could overlap the AMX
+ * unit, measured no faster here, so the loop stays in plain order.) */
 static EF_TARGET_AMX void ef_qs8_qc8w_gemm_minmax_ukernel_32x32c4__amx(const ef_qs8_panel_args* g, size_t b_begin,
                                                                        size_t b_end) {
   amx_tile_config cfg;
@@ -81,37 +130,13 @@ static EF_TARGET_AMX void ef_qs8_qc8w_gemm_minmax_ukernel_32x32c4__amx(const ef_
   }
   _tile_loadconfig(&cfg);
 
-  const ef_qs8_packed* w = g->w;
-  const ef_qs8_gemm_params* p = g->params;
-  const size_t kc = w->kp64 / EF_QS8_PANEL_KC;
-  const size_t panel_bytes = w->kp64 * EF_QS8_NR;
-  const size_t elem = p->out_int8 ? 1 : sizeof(float);
   int32_t acc[32 * 32] __attribute__((aligned(64)));
-
   for (size_t b = b_begin; b < b_end; b += 2) {
-    const int nb = b + 1 < b_end ? 2 : 1;
-    const uint8_t* w0 = w->panel + b * panel_bytes;
-    const uint8_t* w1 = w0 + panel_bytes;
     for (size_t m0 = 0; m0 < g->m_pad; m0 += 32) {
-      const int ma = m0 + 16 < g->m_pad ? 2 : 1;
-      const uint8_t* a = g->a + m0 * g->a_stride;
-      if (ma == 2 && nb == 2) amx_tile(2, 2, kc, a, g->a_stride, w0, w1, acc);
-      else if (ma == 2) amx_tile(2, 1, kc, a, g->a_stride, w0, w1, acc);
-      else if (nb == 2) amx_tile(1, 2, kc, a, g->a_stride, w0, w1, acc);
-      else amx_tile(1, 1, kc, a, g->a_stride, w0, w1, acc);
-
-      const size_t rows = EF_MIN(32, g->m - EF_MIN(g->m, m0)); /* real rows in this tile */
-      for (int j = 0; j < nb; j++) {
-        const size_t n0 = (b + j) * EF_QS8_NR;
-        const __mmask16 mask = (__mmask16)((1u << EF_MIN(EF_QS8_NR, w->n - n0)) - 1);
-        const ef_qs8_cols16 cols = ef_qs8_load_cols16__avx512(w->data + (b + j) * w->block_bytes, w->has_w_zp, p);
-        uint8_t* c = (uint8_t*)g->c + (m0 * w->n + n0) * elem;
-        for (size_t r = 0; r < rows; r++) {
-          const size_t row = m0 + r;
-          ef_qs8_store_16__avx512(_mm512_load_si512(acc + r * 32 + 16 * j), mask, g->a_zp[row], g->a_scale[row],
-                                  g->a_rowsum[row], &cols, c + r * w->n * elem, p);
-        }
-      }
+      const amx_tile_pos t = {b, m0, b + 1 < b_end ? 2 : 1, m0 + 16 < g->m_pad ? 2 : 1};
+      compute_tile(g, t);
+      store_tile(t, acc);
+      epilogue_tile(g, t, acc);
     }
   }
   _tile_release();
