@@ -449,9 +449,12 @@ class Lowerer:
                 self.ops.append(irops.QDense(node.name, [src[0]], [out], qw, src[1], clamp, out_q))
                 self._fuse(fused)
                 return True
-        out, clamp, _, fused = self.fuse_after(node.outputs[0], allow_requant=False)
+        bias_add = None
+        if bias is None:      # MatMul -> Add(constant [N] bias): the bias goes into the GEMM epilogue
+            bias, bias_add = transformer.bias_after(self, node.outputs[0], w2.shape[0])
+        out, clamp, _, fused = self.fuse_after(bias_add.outputs[0] if bias_add else node.outputs[0], allow_requant=False)
         self.ops.append(irops.Dense(node.name, [node.inputs[0]], [out], self.float_weights(w2, info, bias), clamp))
-        self._fuse(fused)
+        self._fuse(fused + ([bias_add] if bias_add else []))
         return True
 
     def _lower_MatMulInteger(self, node: Node) -> bool:

@@ -6,6 +6,8 @@ produce them:
 - Gelu (exact, approximate="none") and the Erf form x * 0.5 * (1 + Erf(x / sqrt 2)) -> Gelu;
   a lone Erf -> Erf;
 - Softmax over the last axis -> Softmax;
+- MatMul with a constant weight followed by Add(constant [N] bias) -> one Dense with the bias in
+  the GEMM epilogue (lower.py's _dense calls bias_after);
 - the attention block of a BERT-style export
       Q, K, V [B, S, H*D] -> Reshape [B, S, H, D] -> Transpose (Q, V: 0 2 1 3; K: 0 2 3 1)
       MatMul(Q, K) [-> Mul / Div by a scalar] [-> Add(mask)] -> Softmax(-1) -> MatMul(., V)
@@ -44,6 +46,19 @@ def _scalar_const(lw, name: str) -> float | None:
 
 def _trailing(x_shape, axis: int) -> int:
     return axis + len(x_shape) if axis < 0 else axis
+
+
+def bias_after(lw, name: str, n: int):
+    """(bias [N] float32, the Add node) when `name` (a float GEMM output [..., N]) is read only
+    by an Add of a constant 1-D [N] vector; else (None, None)."""
+    add = lw.only_consumer(name)
+    if add is None or add.op_type != "Add" or name in lw.qparams:
+        return None, None
+    other = _other(add, name)
+    b = lw.consts.get(other) if other else None
+    if b is None or b.dtype.kind != "f" or b.shape != (n,):
+        return None, None
+    return np.ascontiguousarray(b, F32), add
 
 
 # ----------------------------------------------------------------------------- layer norm

@@ -140,6 +140,7 @@ def test_fp32_layer_fuses_and_matches_onnxruntime(gelu, scale_op, mask):
     assert kinds["attention"] == 1 and kinds["gelu"] == 1
     assert kinds["layernorm"] == 1 and kinds["layernorm+add"] == 2
     assert not kinds["Softmax"] and not kinds["Transpose"] and not kinds["Erf"] and not kinds["MatMul"]
+    assert kinds["dense[f32]"] == 6 and not kinds["Add"]      # biases in the GEMM epilogue
     ours = engine.run(feeds)[engine.outputs[0].name]
     ref = _ort(data, feeds)[0]
     np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
