@@ -12,11 +12,13 @@ import onnx
 from compressor.evaluate import session
 from compressor.quant.dynamic import quantize_dynamic_int8
 from compressor.quant.graph import Graph, remove_unused_initializers, topological_sort
+from compressor.transformer.attention import fuse_attention, quantize_attention_int8
 from compressor.transformer.calibration import batches, channel_absmax, collect_inputs
 from compressor.transformer.configs import SmoothQuantInt8Config, SmoothTargets
 from compressor.transformer.embedding import embedding_gathers, quantize_embedding_int8
 from compressor.transformer.fidelity import cosine_rows, run_encoder
-from compressor.transformer.fuse import merge_head_splits, merge_parallel_linears
+from compressor.transformer.fuse import (merge_head_splits, merge_parallel_linears,
+                                        remove_dead_nodes, residual_sums)
 from compressor.transformer.outliers import outlier_channels, split_outlier_channels
 from compressor.transformer.smoothquant import (apply_smoothquant, search_alpha,
                                                 smoothable_inputs)
@@ -62,22 +64,34 @@ def _embedding_int8(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[dict]
     return out, layers
 
 
-def _quantize(base: onnx.ModelProto, exclude: tuple[str, ...]) -> tuple[onnx.ModelProto, dict]:
-    return quantize_dynamic_int8(base, ops=("MatMul",), exclude=exclude)
+def _quantize(base: onnx.ModelProto, exclude: tuple[str, ...], attention: bool = False
+              ) -> tuple[onnx.ModelProto, dict]:
+    """Dynamic int8 of every MatMul not in `exclude`; with `attention`, each self-attention
+    block whose packed Q/K/V weight is quantized becomes one QAttention first
+    (compressor.transformer.attention)."""
+    layers = []
+    if attention:
+        # a block whose Q/K/V MatMul is excluded keeps its unfused ops: quantize_dynamic_int8
+        # takes no fp32 weight on a com.microsoft op
+        base, _ = fuse_attention(base, skip=exclude)
+        base, layers = quantize_attention_int8(base)
+    q, report = quantize_dynamic_int8(base, ops=("MatMul",), exclude=exclude)
+    report["layers"] = layers + report["layers"]
+    return q, report
 
 
 def sensitivity(smoothed: onnx.ModelProto, candidates: list[str], base_exclude: tuple[str, ...],
-                ids: np.ndarray, mask: np.ndarray, reference: np.ndarray
+                ids: np.ndarray, mask: np.ndarray, reference: np.ndarray, attention: bool = False
                 ) -> tuple[float, dict[str, float]]:
     """Mean cosine of the all-int8 model, and for each candidate Linear the cosine gained
     when only that one is back in fp32 (measured end to end, through onnxruntime)."""
     def cos(model: onnx.ModelProto) -> float:
         return float(np.mean(cosine_rows(run_encoder(session(model, 2), ids, mask), reference)))
 
-    base = cos(_quantize(smoothed, base_exclude)[0])
+    base = cos(_quantize(smoothed, base_exclude, attention)[0])
     gains = {}
     for w in candidates:
-        gains[w] = cos(_quantize(smoothed, base_exclude + (w,))[0]) - base
+        gains[w] = cos(_quantize(smoothed, base_exclude + (w,), attention)[0]) - base
     return base, gains
 
 
@@ -118,14 +132,18 @@ def build_smoothquant_int8(fp32: onnx.ModelProto, ids: np.ndarray, mask: np.ndar
     if cfg.keep_fp32 and candidates:
         say(f"sensitivity scan of {len(candidates)} layers on {n} sentences")
         reference = run_encoder(session(fp32, 2), s_ids, s_mask)
-        base, gains = sensitivity(smoothed, candidates, exclude, s_ids, s_mask, reference)
+        base, gains = sensitivity(smoothed, candidates, exclude, s_ids, s_mask, reference,
+                                  cfg.fuse_attention)
         keep = sorted(gains, key=gains.get, reverse=True)[:cfg.keep_fp32]
-    q, report = _quantize(smoothed, exclude + tuple(keep))
+    q, report = _quantize(smoothed, exclude + tuple(keep), cfg.fuse_attention)
     if cfg.quantize_embedding:
         # last: the dynamic int8 rewrite does not take a GatherBlockQuantized (weights on a
         # com.microsoft op), so the sensitivity scan above measures with an fp32 table
         q, embedding_layers = _embedding_int8(q)
         report["layers"] += embedding_layers
+    if cfg.residual_sum:
+        q, _ = residual_sums(q)
+    remove_dead_nodes(q)
     matmuls = {s.weight_name for s in Graph(smoothed).weight_sites()
                if s.node.op_type == "MatMul" and s.weight_name not in fp32_parts}
     for w in dict.fromkeys(list(cfg.exclude) + keep):

@@ -403,3 +403,113 @@ def test_merge_head_splits_is_exact_and_drops_reshapes():
         np.testing.assert_array_equal(a, b)
     ops = [nd.op_type for nd in fused.graph.node]
     assert ops.count("Reshape") == 1 and ops.count("Split") == 1 and ops.count("Transpose") == 2
+
+
+# -- attention as one op, residual Sums: a tiny random BERT through the whole int8 build ------
+
+@pytest.fixture(scope="module")
+def tiny_bert():
+    """(fp32 export, ids, mask) of a random 2-layer, 4-head BERT (one export per module)."""
+    return _tiny_bert()
+
+
+def _tiny_bert(seed=0):
+    import torch
+    from compressor.models.minilm import BertConfig, MiniLMEncoder
+    from compressor.transformer.export import export_encoder
+
+    torch.manual_seed(seed)
+    model = MiniLMEncoder(BertConfig(vocab_size=200, hidden_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=128,
+                                     max_position_embeddings=64)).eval()
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, 200, (24, 20)).astype(np.int64)
+    mask = np.ones_like(ids)
+    for i, n in enumerate(rng.integers(3, 21, len(ids))):
+        mask[i, n:] = 0                                  # real padding: the mask must matter
+    return export_encoder(model, ids[:2, :8], mask[:2, :8]), ids, mask
+
+
+def _embed(model_proto, ids, mask):
+    from compressor.transformer.fidelity import run_encoder
+    return run_encoder(session(model_proto, 2), ids, mask)
+
+
+def test_fuse_attention_is_exact_on_a_bert_export(tiny_bert):
+    from compressor.transformer.attention import fuse_attention
+    from compressor.transformer.fuse import merge_head_splits, merge_parallel_linears
+
+    fp32, ids, mask = tiny_bert
+    merged, _ = merge_parallel_linears(fp32)
+    merged, _ = merge_head_splits(merged)
+    fused, blocks = fuse_attention(merged)
+    onnx.checker.check_model(fused)
+    assert len(blocks) == 2 and all(b["heads"] == 4 and b["head_size"] == 16 for b in blocks)
+    ops = [n.op_type for n in fused.graph.node]
+    assert ops.count("Attention") == 2 and "Softmax" not in ops and "Split" not in ops
+    np.testing.assert_allclose(_embed(fused, ids, mask), _embed(fp32, ids, mask), atol=1e-5)
+    # a block whose Q/K/V MatMul is to stay as it is is left unfused
+    skipped, blocks = fuse_attention(merged, skip=(blocks[0]["weight"],))
+    assert len(blocks) == 1 and [n.op_type for n in skipped.graph.node].count("Softmax") == 1
+
+
+def test_fuse_attention_folds_a_non_default_score_scale(tiny_bert):
+    from compressor.transformer.attention import fuse_attention
+    from compressor.transformer.fuse import merge_head_splits, merge_parallel_linears
+
+    fp32, ids, mask = tiny_bert
+    merged, _ = merge_head_splits(merge_parallel_linears(fp32)[0])
+    g = Graph(merged)
+    scale = next(n for n in merged.graph.node if n.op_type == "Mul" and
+                 g.producer.get(n.input[0]) is not None and g.producer[n.input[0]].op_type == "MatMul"
+                 and n.input[1] in g.inits)
+    g.inits[scale.input[1]].CopyFrom(make_init(scale.input[1], np.asarray(0.4, np.float32)))
+    fused, blocks = fuse_attention(merged)
+    assert len(blocks) == 2
+    np.testing.assert_allclose(_embed(fused, ids, mask), _embed(merged, ids, mask), atol=1e-5)
+
+
+def test_residual_sums_keep_the_graph_exact_and_unfused(tiny_bert):
+    from compressor.transformer.fuse import remove_dead_nodes, residual_sums
+
+    fp32, ids, mask = tiny_bert
+    summed, n = residual_sums(fp32)
+    assert n == 4                              # two LayerNorms after a residual per layer
+    onnx.checker.check_model(summed)
+    np.testing.assert_allclose(_embed(summed, ids, mask), _embed(fp32, ids, mask), atol=1e-6)
+    # nothing left to drop in a clean export; the mask chain goes once nobody reads it
+    assert remove_dead_nodes(summed) == 0
+    dead = onnx.ModelProto()
+    dead.CopyFrom(summed)
+    dead.graph.node.append(helper.make_node("Neg", [dead.graph.node[0].output[0]], ["unread"]))
+    assert remove_dead_nodes(dead) == 1 and "unread" not in {o for n in dead.graph.node for o in n.output}
+
+
+def test_fused_int8_build_loads_and_matches_fp32_embeddings(tiny_bert):
+    """The int8 build as shipped (QAttention, residual Sums, int8 embedding table): loads in
+    onnxruntime with default options and stays close to the fp32 model on every sentence,
+    padded ones included; the unfused build gives the same embeddings."""
+    from compressor.transformer.fidelity import cosine_rows
+    from compressor.transformer.int8 import build_smoothquant_int8
+
+    fp32, ids, mask = tiny_bert
+    cfg = SmoothQuantInt8Config(sensitivity_sentences=8, calibration_rows=64)
+    q, report = build_smoothquant_int8(fp32, ids, mask, cfg)
+    onnx.checker.check_model(q)
+    ops = [n.op_type for n in q.graph.node]
+    assert ops.count("QAttention") == 2 and "Softmax" not in ops
+    assert "Sum" in ops and "SkipLayerNormalization" not in ops
+    assert sum(l["op"] == "Attention" and l["weight_bits"] == 8 for l in report["layers"]) == 2
+    import onnxruntime as ort
+    plain = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = _embed(fp32, ids, mask)
+    got = _embed(q, ids, mask)
+    feeds = {"input_ids": ids[:3], "attention_mask": mask[:3]}
+    np.testing.assert_allclose(plain.run(None, feeds)[0], session(q, 2).run(None, feeds)[0],
+                               atol=1e-5)
+    assert cosine_rows(got, want).min() > 0.99
+    unfused, _ = build_smoothquant_int8(
+        fp32, ids, mask, SmoothQuantInt8Config(sensitivity_sentences=8, calibration_rows=64,
+                                               fuse_attention=False, residual_sum=False))
+    assert "QAttention" not in {n.op_type for n in unfused.graph.node}
+    np.testing.assert_allclose(got, _embed(unfused, ids, mask), atol=2e-3)
