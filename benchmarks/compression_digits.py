@@ -1,6 +1,7 @@
 """Compression benchmark: our variants beside onnxruntime's and torch.ao's, same model, one run.
 
     python benchmarks/compression_digits.py [--models digits-cnn,mobilenetv2-digits] [--threads 1]
+        [--sections table,distill,int2] [--distill-seeds 0,1,2]
 
 For each model: our variants (bits, sparsity, method, size, held-out accuracy, onnxruntime
 latency p50 at batch 1) and the peers on the same trained weights:
@@ -11,6 +12,12 @@ latency p50 at batch 1) and the peers on the same trained weights:
                      so CNNs whose linear layers are Gemm come back unchanged (said so)
   torch.ao-dynamic   torch.ao.quantization.quantize_dynamic on nn.Linear (PyTorch eager latency)
 Ratios: size and latency relative to fp32, and our int8 against each int8 peer.
+
+The distill section trains, per seed, the same narrower student (same init, data order,
+epochs and learning rate) once alone and once from the teacher (Hinton KD, and Hinton +
+feature KD), and prints each held-out accuracy and the means over seeds. The int2 section
+sweeps the 2-bit weight-only settings (group size, symmetric, first/last layer bits, RTN with
+MSE-searched scales vs GPTQ) on the same trained model.
 """
 
 from __future__ import annotations
@@ -95,6 +102,9 @@ def our_configs(name: str):
     imp = "magnitude" if name == "digits-cnn" else "activation"
     cfgs = [Fp32Config(), Int8StaticConfig(), Int8StaticConfig(id="int8-percentile", calibration="percentile"),
             Int8DynamicConfig(), Int4WeightOnlyConfig(), Int4WeightOnlyConfig(algorithm="gptq"),
+            # int2 (first/last layer int8): codes folded to fp32 at load, so fp32 speed
+            Int4WeightOnlyConfig(bits=2, group_size=64),
+            Int4WeightOnlyConfig(bits=2, group_size=64, algorithm="gptq"),
             PruneConfig(pattern="2:4", finetune_epochs=3),
             PruneConfig(pattern="channel", sparsity=0.5, finetune_epochs=ft, importance=imp),
             PruneConfig(pattern="channel", sparsity=0.5, int8=True, finetune_epochs=ft, importance=imp)]
@@ -152,16 +162,118 @@ def run_model(name: str, lat: LatencyConfig, epochs: int | None) -> None:
                   f"{p[7] / o[7]:.2f}x faster, accuracy {(o[6] - p[6]) * 100:+.2f} pt")
 
 
+# Student settings per model: width relative to the teacher, and the teacher's own recipe
+# (epochs, Adam lr) so that the only difference between the two students is the teacher.
+DISTILL = {"digits-cnn": dict(width=0.125, epochs=20, lr=1e-2),
+           "mobilenetv2-digits": dict(width=0.5, epochs=12, lr=5e-3)}
+KD_SETTINGS = {"kd (T=4, alpha=0.5)": dict(temperature=4.0, alpha=0.5),
+               "kd + feature 0.1": dict(temperature=4.0, alpha=0.5, feature_weight=0.1)}
+
+
+def run_distill(name: str, seeds: list[int], epochs: int | None) -> None:
+    """The acceptance point "a distilled student smaller than the teacher beats the same
+    student trained without the teacher", averaged over seeds."""
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from compressor.distill.losses import DistillSettings, distill
+    from compressor.export import export_onnx
+    from compressor.prune.structured import count_params
+    from compressor.train import TrainConfig, torch_accuracy, train
+
+    ex = EXAMPLES[name](**({"epochs": epochs} if epochs else {}))
+    d = DISTILL[name]
+    teacher_acc = torch_accuracy(ex.model, *ex.heldout)
+    size = lambda m: len(export_onnx(m, ex.calibration[0][:2]).SerializeToString())  # noqa: E731
+    accs: dict[str, list[float]] = {"alone": []}
+    t = Table(title=f"{name}: student width {d['width']} of the teacher, {d['epochs']} epochs, "
+                    f"lr {d['lr']}, held-out n={len(ex.heldout[1])}")
+    for c in ("seed", "student", "accuracy", "vs alone pt", "train s"):
+        t.add_column(c)
+    student = None
+    for seed in seeds:
+        torch.manual_seed(seed)
+        alone = ex.model.make_student(d["width"])
+        t0 = time.time()
+        train(alone, *ex.train, TrainConfig(epochs=d["epochs"], seed=seed, lr=d["lr"]))
+        base = torch_accuracy(alone, *ex.heldout)
+        accs["alone"].append(base)
+        t.add_row(str(seed), "alone", f"{base:.4f}", "", f"{time.time() - t0:.0f}")
+        for label, kw in KD_SETTINGS.items():
+            torch.manual_seed(seed)
+            student = ex.model.make_student(d["width"])
+            t0 = time.time()
+            distill(ex.model, student, *ex.train,
+                    DistillSettings(epochs=d["epochs"], lr=d["lr"], seed=seed, **kw))
+            a = torch_accuracy(student, *ex.heldout)
+            accs.setdefault(label, []).append(a)
+            t.add_row(str(seed), label, f"{a:.4f}", f"{(a - base) * 100:+.2f}", f"{time.time() - t0:.0f}")
+        print(f"  seed {seed}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in accs.items()), flush=True)
+    for label, v in accs.items():
+        t.add_row("mean", label, f"{np.mean(v):.4f}",
+                  "" if label == "alone" else f"{(np.mean(v) - np.mean(accs['alone'])) * 100:+.2f}", "")
+    Console(width=170).print(t)
+    print(f"  teacher: accuracy {teacher_acc:.4f}, {count_params(ex.model)} params, "
+          f"{size(ex.model) / 1024:.1f} KiB ONNX; student: {count_params(student)} params, "
+          f"{size(student) / 1024:.1f} KiB ONNX ({count_params(ex.model) / count_params(student):.1f}x fewer params)")
+    for label in KD_SETTINGS:
+        gain = (np.mean(accs[label]) - np.mean(accs["alone"])) * 100
+        print(f"  {label}: mean {gain:+.2f} pt over the student alone over seeds {seeds} -> "
+              f"{'beats' if gain > 0 else 'does NOT beat'} it")
+
+
+def run_int2_sweep(name: str, lat: LatencyConfig, epochs: int | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    ex = EXAMPLES[name](**({"epochs": epochs} if epochs else {}))
+    cfgs = [Fp32Config(), Int4WeightOnlyConfig()]
+    for algo in ("rtn", "gptq"):
+        for edge in (8, 2):
+            for sym in (True, False):
+                for g in ((32, 64, 128) if algo == "rtn" else (64,)):
+                    cfgs.append(Int4WeightOnlyConfig(
+                        id=f"int2-g{g}-{'sym' if sym else 'asym'}-e{edge}-{algo}", bits=2, group_size=g,
+                        symmetric=sym, edge_bits=edge, algorithm=algo))
+    res = compress(ex.model, cfgs, calib_data=ex.calibration[0], eval_data=ex.heldout,
+                   model_name=name, latency=lat)
+    fp32 = res.manifest.variants[0]
+    t = Table(title=f"{name}: 2-bit weight-only sweep (payload bits/weight of the 2-bit layers)")
+    for c in ("variant", "method", "size KiB", "x smaller", "bits/weight", "min SQNR dB", "accuracy",
+              "drop pt", "p50 ms"):
+        t.add_column(c)
+    for v in res.manifest.variants:
+        t.add_row(v.id, v.method, f"{v.size_bytes / 1024:.1f}", f"{fp32.size_bytes / v.size_bytes:.2f}",
+                  str(v.details.get("int2_bits_per_weight", "-")), str(v.details.get("min_layer_sqnr_db", "-")),
+                  f"{v.quality:.4f}", f"{(fp32.quality - v.quality) * 100:+.2f}",
+                  f"{v.latency_p50_seconds * 1e3:.4f}")
+    Console(width=170).print(t)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="digits-cnn,mobilenetv2-digits")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=300)
     ap.add_argument("--epochs", type=int, default=None, help="override training epochs")
+    ap.add_argument("--sections", default="table,distill",
+                    help="table (variants vs peers), distill (KD student vs student alone), "
+                         "int2 (2-bit settings sweep)")
+    ap.add_argument("--distill-seeds", default="0,1,2")
     a = ap.parse_args(argv)
     lat = LatencyConfig(warmup=30, repeats=a.repeats, threads=a.threads)
+    sections = {x.strip() for x in a.sections.split(",")}
+    known = {"table", "distill", "int2"}
+    if not sections <= known:
+        ap.error(f"unknown section(s): {sorted(sections - known)}")
     for name in a.models.split(","):
-        run_model(name.strip(), lat, a.epochs)
+        if "table" in sections:
+            run_model(name.strip(), lat, a.epochs)
+        if "int2" in sections:
+            run_int2_sweep(name.strip(), LatencyConfig(warmup=10, repeats=100, threads=a.threads), a.epochs)
+        if "distill" in sections:
+            run_distill(name.strip(), [int(x) for x in a.distill_seeds.split(",")], a.epochs)
     return 0
 
 

@@ -53,11 +53,15 @@ def _weight_only(config: Int4WeightOnlyConfig, ctx: CompressContext) -> Artifact
                                      symmetric=config.symmetric, exclude=config.exclude,
                                      quantizer=quantizer, edge_bits=config.edge_bits)
     method = "gptq" if config.algorithm == "gptq" else f"weight-only-int{config.bits}"
+    details = {"group_size": config.group_size, "symmetric": config.symmetric,
+               "edge_bits": config.edge_bits}
+    two = [l for l in report["layers"] if l["weight_bits"] == 2]
+    if two:     # codes + float16 scales (+ zero points) over the weights they encode
+        details["int2_bits_per_weight"] = round(8.0 * sum(l["payload_bytes"] for l in two) /
+                                                sum(l["weights"] for l in two), 3)
     if config.algorithm == "gptq" and config.bits == 2:
         method = "gptq-int2"
-    return weight_only_artifact(q, report, config.bits, ctx, method=method,
-                                details={"group_size": config.group_size, "symmetric": config.symmetric,
-                                         "edge_bits": config.edge_bits})
+    return weight_only_artifact(q, report, config.bits, ctx, method=method, details=details)
 
 
 # Without a MatMul to fuse into MatMulNBits, onnxruntime would run every blocked

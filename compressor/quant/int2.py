@@ -297,6 +297,7 @@ def emit_int2_weight(model: onnx.ModelProto, g: Graph, site: WeightSite, group_s
     payload = packed_codes(q.codes, group).nbytes + q.scale.nbytes + (0 if q.symmetric else q.zero_point.nbytes)
     return {"node": site.node.name, "op": op, "weight": name, "weight_bits": 2,
             "group_size": group, "symmetric": symmetric,
-            "bits_per_weight": round(8.0 * payload / w.size, 3),
+            "bits_per_weight": round(8.0 * payload / w.size, 3), "payload_bytes": int(payload),
+            "weights": int(w.size),
             "sqnr_db": float(10 * np.log10(np.sum(w2.astype(np.float64) ** 2) /
                                            max(np.sum(err.astype(np.float64) ** 2), 1e-30)))}
