@@ -128,9 +128,9 @@ static void test_qb(const ef_qb_gemm_config* cfg, int bits, int group, size_t m,
 }
 
 #if EF_ARCH_X86
-/* The AVX-512 activation quantizer against the portable one, byte for byte: NaN, infinities,
+/* An x86 activation quantizer against the portable one, byte for byte: NaN, infinities,
  * zeros, ties at .5 and every tail length. */
-static void test_qd8_quantize_avx512(void) {
+static void test_qd8_quantize(ef_qd8_quantize_fn fn, const char* isa) {
   static const size_t ks[] = {1, 2, 15, 16, 17, 31, 33, 100, 129, 384, 1001, 4096};
   for (size_t t = 0; t < sizeof ks / sizeof ks[0]; t++)
     for (int kind = 0; kind < 5; kind++)
@@ -139,21 +139,21 @@ static void test_qd8_quantize_avx512(void) {
         float* x = malloc(k * 4);
         for (size_t i = 0; i < k; i++) {
           x[i] = rnd_f();
-          if (kind == 1) x[i] = (float)((int)(rnd() % 255) - 127) * 0.5f; /* with amax 63.5: many exact .5 ties */
+          if (kind == 1) x[i] = (float)((int)(rnd() % 255) - 127) * 0.5f; /* with amax 127 (scale 1): .5 ties */
           if (kind == 2) x[i] = 0.0f;
           if (kind == 3 && i % 7 == 3) x[i] = NAN;
           if (kind == 4 && i % 11 == 5) x[i] = (i & 1) ? INFINITY : -INFINITY;
         }
-        if (kind == 1) x[0] = 63.5f;
+        if (kind == 1) x[0] = 127.0f;
         int8_t *a = malloc(kp), *b = malloc(kp);
         float *sa = malloc(kp / group * 4), *sb = malloc(kp / group * 4);
         const float ya = ef_qd8_quantize_row(x, k, kp, group, a, sa);
-        const float yb = ef_qd8_quantize_row__avx512(x, k, kp, group, b, sb);
+        const float yb = fn(x, k, kp, group, b, sb);
         char what[96];
         snprintf(what, sizeof what, "qd8 quantize k=%zu g=%zu kind %d", k, group, kind);
-        expect_same_bytes(what, "avx512", b, a, kp);
-        expect_same_bytes(what, "avx512", sb, sa, kp / group * 4);
-        expect_same_bytes(what, "avx512", &yb, &ya, 4);
+        expect_same_bytes(what, isa, b, a, kp);
+        expect_same_bytes(what, isa, sb, sa, kp / group * 4);
+        expect_same_bytes(what, isa, &yb, &ya, 4);
         free(x); free(a); free(b); free(sa); free(sb);
       }
 }
@@ -166,7 +166,8 @@ static void test_qb_layouts(uint32_t flags) {
   const ef_qb_gemm_config* cfgs[6];
   int nc = 0;
 #if EF_ARCH_X86
-  if (flags & EF_ARCH_X86_AVX512) { cfgs[nc++] = &ef_qb_gemm_config_avx512; test_qd8_quantize_avx512(); }
+  if (flags & EF_ARCH_X86_AVX512) { cfgs[nc++] = &ef_qb_gemm_config_avx512; test_qd8_quantize(ef_qd8_quantize_row__avx512, "avx512"); }
+  if (flags & EF_ARCH_X86_AVX2) test_qd8_quantize(ef_qd8_quantize_row__avx2, "avx2");
   if (flags & EF_ARCH_X86_AVXVNNI) cfgs[nc++] = &ef_qb_gemm_config_avxvnni;
   if (flags & EF_ARCH_X86_AVX2) cfgs[nc++] = &ef_qb_gemm_config_avx2;
 #endif

@@ -13,6 +13,7 @@
 
 const ef_qb_gemm_config ef_qb_gemm_config_avxvnni = {
     .isa = "avxvnni",
+    .quantize = ef_qd8_quantize_row__avx2,
     .mr = 4,
     .nr = {4, 2, 1, 1},
     .q4 = {ef_qd8_f32_qb4w_gemm_ukernel_1x4c32__avxvnni, ef_qd8_f32_qb4w_gemm_ukernel_2x2c32__avxvnni,

@@ -6,7 +6,7 @@
  *   xsum[g] = sum_{k in g} xq[m,k]                   (kept as float: exact, |xsum| <= 128 * 128)
  *   y[m,n]  = sx[m] * sum_g (d[n,g] * isum[g] + m[n,g] * xsum[g]) + bias[n]
  * The float sum over groups is where variants may differ (summation order), so tests use a
- * named tolerance (kernels.quant.FLOAT_SUM_RTOL) for this family. */
+ * named tolerance (kernels.quant.QB_RTOL) for this family. */
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -120,6 +120,7 @@ int ef_qb_gemm(const ef_qb_gemm_config* config, size_t m, const float* x, const 
  * version below is tested bit-exact), so all of them see the same int8 activations. */
 float ef_qd8_quantize_row(const float* x, size_t k, size_t kp, size_t group, int8_t* xq, float* xsum);
 #if EF_ARCH_X86
-/* The same function with AVX-512 (identical results bit for bit: same IEEE operations). */
+/* The same function with AVX2 / AVX-512 (identical results bit for bit: same IEEE operations). */
+float ef_qd8_quantize_row__avx2(const float* x, size_t k, size_t kp, size_t group, int8_t* xq, float* xsum);
 float ef_qd8_quantize_row__avx512(const float* x, size_t k, size_t kp, size_t group, int8_t* xq, float* xsum);
 #endif
