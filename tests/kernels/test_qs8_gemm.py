@@ -128,7 +128,7 @@ def test_property_every_isa_equals_reference(m, n, k, seed, extreme, a_zp, w_zp,
 
 # ------------------------------------------------------------------ AMX / tile-shaped paths
 # The AMX kernel works on 16-row x 16-column x 64-K tiles (padding M to 16 rows, N to 16
-# columns, K to 64) from M = panel_min_m (8) up; below that it falls back to AVX-VNNI. These
+# columns, K to 64) from M = panel_min_m (2) up; M = 1 falls back to AVX-VNNI. These
 # cases straddle every one of those boundaries and run under every ISA the CPU has.
 
 
@@ -219,7 +219,7 @@ def test_property_tile_path_equals_reference(m, n, k, seed, extreme, a_zp, w_zp,
 @given(m=st.integers(8, 40), n=st.integers(1, 40), k=st.integers(1, 300), seed=st.integers(0, 2**32 - 1),
        scale=st.sampled_from([1e-30, 1e-4, 1.0, 1e4, 1e30]), sign=st.sampled_from([-1, 0, 1]))
 def test_qd8_linear_tile_path_equals_numpy(m, n, k, seed, scale, sign):
-    """M >= 8: on AMX the activations are quantized straight into the tile layout (AVX-512,
+    """M >= 8 (the tile path): on AMX the activations are quantized straight into the tile layout (AVX-512,
     multiply by 1/scale with a division fallback near ties); same values as numpy's division."""
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((m, k)) * scale).astype(np.float32)

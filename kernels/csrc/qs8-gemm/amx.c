@@ -148,7 +148,8 @@ const ef_qs8_gemm_config ef_qs8_gemm_config_amx = {
     .mr = 4,
     .a_u8 = 1,
     .panel = ef_qs8_qc8w_gemm_minmax_ukernel_32x32c4__amx,
-    .panel_min_m = 8,
+    .panel_min_m = 2, /* measured: from 2 rows AMX beats AVX-VNNI at N = K = 384..4096; at 1 it
+                         * wins only for small K and loses 10% at 4096 (memory-bound GEMV) */
     .panel_blocks = 2,
     .fallback = &ef_qs8_gemm_config_avxvnni,
 };

@@ -139,7 +139,10 @@ static void panel_run(const ef_qs8_gemm_config* config, size_t m, uint8_t* a_pre
   memset(a_prep + m * kp64, 128, (m_pad - m) * kp64);
   const size_t per = config->panel_blocks;
   panel_job job = {config->panel, per, w->n_blocks, {m, m_pad, a_prep, kp64, a_zp, a_scale, rowsum, w, c, params}};
-  ef_parallel_for(EF_DIV_UP(w->n_blocks, per), m_pad * kp64 * EF_QS8_NR * per, panel_range, &job);
+  /* The pool's cost unit is an AVX2 multiply-add; AMX does ~16-32x as many per cycle, so a
+   * job is worth a second thread only at ~32x the multiply-adds. */
+  const size_t cost = m_pad * kp64 * EF_QS8_NR * per / 32;
+  ef_parallel_for(EF_DIV_UP(w->n_blocks, per), cost, panel_range, &job);
 }
 
 static uint8_t* panel_alloc(size_t m, const ef_qs8_packed* w) {
