@@ -8,7 +8,9 @@
 2. Selection: from all-int8, the most sensitive layer not yet promoted moves to the next
    candidate precision (int16 QDQ, or fp32 = left out of the rewrite), the model is rebuilt
    and measured, until the drop is within the budget. With ("int8", "int16", "fp32") every
-   layer is tried at int16 (most sensitive first) before any goes to fp32.
+   layer is tried at int16 (most sensitive first) before any goes to fp32. Then each
+   promoted layer, least sensitive first, goes back to the lowest precision that keeps the
+   budget (undoing promotions that did not help).
 3. A budget met only by leaving every layer in fp32 is refused (BudgetError): that would be
    an fp32 copy posing as a quantized variant.
 
@@ -125,6 +127,10 @@ def choose_precision(b: MixedBuilder, max_drop: float, candidates: tuple[str, ..
             steps.append({"promoted": r.weight, "to": level, "quality": q})
             say(f"{r.weight} -> {level}: quality {q:.4f} (drop {b.fp32_quality - q:+.4f})")
     drop = b.fp32_quality - q
+    if drop <= max_drop and not all(p == "fp32" for p in precision.values()):
+        model, report, q = _give_back(b, max_drop, candidates, ranked, precision, model, report,
+                                      q, steps, say)
+        drop = b.fp32_quality - q
     if drop > max_drop or all(p == "fp32" for p in precision.values()):
         best = max(steps, key=lambda s: s["quality"])
         raise BudgetError(
@@ -133,6 +139,27 @@ def choose_precision(b: MixedBuilder, max_drop: float, candidates: tuple[str, ..
             f"best quantized {best['quality']:.4f}, drop {b.fp32_quality - best['quality']:.4f}; "
             f"most sensitive layer {ranked[0].weight} alone drops {ranked[0].drop:.4f})")
     return model, report, precision, ranked, steps
+
+
+def _give_back(b: MixedBuilder, max_drop: float, candidates: tuple[str, ...],
+               ranked: list[LayerSensitivity], precision: dict[str, str], model, report,
+               q: float, steps: list, say):
+    """Greedy promotion can overshoot: a promotion that did not help (an int16 layer whose
+    8-bit output still loses, say) stays. Walk the promoted layers, least sensitive first,
+    and move each to the lowest candidate that keeps the drop within budget."""
+    for r in reversed(ranked):
+        level = candidates.index(precision[r.weight])
+        for lower in candidates[:level]:
+            trial = {**precision, r.weight: lower}
+            m, rep = b.build(trial)
+            tq = b.quality(m)
+            if b.fp32_quality - tq <= max_drop:
+                precision[r.weight] = lower
+                model, report, q = m, rep, tq
+                steps.append({"demoted": r.weight, "to": lower, "quality": tq})
+                say(f"{r.weight} back to {lower}: quality {tq:.4f}")
+                break
+    return model, report, q
 
 
 @register_variant_handler(MixedPrecisionConfig)

@@ -63,7 +63,7 @@ def test_mixed_precision_keeps_the_fragile_layer_and_meets_the_budget(fragile, d
     d = mixed.details
     assert d["all_int8_quality"] < fp32.quality - 0.5           # why it was needed
     assert d["selected_quality"] == pytest.approx(mixed.quality, abs=1e-6)
-    assert [s["promoted"] for s in d["steps"]] == [None, FRAGILE]
+    assert [s.get("promoted") for s in d["steps"]] == [None, FRAGILE]   # nothing to give back
     frag = next(l for l in d["layers"] if l["weight"] == FRAGILE)
     assert frag["rank"] == 0 and frag["drop"] > 0.5
     by_bits = {g.weight_bits: g.layers for g in mixed.layer_groups}
@@ -86,7 +86,10 @@ def test_int16_is_tried_before_fp32(fragile, digits):
     steps = mixed.details["steps"]
     assert steps[1] == {"promoted": FRAGILE, "to": "int16", "quality": steps[1]["quality"]}
     assert mixed.quality >= mixed.details["fp32_quality"] - 0.01
-    assert _precisions(mixed)[FRAGILE] in ("int16", "fp32")
+    got = _precisions(mixed)
+    assert got[FRAGILE] in ("int16", "fp32")
+    # promotions that did not help were given back: the robust layers end at int8
+    assert all(p == "int8" for w, p in got.items() if w != FRAGILE), got
     onnx.checker.check_model(onnx.load_from_string(r.files[mixed.file]), full_check=True)
 
 
