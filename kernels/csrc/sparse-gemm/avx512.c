@@ -22,15 +22,36 @@ EF_INLINE SPB_TARGET_AVX512 __m128i hsum4(__m512i a0, __m512i a1, __m512i a2, __
   return _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
 }
 
+/* acc += x (uint8) . w (int8) in place. The intrinsic returns a new value and GCC then copies
+ * every accumulator once per iteration (vmovdqa32 pairs around each vpdpbusd); the tied asm
+ * operand keeps each accumulator in its register. */
+EF_INLINE SPB_TARGET_AVX512 void spb_dpbusd(__m512i* acc, __m512i x, __m512i w) {
+  __asm__("vpdpbusd %2, %1, %0" : "+v"(*acc) : "v"(x), "v"(w));
+}
+
+/* MR activation rows (1..4, a constant after inlining) against the 4 rows of each group.
+ * Named accumulators rather than an array: with acc[MR][4] GCC copied or spilled them every
+ * iteration. */
+#define SPB_ROW(r)                                                                        \
+  if (MR > r) {                                                                           \
+    const __m512i xv = _mm512_loadu_si512(x + r * ldx + c * EF_SPB_CHUNK);                \
+    spb_dpbusd(&a##r##0, xv, w0);                                                     \
+    spb_dpbusd(&a##r##1, xv, w1);                                                     \
+    spb_dpbusd(&a##r##2, xv, w2);                                                     \
+    spb_dpbusd(&a##r##3, xv, w3);                                                     \
+  }
+#define SPB_OUT(r)                                                                         \
+  if (MR > r)                                                                              \
+    _mm_storeu_si128((__m128i*)(raw + r * ldr + g * EF_SPB_ROWS),                          \
+                     _mm_sub_epi32(hsum4(a##r##0, a##r##1, a##r##2, a##r##3), corr));
+
 EF_INLINE SPB_TARGET_AVX512 void spb_groups(const size_t MR, const ef_spb_packed* w, size_t g0, size_t g1,
                                             const uint8_t* x, size_t ldx, int32_t* raw, size_t ldr) {
   const size_t chunks = w->chunks;
   for (size_t g = g0; g < g1; g++) {
-    __m512i acc[EF_SPB_MR][EF_SPB_ROWS];
-#pragma GCC unroll 4
-    for (size_t r = 0; r < MR; r++) {
-      acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = _mm512_setzero_si512();
-    }
+    const __m512i z = _mm512_setzero_si512();
+    __m512i a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z;
+    __m512i a20 = z, a21 = z, a22 = z, a23 = z, a30 = z, a31 = z, a32 = z, a33 = z;
     const uint64_t* mask = w->mask + g * chunks * EF_SPB_ROWS;
     const int8_t* v = w->val + w->group_val[g];
     for (size_t c = 0; c < chunks; c++, mask += EF_SPB_ROWS) {
@@ -45,48 +66,16 @@ EF_INLINE SPB_TARGET_AVX512 void spb_groups(const size_t MR, const ef_spb_packed
       const __m512i w2 = _mm512_maskz_expand_epi8(m2, _mm512_loadu_si512(v + o2));
       const __m512i w3 = _mm512_maskz_expand_epi8(m3, _mm512_loadu_si512(v + o3));
       v += o4;
-#pragma GCC unroll 4
-      for (size_t r = 0; r < MR; r++) {
-        const __m512i xv = _mm512_loadu_si512(x + r * ldx + c * EF_SPB_CHUNK);
-        acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], xv, w0);
-        acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], xv, w1);
-        acc[r][2] = _mm512_dpbusd_epi32(acc[r][2], xv, w2);
-        acc[r][3] = _mm512_dpbusd_epi32(acc[r][3], xv, w3);
-      }
+      SPB_ROW(0)
+      SPB_ROW(1)
+      SPB_ROW(2)
+      SPB_ROW(3)
     }
     const __m128i corr = _mm_slli_epi32(_mm_loadu_si128((const __m128i*)(w->wsum + g * EF_SPB_ROWS)), 7);
-#pragma GCC unroll 4
-    for (size_t r = 0; r < MR; r++)
-      _mm_storeu_si128((__m128i*)(raw + r * ldr + g * EF_SPB_ROWS),
-                       _mm_sub_epi32(hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]), corr));
-  }
-}
-
-/* The GEMV case written out with named accumulators: the array version above leaves GCC
- * copying the four accumulators around every iteration. */
-static SPB_TARGET_AVX512 void spb_groups_mr1(const ef_spb_packed* w, size_t g0, size_t g1, const uint8_t* x,
-                                            int32_t* raw) {
-  const size_t chunks = w->chunks;
-  for (size_t g = g0; g < g1; g++) {
-    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
-    const uint64_t* mask = w->mask + g * chunks * EF_SPB_ROWS;
-    const int8_t* v = w->val + w->group_val[g];
-    const uint8_t* xc = x;
-    for (size_t c = 0; c < chunks; c++, mask += EF_SPB_ROWS, xc += EF_SPB_CHUNK) {
-      const uint64_t m0 = mask[0], m1 = mask[1], m2 = mask[2], m3 = mask[3];
-      const size_t o1 = (size_t)_mm_popcnt_u64(m0);
-      const size_t o2 = o1 + (size_t)_mm_popcnt_u64(m1);
-      const size_t o3 = o2 + (size_t)_mm_popcnt_u64(m2);
-      const size_t o4 = o3 + (size_t)_mm_popcnt_u64(m3);
-      const __m512i xv = _mm512_loadu_si512(xc);
-      a0 = _mm512_dpbusd_epi32(a0, xv, _mm512_maskz_expand_epi8(m0, _mm512_loadu_si512(v)));
-      a1 = _mm512_dpbusd_epi32(a1, xv, _mm512_maskz_expand_epi8(m1, _mm512_loadu_si512(v + o1)));
-      a2 = _mm512_dpbusd_epi32(a2, xv, _mm512_maskz_expand_epi8(m2, _mm512_loadu_si512(v + o2)));
-      a3 = _mm512_dpbusd_epi32(a3, xv, _mm512_maskz_expand_epi8(m3, _mm512_loadu_si512(v + o3)));
-      v += o4;
-    }
-    const __m128i corr = _mm_slli_epi32(_mm_loadu_si128((const __m128i*)(w->wsum + g * EF_SPB_ROWS)), 7);
-    _mm_storeu_si128((__m128i*)(raw + g * EF_SPB_ROWS), _mm_sub_epi32(hsum4(a0, a1, a2, a3), corr));
+    SPB_OUT(0)
+    SPB_OUT(1)
+    SPB_OUT(2)
+    SPB_OUT(3)
   }
 }
 
@@ -94,7 +83,7 @@ static SPB_TARGET_AVX512 void ef_qs8_spmv_bitmask_ukernel_4x64__avx512(const ef_
                                                                        size_t mr, const void* x, size_t ldx,
                                                                        int32_t* raw, size_t ldr) {
   switch (mr) {
-    case 1: spb_groups_mr1(w, g0, g1, x, raw); break;
+    case 1: spb_groups(1, w, g0, g1, x, ldx, raw, ldr); break;
     case 2: spb_groups(2, w, g0, g1, x, ldx, raw, ldr); break;
     case 3: spb_groups(3, w, g0, g1, x, ldx, raw, ldr); break;
     default: spb_groups(4, w, g0, g1, x, ldx, raw, ldr); break;
