@@ -95,7 +95,7 @@ class Generic(IROp):
                 return [partial(fn, ins[0], out=out)]
             if len(ins) == 2:
                 return [partial(fn, ins[0], ins[1], out=out)]
-        if op in _FAST and floats:
+        if op in _FAST and (floats or op in _ANY_DTYPE):
             steps = _FAST[op](self.node, ins, outs)
             if steps is not None:
                 return steps
@@ -194,9 +194,64 @@ def _ws(like: np.ndarray) -> np.ndarray:
     return np.empty(like.shape, like.dtype)
 
 
+def _bind_reduce(node, ins, outs):
+    """ReduceSum/Mean/Max/Min/L2 over constant axes, into the preallocated output."""
+    x, y = ins[0], outs[0]
+    axes = ins[1] if len(ins) > 1 and ins[1] is not None else node.attrs.get("axes")
+    if axes is None or len(np.atleast_1d(axes)) == 0:
+        return None
+    axes = tuple(int(a) + x.ndim if int(a) < 0 else int(a) for a in np.atleast_1d(axes))
+    keep = bool(node.attrs.get("keepdims", 1))
+    if node.op_type == "ReduceL2":
+        sq = _ws(x)
+        return [partial(np.multiply, x, x, out=sq), partial(np.sum, sq, axis=axes, keepdims=keep, out=y),
+                partial(np.sqrt, y, out=y)]
+    fn = {"ReduceSum": np.sum, "ReduceMean": np.mean, "ReduceMax": np.max, "ReduceMin": np.min}[node.op_type]
+    return [partial(fn, x, axis=axes, keepdims=keep, out=y)]
+
+
+def _bind_clip(node, ins, outs):
+    x, y = ins[0], outs[0]
+    lo = ins[1] if len(ins) > 1 and ins[1] is not None else node.attrs.get("min")
+    hi = ins[2] if len(ins) > 2 and ins[2] is not None else node.attrs.get("max")
+    steps = [partial(np.copyto, y, x)] if lo is None and hi is None else []
+    src = x
+    if lo is not None:           # the same two ufuncs as ops.py's Clip, NaN handling included
+        steps.append(partial(np.maximum, src, np.asarray(lo, x.dtype), out=y))
+        src = y
+    if hi is not None:
+        steps.append(partial(np.minimum, src, np.asarray(hi, x.dtype), out=y))
+    return steps
+
+
+def _bind_cast(node, ins, outs):
+    from kernels.engine.graph import DTYPES
+    if DTYPES.get(node.attrs.get("to")) != outs[0].dtype:
+        return None
+    return [partial(np.copyto, outs[0], ins[0], casting="unsafe")]
+
+
+def _bind_dequantize(node, ins, outs):
+    """Per-tensor DequantizeLinear of an ONNX-domain int8/uint8 tensor (e.g. a Gather from an
+    int8 embedding table): (x - zp) * scale in float32, exact like ops.py's int32 route."""
+    x, scale = ins[0], ins[1]
+    zp = ins[2] if len(ins) > 2 else None
+    y = outs[0]
+    if (x.dtype not in (np.int8, np.uint8) or scale.size != 1 or scale.dtype != F32 or y.dtype != F32
+            or (zp is not None and zp.size != 1) or node.attrs.get("block_size", 0)):
+        return None
+    z = F32(0 if zp is None else int(zp.reshape(-1)[0]))
+    return [partial(np.subtract, x, z, out=y, dtype=F32), partial(np.multiply, y, F32(scale.reshape(-1)[0]), out=y)]
+
+
 _FAST = {"Softmax": _bind_softmax, "Transpose": _bind_transpose, "MatMul": _bind_matmul,
          "LayerNormalization": _bind_layer_norm, "Gather": _bind_gather,
-         "Gelu": _bind_gelu, "Erf": _bind_erf}
+         "Gelu": _bind_gelu, "Erf": _bind_erf,
+         "ReduceSum": _bind_reduce, "ReduceMean": _bind_reduce, "ReduceMax": _bind_reduce,
+         "ReduceMin": _bind_reduce, "ReduceL2": _bind_reduce, "Clip": _bind_clip, "Cast": _bind_cast,
+         "DequantizeLinear": _bind_dequantize}
+#: fast binders that check dtypes themselves (integer inputs or outputs)
+_ANY_DTYPE = {"Gather", "Cast", "DequantizeLinear"}
 
 
 # ----------------------------------------------------------------------------- activations

@@ -190,3 +190,42 @@ def test_other_batch_sizes_reuse_the_lowering():
         ours = engine.run({"x": x})[engine.outputs[0].name]
         ref = _ort(data, {"x": x})[0]
         np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+
+
+def test_pooling_tail_runs_without_numpy_fallback():
+    """The sentence-embedding tail of an encoder export (int8 embedding Gather + DequantizeLinear,
+    Cast of the mask, masked mean = ReduceSum / Clip(ReduceSum), L2 normalisation) binds to
+    preallocated numpy steps (no per-call allocation) and matches onnxruntime."""
+    rng = np.random.default_rng(3)
+    table = rng.integers(-128, 128, (50, E), dtype=np.int8)
+    inits = [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array(0.02, F32), "t_scale"),
+             numpy_helper.from_array(np.array(3, np.int8), "t_zp"),
+             numpy_helper.from_array(np.array([1], np.int64), "ax1"),
+             numpy_helper.from_array(np.array([-1], np.int64), "axlast"),
+             numpy_helper.from_array(np.array(1e-9, F32), "tiny"), numpy_helper.from_array(np.array(1e-12, F32), "eps")]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["emb_q"]),
+             helper.make_node("DequantizeLinear", ["emb_q", "t_scale", "t_zp"], ["emb"]),
+             helper.make_node("Cast", ["mask"], ["maskf"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["maskf", "axlast"], ["mask3"]),
+             helper.make_node("Mul", ["emb", "mask3"], ["masked"]),
+             helper.make_node("ReduceSum", ["masked", "ax1"], ["total"], keepdims=0),
+             helper.make_node("ReduceSum", ["mask3", "ax1"], ["count"], keepdims=0),
+             helper.make_node("Clip", ["count", "tiny"], ["count_c"]),
+             helper.make_node("Div", ["total", "count_c"], ["mean"]),
+             helper.make_node("ReduceL2", ["mean", "axlast"], ["norm"], keepdims=1),
+             helper.make_node("Clip", ["norm", "eps"], ["norm_c"]),
+             helper.make_node("Div", ["mean", "norm_c"], ["out"])]
+    graph = helper.make_graph(nodes, "tail", [helper.make_tensor_value_info("ids", TensorProto.INT64, [B, S]),
+                                              helper.make_tensor_value_info("mask", TensorProto.INT64, [B, S])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [B, E])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    data = model.SerializeToString()
+    feeds = {"ids": rng.integers(0, 50, (B, S)).astype(np.int64), "mask": np.ones((B, S), np.int64)}
+    feeds["mask"][1, 3:] = 0
+    engine = Model(data)
+    assert engine.fallback_ops() == []
+    ours = engine.run(feeds)["out"]
+    np.testing.assert_allclose(ours, _ort(data, feeds)[0], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(ours, engine.run_reference(feeds)["out"])
