@@ -27,7 +27,8 @@
  *     d[16]   fp16 scales of the 16 columns     (32 bytes)
  *     m[16]   fp16 offsets of the 16 columns    (32 bytes)
  *     quants  group * bits / 32 steps of 64 bytes; in step s, byte 4 * c + i (column c,
- *             i = 0..3) holds column c's quants at k = s * S + i + 4 * j in bit field j:
+ *             i = 0..3) holds column c's quants at k = k0 + i + 4 * j (k0 = s * S, k counted
+ *             within the group) in bit field j:
  *               4 bits (S = 8):  q[k0 + i]        | q[k0 + 4 + i] << 4
  *               2 bits (S = 16): q[k0 + i] | q[k0 + 4 + i] << 2 | q[k0 + 8 + i] << 4 | q[k0 + 12 + i] << 6
  *   So one 512-bit load masked to one bit field is 16 columns x 4 consecutive k, the
