@@ -127,3 +127,26 @@ EF_TARGET_AVX512 void ef_qd8_quantize_rows_u8__avx512(const float* x, size_t m, 
   }
 }
 #endif /* EF_ARCH_X86 */
+
+#if EF_ARCH_X86
+/* int8 rows -> the same tile layout: a + 128 (a flip of the sign bit) with K padded by 128, and
+ * the row sums of a, from the byte sums of a + 128 (vpsadbw) minus 128 * K. */
+EF_TARGET_AVX512 void ef_qs8_prepare_rows_u8__avx512(const int8_t* a, size_t m, size_t k, size_t stride, uint8_t* dst,
+                                                     int32_t* rowsum) {
+  const __m512i flip = _mm512_set1_epi8((char)0x80);
+  for (size_t row = 0; row < m; row++) {
+    const int8_t* src = a + row * k;
+    uint8_t* d = dst + row * stride;
+    __m512i usum = _mm512_setzero_si512();
+    for (size_t i = 0; i < k; i += 64) {
+      const __mmask64 lanes = i + 64 <= k ? ~(__mmask64)0 : (((__mmask64)1 << (k - i)) - 1);
+      /* masked-off lanes load 0 and become 128: exactly the padding value, counted below */
+      const __m512i u = _mm512_xor_si512(_mm512_maskz_loadu_epi8(lanes, src + i), flip);
+      usum = _mm512_add_epi64(usum, _mm512_sad_epu8(u, _mm512_setzero_si512()));
+      _mm512_mask_storeu_epi8(d + i, lanes, u);
+    }
+    memset(d + k, 128, stride - k);
+    rowsum[row] = (int32_t)((uint32_t)_mm512_reduce_add_epi64(usum) - 128u * (uint32_t)EF_ROUND_UP(k, 64));
+  }
+}
+#endif /* EF_ARCH_X86 */

@@ -155,6 +155,9 @@ static int panel_gemm(const ef_qs8_gemm_config* config, size_t m, const int8_t* 
   uint8_t* a_prep = panel_alloc(m, w);
   if (a_prep == NULL) return -2;
   int32_t* rowsum = (int32_t*)(a_prep + EF_ROUND_UP(m, 16) * kp64);
+#if EF_ARCH_X86
+  ef_qs8_prepare_rows_u8__avx512(a, m, k, kp64, a_prep, rowsum); /* the panel path is AMX: AVX-512 is there */
+#else
   for (size_t r = 0; r < m; r++) {
     const int8_t* src = a + r * k;
     uint8_t* dst = a_prep + r * kp64;
@@ -166,6 +169,7 @@ static int panel_gemm(const ef_qs8_gemm_config* config, size_t m, const int8_t* 
     memset(dst + k, 128, kp64 - k);
     rowsum[r] = sum;
   }
+#endif
   panel_run(config, m, a_prep, a_zp, a_scale, rowsum, w, c, params);
   ef_aligned_free(a_prep);
   return 0;

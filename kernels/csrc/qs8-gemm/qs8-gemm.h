@@ -148,6 +148,8 @@ void ef_qd8_quantize_rows_asym__avx2(const float* x, size_t m, size_t k, int8_t*
  * the row sums of q: the AMX kernel's activation layout (avx512.c; needs AVX-512). */
 void ef_qd8_quantize_rows_u8__avx512(const float* x, size_t m, size_t k, size_t stride, uint8_t* a, float* scale,
                                      int32_t* zp, int32_t* rowsum);
+/* int8 rows into the same layout (a + 128, K padded with 128) with their row sums. */
+void ef_qs8_prepare_rows_u8__avx512(const int8_t* a, size_t m, size_t k, size_t stride, uint8_t* dst, int32_t* rowsum);
 #endif
 
 /* fp32 in, fp32 (or int8) out: quantize the rows of x dynamically, then ef_qs8_gemm. */
