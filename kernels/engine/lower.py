@@ -17,6 +17,11 @@
      when its input is DQ(int8) and the result is requantized).
    - dynamic int8 (onnxruntime's quantize_dynamic): DynamicQuantizeLinear -> MatMulInteger ->
      Cast -> Mul(scales) [-> Add(bias)] -> one Dense on the qd8 kernel.
+   - transformer ops (transformer.py, on the nn kernels): LayerNormalization with a residual
+     Add fused, Gelu and its Erf form, Softmax, the Reshape/Transpose/MatMul/Softmax/MatMul
+     attention block as one op (matched before the loop: its first nodes precede the anchor),
+     MatMul -> Add(constant bias) as one float Dense; after pruning, Q/K/V qd8 Dense ops that
+     read one tensor and feed one attention are merged into one GEMM.
    - remaining QuantizeLinear / DequantizeLinear on dynamic tensors -> Quantize / Dequantize
      (or the numpy DequantizeLinear for ONNX-domain integers, e.g. a Gather from an int8 table).
    - everything else -> Generic (numpy implementation), or UnsupportedGraph naming every op
