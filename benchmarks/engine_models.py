@@ -1,6 +1,7 @@
 """Example ONNX variants for the native engine's tests and benchmark (built with the compressor,
 small and fast): the digits CNN in fp32, int8 QDQ (uint8 and int8 activations), int4
-weight-only, 75%-pruned fp32 and pruned int8 QDQ.
+weight-only, 75%-pruned fp32 and pruned int8 QDQ; the MobileNetV2-style network likewise,
+its sparse variants block-pruned (16 x 4 blocks) for the block-sparse int8 kernel.
 
 Imports torch/onnx/compressor: tests and benchmarks only, never the engine.
 """
@@ -89,11 +90,29 @@ def minilm_variants(seq_len: int = 32) -> tuple[dict[str, bytes], dict[str, np.n
     return {"fp32": fp32.SerializeToString(), "int8-dynamic": int8}, feeds
 
 
+MOBILENET_BLOCK = (16, 4)      # the block-sparse int8 kernel's unit (kernels bsr_qs8)
+
+
+def block_pruned_mobilenet(ex, sparsity: float = 0.75, finetune_epochs: int = 0, finetune_lr: float = 5e-3):
+    """The compressor's block pruning of the MobileNetV2-style network: 16 x 4 blocks of every
+    pointwise conv and the classifier (depthwise convs and the 1-channel stem stay dense),
+    magnitude scores, `finetune_epochs` of fine-tuning (at the example's training learning
+    rate) with the pruned blocks held at zero."""
+    from compressor.configs import PruneConfig
+    from compressor.prune.handlers import prune_model
+
+    config = PruneConfig(sparsity=sparsity, block=MOBILENET_BLOCK, finetune_epochs=finetune_epochs,
+                         finetune_lr=finetune_lr)
+    pruned, _ = prune_model(ex.model, config, None, ex.train if finetune_epochs else None)
+    return pruned
+
+
 @functools.lru_cache(maxsize=1)
 def mobilenet_variants(epochs: int = 1) -> tuple[dict[str, bytes], np.ndarray]:
     """{variant id: ONNX bytes} for the MobileNetV2-style network on 16x16 digits (BatchNorm
     folded before export, as the compressor does): fp32, int8 QDQ, int4 weight-only, and the
-    75%-pruned network in fp32 and int8 QDQ; plus real inputs [N, 1, 16, 16]."""
+    75% block-pruned network (16 x 4 blocks, block_pruned_mobilenet; fine-tuned for `epochs`
+    when epochs > 0) in fp32 and int8 QDQ; plus real inputs [N, 1, 16, 16]."""
     from compressor.examples import mobilenet_v2_digits
     from compressor.export import export_onnx
     from compressor.models.mobilenet_v2 import fold_batchnorm
@@ -103,7 +122,7 @@ def mobilenet_variants(epochs: int = 1) -> tuple[dict[str, bytes], np.ndarray]:
     ex = mobilenet_v2_digits(seed=0, epochs=epochs)
     calib = ex.calibration[0][:64].astype(np.float32)
     fp32 = export_onnx(fold_batchnorm(ex.model), calib[:2])
-    sparse = prune_onnx(fp32, 0.75)
+    sparse = export_onnx(fold_batchnorm(block_pruned_mobilenet(ex, 0.75, epochs)), calib[:2])
     variants = {
         "fp32": fp32,
         "int8": quantize_static_qdq(fp32, calib, QdqOptions())[0],

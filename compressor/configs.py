@@ -187,6 +187,10 @@ class PruneConfig(VariantConfig):
         finetune_lr: learning rate for fine-tuning.
         int8: quantize the pruned model with static int8 (min-max, per-channel).
         seed: seeds fine-tuning.
+        block: for unstructured, remove whole (rows, cols) blocks of weights (output channels x
+            consecutive inputs) instead of single weights, e.g. (16, 4) for the native engine's
+            block-sparse int8 kernel; grouped (depthwise) convolutions and layers with fewer
+            than 4 blocks along their input are left dense. None: single weights.
     """
 
     sparsity: float = 0.5
@@ -197,6 +201,7 @@ class PruneConfig(VariantConfig):
     finetune_lr: float = 1e-3
     int8: bool = False
     seed: int = 0
+    block: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         from compressor.prune.importance import Importance
@@ -210,9 +215,17 @@ class PruneConfig(VariantConfig):
             raise ValueError(f"sparsity must be in (0, 1), got {self.sparsity}")
         if self.finetune_epochs < 0:
             raise ValueError("finetune_epochs must be >= 0")
+        if self.block is not None:
+            self.block = tuple(int(b) for b in self.block)
+            if len(self.block) != 2 or min(self.block) < 1:
+                raise ValueError(f"block must be (rows, cols) >= 1, got {self.block}")
+            if self.pattern is not SparsityPattern.UNSTRUCTURED:
+                raise ValueError("block applies to the unstructured pattern only")
         super().__post_init__()
 
     def default_id(self) -> str:
+        if self.block is not None:
+            return f"sparse{round(self.sparsity * 100)}-b{self.block[0]}x{self.block[1]}" + ("-int8" if self.int8 else "")
         pat = {"unstructured": "sparse", "2:4": "sparse24", "channel": "pruned"}[self.pattern.value]
         base = pat if self.pattern is SparsityPattern.TWO_FOUR else f"{pat}{round(self.sparsity * 100)}"
         return base + ("-int8" if self.int8 else "")

@@ -34,6 +34,8 @@ __all__ = [
     "qs8_linear",
     "qs8_gemm",
     "qd8_linear",
+    "pack_bsr",
+    "bsr_linear",
     "pack_qb",
     "qb_linear",
     "pack_sparse",
@@ -206,6 +208,34 @@ def qs8_gemm(a: np.ndarray, a_scale, a_zero_point, w: np.ndarray, w_scales, w_ze
     """One-shot qs8_linear on unpacked int8 weights w [N, K] (packs, then runs)."""
     return qs8_linear(a, a_scale, a_zero_point, pack_qs8(w, w_scales, w_zero_points, bias),
                       relu=relu, out_scale=out_scale, out_zero_point=out_zero_point, activation=activation)
+
+
+def pack_bsr(w: np.ndarray, w_scales, w_zero_points=None, bias=None) -> Packed:
+    """Pack int8 weights w [N, K] as 16 x 4 blocks (16 output channels x 4 consecutive K),
+    keeping only blocks with a nonzero weight, for bsr_linear. Same arguments and results as
+    pack_qs8 / qs8_linear; it pays when most blocks are zero (block-pruned weights).
+    `packed.nnz / 64` is the number of stored blocks."""
+    if not isinstance(w, np.ndarray):
+        raise TypeError(f"w: expected a numpy int8 array, got {type(w).__name__}")
+    if w.ndim != 2:
+        raise ValueError(f"w: expected 2 dimensions [N, K], got {w.ndim}")
+    n = w.shape[0]
+    return _kernels.bsr_pack(w, _vector(w_scales, n, np.float32, "w_scales"),
+                             _vector(w_zero_points, n, np.int32, "w_zero_points"), _vector(bias, n, np.float32, "bias"))
+
+
+def bsr_linear(a: np.ndarray, a_scale, a_zero_point, w: Packed, relu: bool = False,
+               out_scale: float | None = None, out_zero_point: int = 0, activation=None) -> np.ndarray:
+    """qs8_linear on block-sparse weights from pack_bsr (bit-identical results)."""
+    a2, squeeze = _as_2d(a, "a")
+    m = a2.shape[0]
+    if not isinstance(w, Packed) or w.kind != "bsr_qs8":
+        raise TypeError(f"w: expected weights from pack_bsr, got {getattr(w, 'kind', type(w).__name__)}")
+    out = np.empty((m, w.n), dtype=np.float32 if out_scale is None else np.int8)
+    _kernels.bsr_gemm(a2, _per_row(a_scale, m, np.float32, "a_scale"),
+                      _per_row(a_zero_point, m, np.int32, "a_zero_point"), w, out, *_clamp(activation, relu),
+                      1.0 if out_scale is None else float(out_scale), int(out_zero_point))
+    return out[0] if squeeze else out
 
 
 def qd8_linear(x: np.ndarray, w: Packed, relu: bool = False, activation=None) -> np.ndarray:

@@ -13,7 +13,7 @@ from compressor.errors import CompressionError, UnsupportedLayerError
 from compressor.evaluate import count_macs
 from compressor.export import export_onnx
 from compressor.prune.importance import Importance, channel_contribution, weight_scores
-from compressor.prune.masks import apply_masks, n_m_masks, sparsity_of, unstructured_masks
+from compressor.prune.masks import apply_masks, block_masks, n_m_masks, sparsity_of, unstructured_masks
 from compressor.prune.structured import channel_scores_magnitude, count_params, prune_channels
 from compressor.quant.calibration import check_calibration_data
 from compressor.quant.qdq import QdqOptions, quantize_static_qdq
@@ -47,8 +47,18 @@ def prune_model(model: torch.nn.Module, config: PruneConfig, calib: np.ndarray |
     else:
         pruned = copy.deepcopy(model)
         scores = weight_scores(pruned, importance, calib)
-        masks = (n_m_masks(scores) if config.pattern is SparsityPattern.TWO_FOUR
-                 else unstructured_masks(scores, config.sparsity, config.scope))
+        if config.block is not None:
+            # left dense: grouped (depthwise) convolutions (no block-sparse kernel), and layers
+            # with fewer than 4 blocks along their input (a 1-channel 3x3 stem: dropping 3 of 4
+            # blocks would leave each filter a few taps)
+            dense = {n for n, m in pruned.named_modules()
+                     if getattr(m, "groups", 1) > 1 or (n in scores and scores[n][0].numel() < 4 * config.block[1])}
+            masks = block_masks({n: s for n, s in scores.items() if n not in dense}, config.sparsity, config.block)
+            details["block"] = list(config.block)
+        elif config.pattern is SparsityPattern.TWO_FOUR:
+            masks = n_m_masks(scores)
+        else:
+            masks = unstructured_masks(scores, config.sparsity, config.scope)
         apply_masks(pruned, masks)
         details["scope"] = config.scope
     if config.finetune_epochs:
@@ -80,6 +90,8 @@ def _prune(config: PruneConfig, ctx: CompressContext) -> Artifact:
     groups = ()
     method = {"unstructured": f"{config.importance}-unstructured", "2:4": f"{config.importance}-2:4",
               "channel": f"{config.importance}-channel"}[config.pattern.value]
+    if config.block is not None:
+        method = f"{config.importance}-block{config.block[0]}x{config.block[1]}"
     if config.int8:
         proto, report = quantize_static_qdq(proto, calib, QdqOptions())
         groups = layer_groups_from_report(report["layers"], lambda l: 8)

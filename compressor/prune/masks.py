@@ -41,6 +41,31 @@ def _keep_top(v: torch.Tensor, sparsity: float) -> torch.Tensor:
     return mask
 
 
+def block_masks(scores: dict[str, torch.Tensor], sparsity: float, block: tuple[int, int]
+                ) -> dict[str, torch.Tensor]:
+    """Zero whole blocks of `block` = (rows, cols) weights: rows are output channels, cols
+    consecutive inputs of the flattened [out, in*kh*kw] weight (the int8 kernels' K order for
+    pointwise convs and Linear). A block's score is the sum of its weights' scores; per layer
+    the floor(sparsity * n_blocks) lowest-scoring blocks are removed (edge blocks are partial;
+    ties broken by position). (16, 4) matches the block-sparse int8 kernel (kernels bsr_qs8):
+    a removed block is one skipped dot-product step for 16 output channels."""
+    br, bc = int(block[0]), int(block[1])
+    if br < 1 or bc < 1:
+        raise ValueError(f"block must be two positive sizes, got {block}")
+    out = {}
+    for name, s in scores.items():
+        rows = s.reshape(s.shape[0], -1)
+        n, k = rows.shape
+        gr, gc = -(-n // br), -(-k // bc)
+        pad = torch.zeros(gr * br, gc * bc, dtype=rows.dtype)
+        pad[:n, :k] = rows
+        block_scores = pad.reshape(gr, br, gc, bc).sum(dim=(1, 3))
+        keep = _keep_top(block_scores.flatten(), sparsity).reshape(gr, gc)
+        full = keep.repeat_interleave(br, 0).repeat_interleave(bc, 1)[:n, :k]
+        out[name] = full.reshape(s.shape).to(s.dtype)
+    return out
+
+
 def n_m_masks(scores: dict[str, torch.Tensor], n: int = 2, m: int = 4) -> dict[str, torch.Tensor]:
     """Keep the n highest-scoring of every m consecutive weights along each output row's
     flattened input (I*kh*kw). Rows whose length is not a multiple of m keep their tail

@@ -24,6 +24,10 @@ class EngineConfig:
         autotune_sparse: int8 weights that qualify for the sparse kernel are also packed dense,
             and each plan keeps the faster of the two for its shapes (both compute the same
             integers, so results do not depend on the choice). False: always sparse.
+        bsr_max_block_fraction: int8 weights of which at most this fraction of the 16 x 4
+            blocks (16 output channels x 4 consecutive K) hold a nonzero weight are also packed
+            for the block-sparse kernel (bsr_qs8; any zero points), which skips the zero blocks
+            at any M; 0 disables it. Block-pruned weights (compressor prune, block=(16, 4)).
         max_cached_shapes: input-shape plans kept per model (least recently used dropped).
     """
 
@@ -32,10 +36,13 @@ class EngineConfig:
     int8_kernels: bool = True
     channels_last: bool = True
     autotune_sparse: bool = True
+    bsr_max_block_fraction: float = 0.75
     max_cached_shapes: int = 8
 
     def __post_init__(self):
         if not 0.0 <= self.sparse_min_zero_fraction:
             raise ValueError("sparse_min_zero_fraction must be >= 0")
+        if not 0.0 <= self.bsr_max_block_fraction <= 1.0:
+            raise ValueError("bsr_max_block_fraction must be in [0, 1]")
         if self.max_cached_shapes < 1:
             raise ValueError("max_cached_shapes must be >= 1")

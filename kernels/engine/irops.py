@@ -435,23 +435,41 @@ def fastest(candidates: list[list], repeats: int = 5) -> tuple[int, list]:
     return best, candidates[best]
 
 
+HAVE_BSR_GEMM = hasattr(_kernels, "bsr_gemm")
+
+
+def bsr_block_fraction(q: np.ndarray) -> float:
+    """Fraction of the 16 x 4 blocks (16 output channels x 4 consecutive K, the bsr kernel's
+    unit) of int8 weights [N, K] that hold a nonzero weight, i.e. that the bsr kernel stores
+    and multiplies."""
+    n, k = q.shape
+    pad = np.zeros((-(-n // 16) * 16, -(-k // 4) * 4), bool)
+    pad[:n, :k] = q != 0
+    return float(pad.reshape(pad.shape[0] // 16, 16, -1, 4).any(axis=(1, 3)).mean())
+
+
 class QWeights:
     """int8 weights [N, K] with per-channel scales/zero points for the exact int8 kernels:
-    dense qs8 packing, and, when zero points are 0 and enough weights are exactly zero, also
-    compressed rows (sparse_qs8). Both give the same integers; with `autotune` the plan keeps
-    whichever is faster for its shapes (small layers often run faster dense)."""
+    dense qs8 packing; when zero points are 0 and enough weights are exactly zero, also
+    compressed rows (sparse_qs8); when at most `bsr_max_fraction` of the 16 x 4 blocks hold a
+    nonzero weight (block-pruned weights), also the block-sparse packing (bsr_qs8). All give
+    the same integers; with `autotune` the plan keeps whichever is fastest for its shapes
+    (small layers often run faster dense); without it a sparse packing is used (bsr first)."""
 
     def __init__(self, q: np.ndarray, scale: np.ndarray, zp: np.ndarray, bias: np.ndarray | None, sparse: bool,
-                 autotune: bool = True):
+                 autotune: bool = True, bsr_max_fraction: float = 0.0):
         self.q = np.ascontiguousarray(q, np.int8)
         self.scale = np.ascontiguousarray(scale, F32)
         self.zp = np.ascontiguousarray(zp, np.int32)
         self.bias = None if bias is None else np.ascontiguousarray(bias, F32).reshape(-1)
         self.n, self.k = self.q.shape
-        self.backend = "sparse_qs8" if sparse else "qs8"
-        self.autotune = autotune
-        self.sparse_packed = kernels.pack_sparse(self.q, self.scale, self.bias) if sparse else None
-        self.packed = kernels.pack_qs8(self.q, self.scale, self.zp, self.bias) if (autotune or not sparse) else None
+        self.sparse, self.autotune, self.bsr_max_fraction = sparse, autotune, bsr_max_fraction
+        bsr = HAVE_BSR_GEMM and bsr_max_fraction > 0 and bsr_block_fraction(self.q) <= bsr_max_fraction
+        self.bsr_packed = kernels.pack_bsr(self.q, self.scale, self.zp, self.bias) if bsr else None
+        self.sparse_packed = kernels.pack_sparse(self.q, self.scale, self.bias) if sparse and (autotune or not bsr) else None
+        self.backend = "bsr_qs8" if bsr else ("sparse_qs8" if sparse else "qs8")
+        any_sparse = self.sparse_packed is not None or self.bsr_packed is not None
+        self.packed = kernels.pack_qs8(self.q, self.scale, self.zp, self.bias) if (autotune or not any_sparse) else None
         self.chosen: list[str] = []          # per bound plan: which packing won
 
     def ref(self, a2, a_scale, a_zp, clamp, out_q):
@@ -462,6 +480,10 @@ class QWeights:
     def _dense_steps(self, a2, sv, zv, y2, lo, hi, out_q):
         out_scale, out_zp = out_q if out_q else (1.0, 0)
         return [partial(_kernels.qs8_gemm, a2, sv, zv, self.packed, y2, lo, hi, F32(out_scale), int(out_zp))]
+
+    def _bsr_steps(self, a2, sv, zv, y2, lo, hi, out_q):
+        out_scale, out_zp = out_q if out_q else (1.0, 0)
+        return [partial(_kernels.bsr_gemm, a2, sv, zv, self.bsr_packed, y2, lo, hi, F32(out_scale), int(out_zp))]
 
     def _sparse_steps(self, a2, sv, zv, y2, lo, hi, out_q):
         if not out_q:
@@ -474,15 +496,20 @@ class QWeights:
         m = a2.shape[0]
         sv, zv = np.full(m, a_scale, F32), np.full(m, a_zp, np.int32)
         lo, hi = F32(clamp[0]), F32(clamp[1])
-        if self.sparse_packed is None:
-            return self._dense_steps(a2, sv, zv, y2, lo, hi, out_q)
-        sparse = self._sparse_steps(a2, sv, zv, y2, lo, hi, out_q)
-        if self.packed is None:
-            self.chosen.append("sparse_qs8")
-            return sparse
+        candidates = {}
+        if self.bsr_packed is not None:
+            candidates["bsr_qs8"] = self._bsr_steps(a2, sv, zv, y2, lo, hi, out_q)
+        if self.sparse_packed is not None:
+            candidates["sparse_qs8"] = self._sparse_steps(a2, sv, zv, y2, lo, hi, out_q)
+        if self.packed is not None:
+            candidates["qs8"] = self._dense_steps(a2, sv, zv, y2, lo, hi, out_q)
+        names = list(candidates)
+        if len(names) == 1 or not self.autotune:
+            self.chosen.append(names[0])
+            return candidates[names[0]]
         a2.fill(0)      # plan buffers are uninitialised; any int8 values time the same
-        pick, steps = fastest([sparse, self._dense_steps(a2, sv, zv, y2, lo, hi, out_q)])
-        self.chosen.append(("sparse_qs8", "qs8")[pick])
+        pick, steps = fastest(list(candidates.values()))
+        self.chosen.append(names[pick])
         return steps
 
 

@@ -7,6 +7,8 @@
    - Conv / Gemm / MatMul with a constant weight -> Conv / Dense on the best weight form:
      int4/int2 blocked weights -> qb kernels; >= sparse_min_zero_fraction zeros -> sparse
      kernel; else the fp32 GEMM kernel. A following Relu / Clip is fused.
+     (int8 weights whose 16 x 4 blocks are mostly zero are also packed for the block-sparse
+     kernel, bsr_max_block_fraction; the plan times the packings and keeps the fastest.)
    - QDQ int8: Conv / Gemm / MatMul whose input is DequantizeLinear(dynamic int8) and whose
      weight is DequantizeLinear(int8 initializer, per channel) -> QConv / QDense on the exact
      int8 kernels, taking the int8 tensor directly; [Relu|Clip] -> QuantizeLinear after it is
@@ -276,7 +278,8 @@ class Lowerer:
             return None
         sparse = (not np.any(zp) and k <= SPARSE_MAX_K
                   and float(np.mean(q == 0)) >= self.config.sparse_min_zero_fraction)
-        return irops.QWeights(q, scale, zp, bias, sparse, self.config.autotune_sparse)
+        return irops.QWeights(q, scale, zp, bias, sparse, self.config.autotune_sparse,
+                              self.config.bsr_max_block_fraction)
 
     # ------------------------------------------------------------------ lowering
 

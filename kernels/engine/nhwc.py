@@ -76,8 +76,8 @@ class ConvNHWC(IROp):
             cin = w.k // (kh * kw)
             perm = np.arange(w.k).reshape(cin, kh, kw).transpose(1, 2, 0).reshape(-1)
             if isinstance(w, irops.QWeights):
-                self._kernel_order = irops.QWeights(w.q[:, perm], w.scale, w.zp, w.bias, w.sparse_packed is not None,
-                                                    w.autotune)
+                self._kernel_order = irops.QWeights(w.q[:, perm], w.scale, w.zp, w.bias, w.sparse, w.autotune,
+                                                    w.bsr_max_fraction)
             elif isinstance(w, irops.SparseWeights):
                 self._kernel_order = irops.SparseWeights(w.w[:, perm], w.bias)
             elif isinstance(w, irops.F32Weights):

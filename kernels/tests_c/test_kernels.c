@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bsr-gemm/bsr-gemm.h"
 #include "common.h"
 #include "conv/conv.h"
 #include "f32-gemm/f32-gemm.h"
@@ -335,6 +336,61 @@ static void test_dwconv(const ef_conv_config* cfg, int q8, size_t h, size_t w, s
   free(x); free(wt); free(bias); free(ws); free(ref); free(got);
 }
 
+/* ----------------------------------------------------------------------- bsr (16 x 4 block-sparse int8) */
+
+/* Weights with each 16 x 4 block kept with probability keep_pct %, every variant against the
+ * scalar kernel (which tests/kernels/test_bsr_gemm.py checks against the numpy reference). */
+static void test_bsr(const ef_bsr_config* cfg, size_t m, size_t n, size_t k, unsigned keep_pct, int extreme, int out_int8) {
+  int8_t* a = malloc(m * k);
+  int8_t* w = malloc(n * k);
+  float *ws = malloc(n * 4), *bias = malloc(n * 4), *as = malloc(m * 4);
+  int32_t *wz = malloc(n * 4), *az = malloc(m * 4);
+  for (size_t i = 0; i < m * k; i++) a[i] = rnd_i8(extreme);
+  for (size_t i = 0; i < n * k; i++) w[i] = rnd_i8(extreme);
+  for (size_t g = 0; g < n; g += EF_BSR_NR)
+    for (size_t kb = 0; kb < k; kb += EF_BSR_KB)
+      if (rnd() % 100 >= keep_pct)
+        for (size_t j = g; j < EF_MIN(n, g + EF_BSR_NR); j++)
+          for (size_t kk = kb; kk < EF_MIN(k, kb + EF_BSR_KB); kk++) w[j * k + kk] = 0;
+  for (size_t i = 0; i < n; i++) { ws[i] = 0.001f + (rnd() % 1000) * 1e-4f; bias[i] = rnd_f(); wz[i] = extreme ? -128 : rnd_i8(0); }
+  for (size_t i = 0; i < m; i++) { as[i] = 0.01f; az[i] = extreme ? 127 : rnd_i8(0); }
+  ef_bsr_packed pw;
+  if (ef_bsr_pack(w, n, k, ws, wz, bias, &pw) != 0) { printf("bsr pack failed\n"); exit(2); }
+  const size_t elem = out_int8 ? 1 : 4;
+  void *ref = malloc(m * n * elem), *got = malloc(m * n * elem);
+  ef_qs8_gemm_params p = {.k = k, .out_min = (rnd() & 1) ? 0.0f : -INFINITY, .out_max = INFINITY, .out_int8 = out_int8,
+                          .out_inv_scale = 1.0f / 3.0f, .out_zp = -5};
+  ef_bsr_gemm(&ef_bsr_config_scalar, m, a, az, as, &pw, ref, &p);
+  ef_bsr_gemm(cfg, m, a, az, as, &pw, got, &p);
+  char what[96];
+  snprintf(what, sizeof what, "bsr %zux%zux%zu keep %u%%%s%s", m, n, k, keep_pct, extreme ? " extreme" : "",
+           out_int8 ? " int8-out" : "");
+  expect_same_bytes(what, cfg->isa, got, ref, m * n * elem);
+  ef_bsr_packed_free(&pw);
+  free(a); free(w); free(ws); free(bias); free(as); free(wz); free(az); free(ref); free(got);
+}
+
+static void test_bsr_all(uint32_t flags) {
+  const ef_bsr_config* cfgs[4] = {NULL, NULL, NULL, NULL};
+  int nconf = 0;
+#if EF_ARCH_X86
+  if (flags & EF_ARCH_X86_AVX512) cfgs[nconf++] = &ef_bsr_config_avx512;
+  if (flags & EF_ARCH_X86_AVXVNNI) cfgs[nconf++] = &ef_bsr_config_avxvnni;
+  if (flags & EF_ARCH_X86_AVX2) cfgs[nconf++] = &ef_bsr_config_avx2;
+#endif
+  cfgs[nconf++] = &ef_bsr_config_scalar; /* aarch64 runs the scalar kernel: harness check */
+  static const size_t shapes[][3] = {{1, 1, 1}, {1, 17, 33}, {2, 31, 7}, {3, 16, 64}, {4, 33, 129}, {5, 48, 300},
+                                     {9, 20, 1001}, {64, 24, 96}, {256, 96, 16}};
+  for (int c = 0; c < nconf; c++) {
+    printf("== bsr %s\n", cfgs[c]->isa);
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+      for (unsigned keep = 0; keep <= 100; keep += 25)
+        for (int extreme = 0; extreme < 2; extreme++)
+          for (int out8 = 0; out8 < 2; out8++) test_bsr(cfgs[c], shapes[s][0], shapes[s][1], shapes[s][2], keep, extreme, out8);
+    test_bsr(cfgs[c], 3, 17, EF_BSR_MAX_K, 50, 1, 0);
+  }
+}
+
 int main(void) {
   const uint32_t flags = ef_arch_flags_detected();
   const ef_qs8_gemm_config* qs8[4] = {NULL, NULL, NULL, NULL};
@@ -417,6 +473,7 @@ int main(void) {
         for (int extreme = 0; extreme < 2; extreme++)
           test_spb(spb[c], spb_shapes[s][0], spb_shapes[s][1], spb_shapes[s][2], keep, extreme);
   }
+  test_bsr_all(flags);
   printf("%d checks, %d failures\n", checks, failures);
   return failures != 0;
 }

@@ -118,3 +118,66 @@ def test_pruning_bad_input(digits):
         compress(plain, [PruneConfig()], eval_data=digits.heldout, latency=FAST)
     with pytest.raises(ValueError, match="sparsity"):
         PruneConfig(sparsity=1.0)
+
+
+def test_block_masks_hand_values():
+    from compressor.prune.masks import block_masks
+    # 2 x 2 blocks of a [3, 5] layer (edge blocks partial); block sums: [[10, 1, 9], [0.5, 8, 0]]
+    s = torch.tensor([[4.0, 3.0, 0.5, 0.5, 5.0],
+                      [2.0, 1.0, 0.0, 0.0, 4.0],
+                      [0.5, 0.0, 4.0, 4.0, 0.0]])
+    m = block_masks({"w": s}, 0.5, (2, 2))["w"]         # drops the 3 lowest of 6 blocks: 0, 0.5, 1
+    assert m.tolist() == [[1, 1, 0, 0, 1], [1, 1, 0, 0, 1], [0, 0, 1, 1, 0]]
+    conv = block_masks({"c": torch.rand(32, 8, 1, 1)}, 0.75, (16, 4))["c"]
+    assert conv.shape == (32, 8, 1, 1) and int(conv.sum()) == 16 * 4      # 1 of 4 blocks kept
+    with pytest.raises(ValueError, match="block"):
+        block_masks({"w": s}, 0.5, (0, 4))
+
+
+def test_block_pruning_zeroes_whole_blocks_and_leaves_depthwise_dense():
+    from compressor.models.mobilenet_v2 import MobileNetV2
+    from compressor.prune.handlers import prune_model
+    torch.manual_seed(0)
+    model = MobileNetV2(width=0.5).eval()
+    pruned, details = prune_model(model, PruneConfig(sparsity=0.75, block=(16, 4), finetune_epochs=0), None, None)
+    assert details["block"] == [16, 4]
+    for name, mod in pruned.named_modules():
+        if not isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
+            continue
+        w = mod.weight.detach().reshape(mod.weight.shape[0], -1)
+        if getattr(mod, "groups", 1) > 1 or w.shape[1] < 16:
+            assert (w != 0).all(), name                   # depthwise and the 1-channel stem untouched
+            continue
+        n, k = w.shape
+        pad = torch.zeros(-(-n // 16) * 16, -(-k // 4) * 4)
+        pad[:n, :k] = w
+        nonzero = (pad.reshape(pad.shape[0] // 16, 16, -1, 4) != 0).any(dim=3).any(dim=1)
+        blocks = nonzero.numel()
+        assert int(nonzero.sum()) == blocks - int(0.75 * blocks), name     # whole blocks removed
+        # a kept block keeps all its weights (random init has no exact zeros)
+        kept = nonzero.repeat_interleave(16, 0).repeat_interleave(4, 1)[:n, :k]
+        assert (w[kept] != 0).all() and (w[~kept] == 0).all(), name
+    with pytest.raises(ValueError, match="block"):
+        PruneConfig(block=(16, 0))
+    with pytest.raises(ValueError, match="unstructured"):
+        PruneConfig(pattern="2:4", block=(16, 4))
+    assert PruneConfig(sparsity=0.75, block=(16, 4), int8=True).default_id() == "sparse75-b16x4-int8"
+
+
+def test_block_pruned_int8_variant_keeps_quality(digits):
+    bundle = compress(digits.model, [Fp32Config(), PruneConfig(sparsity=0.5, block=(16, 4), int8=True,
+                                                               finetune_epochs=2)],
+                      calib_data=digits.calibration[0], eval_data=digits.heldout, train_data=digits.train,
+                      latency=FAST)
+    v = {x.id: x for x in bundle.manifest.variants}
+    b = v["sparse50-b16x4-int8"]
+    assert b.method == "magnitude-block16x4+ptq-static" and b.weight_bits == 8
+    assert b.quality >= v["fp32"].quality - 0.03
+    # the int8 weights of conv2 hold whole zero 16 x 4 blocks
+    m = onnx.load_from_string(bundle.files["sparse50-b16x4-int8.onnx"])
+    q = [numpy_helper.to_array(t) for t in m.graph.initializer if t.name.startswith("conv2.weight")
+         and numpy_helper.to_array(t).dtype == np.int8]
+    assert q, [t.name for t in m.graph.initializer]
+    w = q[0].reshape(q[0].shape[0], -1)
+    from kernels.engine.irops import bsr_block_fraction
+    assert bsr_block_fraction(w) <= 0.5 + 1e-9

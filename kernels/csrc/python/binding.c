@@ -9,6 +9,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "bsr-gemm/bsr-gemm.h"
 #include "common.h"
 #include "conv/conv.h"
 #include "f32-gemm/f32-gemm.h"
@@ -122,7 +123,7 @@ static void views_release(views* vs) {
 
 /* ------------------------------------------------------------------ packed weights */
 
-typedef enum { PACKED_QS8 = 1, PACKED_QB, PACKED_SPARSE, PACKED_F32, PACKED_SPW, PACKED_SPB } packed_kind;
+typedef enum { PACKED_QS8 = 1, PACKED_QB, PACKED_SPARSE, PACKED_F32, PACKED_SPW, PACKED_SPB, PACKED_BSR } packed_kind;
 
 typedef struct {
   PyObject_HEAD packed_kind kind;
@@ -132,6 +133,7 @@ typedef struct {
     ef_sparse_packed sp;
     ef_f32_packed f32;
     ef_spw_packed spw;
+    ef_bsr_packed bsr;
     ef_spb_packed spb;
   } u;
 } PackedObject;
@@ -142,6 +144,7 @@ static void packed_dealloc(PackedObject* self) {
   if (self->kind == PACKED_SPARSE) ef_sparse_packed_free(&self->u.sp);
   if (self->kind == PACKED_F32) ef_f32_packed_free(&self->u.f32);
   if (self->kind == PACKED_SPW) ef_spw_packed_free(&self->u.spw);
+  if (self->kind == PACKED_BSR) ef_bsr_packed_free(&self->u.bsr);
   if (self->kind == PACKED_SPB) ef_spb_packed_free(&self->u.spb);
   Py_TYPE(self)->tp_free((PyObject*)self);
 }
@@ -153,6 +156,7 @@ static PyObject* packed_get_n(PackedObject* self, void* unused) {
     case PACKED_SPARSE: return PyLong_FromSize_t(self->u.sp.n);
     case PACKED_F32: return PyLong_FromSize_t(self->u.f32.n);
     case PACKED_SPW: return PyLong_FromSize_t(self->u.spw.n);
+    case PACKED_BSR: return PyLong_FromSize_t(self->u.bsr.n);
     case PACKED_SPB: return PyLong_FromSize_t(self->u.spb.n);
   }
   Py_RETURN_NONE;
@@ -164,6 +168,7 @@ static PyObject* packed_get_k(PackedObject* self, void* unused) {
     case PACKED_SPARSE: return PyLong_FromSize_t(self->u.sp.k);
     case PACKED_F32: return PyLong_FromSize_t(self->u.f32.k);
     case PACKED_SPW: return PyLong_FromSize_t(self->u.spw.k);
+    case PACKED_BSR: return PyLong_FromSize_t(self->u.bsr.k);
     case PACKED_SPB: return PyLong_FromSize_t(self->u.spb.k);
   }
   Py_RETURN_NONE;
@@ -178,6 +183,11 @@ static PyObject* packed_get_nbytes(PackedObject* self, void* unused) {
       return PyLong_FromSize_t(sp->steps * (EF_SPW_STEP_BYTES + sizeof(uint16_t)) + (sp->groups + 1) * 4 + sp->n * 12);
     }
     case PACKED_SPB: return PyLong_FromSize_t(ef_spb_packed_bytes(&self->u.spb));
+    case PACKED_BSR: {
+      const ef_bsr_packed* b = &self->u.bsr;
+      return PyLong_FromSize_t(b->nnz_blocks * (EF_BSR_BLOCK_BYTES + 4) + (b->n_groups + 1) * 4 +
+                               b->n_groups * EF_QS8_BLOCK_HEADER_BYTES);
+    }
     case PACKED_SPARSE: {
       const ef_sparse_packed* sp = &self->u.sp;
       const size_t per_nz = sizeof(uint16_t) + (sp->dtype == EF_SPARSE_F32 ? 4 : 1);
@@ -193,6 +203,7 @@ static PyObject* packed_get_kind(PackedObject* self, void* unused) {
     case PACKED_SPARSE: return PyUnicode_FromString(self->u.sp.dtype == EF_SPARSE_F32 ? "sparse_f32" : "sparse_qs8");
     case PACKED_F32: return PyUnicode_FromString("f32");
     case PACKED_SPW: return PyUnicode_FromString("sparse_qs8_windows");
+    case PACKED_BSR: return PyUnicode_FromString("bsr_qs8");
     case PACKED_SPB: return PyUnicode_FromString("sparse_qs8_bitmask");
   }
   Py_RETURN_NONE;
@@ -201,12 +212,13 @@ static PyObject* packed_get_kind(PackedObject* self, void* unused) {
 static PyObject* packed_get_nnz(PackedObject* self, void* unused) {
   if (self->kind == PACKED_SPARSE) return PyLong_FromSize_t(self->u.sp.nnz);
   if (self->kind == PACKED_SPW) return PyLong_FromSize_t(self->u.spw.nnz);
+  if (self->kind == PACKED_BSR) return PyLong_FromSize_t(self->u.bsr.nnz_blocks * EF_BSR_BLOCK_BYTES);
   if (self->kind == PACKED_SPB) return PyLong_FromSize_t(self->u.spb.nnz);
   Py_RETURN_NONE;
 }
 
 static PyGetSetDef packed_getset[] = {
-    {"nnz", (getter)packed_get_nnz, NULL, "stored nonzeros (sparse formats; None otherwise)", NULL},
+    {"nnz", (getter)packed_get_nnz, NULL, "stored nonzeros (sparse formats, bsr: stored blocks x 64; None otherwise)", NULL},
     {"n", (getter)packed_get_n, NULL, "output channels (rows of the weight matrix)", NULL},
     {"k", (getter)packed_get_k, NULL, "input channels (columns of the weight matrix)", NULL},
     {"nbytes", (getter)packed_get_nbytes, NULL, "bytes of packed storage", NULL},
@@ -316,6 +328,96 @@ static PyObject* py_qs8_gemm(PyObject* self, PyObject* args) {
                                .out_inv_scale = out_int8 ? 1.0f / out_scale : 1.0f, .out_zp = out_int8 ? out_zp : 0};
   int rc;
   Py_BEGIN_ALLOW_THREADS rc = ef_qs8_gemm(NULL, (size_t)m, a->buf, zp->buf, scale->buf, w, out->buf, &params);
+  Py_END_ALLOW_THREADS views_release(&vs);
+  if (rc != 0) return PyErr_NoMemory();
+  Py_RETURN_NONE;
+fail:
+  views_release(&vs);
+  return NULL;
+}
+
+/* ------------------------------------------------------------------ bsr (16 x 4 block-sparse int8) */
+
+static PyObject* py_bsr_pack(PyObject* self, PyObject* args) {
+  PyObject *w_obj, *scale_obj, *zp_obj, *bias_obj;
+  if (!PyArg_ParseTuple(args, "OOOO", &w_obj, &scale_obj, &zp_obj, &bias_obj)) return NULL;
+  views vs = {.n = 0};
+  Py_buffer *w = views_add(&vs), *scale = views_add(&vs), *zp = views_add(&vs), *bias = views_add(&vs);
+  if (get_array(w_obj, w, "w", 'b', 2, 0)) goto fail;
+  const Py_ssize_t n = dim(w, 0), k = dim(w, 1);
+  if (n == 0 || k == 0) { PyErr_SetString(PyExc_ValueError, "w: shape must be non-empty"); goto fail; }
+  if (k > EF_BSR_MAX_K) {
+    PyErr_Format(PyExc_ValueError, "w: K = %zd exceeds %d, the largest K whose int32 accumulation is exact", k, EF_BSR_MAX_K);
+    goto fail;
+  }
+  if (get_array(scale_obj, scale, "w_scale", 'f', 1, 0) || expect_dim(scale, 0, n, "w_scale", "N")) goto fail;
+  if (zp_obj != Py_None && (get_array(zp_obj, zp, "w_zero_point", 'i', 1, 0) || expect_dim(zp, 0, n, "w_zero_point", "N"))) goto fail;
+  if (bias_obj != Py_None && (get_array(bias_obj, bias, "bias", 'f', 1, 0) || expect_dim(bias, 0, n, "bias", "N"))) goto fail;
+  if (zp->buf) {
+    const int32_t* z = zp->buf;
+    for (Py_ssize_t i = 0; i < n; i++)
+      if (z[i] < -128 || z[i] > 127) {
+        PyErr_Format(PyExc_ValueError, "w_zero_point[%zd] = %d is outside the int8 range [-128, 127]", i, z[i]);
+        goto fail;
+      }
+  }
+  PackedObject* p = PyObject_New(PackedObject, &PackedType);
+  if (p == NULL) goto fail;
+  p->kind = PACKED_BSR;
+  int rc;
+  Py_BEGIN_ALLOW_THREADS rc = ef_bsr_pack(w->buf, (size_t)n, (size_t)k, scale->buf, zp->buf, bias->buf, &p->u.bsr);
+  Py_END_ALLOW_THREADS if (rc != 0) {
+    Py_DECREF(p); /* ef_bsr_pack freed its buffers (dealloc frees NULLs) */
+    PyErr_NoMemory();
+    goto fail;
+  }
+  views_release(&vs);
+  return (PyObject*)p;
+fail:
+  views_release(&vs);
+  return NULL;
+}
+
+static PyObject* py_bsr_gemm(PyObject* self, PyObject* args) {
+  PyObject *a_obj, *scale_obj, *zp_obj, *packed_obj, *out_obj;
+  float out_min, out_max, out_scale;
+  int out_zp;
+  if (!PyArg_ParseTuple(args, "OOOOOfffi", &a_obj, &scale_obj, &zp_obj, &packed_obj, &out_obj, &out_min, &out_max, &out_scale, &out_zp))
+    return NULL;
+  PackedObject* p = packed_arg(packed_obj, PACKED_BSR, "packed");
+  if (p == NULL) return NULL;
+  const ef_bsr_packed* w = &p->u.bsr;
+  views vs = {.n = 0};
+  Py_buffer *a = views_add(&vs), *scale = views_add(&vs), *zp = views_add(&vs), *out = views_add(&vs);
+  if (get_array(a_obj, a, "a", 'b', 2, 0) || expect_dim(a, 1, (Py_ssize_t)w->k, "a", "K of the packed weights")) goto fail;
+  const Py_ssize_t m = dim(a, 0);
+  if (get_array(scale_obj, scale, "a_scale", 'f', 1, 0) || expect_dim(scale, 0, m, "a_scale", "M")) goto fail;
+  if (get_array(zp_obj, zp, "a_zero_point", 'i', 1, 0) || expect_dim(zp, 0, m, "a_zero_point", "M")) goto fail;
+  const int32_t* z = zp->buf;
+  for (Py_ssize_t i = 0; i < m; i++)
+    if (z[i] < -128 || z[i] > 127) {
+      PyErr_Format(PyExc_ValueError, "a_zero_point[%zd] = %d is outside the int8 range [-128, 127]", i, z[i]);
+      goto fail;
+    }
+  int out_int8 = 0; /* the output's dtype selects dequantized fp32 or requantized int8 */
+  if (PyObject_GetBuffer(out_obj, out, PyBUF_FORMAT | PyBUF_STRIDES) == 0) {
+    out_int8 = format_code(out->format) == 'b';
+    PyBuffer_Release(out);
+    memset(out, 0, sizeof *out);
+  } else {
+    PyErr_Clear();
+  }
+  if (get_array(out_obj, out, "out", out_int8 ? 'b' : 'f', 2, 1) || expect_dim(out, 0, m, "out", "M") ||
+      expect_dim(out, 1, (Py_ssize_t)w->n, "out", "N"))
+    goto fail;
+  if (out_int8 && (!(out_scale > 0.0f) || !isfinite(out_scale) || out_zp < -128 || out_zp > 127)) {
+    PyErr_SetString(PyExc_ValueError, "int8 output needs out_scale > 0 (finite) and out_zero_point in [-128, 127]");
+    goto fail;
+  }
+  ef_qs8_gemm_params params = {.k = w->k, .out_min = out_min, .out_max = out_max, .out_int8 = out_int8,
+                               .out_inv_scale = out_int8 ? 1.0f / out_scale : 1.0f, .out_zp = out_int8 ? out_zp : 0};
+  int rc;
+  Py_BEGIN_ALLOW_THREADS rc = ef_bsr_gemm(NULL, (size_t)m, a->buf, zp->buf, scale->buf, w, out->buf, &params);
   Py_END_ALLOW_THREADS views_release(&vs);
   if (rc != 0) return PyErr_NoMemory();
   Py_RETURN_NONE;
@@ -922,6 +1024,9 @@ static PyMethodDef methods[] = {
     {"qs8_pack", py_qs8_pack, METH_VARARGS, "qs8_pack(w, w_scale, w_zero_point|None, bias|None) -> Packed"},
     {"qs8_gemm", py_qs8_gemm, METH_VARARGS,
      "qs8_gemm(a, a_scale, a_zero_point, packed, out, out_min, out_max, out_scale, out_zero_point)"},
+    {"bsr_pack", py_bsr_pack, METH_VARARGS, "bsr_pack(w int8, w_scale, w_zero_point|None, bias|None) -> Packed (16x4 blocks)"},
+    {"bsr_gemm", py_bsr_gemm, METH_VARARGS,
+     "bsr_gemm(a, a_scale, a_zero_point, packed, out, out_min, out_max, out_scale, out_zero_point)"},
     {"qb_pack", py_qb_pack, METH_VARARGS, "qb_pack(q, bits, group_size, scales, offsets, bias|None) -> Packed"},
     {"qb_gemm", py_qb_gemm, METH_VARARGS, "qb_gemm(x, packed, out)"},
     {"sparse_pack", py_sparse_pack, METH_VARARGS, "sparse_pack(w int8|float32, w_scale|None, bias|None) -> Packed"},
