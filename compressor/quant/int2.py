@@ -255,42 +255,53 @@ def emit_int2_weight(model: onnx.ModelProto, g: Graph, site: WeightSite, group_s
     group = q.group_size
     ngroups = q.scale.shape[1]
 
-    def init(base, arr):
-        n = g.fresh(f"{name}_{base}")
+    # The unpacking adds ~12 nodes per layer; on MobileNetV2 long per-node names cost as
+    # many bytes as the 2-bit payload. So: short intermediate names, no node names, and the
+    # constants every layer uses stored once per model.
+    tag = g.fresh(f"i2_{len(model.graph.node)}")
+    shared = g.__dict__.setdefault("_int2_shared", {})
+
+    def init(base, arr, per_layer=True):
+        key = (base, arr.dtype.str, arr.shape, arr.tobytes())
+        if not per_layer and key in shared:
+            return shared[key]
+        n = g.fresh(base if per_layer else f"int2_{base}")
         model.graph.initializer.append(make_init(n, arr))
+        if not per_layer:
+            shared[key] = n
         return n
 
-    def node(op_type, inputs, base, **attrs):
-        out = g.fresh(f"{name}_{base}")
-        model.graph.node.append(helper.make_node(op_type, inputs, [out], name=g.fresh(f"{name}_{base}_op"),
-                                                 **attrs))
+    def node(op_type, inputs, out=None, **attrs):
+        out = g.fresh(out or f"{tag}_{len(model.graph.node)}")
+        model.graph.node.append(helper.make_node(op_type, inputs, [out], **attrs))
         return out
 
-    packed = init("int2_codes", packed_codes(q.codes, group))
-    scale = init("int2_scale", q.scale.reshape(rows, ngroups, 1))
-    zp = init("int2_zero_point", (np.full((1, 1, 1), SYMMETRIC_ZERO_POINT, np.float16) if q.symmetric
-                                  else q.zero_point.reshape(rows, ngroups, 1)))
-    t = node("Cast", [packed], "codes_i32", to=onnx.TensorProto.INT32)
-    t = node("Div", [t, init("int2_divisors", _DIVISORS)], "shifted")
-    t = node("Mod", [t, init("int2_levels", np.array(LEVELS, np.int32))], "crumbs")
-    t = node("Reshape", [t, init("int2_flat", np.array([-1], np.int64))], "crumbs_flat")
+    def const(base, values, dtype=np.int64):
+        return init(base, np.asarray(values, dtype), per_layer=False)
+
+    packed = init(f"{name}_int2_codes", packed_codes(q.codes, group))
+    scale = init(f"{name}_int2_scale", q.scale.reshape(rows, ngroups, 1))
+    zp = const("symmetric_zero_point", np.full((1, 1, 1), SYMMETRIC_ZERO_POINT), np.float16) \
+        if q.symmetric else init(f"{name}_int2_zero_point", q.zero_point.reshape(rows, ngroups, 1))
+    t = node("Cast", [packed], to=onnx.TensorProto.INT32)
+    t = node("Div", [t, const("divisors", _DIVISORS, np.int32)])
+    t = node("Mod", [t, const("levels", LEVELS, np.int32)])         # (bytes, 4) codes
     total = rows * ngroups * group
-    if total % 4:
-        t = node("Slice", [t, init("int2_start", np.array([0], np.int64)),
-                           init("int2_end", np.array([total], np.int64))], "crumbs_used")
-    t = node("Reshape", [t, init("int2_grouped", np.array([rows, ngroups, group], np.int64))], "crumbs_grouped")
-    t = node("Cast", [t], "codes_f32", to=onnx.TensorProto.FLOAT)
-    t = node("Sub", [t, node("Cast", [zp], "zp_f32", to=onnx.TensorProto.FLOAT)], "centred")
-    t = node("Mul", [t, node("Cast", [scale], "scale_f32", to=onnx.TensorProto.FLOAT)], "grouped")
-    t = node("Reshape", [t, init("int2_rows", np.array([rows, ngroups * group], np.int64))], "rows")
+    if total % 4:                                                   # drop the last byte's padding
+        t = node("Reshape", [t, const("flat", [-1])])
+        t = node("Slice", [t, const("zero", [0]), const(f"n{total}", [total])])
+    t = node("Reshape", [t, const(f"shape{rows}x{ngroups}x{group}", [rows, ngroups, group])])
+    t = node("Cast", [t], to=onnx.TensorProto.FLOAT)
+    t = node("Sub", [t, node("Cast", [zp], to=onnx.TensorProto.FLOAT)])
+    t = node("Mul", [t, node("Cast", [scale], to=onnx.TensorProto.FLOAT)])
+    t = node("Reshape", [t, const(f"shape{rows}x{ngroups * group}", [rows, ngroups * group])])
     if ngroups * group != k:
-        t = node("Slice", [t, init("int2_k0", np.array([0], np.int64)),
-                           init("int2_k", np.array([k], np.int64)), init("int2_axis", np.array([1], np.int64))],
-                 "rows_k")
+        t = node("Slice", [t, const("zero", [0]), const(f"n{k}", [k]), const("one", [1])])
     if op == "Conv":
-        t = node("Reshape", [t, init("int2_kernel_shape", np.asarray(w.shape, np.int64))], "kernel")
+        t = node("Reshape", [t, const("shape" + "x".join(map(str, w.shape)), w.shape)])
     elif site.reduce_axis == 0:
-        t = node("Transpose", [t], "kn", perm=[1, 0])
+        t = node("Transpose", [t], perm=[1, 0])
+    t = node("Identity", [t], out=f"{name}_int2")     # a readable name for the weight
     site.node.input[site.weight_index] = t
     deq = dequantize_int2_ref(q)
     err = deq - w2
