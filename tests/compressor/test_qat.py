@@ -10,7 +10,7 @@ from compressor import CompressionError, EmptyCalibrationError, Fp32Config, Late
 from compressor.configs import Int8QatConfig
 from compressor.evaluate import run
 from compressor.quant import reference as ref
-from compressor.quant.qat import (WeightFakeQuant, activation_fake_quant, export_qat,
+from compressor.quant.qat import (WeightFakeQuant, activation_fake_quant,
                                   prepare_qat, quantization_aware_training, set_range, train_qat)
 from compressor.quant.qdq import QdqOptions, quantize_static_qdq
 from compressor.train import TrainConfig
