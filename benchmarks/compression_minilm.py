@@ -178,6 +178,9 @@ def main(argv=None) -> int:
     ]
     for what, ok in checks:
         print(f"  [{'x' if ok else ' '}] {what}")
+    print(f"  RATIO int8 speed: quantize_dynamic p50 / ours int8-sq p50 = "
+          f"{p50[r8]:.3f} / {p50['ours int8-sq']:.3f} ms = {p50[r8] / p50['ours int8-sq']:.3f}x "
+          f"(> 1: ours faster)")
     v = {x.id: x for x in result.manifest.variants}
     d8 = v["int8-sq"].details
     print(f"  ours int8: fp32 outlier channels {d8['outlier_channels_fp32']}, "

@@ -19,7 +19,8 @@ recognise the torch.export graph: its attention and SkipLayerNorm fusions find n
 it), and only where every piece is exactly what the fused op computes:
 
   * the mask input is Unsqueeze(Mul(Sub(1, Cast(attention_mask)), c), axes (1, 2)) with a
-    graph-input mask: Attention's raw 2-D mask with mask_filter_value = c;
+    graph-input mask: Attention's raw 2-D mask with mask_filter_value = c (QAttention
+    always adds -10000, so only c = -10000 goes on to int8 as one op);
   * the score scale is a scalar Mul (or Div) constant; one that differs from 1/sqrt(D) is
     folded into the Q columns of the packed weight and bias (exact in real arithmetic);
   * every intermediate tensor has a single reader and is no graph output.
@@ -39,6 +40,7 @@ from compressor.quant import reference as ref
 from compressor.quant.graph import Graph, make_init, remove_unused_initializers, topological_sort
 
 MS_DOMAIN = "com.microsoft"
+QATTENTION_MASK_FILTER = -10000.0    # what QAttention adds at masked positions (fixed)
 
 
 def _attr(n: onnx.NodeProto, name: str, default=None):
@@ -231,6 +233,8 @@ def quantize_attention_int8(model: onnx.ModelProto, exclude: tuple[str, ...] = (
         if n.op_type != "Attention" or n.domain != MS_DOMAIN or n.input[1] not in g.inits or \
                 n.input[1] in exclude or n.name in exclude or len(n.input) < 3 or not n.input[2]:
             continue
+        if _attr(n, "mask_filter_value", QATTENTION_MASK_FILTER) != QATTENTION_MASK_FILTER:
+            continue                    # QAttention has no such attribute: it always uses this
         x, w_name = n.input[0], n.input[1]
         wq, ws = ref.quantize_symmetric_ref(g.array(w_name), axis=1)
         q_name, s_name = g.fresh(f"{w_name}_quantized"), g.fresh(f"{w_name}_scale")
