@@ -79,8 +79,33 @@ static void test_qs8(const ef_qs8_gemm_config* cfg, size_t m, size_t n, size_t k
 }
 
 #if EF_ARCH_X86
-/* The AMX tile path on every M from 1 (panel_min_m forced to 1; by default M < 8 falls back to
- * AVX-VNNI), N across the 16/32-column tile edges, K across the 64-byte tile steps. */
+/* qd8 (fp32 rows quantized inside the call) through a panel config against the scalar path:
+ * the AVX-512 quantizer (x * 1/scale, division near ties) must give the same bytes. Rows of
+ * exact half-integer quotients (scale 1) and random ones. */
+static void test_qd8_panel(const ef_qs8_gemm_config* cfg, size_t m, size_t n, size_t k, int ties) {
+  float* x = malloc(m * k * 4);
+  int8_t* w = malloc(n * k);
+  float* ws = malloc(n * 4);
+  for (size_t i = 0; i < m * k; i++) x[i] = ties ? (float)((int)(i % 256) - 128) + 0.5f : rnd_f() * (float)(1 + i % 7);
+  if (ties) for (size_t r = 0; r < m; r++) { x[r * k] = -127.5f; x[r * k + k - 1] = 127.5f; }
+  for (size_t i = 0; i < n * k; i++) w[i] = rnd_i8(0);
+  for (size_t i = 0; i < n; i++) ws[i] = 0.01f;
+  ef_qs8_packed pw;
+  if (ef_qs8_pack(w, n, k, ws, NULL, NULL, &pw) != 0) { printf("pack failed\n"); exit(2); }
+  float *ref = malloc(m * n * 4), *got = malloc(m * n * 4);
+  ef_qs8_gemm_params p = {.k = k, .out_min = -INFINITY, .out_max = INFINITY, .out_int8 = 0, .out_inv_scale = 1.0f, .out_zp = 0};
+  ef_qd8_gemm(&ef_qs8_gemm_config_scalar, m, x, &pw, ref, &p);
+  ef_qd8_gemm(cfg, m, x, &pw, got, &p);
+  char what[96];
+  snprintf(what, sizeof what, "qd8 %zux%zux%zu%s", m, n, k, ties ? " ties" : "");
+  expect_same_bytes(what, cfg->isa, got, ref, m * n * 4);
+  ef_qs8_packed_free(&pw);
+  free(x); free(w); free(ws); free(ref); free(got);
+}
+
+/* The AMX tile path on every M from 1 (panel_min_m forced to 1; by default M = 1 goes to the
+ * AVX-512 GEMV), N across the 16/32-column tile edges, K across the 64-byte tile steps; the
+ * AVX-512 GEMV on the same edges; qd8 through both. */
 static void test_qs8_tiles(void) {
   ef_qs8_gemm_config all_m = ef_qs8_gemm_config_amx;
   all_m.panel_min_m = 1;
@@ -93,6 +118,12 @@ static void test_qs8_tiles(void) {
   }
   test_qs8(&all_m, 17, 33, EF_QS8_MAX_K, 1, 0);
   test_qs8(&all_m, 33, 49, EF_QS8_MAX_K, 1, 1);
+  for (size_t i = 0; i < 14; i++) test_qs8(&ef_qs8_gemm_config_avx512, 1, ns[i % 7], ks[i % 5], (int)(i % 2), (int)(i / 7));
+  test_qs8(&ef_qs8_gemm_config_avx512, 1, 33, EF_QS8_MAX_K, 1, 0);
+  for (int ties = 0; ties < 2; ties++) {
+    test_qd8_panel(&ef_qs8_gemm_config_amx, 33, 40, 300, ties);
+    test_qd8_panel(&ef_qs8_gemm_config_amx, 1, 40, 200, ties);
+  }
 }
 #endif
 

@@ -150,7 +150,9 @@ const ef_qs8_gemm_config ef_qs8_gemm_config_amx = {
     .panel = ef_qs8_qc8w_gemm_minmax_ukernel_32x32c4__amx,
     .panel_min_m = 2, /* measured: from 2 rows AMX beats AVX-VNNI at N = K = 384..4096; at 1 it
                          * wins only for small K and loses 10% at 4096 (memory-bound GEMV) */
+    .panel_row_pad = 16,
     .panel_blocks = 2,
-    .fallback = &ef_qs8_gemm_config_avxvnni,
+    .panel_speedup = 32,
+    .fallback = &ef_qs8_gemm_config_avx512, /* M = 1 */
 };
 #endif /* EF_ARCH_X86 */

@@ -11,6 +11,7 @@ const ef_qs8_gemm_config* ef_qs8_gemm_select(void) {
   const uint32_t flags = ef_arch_flags();
 #if EF_ARCH_X86
   if (flags & EF_ARCH_X86_AMX) return &ef_qs8_gemm_config_amx;
+  if (flags & EF_ARCH_X86_AVX512) return &ef_qs8_gemm_config_avx512;
   if (flags & EF_ARCH_X86_AVXVNNI) return &ef_qs8_gemm_config_avxvnni;
   if (flags & EF_ARCH_X86_AVX2) return &ef_qs8_gemm_config_avx2;
 #endif
@@ -57,11 +58,11 @@ int ef_qs8_pack(const int8_t* w, size_t n, size_t k, const float* w_scale, const
     }
   }
 
-  /* The x4 panel for AMX: by what the CPU has (not the current set_isa override), so one
-   * packing serves every ISA this process may switch to. */
+  /* The x4 panel for AMX and the AVX-512 GEMV: by what the CPU has (not the current set_isa
+   * override), so one packing serves every ISA this process may switch to. */
   out->kp64 = EF_ROUND_UP(k, EF_QS8_PANEL_KC);
 #if EF_ARCH_X86
-  if (ef_arch_flags_detected() & EF_ARCH_X86_AMX) {
+  if (ef_arch_flags_detected() & (EF_ARCH_X86_AVX512 | EF_ARCH_X86_AMX)) {
     const size_t panel_bytes = out->kp64 * EF_QS8_NR;
     out->panel = ef_aligned_alloc(out->n_blocks * panel_bytes);
     if (out->panel == NULL) {
@@ -135,13 +136,13 @@ static void panel_range(void* ctx, size_t begin, size_t end) {
 static void panel_run(const ef_qs8_gemm_config* config, size_t m, uint8_t* a_prep, const int32_t* a_zp,
                       const float* a_scale, const int32_t* rowsum, const ef_qs8_packed* w, void* c,
                       const ef_qs8_gemm_params* params) {
-  const size_t kp64 = w->kp64, m_pad = EF_ROUND_UP(m, 16);
+  const size_t kp64 = w->kp64, m_pad = EF_ROUND_UP(m, config->panel_row_pad);
   memset(a_prep + m * kp64, 128, (m_pad - m) * kp64);
   const size_t per = config->panel_blocks;
   panel_job job = {config->panel, per, w->n_blocks, {m, m_pad, a_prep, kp64, a_zp, a_scale, rowsum, w, c, params}};
   /* The pool's cost unit is an AVX2 multiply-add; AMX does ~16-32x as many per cycle, so a
-   * job is worth a second thread only at ~32x the multiply-adds. */
-  const size_t cost = m_pad * kp64 * EF_QS8_NR * per / 32;
+   * job is worth a second thread only at that many times the multiply-adds. */
+  const size_t cost = m_pad * kp64 * EF_QS8_NR * per / config->panel_speedup;
   ef_parallel_for(EF_DIV_UP(w->n_blocks, per), cost, panel_range, &job);
 }
 
@@ -175,18 +176,21 @@ static int panel_gemm(const ef_qs8_gemm_config* config, size_t m, const int8_t* 
   return 0;
 }
 
-static int use_panel(const ef_qs8_gemm_config* config, size_t m, const ef_qs8_packed* w) {
-  return config->panel != NULL && w->panel != NULL && m >= config->panel_min_m;
+/* The config that runs this call: a panel config whose M range or packing does not fit hands
+ * the call to its fallback (AMX -> AVX-512 GEMV -> AVX-VNNI). */
+static const ef_qs8_gemm_config* resolve(const ef_qs8_gemm_config* config, size_t m, const ef_qs8_packed* w) {
+  while (config->panel != NULL &&
+         (w->panel == NULL || m < config->panel_min_m || (config->panel_max_m != 0 && m > config->panel_max_m)))
+    config = config->fallback;
+  return config;
 }
 
 int ef_qs8_gemm(const ef_qs8_gemm_config* config, size_t m, const int8_t* a, const int32_t* a_zp,
                 const float* a_scale, const ef_qs8_packed* w, void* c, const ef_qs8_gemm_params* params) {
   if (config == NULL) config = ef_qs8_gemm_select();
   if (m == 0) return 0;
-  if (config->panel != NULL) {
-    if (use_panel(config, m, w)) return panel_gemm(config, m, a, a_zp, a_scale, w, c, params);
-    config = config->fallback;
-  }
+  config = resolve(config, m, w);
+  if (config->panel != NULL) return panel_gemm(config, m, a, a_zp, a_scale, w, c, params);
   const size_t k = w->k, kp = w->kp;
   /* Activations are prepared once per call (O(MK), against O(MNK) for the GEMM): widened to
    * int16 for kernels that multiply int16 pairs, or offset to uint8 (a + 128) for the VNNI
@@ -248,7 +252,8 @@ int ef_qd8_gemm(const ef_qs8_gemm_config* config, size_t m, const float* x, cons
   if (m == 0) return 0;
 #if EF_ARCH_X86
   if (config == NULL) config = ef_qs8_gemm_select();
-  if (use_panel(config, m, w)) { /* AMX: quantize straight into the tile layout (AVX-512 with AMX) */
+  config = resolve(config, m, w);
+  if (config->panel != NULL) { /* AMX: quantize straight into the tile layout (AVX-512 with AMX) */
     uint8_t* a_prep = panel_alloc(m, w);
     if (a_prep == NULL) return -2;
     int32_t* rowsum = (int32_t*)(a_prep + EF_ROUND_UP(m, 16) * w->kp64);

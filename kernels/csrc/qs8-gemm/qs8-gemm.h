@@ -44,10 +44,11 @@ typedef struct ef_qs8_packed {
   size_t n_blocks, block_bytes;
   int has_w_zp;
   uint8_t* data;
-  /* The x4 panel (AMX, EF_QS8_PANEL_* below): a second copy of the weights in the layout the
-   * tile instructions read, built at pack time only when this CPU can run AMX (NULL
-   * otherwise). The c2 blocks above stay, so every ISA can still run on the same packing
-   * (set_isa may change between calls); the headers (colsum, zp, scale, bias) live only there. */
+  /* The x4 panel (EF_QS8_PANEL_* below): a second copy of the weights in the layout the AMX
+   * tile instructions (and 512-bit vpdpbusd) read, built at pack time only when this CPU has
+   * AVX-512 VNNI or AMX (NULL otherwise): one more byte per weight there. The c2 blocks above
+   * stay, so every ISA can still run on the same packing (set_isa may change between calls);
+   * the headers (colsum, zp, scale, bias) live only there. */
   size_t kp64;    /* K rounded up to 64, one AMX tile row of bytes */
   uint8_t* panel; /* n_blocks * kp64 * 16 bytes, or NULL */
 } ef_qs8_packed;
@@ -103,11 +104,13 @@ typedef struct ef_qs8_gemm_config {
   size_t mr;
   int a_u8; /* activations prepared as uint8 (a + 128) instead of int16 */
   ef_qs8_gemm_ukernel_fn ukernel[EF_QS8_MR_MAX];
-  /* Panel path (AMX only): used when the packing has a panel and m >= panel_min_m; otherwise
-   * the call goes to `fallback` (small M, where 16-row tiles would mostly multiply padding). */
+  /* Panel path (AMX, and the AVX-512 GEMV): used when the packing has a panel and
+   * panel_min_m <= m <= panel_max_m (0: no limit); otherwise the call goes to `fallback`. */
   ef_qs8_panel_fn panel;
-  size_t panel_min_m;
+  size_t panel_min_m, panel_max_m;
+  size_t panel_row_pad; /* the kernel reads rows in groups of this many (16 for AMX tiles) */
   size_t panel_blocks; /* 16-column blocks per work item handed to a thread */
+  size_t panel_speedup; /* multiply-adds per cycle relative to AVX2, for the thread-split threshold */
   const struct ef_qs8_gemm_config* fallback;
 } ef_qs8_gemm_config;
 
@@ -115,13 +118,14 @@ extern const ef_qs8_gemm_config ef_qs8_gemm_config_scalar;
 #if EF_ARCH_X86
 extern const ef_qs8_gemm_config ef_qs8_gemm_config_avx2;
 extern const ef_qs8_gemm_config ef_qs8_gemm_config_avxvnni;
+extern const ef_qs8_gemm_config ef_qs8_gemm_config_avx512; /* GEMV only, on the panel */
 extern const ef_qs8_gemm_config ef_qs8_gemm_config_amx;
 #endif
 #if EF_ARCH_ARM64
 extern const ef_qs8_gemm_config ef_qs8_gemm_config_neon;
 #endif
 
-/* Best config the current arch flags allow (amx -> avxvnni -> avx2 -> neon -> scalar). */
+/* Best config the current arch flags allow (amx -> avx512 -> avxvnni -> avx2 -> neon -> scalar). */
 const ef_qs8_gemm_config* ef_qs8_gemm_select(void);
 
 /* Packing and the operator (operator.c). Return 0 or a negative error. */
