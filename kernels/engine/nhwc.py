@@ -280,6 +280,8 @@ def channels_last(ops: list[IROp], consts: dict, outputs: list[str]) -> list[IRO
         op.inputs = [as_nchw(x) if x else x for x in op.inputs]
         result.append(op)
 
+    if HAVE_QADD:
+        result = fuse_residual_qadd(result, set(outputs))
     renames = {name: f"{name}@nhwc-out" for name in outputs if name in nhwc}
     if renames:
         for op in result:
@@ -288,3 +290,57 @@ def channels_last(ops: list[IROp], consts: dict, outputs: list[str]) -> list[IRO
         for name, inner in renames.items():
             result.append(ToNCHW(f"{name}:nchw", [inner], [name]))
     return result
+
+
+HAVE_QADD = hasattr(_kernels, "qadd")
+
+
+class QAddNHWC(IROp):
+    """Dequantize(a) + Dequantize(b) -> Quantize (an int8 residual Add of a QDQ graph) as one
+    kernel pass instead of 9 numpy steps; the C kernel repeats the three ops' float32
+    operations in order, so results are those of the unfused ops, bit for bit."""
+
+    kind = "qadd@nhwc"
+
+    def __init__(self, name, inputs, outputs, dq_a: irops.Dequantize, dq_b: irops.Dequantize, add: IROp,
+                 q: irops.Quantize):
+        super().__init__(name, inputs, outputs)
+        self.dq_a, self.dq_b, self.add, self.q = dq_a, dq_b, add, q
+
+    def ref(self, a, b):
+        return self.q.ref(self.add.ref(self.dq_a.ref(a)[0], self.dq_b.ref(b)[0])[0])
+
+    def bind(self, ins, outs):
+        a, b, y = ins[0], ins[1], outs[0]
+        if a.shape != b.shape or a.shape != y.shape or a.dtype != np.int8 or b.dtype != np.int8:
+            return super().bind(ins, outs)
+        return [partial(_kernels.qadd, a.reshape(-1), b.reshape(-1), y.reshape(-1), float(self.dq_a.scale),
+                        self.dq_a.zp, float(self.dq_b.scale), self.dq_b.zp, float(self.q.scale), self.q.zp)]
+
+
+def fuse_residual_qadd(ops: list[IROp], outputs: set[str]) -> list[IROp]:
+    """Replace Dequantize, Dequantize -> Add -> Quantize chains (float tensors used by nothing
+    else) with QAddNHWC."""
+    producer = {y: op for op in ops for y in op.outputs if y}
+    uses: dict[str, int] = {}
+    for op in ops:
+        for x in op.inputs:
+            if x:
+                uses[x] = uses.get(x, 0) + 1
+    fused: dict[int, QAddNHWC] = {}
+    drop: set[int] = set()
+    for op in ops:
+        if not isinstance(op, irops.Quantize):
+            continue
+        add = producer.get(op.inputs[0])
+        if not (isinstance(add, Elementwise) and add.inner.node.op_type == "Add" and len(add.inputs) == 2):
+            continue
+        dqs = [producer.get(x) for x in add.inputs]
+        inner = [add.outputs[0]] + list(add.inputs)
+        if not all(isinstance(d, irops.Dequantize) for d in dqs) or add.inputs[0] == add.inputs[1]:
+            continue
+        if any(uses.get(t, 0) != 1 or t in outputs for t in inner):
+            continue
+        fused[id(op)] = QAddNHWC(op.name, [dqs[0].inputs[0], dqs[1].inputs[0]], op.outputs, dqs[0], dqs[1], add, op)
+        drop.update({id(add), id(dqs[0]), id(dqs[1])})
+    return [fused.get(id(op), op) for op in ops if id(op) not in drop]

@@ -12,6 +12,7 @@
 #include "bsr-gemm/bsr-gemm.h"
 #include "common.h"
 #include "conv/conv.h"
+#include "conv/qadd.h"
 #include "f32-gemm/f32-gemm.h"
 #include "nn/nn.h"
 #include "qb-gemm/qb-gemm.h"
@@ -420,6 +421,39 @@ static PyObject* py_bsr_gemm(PyObject* self, PyObject* args) {
   Py_BEGIN_ALLOW_THREADS rc = ef_bsr_gemm(NULL, (size_t)m, a->buf, zp->buf, scale->buf, w, out->buf, &params);
   Py_END_ALLOW_THREADS views_release(&vs);
   if (rc != 0) return PyErr_NoMemory();
+  Py_RETURN_NONE;
+fail:
+  views_release(&vs);
+  return NULL;
+}
+
+/* ------------------------------------------------------------------ qadd (int8 residual add) */
+
+static PyObject* py_qadd(PyObject* self, PyObject* args) {
+  PyObject *a_obj, *b_obj, *out_obj;
+  ef_qadd_params p;
+  float out_scale;
+  int a_zp, b_zp, out_zp;
+  if (!PyArg_ParseTuple(args, "OOOfififi", &a_obj, &b_obj, &out_obj, &p.a_scale, &a_zp, &p.b_scale, &b_zp, &out_scale,
+                        &out_zp))
+    return NULL;
+  if (!(out_scale > 0.0f) || !isfinite(out_scale) || a_zp < -128 || a_zp > 127 || b_zp < -128 || b_zp > 127 ||
+      out_zp < -128 || out_zp > 127)
+    return PyErr_Format(PyExc_ValueError, "qadd needs out_scale > 0 (finite) and zero points in [-128, 127]");
+  p.a_zp = a_zp;
+  p.b_zp = b_zp;
+  p.out_zp = out_zp;
+  p.out_inv_scale = 1.0f / out_scale;
+  views vs = {.n = 0};
+  Py_buffer *a = views_add(&vs), *b = views_add(&vs), *out = views_add(&vs);
+  if (get_array(a_obj, a, "a", 'b', 1, 0) || get_array(b_obj, b, "b", 'b', 1, 0) || get_array(out_obj, out, "out", 'b', 1, 1))
+    goto fail;
+  if (dim(b, 0) != dim(a, 0) || dim(out, 0) != dim(a, 0)) {
+    PyErr_SetString(PyExc_ValueError, "a, b and out must have the same length");
+    goto fail;
+  }
+  Py_BEGIN_ALLOW_THREADS ef_qadd_qs8((size_t)dim(a, 0), a->buf, b->buf, out->buf, &p);
+  Py_END_ALLOW_THREADS views_release(&vs);
   Py_RETURN_NONE;
 fail:
   views_release(&vs);
@@ -1024,6 +1058,8 @@ static PyMethodDef methods[] = {
     {"qs8_pack", py_qs8_pack, METH_VARARGS, "qs8_pack(w, w_scale, w_zero_point|None, bias|None) -> Packed"},
     {"qs8_gemm", py_qs8_gemm, METH_VARARGS,
      "qs8_gemm(a, a_scale, a_zero_point, packed, out, out_min, out_max, out_scale, out_zero_point)"},
+    {"qadd", py_qadd, METH_VARARGS,
+     "qadd(a, b, out, a_scale, a_zp, b_scale, b_zp, out_scale, out_zp): int8 out = Q(DQ(a) + DQ(b)), 1-D int8"},
     {"bsr_pack", py_bsr_pack, METH_VARARGS, "bsr_pack(w int8, w_scale, w_zero_point|None, bias|None) -> Packed (16x4 blocks)"},
     {"bsr_gemm", py_bsr_gemm, METH_VARARGS,
      "bsr_gemm(a, a_scale, a_zero_point, packed, out, out_min, out_max, out_scale, out_zero_point)"},
