@@ -14,6 +14,7 @@
 #include "bsr-gemm/bsr-gemm.h"
 #include "common.h"
 #include "conv/conv.h"
+#include "conv/qadd.h"
 #include "f32-gemm/f32-gemm.h"
 #include "qb-gemm/qb-gemm.h"
 #include "qs8-gemm/qs8-gemm.h"
@@ -401,6 +402,33 @@ static void test_bsr(const ef_bsr_config* cfg, size_t m, size_t n, size_t k, uns
   free(a); free(w); free(ws); free(bias); free(as); free(wz); free(az); free(ref); free(got);
 }
 
+/* int8 residual add: AVX2 against the scalar definition, every int8 pair, extreme zero points,
+ * lengths around the 8-wide step. */
+static void test_qadd(void) {
+#if EF_ARCH_X86
+  if (!(ef_arch_flags_detected() & EF_ARCH_X86_AVX2)) return;
+  static const size_t lens[] = {1, 7, 8, 9, 65536 + 3};
+  static const ef_qadd_params params[] = {{0.05f, 0.02f, 1.0f / 0.06f, 3, -7, 1},
+                                          {0.5f, 0.5f, 100.0f, -128, 127, -128},
+                                          {1e-3f, 2.0f, 1.0f / 0.7f, 127, -128, 127}};
+  for (size_t pi = 0; pi < sizeof params / sizeof params[0]; pi++)
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+      const size_t n = lens[li];
+      int8_t *a = malloc(n), *b = malloc(n), *ref = malloc(n), *got = malloc(n);
+      for (size_t i = 0; i < n; i++) { /* n = 65539 walks every (a, b) pair */
+        a[i] = (int8_t)(i & 0xFF);
+        b[i] = (int8_t)((i >> 8) & 0xFF);
+      }
+      ef_qadd_qs8__scalar(n, a, b, ref, &params[pi]);
+      ef_qadd_qs8__avx2(n, a, b, got, &params[pi]);
+      char what[64];
+      snprintf(what, sizeof what, "qadd n=%zu params %zu", n, pi);
+      expect_same_bytes(what, "avx2", got, ref, n);
+      free(a); free(b); free(ref); free(got);
+    }
+#endif
+}
+
 static void test_bsr_all(uint32_t flags) {
   const ef_bsr_config* cfgs[4] = {NULL, NULL, NULL, NULL};
   int nconf = 0;
@@ -505,6 +533,7 @@ int main(void) {
           test_spb(spb[c], spb_shapes[s][0], spb_shapes[s][1], spb_shapes[s][2], keep, extreme);
   }
   test_bsr_all(flags);
+  test_qadd();
   printf("%d checks, %d failures\n", checks, failures);
   return failures != 0;
 }
