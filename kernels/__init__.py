@@ -191,11 +191,11 @@ def qs8_linear(a: np.ndarray, a_scale, a_zero_point, w: Packed, relu: bool = Fal
     out = np.empty((m, w.n), dtype=np.float32 if out_scale is None else np.int8)
     _kernels.qs8_gemm(
         a2,
-        _per_row(a_scale, m, np.float32, "a_scale"),
-        _per_row(a_zero_point, m, np.int32, "a_zero_point"),
+        _fast_per_row(a_scale, m, _F32, "a_scale"),
+        _fast_per_row(a_zero_point, m, _I32, "a_zero_point"),
         w,
         out,
-        *_clamp(activation, relu),
+        *((-np.inf, np.inf) if activation is None and not relu else _clamp(activation, relu)),
         1.0 if out_scale is None else float(out_scale),
         int(out_zero_point),
     )
@@ -316,22 +316,23 @@ def pack_sparse(w: np.ndarray, w_scales=None, bias=None, layout: str = "rows") -
 
 
 _F32, _I32 = np.dtype(np.float32), np.dtype(np.int32)
-_SPARSE_ZP1: dict[int, np.ndarray] = {}  # int8 zero point -> read-only int32 [1] (GEMV calls repeat a few)
+_ZP1: dict[int, np.ndarray] = {}  # int8 zero point -> read-only int32 [1] (GEMV calls repeat a few)
 
 
-def _sparse_per_row(value, m: int, dtype: np.dtype, name: str) -> np.ndarray:
+def _fast_per_row(value, m: int, dtype: np.dtype, name: str) -> np.ndarray:
     """_per_row with shortcuts for the usual arguments (an array already of the right dtype and
     shape, a Python number for one row): the general conversions cost several microseconds
-    per argument, as much as a whole 384 x 384 sparse GEMV. Anything else goes to _per_row."""
+    per argument, as much as a whole 384 x 384 GEMV, dense or sparse. Anything else goes to
+    _per_row."""
     if type(value) is np.ndarray:
         if value.dtype is dtype and value.shape == (m,) and (m == 1 or value.flags.c_contiguous):
             return value
     elif m == 1 and type(value) is int and dtype is _I32 and -128 <= value <= 127:
-        arr = _SPARSE_ZP1.get(value)
+        arr = _ZP1.get(value)
         if arr is None:
             arr = np.full(1, value, np.int32)
             arr.flags.writeable = False
-            _SPARSE_ZP1[value] = arr
+            _ZP1[value] = arr
         return arr
     elif m == 1 and type(value) in (int, float) and dtype is _F32:
         return np.array([value], np.float32)
@@ -362,7 +363,7 @@ def sparse_linear(x: np.ndarray, w: Packed, x_scale=None, x_zero_point=None, rel
     if gemm is not None:
         if x_scale is None or x_zero_point is None:
             raise ValueError("int8 sparse weights need x_scale and x_zero_point")
-        gemm(x2, _sparse_per_row(x_scale, m, _F32, "x_scale"), _sparse_per_row(x_zero_point, m, _I32, "x_zero_point"),
+        gemm(x2, _fast_per_row(x_scale, m, _F32, "x_scale"), _fast_per_row(x_zero_point, m, _I32, "x_zero_point"),
              w, out, lo, hi)
     else:
         _kernels.sparse_gemm(x2, None, None, w, out, lo, hi)
