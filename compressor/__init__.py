@@ -7,7 +7,8 @@
 """
 
 from compressor.configs import (ActivationType, Fp32Config, Int4WeightOnlyConfig,
-                                Int8DynamicConfig, Int8StaticConfig, PruneConfig, DistillConfig,
+                                Int8DynamicConfig, Int8QatConfig, Int8StaticConfig,
+                                MixedPrecisionConfig, PruneConfig, DistillConfig,
                                 SparsityPattern, VariantConfig, config_from_dict,
                                 config_to_dict)
 from compressor.errors import (BudgetError, CompressionError, EmptyCalibrationError,
@@ -21,11 +22,12 @@ from compressor.search import Budget, SearchResult, default_candidates, search  
 import compressor.quant.handlers  # noqa: F401,E402  registers the quantization handlers
 import compressor.prune.handlers  # noqa: F401,E402
 import compressor.distill.handlers  # noqa: F401,E402
-import compressor.distill.layer_student  # noqa: F401,E402  (transformer students)
+from compressor.distill.layer_student import LayerDistillConfig  # noqa: E402  (transformer students)
 
 __all__ = [
     "compress", "BundleResult", "search", "Budget", "SearchResult", "default_candidates", "read_bundle", "write_bundle", "register_variant_handler",
     "VariantConfig", "Fp32Config", "Int8StaticConfig", "Int8DynamicConfig", "PruneConfig", "SparsityPattern", "DistillConfig", "Int4WeightOnlyConfig",
+    "Int8QatConfig", "MixedPrecisionConfig", "LayerDistillConfig",
     "ActivationType", "CalibrationMethod", "LatencyConfig", "config_to_dict", "config_from_dict",
     "CompressionError", "EmptyCalibrationError", "UnsupportedLayerError", "BudgetError",
 ]
