@@ -249,6 +249,28 @@ def run_int2_sweep(name: str, lat: LatencyConfig, epochs: int | None) -> None:
                   f"{v.quality:.4f}", f"{(fp32.quality - v.quality) * 100:+.2f}",
                   f"{v.latency_p50_seconds * 1e3:.4f}")
     Console(width=170).print(t)
+    # A size-guided mix (no API yet, plain quantize_weight_only overrides): int2 only where a
+    # layer holds >= 5 % of the weights, the small layers at int8 or int4 (the MobileNetV2
+    # per-layer sweep found the small early layers are the sensitive ones).
+    from compressor.evaluate import accuracy_fn, session
+    from compressor.quant.graph import Graph
+    from compressor.quant.weight_only import quantize_weight_only
+    import onnx
+    proto = onnx.load_from_string(res.files["fp32.onnx"])
+    g = Graph(proto)
+    sizes = {st.weight_name: g.array(st.weight_name).size for st in g.weight_sites()}
+    big = {n for n, c in sizes.items() if c >= 0.05 * sum(sizes.values())}
+    acc = accuracy_fn(*ex.heldout)
+    for rest in (8, 4):
+        for sym in (True, False):
+            q, _ = quantize_weight_only(proto, bits=2, group_size=64, symmetric=sym, edge_bits=None,
+                                        overrides={n: rest for n in sizes if n not in big})
+            a = acc(session(q, config={"session.disable_quant_qdq": "1"}))
+            size = len(q.SerializeToString())
+            print(f"  int2-g64 {'sym' if sym else 'asym'} on the {len(big)} layers holding >= 5% of the "
+                  f"weights ({sum(sizes[n] for n in big) / sum(sizes.values()):.0%}), rest int{rest}: "
+                  f"{size / 1024:.1f} KiB ({fp32.size_bytes / size:.2f}x smaller), accuracy {a:.4f} "
+                  f"({(fp32.quality - a) * 100:+.2f} pt)")
 
 
 def main(argv=None) -> int:
