@@ -168,16 +168,18 @@ def _match(g: Graph, softmax: onnx.NodeProto):
             "nodes": nodes, "name": mm.input[1]}   # nodes[0] is the Q/K/V MatMul
 
 
-def fuse_attention(model: onnx.ModelProto, skip: tuple[str, ...] = ()
-                   ) -> tuple[onnx.ModelProto, list[dict]]:
+def fuse_attention(model: onnx.ModelProto, skip: tuple[str, ...] = (),
+                   mask_filter: float | None = None) -> tuple[onnx.ModelProto, list[dict]]:
     """Copy of `model` with each matched self-attention block as one com.microsoft
-    Attention (fp32), except blocks whose Q/K/V MatMul (node or weight name) is in `skip`;
-    returns (copy, [{weight, heads, head_size}, ...])."""
+    Attention (fp32), except blocks whose Q/K/V MatMul (node or weight name) is in `skip`
+    and, when `mask_filter` is given, blocks whose mask adds another value at masked
+    positions; returns (copy, [{weight, heads, head_size}, ...])."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = Graph(out)
     blocks = [b for b in (_match(g, n) for n in out.graph.node if n.op_type == "Softmax")
-              if b and b["weight"] not in skip and b["nodes"][0].name not in skip]
+              if b and b["weight"] not in skip and b["nodes"][0].name not in skip
+              and (mask_filter is None or b["filter"] == mask_filter)]
     if not blocks:
         return out, []
     drop, new, report = set(), [], []

@@ -12,7 +12,8 @@ import onnx
 from compressor.evaluate import session
 from compressor.quant.dynamic import quantize_dynamic_int8
 from compressor.quant.graph import Graph, remove_unused_initializers, topological_sort
-from compressor.transformer.attention import fuse_attention, quantize_attention_int8
+from compressor.transformer.attention import (QATTENTION_MASK_FILTER, fuse_attention,
+                                              quantize_attention_int8)
 from compressor.transformer.calibration import batches, channel_absmax, collect_inputs
 from compressor.transformer.configs import SmoothQuantInt8Config, SmoothTargets
 from compressor.transformer.embedding import embedding_gathers, quantize_embedding_int8
@@ -71,9 +72,9 @@ def _quantize(base: onnx.ModelProto, exclude: tuple[str, ...], attention: bool =
     (compressor.transformer.attention)."""
     layers = []
     if attention:
-        # a block whose Q/K/V MatMul is excluded keeps its unfused ops: quantize_dynamic_int8
-        # takes no fp32 weight on a com.microsoft op
-        base, _ = fuse_attention(base, skip=exclude)
+        # a block whose Q/K/V MatMul is excluded, or whose mask QAttention cannot take, keeps
+        # its unfused ops: quantize_dynamic_int8 takes no fp32 weight on a com.microsoft op
+        base, _ = fuse_attention(base, skip=exclude, mask_filter=QATTENTION_MASK_FILTER)
         base, layers = quantize_attention_int8(base)
     q, report = quantize_dynamic_int8(base, ops=("MatMul",), exclude=exclude)
     report["layers"] = layers + report["layers"]

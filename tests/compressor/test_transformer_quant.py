@@ -513,3 +513,29 @@ def test_fused_int8_build_loads_and_matches_fp32_embeddings(tiny_bert):
                                                fuse_attention=False, residual_sum=False))
     assert "QAttention" not in {n.op_type for n in unfused.graph.node}
     np.testing.assert_allclose(got, _embed(unfused, ids, mask), atol=2e-3)
+
+
+def test_attention_with_another_mask_value_is_left_unfused_in_int8(tiny_bert):
+    """QAttention always adds -10000 at masked positions: a graph with another mask value
+    keeps its attention ops in the int8 build (and still builds); a graph with no
+    attention at all passes through fuse_attention unchanged."""
+    from compressor.transformer.attention import fuse_attention
+    from compressor.transformer.int8 import build_smoothquant_int8
+
+    fp32, ids, mask = tiny_bert
+    other = onnx.ModelProto()
+    other.CopyFrom(fp32)
+    g = Graph(other)
+    filt = next(n for n in other.graph.node if n.op_type == "Mul" and
+                g.producer.get(n.input[0]) is not None and g.producer[n.input[0]].op_type == "Sub")
+    c = next(i for i in filt.input if i in g.inits)
+    g.inits[c].CopyFrom(make_init(c, np.asarray(-1e9, np.float32)))
+    q, _ = build_smoothquant_int8(other, ids, mask, SmoothQuantInt8Config(
+        sensitivity_sentences=8, calibration_rows=64))
+    ops = [n.op_type for n in q.graph.node]
+    assert "QAttention" not in ops and "Attention" not in ops and ops.count("Softmax") == 2
+    assert session(q, 1).run(None, {"input_ids": ids[:2], "attention_mask": mask[:2]})[0].shape == (2, 64)
+    no_attention = _ln_block()[0]
+    plain, blocks = fuse_attention(no_attention)
+    assert blocks == [] and [n.op_type for n in plain.graph.node] == \
+        [n.op_type for n in no_attention.graph.node]
