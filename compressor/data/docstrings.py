@@ -119,3 +119,36 @@ def calibration_sentences(n: int = 256, corpus_size: int = DEFAULT_SIZE) -> list
     if n > len(rest):
         raise ValueError(f"only {len(rest)} paragraphs outside the corpus, asked for {n}")
     return rest[:n]
+
+
+def _later_paragraphs(doc: str | None) -> list[str]:
+    """The prose paragraphs after the first one, normalised like first_paragraph."""
+    if not doc:
+        return []
+    out = []
+    for para in re.split(r"\n\s*\n", inspect.cleandoc(doc))[1:]:
+        lines = [ln.strip() for ln in para.strip().splitlines()]
+        text = " ".join(" ".join(ln for ln in lines if ln and not _SIGNATURE.match(ln)).split())
+        if text:
+            out.append(text)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def training_paragraphs(corpus_size: int = DEFAULT_SIZE) -> tuple[str, ...]:
+    """Unlabelled training text for distillation: the first paragraphs outside the corpus
+    (calibration_sentences) plus every later paragraph of the same docstrings, none of them
+    a corpus sentence, so quality stays measured on held-out text."""
+    corpus = set(stdlib_sentences(corpus_size))
+    seen: dict[str, None] = dict.fromkeys(calibration_sentences(len(all_paragraphs()) - corpus_size,
+                                                                corpus_size))
+    for module_name in MODULES:
+        try:
+            docs = _docstrings(module_name)
+        except ImportError:
+            continue
+        for doc in docs:
+            for text in _later_paragraphs(doc):
+                if _keep(text) and text not in corpus:
+                    seen.setdefault(text, None)
+    return tuple(seen)
