@@ -133,26 +133,7 @@ int ef_bsr_gemm(const ef_bsr_config* config, size_t m, const int8_t* a, const in
   uint8_t* a_prep = ef_aligned_alloc(a_bytes + m * sizeof(int32_t));
   if (a_prep == NULL) return -2;
   int32_t* rowsum = (int32_t*)(a_prep + a_bytes);
-  for (size_t r = 0; r < m; r++) {
-    const int8_t* src = a + r * k;
-    int32_t sum = 0;
-    if (config->a_u8) {
-      uint8_t* dst = a_prep + r * kp;
-      for (size_t kk = 0; kk < k; kk++) {
-        dst[kk] = (uint8_t)(src[kk] + 128);
-        sum += src[kk];
-      }
-      for (size_t kk = k; kk < kp; kk++) dst[kk] = 128;
-    } else {
-      int16_t* dst = (int16_t*)a_prep + r * kp;
-      for (size_t kk = 0; kk < k; kk++) {
-        dst[kk] = src[kk];
-        sum += src[kk];
-      }
-      for (size_t kk = k; kk < kp; kk++) dst[kk] = 0;
-    }
-    rowsum[r] = sum;
-  }
+  ef_qs8_prepare_activations(a, m, k, kp, config->a_u8, a_prep, rowsum);
   bsr_job job = {config, m, a_prep, a_zp, a_scale, rowsum, w, c, params->out_int8 ? 1 : sizeof(float), params};
   const size_t per_group = m * EF_BSR_BLOCK_BYTES * EF_MAX(w->nnz_blocks / EF_MAX(w->n_groups, 1), 1);
   ef_parallel_for(w->n_groups, per_group, bsr_range, &job);

@@ -7,6 +7,33 @@
 #include "qs8-gemm.h"
 #include "threadpool.h"
 
+/* int8 activations [M, K] -> the layout the c2/c4 kernels read, rows padded to kp: uint8 a + 128
+ * for the vpdpbusd kernels (a_u8), else int16 for the vpmaddwd ones; rowsum[r] = sum of row r
+ * (the zero-point correction), computed on the way. Padding multiplies zero weights. */
+void ef_qs8_prepare_activations(const int8_t* a, size_t m, size_t k, size_t kp, int a_u8, uint8_t* a_prep,
+                                int32_t* rowsum) {
+  for (size_t r = 0; r < m; r++) {
+    const int8_t* src = a + r * k;
+    int32_t sum = 0;
+    if (a_u8) {
+      uint8_t* dst = a_prep + r * kp;
+      for (size_t kk = 0; kk < k; kk++) {
+        dst[kk] = (uint8_t)(src[kk] + 128);
+        sum += src[kk];
+      }
+      for (size_t kk = k; kk < kp; kk++) dst[kk] = 128;
+    } else {
+      int16_t* dst = (int16_t*)a_prep + r * kp;
+      for (size_t kk = 0; kk < k; kk++) {
+        dst[kk] = src[kk];
+        sum += src[kk];
+      }
+      for (size_t kk = k; kk < kp; kk++) dst[kk] = 0;
+    }
+    rowsum[r] = sum;
+  }
+}
+
 const ef_qs8_gemm_config* ef_qs8_gemm_select(void) {
   const uint32_t flags = ef_arch_flags();
 #if EF_ARCH_X86
@@ -199,26 +226,7 @@ int ef_qs8_gemm(const ef_qs8_gemm_config* config, size_t m, const int8_t* a, con
   uint8_t* a_prep = ef_aligned_alloc(EF_ROUND_UP(m * kp * a_elem, 4) + m * sizeof(int32_t));
   if (a_prep == NULL) return -2;
   int32_t* rowsum = (int32_t*)(a_prep + EF_ROUND_UP(m * kp * a_elem, 4));
-  for (size_t r = 0; r < m; r++) {
-    const int8_t* src = a + r * k;
-    int32_t sum = 0;
-    if (config->a_u8) {
-      uint8_t* dst = a_prep + r * kp;
-      for (size_t kk = 0; kk < k; kk++) {
-        dst[kk] = (uint8_t)(src[kk] + 128);
-        sum += src[kk];
-      }
-      for (size_t kk = k; kk < kp; kk++) dst[kk] = 128;
-    } else {
-      int16_t* dst = (int16_t*)a_prep + r * kp;
-      for (size_t kk = 0; kk < k; kk++) {
-        dst[kk] = src[kk];
-        sum += src[kk];
-      }
-      for (size_t kk = k; kk < kp; kk++) dst[kk] = 0;
-    }
-    rowsum[r] = sum;
-  }
+  ef_qs8_prepare_activations(a, m, k, kp, config->a_u8, a_prep, rowsum);
   gemm_job job = {config, m, a_prep, a_zp, a_scale, rowsum, w, c, params->out_int8 ? 1 : sizeof(float), params};
   ef_parallel_for(w->n_blocks, m * kp * EF_QS8_NR, gemm_range, &job);
   ef_aligned_free(a_prep);

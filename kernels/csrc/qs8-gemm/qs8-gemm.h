@@ -127,6 +127,10 @@ extern const ef_qs8_gemm_config ef_qs8_gemm_config_neon;
 
 /* Best config the current arch flags allow (amx -> avx512 -> avxvnni -> avx2 -> neon -> scalar). */
 const ef_qs8_gemm_config* ef_qs8_gemm_select(void);
+/* int8 activations [M, K] -> uint8 a + 128 (a_u8, for vpdpbusd kernels) or int16 rows padded to
+ * kp, and the row sums; shared by every family that runs the qs8 kernels' micro-layout (bsr). */
+void ef_qs8_prepare_activations(const int8_t* a, size_t m, size_t k, size_t kp, int a_u8, uint8_t* a_prep,
+                                int32_t* rowsum);
 
 /* Packing and the operator (operator.c). Return 0 or a negative error. */
 int ef_qs8_pack(const int8_t* w, size_t n, size_t k, const float* w_scale, const int32_t* w_zp,
