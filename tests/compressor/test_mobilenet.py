@@ -64,3 +64,27 @@ def test_channel_groups_prune_hidden_channels():
     assert b.project.conv.in_channels == b.dw.conv.out_channels == rep["blocks.1"]["kept"]
     out = small(torch.rand(2, 1, 16, 16))
     assert out.shape == (2, 10)
+
+
+def test_fold_batchnorm_turns_a_constant_channel_into_its_beta():
+    """A channel with running variance below eps (constant in training: dead ReLU or pruned
+    inputs) folds to weight 0 and bias beta, not to weights scaled by 1/sqrt(eps); the other
+    channels fold exactly."""
+    from compressor.models.mobilenet_v2 import ConvBNAct, fold_batchnorm
+
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(ConvBNAct(3, 4, 3, act=False)).eval()
+    bn = block[0].bn
+    bn.running_mean.copy_(torch.tensor([0.1, -0.2, 0.3, 0.0]))
+    bn.running_var.copy_(torch.tensor([0.5, 2.0, 0.0, 1.5]))       # channel 2 was constant
+    bn.weight.data.copy_(torch.tensor([1.0, 0.5, 2.0, -1.0]))
+    bn.bias.data.copy_(torch.tensor([0.0, 0.1, 0.7, -0.3]))
+    folded = fold_batchnorm(block)
+    conv = folded[0].conv
+    assert torch.all(conv.weight[2] == 0) and conv.bias[2].item() == np.float32(0.7)
+    assert conv.weight.abs().max() < 10                              # no 1/sqrt(eps) blow-up
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        want, got = block(x), folded(x)
+    keep = [0, 1, 3]
+    np.testing.assert_allclose(got[:, keep].numpy(), want[:, keep].numpy(), rtol=1e-5, atol=1e-5)
