@@ -221,19 +221,7 @@ def test_property_tile_path_equals_reference(m, n, k, seed, extreme, a_zp, w_zp,
 def test_qd8_linear_tile_path_equals_numpy(m, n, k, seed, scale, sign):
     """M >= 8 (the tile path): on AMX the activations are quantized straight into the tile layout (AVX-512,
     multiply by 1/scale with a division fallback near ties); same values as numpy's division."""
-    rng = np.random.default_rng(seed)
-    x = (rng.standard_normal((m, k)) * scale).astype(np.float32)
-    if sign:
-        x = sign * np.abs(x)
-    x[0, : k // 3] = 0
-    w = rng.integers(-128, 128, (n, k), dtype=np.int8)
-    ws = rng.uniform(1e-3, 1, n).astype(np.float32)
-    packed = kernels.pack_qs8(w, ws)
-    q, s, z = quant.quantize_rows_dynamic(x)
-    want = quant.qs8_gemm_ref(q, s, z, w, ws)
-    for isa in kernels.available_isas():
-        with kernels.use_isa(isa):
-            assert_bitexact(kernels.qd8_linear(x, packed), want, isa)
+    _check_qd8_linear_against_numpy(m, n, k, seed, scale, sign)
 
 
 @pytest.mark.parametrize("isa", isa_params())
@@ -346,19 +334,7 @@ def test_env_var_forces_scalar_and_import_is_light():
 @given(m=st.integers(1, 6), n=st.integers(1, 40), k=st.integers(1, 300), seed=st.integers(0, 2**32 - 1),
        scale=st.sampled_from([1e-4, 1.0, 1e4]), sign=st.sampled_from([-1, 0, 1]))
 def test_qd8_linear_equals_numpy_quantization_then_qs8(m, n, k, seed, scale, sign):
-    rng = np.random.default_rng(seed)
-    x = (rng.standard_normal((m, k)) * scale).astype(np.float32)
-    if sign:  # one-signed rows exercise the zero-point clamps
-        x = sign * np.abs(x)
-    x[0, : k // 3] = 0
-    w = rng.integers(-128, 128, (n, k), dtype=np.int8)
-    ws = rng.uniform(1e-3, 1, n).astype(np.float32)
-    packed = kernels.pack_qs8(w, ws)
-    q, s, z = quant.quantize_rows_dynamic(x)
-    want = quant.qs8_gemm_ref(q, s, z, w, ws)
-    for isa in kernels.available_isas():
-        with kernels.use_isa(isa):
-            assert_bitexact(kernels.qd8_linear(x, packed), want, isa)
+    _check_qd8_linear_against_numpy(m, n, k, seed, scale, sign)
 
 
 def test_qd8_linear_bad_input(packed):
@@ -409,3 +385,20 @@ def test_concurrent_callers_and_fork_get_correct_results():
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
         kernels.set_num_threads(0)
+
+
+def _check_qd8_linear_against_numpy(m, n, k, seed, scale, sign):
+    """qd8_linear on every ISA == numpy's per-row quantization followed by the qs8 reference."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((m, k)) * scale).astype(np.float32)
+    if sign:  # one-signed rows exercise the zero-point clamps
+        x = sign * np.abs(x)
+    x[0, : k // 3] = 0
+    w = rng.integers(-128, 128, (n, k), dtype=np.int8)
+    ws = rng.uniform(1e-3, 1, n).astype(np.float32)
+    packed = kernels.pack_qs8(w, ws)
+    q, s, z = quant.quantize_rows_dynamic(x)
+    want = quant.qs8_gemm_ref(q, s, z, w, ws)
+    for isa in kernels.available_isas():
+        with kernels.use_isa(isa):
+            assert_bitexact(kernels.qd8_linear(x, packed), want, isa)
