@@ -30,11 +30,16 @@ class LatencyPolicy:
     window_samples: int = 64              # latency observations kept per variant
     window_seconds: float = 30.0          # observations older than this are forgotten
     min_samples: int = 8                  # fewer fresh observations than this = no measurement
+    # Held below a better variant only because its *predicted* p95 is over budget: after this
+    # long, run the better one and let its own measurement decide (a prediction is a model of
+    # the load, and can stay wrong). Each failed probe doubles the wait, up to 16x. 0 = never.
+    probe_seconds: float = 120.0
 
     def check(self) -> None:
         _positive("latency.budget_p95_seconds", self.budget_p95_seconds)
         _fraction("latency.upgrade_margin", self.upgrade_margin)
         _positive("latency.window_seconds", self.window_seconds)
+        _non_negative("latency.probe_seconds", self.probe_seconds)
         if self.min_samples < 1:
             raise PolicyError("latency.min_samples must be >= 1")
         if self.window_samples < self.min_samples:

@@ -15,10 +15,18 @@ Each `decide(reading)`:
 
 Latency prediction: the running variant's own measured p95 (observe_latency) if it has
 enough fresh samples; any other variant's unloaded p95 (its profile) times the running
-variant's slow-down (measured p95 / its profile p95). So load that slows the running variant
-is assumed to slow the others in proportion, which is what lets the policy adapt to load
-on a device with no sensors at all. A better variant must fit within upgrade_margin x budget
-(hysteresis for latency).
+variant's slow-down (measured median / its profile median). So load that slows the running
+variant is assumed to slow the others in proportion, which is what lets the policy adapt to
+load on a device with no sensors at all. The slow-down is read off medians because a served
+call's tail holds waits a profile of back-to-back calls never sees (another thread holding
+the GIL, a cold cache after an idle gap): those add the same milliseconds to every variant,
+so a tail ratio taken on a fast variant overstates what a slower one would suffer. A better
+variant must fit within upgrade_margin x budget (hysteresis for latency).
+
+A prediction is still a model and can stay wrong. Held below a better variant by its
+prediction alone for latency.probe_seconds, the scheduler probes: it runs the next better
+variant and lets that variant's own measurement keep it or send it back down, waiting twice
+as long before the next probe after each failure (up to 16x).
 
 decide() is O(variants) with no allocation beyond the Decision; thread-safe.
 """
@@ -40,6 +48,7 @@ from agent.sensors.reading import SensorReading
 
 _INF = float("inf")
 _LOAD_FACTOR_RANGE = (0.25, 50.0)   # ignore absurd slow-down estimates (clock glitches)
+_PROBE_BACKOFF_MAX = 16.0            # a failed probe doubles the wait up to this x probe_seconds
 
 
 class NoVariantsError(LookupError):
@@ -79,6 +88,8 @@ class Scheduler:
         self._last_reason: Reason | None = None
         self._recorded_reason: Reason | None = None    # the reason history last showed
         self._active_since_switch: frozenset[Reason] = frozenset()
+        self._probe_backoff = 1.0                      # x policy.latency.probe_seconds
+        self._probing: tuple[str, float] | None = None  # (variant probed, when)
         # Constraint state (hysteresis memory).
         self._on_battery = False
         self._battery_low = False
@@ -195,7 +206,11 @@ class Scheduler:
                 return self._switch(now, chosen, self.current, Reason.NEW_BUNDLE,
                                     f"new variant set ({len(self._variants)} variants): "
                                     f"{_describe(chosen)} replaces {self.current}{gone}", active_set)
+        self._settle_probe(now)
         if chosen is current:
+            probe = self._probe_target(now, current, cur_p95, cap, chosen is best_feasible, upgrade_budget)
+            if probe is not None:
+                return self._probe(now, current, probe, cur_p95, predicted(probe), upgrade_budget, active_set)
             reason = _first_in_severity(active) or self._last_reason or Reason.INITIAL
             detail = (self._binding_text(active, chosen, top) if active
                       else f"{chosen.variant_id} is the best variant and fits every constraint")
@@ -218,6 +233,12 @@ class Scheduler:
 
     def _switch(self, now: float, chosen: VariantOption, previous: str | None,
                 reason: Reason, detail: str, active: frozenset[Reason]) -> Decision:
+        if self._probing is not None and previous == self._probing[0]:
+            # The probed variant is left before it proved itself: if its own latency sent it
+            # back, the prediction was right; wait longer before trying again.
+            if reason is Reason.LATENCY_BUDGET:
+                self._probe_backoff = min(_PROBE_BACKOFF_MAX, 2 * self._probe_backoff)
+            self._probing = None
         decision = Decision(chosen.variant_id, reason, detail, now, True, previous)
         self.current = chosen.variant_id
         self._last_switch_at = now
@@ -326,13 +347,60 @@ class Scheduler:
         return self._latency[v.variant_id].p95(now)
 
     def _load_factor(self, current: VariantOption | None, cur_p95: float | None, now: float) -> float:
+        """How much slower than its profile the running variant runs now: the ratio of
+        medians when the profile has one (see the module docstring), else of p95s."""
         if current is None or cur_p95 is None:
             return 1.0
-        base = self._baseline_p95(current, now)
+        observed, base = cur_p95, self._baseline_p95(current, now)
+        if current.latency_p50_seconds > 0:
+            p50 = self._latency[current.variant_id].p50(now)
+            if p50 is not None:
+                observed, base = p50, current.latency_p50_seconds
         if not base:
             return 1.0
         lo, hi = _LOAD_FACTOR_RANGE
-        return min(hi, max(lo, cur_p95 / base))
+        return min(hi, max(lo, observed / base))
+
+    # -- probing ----------------------------------------------------------------------
+    def _probe_target(self, now: float, current: VariantOption, cur_p95: float | None, cap: float,
+                      unbiased: bool, upgrade_budget: float) -> VariantOption | None:
+        """The next better variant to run on trial, if a probe is due; else None.
+
+        Due when: probing is on; the current variant was chosen on latency alone (no battery
+        saver; the better one passes every cost cap), runs measurably within the upgrade
+        budget itself, and has run for probe_seconds x backoff since the last switch."""
+        wait = self.policy.latency.probe_seconds * self._probe_backoff
+        if (wait <= 0 or not unbiased or cur_p95 is None or cur_p95 > upgrade_budget
+                or now - self._last_switch_at < max(wait, self.policy.min_dwell_seconds)):
+            return None
+        rank = (current.quality, -current.cost)
+        better = [v for v in self._by_quality if (v.quality, -v.cost) > rank and v.cost <= cap * (1 + 1e-9)]
+        return better[-1] if better else None          # the nearest step up, not the top
+
+    def _probe(self, now: float, current: VariantOption, target: VariantOption, cur_p95: float,
+               predicted: float | None, upgrade_budget: float, active: frozenset[Reason]) -> Decision:
+        # Its old samples describe the load that sent it down: measure it afresh.
+        self._latency[target.variant_id].clear()
+        self._probing = (target.variant_id, now)
+        pred = "unknown" if predicted is None else f"{predicted * 1e3:.1f} ms"
+        detail = (f"probing {_describe(target)}: predicted p95 {pred} vs {upgrade_budget * 1e3:.3g} ms, "
+                  f"but {current.variant_id} runs at p95 {cur_p95 * 1e3:.1f} ms; measuring it instead")
+        return self._switch(now, target, current.variant_id, Reason.LATENCY_OK, detail, active)
+
+    def _settle_probe(self, now: float) -> None:
+        """A probed variant that kept running for a full latency window and as long as the
+        wait before its probe has proved itself: the next probe waits probe_seconds again.
+        (Judged any sooner, a variant that just fits would be probed, dropped by noise and
+        probed again at the shortest wait, over and over.)"""
+        if self._probing is None:
+            return
+        vid, since = self._probing
+        lat = self.policy.latency
+        if self.current != vid:
+            self._probing = None
+        elif now - since >= max(lat.window_seconds, lat.probe_seconds * self._probe_backoff):
+            self._probing = None
+            self._probe_backoff = 1.0
 
     # -- words ------------------------------------------------------------------------
     def _condition(self, reason: Reason) -> str:

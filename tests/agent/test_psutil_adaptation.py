@@ -76,7 +76,9 @@ def test_psutil_agent_reports_unknowns_and_adapts_to_real_cpu_load(tmp_path):
     policy.write_text(
         "version = 1\nmin_dwell_seconds = 2.0\n"
         f"[latency]\nbudget_p95_seconds = {budget:.6f}\nupgrade_margin = 0.8\n"
-        "window_samples = 64\nwindow_seconds = 5.0\nmin_samples = 8\n"
+        # Probing (run fp32 on trial while int8 holds it down by prediction) is on, as by
+        # default, but sooner than the default so that the test sees it within its waits.
+        "window_samples = 64\nwindow_seconds = 5.0\nmin_samples = 8\nprobe_seconds = 20.0\n"
         # The load cap must not be what moves us: this test is about measured latency.
         "[cpu_load]\nmax_cost_fraction = 1.0\n")
 
@@ -155,10 +157,19 @@ def test_psutil_agent_reports_unknowns_and_adapts_to_real_cpu_load(tmp_path):
                  or daemon.runner.active_variant == "fp32", 30, "latency_budget upstream")
 
         end_load()
+        ended = time.time()                          # the clock of status()["decisions"]
+
+        def back_up():
+            # fp32 again: switched to after the load ended, or switched to (probed) just before
+            # and still kept two latency windows of unloaded measurement later.
+            st = daemon.status()
+            ups = [d for d in st["decisions"] if d["changed"] and d["at"] > stepped["at"] and d["variant_id"] == "fp32"]
+            if st["scheduler"]["current"] != "fp32" or not ups:
+                return None
+            return ups[-1] if ups[-1]["at"] > ended or time.time() > ended + 10.0 else None
+
         try:
-            up = wait_for(lambda: next((d for d in daemon.status()["decisions"]
-                                        if d["at"] > stepped["at"] and d["variant_id"] == "fp32"), None),
-                          120, "step back up once the load is gone")
+            up = wait_for(back_up, 120, "step back up once the load is gone")
         except AssertionError:
             st = daemon.status()
             raise AssertionError(f"no step back up; budget {budget * 1e3:.2f} ms, scheduler {st['scheduler']}, "

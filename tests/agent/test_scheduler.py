@@ -68,12 +68,48 @@ def test_with_no_sensors_at_all_it_adapts_to_load_by_its_own_latency():
             s.observe_latency("int8", 31 * MS)
         assert not step(s, clock, unknown, 3).changed
     assert s.current == "int8"
-    # Load gone: int8 back at its profile; fp32 predicted 36 ms <= 0.8 x 50 ms -> up again.
-    for _ in range(40):
-        s.observe_latency("int8", 13 * MS)
+    # Load gone: int8 back at its profile (median 11 ms, a slow call now and then);
+    # fp32 predicted 36 ms <= 0.8 x 50 ms -> up again.
+    for i in range(40):
+        s.observe_latency("int8", 14 * MS if i % 10 == 0 else 11 * MS)
         clock.advance(1)
     d = s.decide(unknown)
     assert (d.variant_id, d.reason, d.changed) == ("fp32", Reason.LATENCY_OK, True)
+
+
+def _stuck_on_a_wrong_prediction(probe_seconds: float):
+    """Load came and went, but int8's served median stays 3x its profile (per-call overhead
+    its back-to-back profile never saw), so fp32 is predicted at 108 ms though it would run
+    in 36."""
+    policy = PolicyConfig(latency=LatencyPolicy(budget_p95_seconds=50 * MS, probe_seconds=probe_seconds),
+                          min_dwell_seconds=10)
+    s, clock = make(policy, [FP32, INT8])
+    s.decide(SensorReading())
+    for _ in range(20):
+        s.observe_latency("fp32", 80 * MS)
+    assert step(s, clock, SensorReading(), 15).variant_id == "int8"
+    decisions = []
+    for _ in range(100):
+        for _ in range(5):
+            s.observe_latency(s.current, {"int8": 33 * MS, "fp32": 30 * MS}[s.current])
+        decisions.append(step(s, clock, SensorReading()))
+    return s, clock, decisions
+
+
+def test_a_wrong_prediction_is_corrected_by_probing_the_better_variant():
+    s, clock, decisions = _stuck_on_a_wrong_prediction(probe_seconds=60)
+    moved = switches(decisions)
+    assert len(moved) == 1, [d.detail for d in moved]
+    probe = moved[0]
+    assert (probe.variant_id, probe.reason, probe.previous_variant_id) == ("fp32", Reason.LATENCY_OK, "int8")
+    assert probe.detail.startswith("probing fp32") and "108.0 ms" in probe.detail
+    assert probe.at - 1015 >= 60                      # not before probe_seconds on int8
+    assert s.current == "fp32"                        # measured at 30 ms: it stays
+
+
+def test_probing_off_keeps_the_prediction():
+    s, _, decisions = _stuck_on_a_wrong_prediction(probe_seconds=0)
+    assert not switches(decisions) and s.current == "int8"
 
 
 def test_latency_needs_enough_fresh_samples_and_forgets_old_ones():
@@ -175,7 +211,15 @@ def test_noisy_latency_around_the_budget_does_not_flap():
         for _ in range(10):
             s.observe_latency(current, base * slow * rng.lognormvariate(0, 0.1))
         decisions.append(step(s, clock, SensorReading()))
-    assert len(switches(decisions)) <= 3
+    moved = switches(decisions)
+    probes = [i for i, d in enumerate(moved) if d.detail.startswith("probing")]
+    # Noise alone moves it at most 3 times; on top, fp32 is probed now and then (each probe
+    # fails here and comes straight back down), and each failure doubles the wait.
+    assert len(moved) - 2 * len(probes) <= 3, [(d.variant_id, d.detail) for d in moved]
+    assert 1 <= len(probes) <= 4
+    waits = [moved[i].at - moved[i - 1].at for i in probes]
+    assert all(later >= 2 * earlier - 2 for earlier, later in zip(waits, waits[1:])), waits
+    assert all(moved[i + 1].reason is Reason.LATENCY_BUDGET for i in probes if i + 1 < len(moved))
 
 
 def test_dwell_time_holds_non_emergency_switches():
