@@ -73,9 +73,11 @@ extern const ef_bsr_config ef_bsr_config_avx2;
 extern const ef_bsr_config ef_bsr_config_avxvnni;
 extern const ef_bsr_config ef_bsr_config_avx512;
 #endif
+#if EF_ARCH_ARM64
+extern const ef_bsr_config ef_bsr_config_neon;
+#endif
 
-/* Best config the current arch flags allow (avx512 -> avxvnni -> avx2 -> scalar; aarch64
- * uses the scalar kernel). */
+/* Best config the current arch flags allow (avx512 -> avxvnni -> avx2 -> neon -> scalar). */
 const ef_bsr_config* ef_bsr_select(void);
 
 /* Packing (w int8 [n, k] row-major, w_zp may be NULL = 0, bias may be NULL). 0 or < 0. */

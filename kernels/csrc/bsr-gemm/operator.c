@@ -1,6 +1,6 @@
 /* bsr-gemm operator: block packing, activation preparation, kernel selection and the split
  * of the channel groups over threads. ISA-independent; kernels are in scalar.c / avx2.c /
- * avxvnni.c / avx512.c. */
+ * avxvnni.c / avx512.c / neon.c. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,6 +13,9 @@ const ef_bsr_config* ef_bsr_select(void) {
   if (flags & EF_ARCH_X86_AVX512) return &ef_bsr_config_avx512;
   if (flags & EF_ARCH_X86_AVXVNNI) return &ef_bsr_config_avxvnni;
   if (flags & EF_ARCH_X86_AVX2) return &ef_bsr_config_avx2;
+#endif
+#if EF_ARCH_ARM64
+  if (flags & EF_ARCH_ARM_NEON) return &ef_bsr_config_neon;
 #endif
   (void)flags;
   return &ef_bsr_config_scalar;
