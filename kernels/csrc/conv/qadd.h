@@ -20,5 +20,8 @@ void ef_qadd_qs8__scalar(size_t n, const int8_t* a, const int8_t* b, int8_t* y, 
 #if EF_ARCH_X86
 void ef_qadd_qs8__avx2(size_t n, const int8_t* a, const int8_t* b, int8_t* y, const ef_qadd_params* p);
 #endif
-/* Best variant for the current arch flags (AVX2 -> scalar). */
+#if EF_ARCH_ARM64
+void ef_qadd_qs8__neon(size_t n, const int8_t* a, const int8_t* b, int8_t* y, const ef_qadd_params* p);
+#endif
+/* Best variant for the current arch flags (AVX2 -> NEON -> scalar). */
 void ef_qadd_qs8(size_t n, const int8_t* a, const int8_t* b, int8_t* y, const ef_qadd_params* p);
