@@ -371,7 +371,9 @@ static void test_dwconv(const ef_conv_config* cfg, int q8, size_t h, size_t w, s
 /* ----------------------------------------------------------------------- bsr (16 x 4 block-sparse int8) */
 
 /* Weights with each 16 x 4 block kept with probability keep_pct %, every variant against the
- * scalar kernel (which tests/kernels/test_bsr_gemm.py checks against the numpy reference). */
+ * scalar kernel (which tests/kernels/test_bsr_gemm.py checks against the numpy reference).
+ * extreme 1: values -128/127, a_zp 127, w_zp -128; extreme 2: the same values, the zero points
+ * swapped (a_zp -128, w_zp 127), so both signs of the correction terms reach their limits. */
 static void test_bsr(const ef_bsr_config* cfg, size_t m, size_t n, size_t k, unsigned keep_pct, int extreme, int out_int8) {
   int8_t* a = malloc(m * k);
   int8_t* w = malloc(n * k);
@@ -384,8 +386,11 @@ static void test_bsr(const ef_bsr_config* cfg, size_t m, size_t n, size_t k, uns
       if (rnd() % 100 >= keep_pct)
         for (size_t j = g; j < EF_MIN(n, g + EF_BSR_NR); j++)
           for (size_t kk = kb; kk < EF_MIN(k, kb + EF_BSR_KB); kk++) w[j * k + kk] = 0;
-  for (size_t i = 0; i < n; i++) { ws[i] = 0.001f + (rnd() % 1000) * 1e-4f; bias[i] = rnd_f(); wz[i] = extreme ? -128 : rnd_i8(0); }
-  for (size_t i = 0; i < m; i++) { as[i] = 0.01f; az[i] = extreme ? 127 : rnd_i8(0); }
+  for (size_t i = 0; i < n; i++) {
+    ws[i] = 0.001f + (rnd() % 1000) * 1e-4f; bias[i] = rnd_f();
+    wz[i] = extreme == 1 ? -128 : extreme == 2 ? 127 : rnd_i8(0);
+  }
+  for (size_t i = 0; i < m; i++) { as[i] = 0.01f; az[i] = extreme == 1 ? 127 : extreme == 2 ? -128 : rnd_i8(0); }
   ef_bsr_packed pw;
   if (ef_bsr_pack(w, n, k, ws, wz, bias, &pw) != 0) { printf("bsr pack failed\n"); exit(2); }
   const size_t elem = out_int8 ? 1 : 4;
@@ -395,38 +400,80 @@ static void test_bsr(const ef_bsr_config* cfg, size_t m, size_t n, size_t k, uns
   ef_bsr_gemm(&ef_bsr_config_scalar, m, a, az, as, &pw, ref, &p);
   ef_bsr_gemm(cfg, m, a, az, as, &pw, got, &p);
   char what[96];
-  snprintf(what, sizeof what, "bsr %zux%zux%zu keep %u%%%s%s", m, n, k, keep_pct, extreme ? " extreme" : "",
-           out_int8 ? " int8-out" : "");
+  snprintf(what, sizeof what, "bsr %zux%zux%zu keep %u%%%s%s", m, n, k, keep_pct,
+           extreme == 1 ? " extreme" : extreme == 2 ? " extreme-swapped-zp" : "", out_int8 ? " int8-out" : "");
   expect_same_bytes(what, cfg->isa, got, ref, m * n * elem);
   ef_bsr_packed_free(&pw);
   free(a); free(w); free(ws); free(bias); free(as); free(wz); free(az); free(ref); free(got);
 }
 
-/* int8 residual add: AVX2 against the scalar definition, every int8 pair, extreme zero points,
- * lengths around the 8-wide step. */
-static void test_qadd(void) {
+/* Every activation and weight one constant (-128 or 127), zero points at the opposite ends, K
+ * at the int32 limit and every other 4-wide K block zero: accumulators and correction terms
+ * reach +-K*255*255, and the skipped blocks' zero-point terms must still count. */
+static void test_bsr_const(const ef_bsr_config* cfg, size_t m, size_t n, int8_t a_val, int32_t a_zp, int8_t w_val,
+                           int32_t w_zp) {
+  const size_t k = EF_BSR_MAX_K;
+  int8_t* a = malloc(m * k);
+  int8_t* w = malloc(n * k);
+  float *ws = malloc(n * 4), *as = malloc(m * 4);
+  int32_t *wz = malloc(n * 4), *az = malloc(m * 4);
+  memset(a, a_val, m * k);
+  for (size_t j = 0; j < n; j++)
+    for (size_t kk = 0; kk < k; kk++) w[j * k + kk] = (kk / EF_BSR_KB) % 2 ? 0 : w_val;
+  for (size_t j = 0; j < n; j++) { ws[j] = 1.0f; wz[j] = w_zp; }
+  for (size_t i = 0; i < m; i++) { as[i] = 1.0f; az[i] = a_zp; }
+  ef_bsr_packed pw;
+  if (ef_bsr_pack(w, n, k, ws, wz, NULL, &pw) != 0) { printf("bsr pack failed\n"); exit(2); }
+  float *ref = malloc(m * n * 4), *got = malloc(m * n * 4);
+  ef_qs8_gemm_params p = {.k = k, .out_min = -INFINITY, .out_max = INFINITY, .out_int8 = 0};
+  ef_bsr_gemm(&ef_bsr_config_scalar, m, a, az, as, &pw, ref, &p);
+  ef_bsr_gemm(cfg, m, a, az, as, &pw, got, &p);
+  char what[96];
+  snprintf(what, sizeof what, "bsr const %zux%zux%zu a %d zp %d w %d zp %d", m, n, k, a_val, (int)a_zp, w_val, (int)w_zp);
+  expect_same_bytes(what, cfg->isa, got, ref, m * n * 4);
+  ef_bsr_packed_free(&pw);
+  free(a); free(w); free(ws); free(as); free(wz); free(az); free(ref); free(got);
+}
+
+typedef void (*qadd_fn)(size_t n, const int8_t* a, const int8_t* b, int8_t* y, const ef_qadd_params* p);
+
+/* int8 residual add: each SIMD variant against the scalar definition, every int8 pair, extreme
+ * zero points, lengths around the 8-wide (AVX2) and 16-wide (NEON) steps, exact ties, inputs
+ * that saturate both ends, and infinite scales (inf - inf = NaN must map to the low bound). */
+static void test_qadd(uint32_t flags) {
+  qadd_fn fns[2];
+  const char* names[2];
+  int nf = 0;
 #if EF_ARCH_X86
-  if (!(ef_arch_flags_detected() & EF_ARCH_X86_AVX2)) return;
-  static const size_t lens[] = {1, 7, 8, 9, 65536 + 3};
+  if (flags & EF_ARCH_X86_AVX2) { fns[nf] = ef_qadd_qs8__avx2; names[nf++] = "avx2"; }
+#endif
+#if EF_ARCH_ARM64
+  if (flags & EF_ARCH_ARM_NEON) { fns[nf] = ef_qadd_qs8__neon; names[nf++] = "neon"; }
+#endif
+  static const size_t lens[] = {1, 7, 8, 9, 15, 16, 17, 31, 33, 65536 + 3};
   static const ef_qadd_params params[] = {{0.05f, 0.02f, 1.0f / 0.06f, 3, -7, 1},
                                           {0.5f, 0.5f, 100.0f, -128, 127, -128},
-                                          {1e-3f, 2.0f, 1.0f / 0.7f, 127, -128, 127}};
-  for (size_t pi = 0; pi < sizeof params / sizeof params[0]; pi++)
-    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
-      const size_t n = lens[li];
-      int8_t *a = malloc(n), *b = malloc(n), *ref = malloc(n), *got = malloc(n);
-      for (size_t i = 0; i < n; i++) { /* n = 65539 walks every (a, b) pair */
-        a[i] = (int8_t)(i & 0xFF);
-        b[i] = (int8_t)((i >> 8) & 0xFF);
+                                          {1e-3f, 2.0f, 1.0f / 0.7f, 127, -128, 127},
+                                          {0.5f, 0.25f, 1.0f, 0, 0, 0},        /* halves and quarters: ties */
+                                          {0.5f, 0.5f, 1.0f, -128, 127, 127},  /* ties, clamped high end */
+                                          {INFINITY, INFINITY, 1.0f, 0, 1, 0}, /* +-inf, NaN (inf - inf, 0 * inf) */
+                                          {1.0f, 1.0f, 1e30f, 0, 0, -128}};    /* overflow to inf, clamped */
+  for (int f = 0; f < nf; f++)
+    for (size_t pi = 0; pi < sizeof params / sizeof params[0]; pi++)
+      for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+        const size_t n = lens[li];
+        int8_t *a = malloc(n), *b = malloc(n), *ref = malloc(n), *got = malloc(n);
+        for (size_t i = 0; i < n; i++) { /* n = 65539 walks every (a, b) pair */
+          a[i] = (int8_t)(i & 0xFF);
+          b[i] = (int8_t)((i >> 8) & 0xFF);
+        }
+        ef_qadd_qs8__scalar(n, a, b, ref, &params[pi]);
+        fns[f](n, a, b, got, &params[pi]);
+        char what[64];
+        snprintf(what, sizeof what, "qadd n=%zu params %zu", n, pi);
+        expect_same_bytes(what, names[f], got, ref, n);
+        free(a); free(b); free(ref); free(got);
       }
-      ef_qadd_qs8__scalar(n, a, b, ref, &params[pi]);
-      ef_qadd_qs8__avx2(n, a, b, got, &params[pi]);
-      char what[64];
-      snprintf(what, sizeof what, "qadd n=%zu params %zu", n, pi);
-      expect_same_bytes(what, "avx2", got, ref, n);
-      free(a); free(b); free(ref); free(got);
-    }
-#endif
 }
 
 static void test_bsr_all(uint32_t flags) {
@@ -437,26 +484,40 @@ static void test_bsr_all(uint32_t flags) {
   if (flags & EF_ARCH_X86_AVXVNNI) cfgs[nconf++] = &ef_bsr_config_avxvnni;
   if (flags & EF_ARCH_X86_AVX2) cfgs[nconf++] = &ef_bsr_config_avx2;
 #endif
-  cfgs[nconf++] = &ef_bsr_config_scalar; /* aarch64 runs the scalar kernel: harness check */
+#if EF_ARCH_ARM64
+  if (flags & EF_ARCH_ARM_NEON) cfgs[nconf++] = &ef_bsr_config_neon;
+#endif
+  cfgs[nconf++] = &ef_bsr_config_scalar; /* the scalar config against itself: harness check */
   static const size_t shapes[][3] = {{1, 1, 1}, {1, 17, 33}, {2, 31, 7}, {3, 16, 64}, {4, 33, 129}, {5, 48, 300},
                                      {9, 20, 1001}, {64, 24, 96}, {256, 96, 16}};
   for (int c = 0; c < nconf; c++) {
     printf("== bsr %s\n", cfgs[c]->isa);
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
       for (unsigned keep = 0; keep <= 100; keep += 25)
-        for (int extreme = 0; extreme < 2; extreme++)
+        for (int extreme = 0; extreme < 3; extreme++)
           for (int out8 = 0; out8 < 2; out8++) test_bsr(cfgs[c], shapes[s][0], shapes[s][1], shapes[s][2], keep, extreme, out8);
     test_bsr(cfgs[c], 3, 17, EF_BSR_MAX_K, 50, 1, 0);
+    test_bsr(cfgs[c], 3, 17, EF_BSR_MAX_K, 50, 2, 1);
+    /* Every tile edge: M through each row remainder of MR = 1..4 and past two tiles, the last
+     * channel group 1..16 wide behind a full one, K 1..5 (a partial last block) and 12. */
+    static const size_t edge_k[] = {1, 2, 3, 4, 5, 12};
+    for (size_t m = 1; m <= 9; m++)
+      for (size_t nc = 1; nc <= EF_BSR_NR; nc++)
+        for (size_t ki = 0; ki < sizeof edge_k / sizeof edge_k[0]; ki++)
+          test_bsr(cfgs[c], m, EF_BSR_NR + nc, edge_k[ki], 75, (int)((m + nc) % 3), (int)(nc & 1));
+    static const int8_t cv[][4] = {{-128, 127, -128, 127}, {-128, 127, 127, -128}, {127, -128, 127, -128},
+                                   {-128, 0, -128, 0}, {127, 0, -128, 0}, {-128, -128, -128, -128}};
+    for (size_t i = 0; i < sizeof cv / sizeof cv[0]; i++) test_bsr_const(cfgs[c], 5, 19, cv[i][0], cv[i][1], cv[i][2], cv[i][3]);
   }
 }
 
 int main(void) {
   const uint32_t flags = ef_arch_flags_detected();
-  const ef_qs8_gemm_config* qs8[4] = {NULL, NULL, NULL, NULL};
-  const ef_qb_gemm_config* qb[4] = {NULL, NULL, NULL, NULL};
-  const ef_sparse_config* sp[4] = {NULL, NULL, NULL, NULL};
-  const ef_conv_config* cv[4] = {NULL, NULL, NULL, NULL};
-  const ef_f32_gemm_config* f32[4] = {NULL, NULL, NULL, NULL};
+  const ef_qs8_gemm_config* qs8[6] = {NULL};
+  const ef_qb_gemm_config* qb[6] = {NULL};
+  const ef_sparse_config* sp[6] = {NULL};
+  const ef_conv_config* cv[6] = {NULL};
+  const ef_f32_gemm_config* f32[6] = {NULL};
   int nconf = 0;
 #if EF_ARCH_X86
   if (flags & EF_ARCH_X86_AMX) { /* qs8 has an AMX kernel; the rest repeat AVX2 / AVX-VNNI */
@@ -533,7 +594,7 @@ int main(void) {
           test_spb(spb[c], spb_shapes[s][0], spb_shapes[s][1], spb_shapes[s][2], keep, extreme);
   }
   test_bsr_all(flags);
-  test_qadd();
+  test_qadd(flags);
   printf("%d checks, %d failures\n", checks, failures);
   return failures != 0;
 }
