@@ -34,11 +34,26 @@ def test_matches_reference(isa, n, params):
     assert_bitexact(y, _reference(a, b, *params), isa)
 
 
-def test_ties_round_to_even():
-    a = np.array([1, 3, 5, -1, -3], np.int8)      # a * 0.5 = 0.5, 1.5, 2.5, ...: exact ties
-    y = np.empty(5, np.int8)
-    _kernels.qadd(a, np.zeros(5, np.int8), y, 0.5, 0, 1.0, 0, 1.0, 0)
-    assert y.tolist() == [0, 2, 2, 0, -2]
+@pytest.mark.parametrize("isa", isa_params())
+def test_ties_round_to_even(isa):
+    """40 elements, so the ties go through the SIMD body (8 or 16 wide) as well as the tail."""
+    a = np.tile(np.array([1, 3, 5, -1, -3], np.int8), 8)      # a * 0.5 = 0.5, 1.5, 2.5, ...: exact ties
+    y = np.empty(a.size, np.int8)
+    with kernels.use_isa(isa):
+        _kernels.qadd(a, np.zeros(a.size, np.int8), y, 0.5, 0, 1.0, 0, 1.0, 0)
+    assert y.tolist() == [0, 2, 2, 0, -2] * 8
+
+
+@pytest.mark.parametrize("isa", isa_params())
+def test_infinite_input_scale_clamps_and_nan_goes_low(isa):
+    """qadd.h: the clamp maps NaN to the low bound. With a_scale = inf, a > 0 gives +inf (127),
+    a < 0 gives -inf (-128) and a = 0 gives 0 * inf = NaN (-128, not an arbitrary int cast)."""
+    a = np.arange(-128, 128, dtype=np.int8)
+    b = np.resize(np.array([-128, 0, 127], np.int8), a.size)
+    y = np.empty(a.size, np.int8)
+    with kernels.use_isa(isa):
+        _kernels.qadd(a, b, y, float("inf"), 0, 0.01, 0, 1.0, 0)
+    assert_bitexact(y, np.where(a > 0, 127, -128).astype(np.int8), isa)
 
 
 def test_bad_input_raises():
