@@ -526,6 +526,11 @@ int main(void) {
     f32[nconf] = &ef_f32_gemm_config_avx2; nconf++;
     test_qs8_tiles();
   }
+  if (flags & EF_ARCH_X86_AVX512) { /* qs8 (any M on the panel) and qb (P16 panel); the rest repeat AVX2 */
+    qs8[nconf] = &ef_qs8_gemm_config_avx512; qb[nconf] = &ef_qb_gemm_config_avx512;
+    sp[nconf] = &ef_sparse_config_avx2; cv[nconf] = &ef_conv_config_avx2;
+    f32[nconf] = &ef_f32_gemm_config_avx2; nconf++;
+  }
   if (flags & EF_ARCH_X86_AVXVNNI) { /* qs8 and qb have VNNI kernels; the rest repeat AVX2 */
     qs8[nconf] = &ef_qs8_gemm_config_avxvnni; qb[nconf] = &ef_qb_gemm_config_avxvnni;
     sp[nconf] = &ef_sparse_config_avx2; cv[nconf] = &ef_conv_config_avx2;

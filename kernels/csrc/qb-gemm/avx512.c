@@ -11,7 +11,8 @@
  * activation group sum (that term rounded once, then added to the running sum). Several panels (M = 1) or rows (M > 1) per call keep
  * 4-8 independent vpdpbusd chains in flight; the matrix streams front to back.
  *
- * Rows-layout weights (packed under another ISA) run on the AVX-VNNI kernels (.fallback).
+ * Rows-layout weights (packed under another ISA) run on the AVX2 kernels (.fallback): not
+ * AVX-VNNI, whose VEX encoding AVX-512 VNNI CPUs such as Zen 4 and Ice Lake lack.
  * ef_qd8_quantize_row__avx512 is the portable quantizer vectorized with the same IEEE
  * operations (max |x|, one division, multiply, clamp with NaN -> -127, round half to even),
  * so it gives the same bytes (tested against it in the C harness). */
@@ -182,6 +183,6 @@ const ef_qb_gemm_config ef_qb_gemm_config_avx512 = {
     .p16_q2 = {ef_qd8_f32_qb2w_gemm_p16_ukernel_1x64c4__avx512, ef_qd8_f32_qb2w_gemm_p16_ukernel_2x32c4__avx512,
                ef_qd8_f32_qb2w_gemm_p16_ukernel_3x16c4__avx512, ef_qd8_f32_qb2w_gemm_p16_ukernel_4x16c4__avx512},
     .quantize = ef_qd8_quantize_row__avx512,
-    .fallback = &ef_qb_gemm_config_avxvnni,
+    .fallback = &ef_qb_gemm_config_avx2,
 };
 #endif /* EF_ARCH_X86 */

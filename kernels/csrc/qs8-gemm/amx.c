@@ -144,7 +144,7 @@ static EF_TARGET_AMX void ef_qs8_qc8w_gemm_minmax_ukernel_32x32c4__amx(const ef_
 
 const ef_qs8_gemm_config ef_qs8_gemm_config_amx = {
     .isa = "amx",
-    .arch_flags = EF_ARCH_X86_AVX2 | EF_ARCH_X86_AVXVNNI | EF_ARCH_X86_AVX512 | EF_ARCH_X86_AMX,
+    .arch_flags = EF_ARCH_X86_AVX2 | EF_ARCH_X86_AVX512 | EF_ARCH_X86_AMX,
     .mr = 4,
     .a_u8 = 1,
     .panel = ef_qs8_qc8w_gemm_minmax_ukernel_32x32c4__amx,

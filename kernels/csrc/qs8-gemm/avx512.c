@@ -154,51 +154,83 @@ EF_TARGET_AVX512 void ef_qs8_prepare_rows_u8__avx512(const int8_t* a, size_t m, 
 #if EF_ARCH_X86
 #include "qs8-gemm/avx512-epilogue.h"
 
-/* AVX-512 VNNI GEMV on the x4 panel (M = 1; the AMX kernel takes M >= 2): one 64-byte panel
- * row is 16 columns x 4 K values, exactly one 512-bit vpdpbusd operand, so each 4 K values of
- * the activation row (broadcast) cost one instruction per 16 columns, with no shuffles (the
- * 256-bit AVX-VNNI kernel interleaves c2 pairs first). Four accumulators over interleaved K
- * steps hide vpdpbusd's latency; their int32 sum is exact (wrapping, as everywhere). */
-static EF_TARGET_AVX512 void ef_qs8_qc8w_gemm_minmax_ukernel_1x16c4__avx512(const ef_qs8_panel_args* g, size_t b_begin,
+/* AVX-512 VNNI GEMV on the x4 panel: one 64-byte panel row is 16 columns x 4 K values,
+ * exactly one 512-bit vpdpbusd operand, so each 4 K values of the activation row (broadcast)
+ * cost one instruction per 16 columns, with no shuffles (the 256-bit AVX-VNNI kernel
+ * interleaves c2 pairs first). Four accumulators over interleaved K steps hide vpdpbusd's
+ * latency; their int32 sum is exact (wrapping, as everywhere). */
+EF_INLINE EF_TARGET_AVX512 __m512i panel_dot_1row(const uint8_t* a, const uint8_t* wp, size_t k16) {
+  __m512i acc0 = _mm512_setzero_si512(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+  for (size_t kk = 0; kk < k16; kk += 16) {
+    const uint8_t* wk = wp + kk * EF_QS8_NR;
+    acc0 = _mm512_dpbusd_epi32(acc0, _mm512_set1_epi32(ef_load_i32(a + kk)), _mm512_load_si512(wk));
+    acc1 = _mm512_dpbusd_epi32(acc1, _mm512_set1_epi32(ef_load_i32(a + kk + 4)), _mm512_load_si512(wk + 64));
+    acc2 = _mm512_dpbusd_epi32(acc2, _mm512_set1_epi32(ef_load_i32(a + kk + 8)), _mm512_load_si512(wk + 128));
+    acc3 = _mm512_dpbusd_epi32(acc3, _mm512_set1_epi32(ef_load_i32(a + kk + 12)), _mm512_load_si512(wk + 192));
+  }
+  return _mm512_add_epi32(_mm512_add_epi32(acc0, acc1), _mm512_add_epi32(acc2, acc3));
+}
+
+/* Four rows at once (M > 1 on CPUs with AVX-512 VNNI but no AMX: Ice Lake, Zen 4): each
+ * panel row is loaded once for the four activation rows, and two K steps in flight give
+ * eight independent accumulators. Rows past M are the panel path's padding (a = 0). */
+EF_INLINE EF_TARGET_AVX512 void panel_dot_4rows(const uint8_t* a, size_t a_stride, const uint8_t* wp, size_t k16,
+                                                __m512i out[4]) {
+  __m512i lo[4], hi[4];
+  for (size_t r = 0; r < 4; r++) lo[r] = hi[r] = _mm512_setzero_si512();
+  for (size_t kk = 0; kk < k16; kk += 8) {
+    const __m512i w0 = _mm512_load_si512(wp + kk * EF_QS8_NR);
+    const __m512i w1 = _mm512_load_si512(wp + kk * EF_QS8_NR + 64);
+    for (size_t r = 0; r < 4; r++) {
+      lo[r] = _mm512_dpbusd_epi32(lo[r], _mm512_set1_epi32(ef_load_i32(a + r * a_stride + kk)), w0);
+      hi[r] = _mm512_dpbusd_epi32(hi[r], _mm512_set1_epi32(ef_load_i32(a + r * a_stride + kk + 4)), w1);
+    }
+  }
+  for (size_t r = 0; r < 4; r++) out[r] = _mm512_add_epi32(lo[r], hi[r]);
+}
+
+static EF_TARGET_AVX512 void ef_qs8_qc8w_gemm_minmax_ukernel_4x16c4__avx512(const ef_qs8_panel_args* g, size_t b_begin,
                                                                             size_t b_end) {
   const ef_qs8_packed* w = g->w;
   const ef_qs8_gemm_params* p = g->params;
   const size_t elem = p->out_int8 ? 1 : sizeof(float);
   const size_t k16 = EF_ROUND_UP(w->k, 16); /* <= kp64; zero weights and a = 128 past K */
   const size_t panel_bytes = w->kp64 * EF_QS8_NR;
-  for (size_t row = 0; row < g->m; row++) {
-    const uint8_t* a = g->a + row * g->a_stride;
-    for (size_t b = b_begin; b < b_end; b++) {
-      const uint8_t* wp = w->panel + b * panel_bytes;
-      __m512i acc0 = _mm512_setzero_si512(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-      for (size_t kk = 0; kk < k16; kk += 16) {
-        const uint8_t* wk = wp + kk * EF_QS8_NR;
-        acc0 = _mm512_dpbusd_epi32(acc0, _mm512_set1_epi32(ef_load_i32(a + kk)), _mm512_load_si512(wk));
-        acc1 = _mm512_dpbusd_epi32(acc1, _mm512_set1_epi32(ef_load_i32(a + kk + 4)), _mm512_load_si512(wk + 64));
-        acc2 = _mm512_dpbusd_epi32(acc2, _mm512_set1_epi32(ef_load_i32(a + kk + 8)), _mm512_load_si512(wk + 128));
-        acc3 = _mm512_dpbusd_epi32(acc3, _mm512_set1_epi32(ef_load_i32(a + kk + 12)), _mm512_load_si512(wk + 192));
+  for (size_t b = b_begin; b < b_end; b++) {
+    const uint8_t* wp = w->panel + b * panel_bytes;
+    const size_t n0 = b * EF_QS8_NR;
+    const __mmask16 mask = (__mmask16)((1u << EF_MIN(EF_QS8_NR, w->n - n0)) - 1);
+    const ef_qs8_cols16 cols = ef_qs8_load_cols16__avx512(w->data + b * w->block_bytes, w->has_w_zp, p);
+    for (size_t row0 = 0; row0 < g->m; row0 += 4) {
+      __m512i raw[4];
+      size_t rows = EF_MIN(4, g->m - row0);
+      if (rows == 1) {
+        raw[0] = panel_dot_1row(g->a + row0 * g->a_stride, wp, k16);
+      } else {
+        panel_dot_4rows(g->a + row0 * g->a_stride, g->a_stride, wp, k16, raw);
       }
-      const __m512i raw = _mm512_add_epi32(_mm512_add_epi32(acc0, acc1), _mm512_add_epi32(acc2, acc3));
-      const size_t n0 = b * EF_QS8_NR;
-      const __mmask16 mask = (__mmask16)((1u << EF_MIN(EF_QS8_NR, w->n - n0)) - 1);
-      const ef_qs8_cols16 cols = ef_qs8_load_cols16__avx512(w->data + b * w->block_bytes, w->has_w_zp, p);
-      ef_qs8_store_16__avx512(raw, mask, g->a_zp[row], g->a_scale[row], g->a_rowsum[row], &cols,
-                              (uint8_t*)g->c + (row * w->n + n0) * elem, p);
+      for (size_t r = 0; r < rows; r++) {
+        const size_t row = row0 + r;
+        ef_qs8_store_16__avx512(raw[r], mask, g->a_zp[row], g->a_scale[row], g->a_rowsum[row], &cols,
+                                (uint8_t*)g->c + (row * w->n + n0) * elem, p);
+      }
     }
   }
 }
 
 const ef_qs8_gemm_config ef_qs8_gemm_config_avx512 = {
     .isa = "avx512",
-    .arch_flags = EF_ARCH_X86_AVX2 | EF_ARCH_X86_AVXVNNI | EF_ARCH_X86_AVX512,
+    .arch_flags = EF_ARCH_X86_AVX2 | EF_ARCH_X86_AVX512,
     .mr = 4,
     .a_u8 = 1,
-    .panel = ef_qs8_qc8w_gemm_minmax_ukernel_1x16c4__avx512,
+    .panel = ef_qs8_qc8w_gemm_minmax_ukernel_4x16c4__avx512,
     .panel_min_m = 1,
-    .panel_max_m = 1,
-    .panel_row_pad = 1,
+    .panel_max_m = 0,
+    .panel_row_pad = 4,
     .panel_blocks = 4,
     .panel_speedup = 4,
-    .fallback = &ef_qs8_gemm_config_avxvnni,
+    /* Only for weights packed without the panel, which a CPU with AVX-512 never does; AVX2,
+     * not AVX-VNNI: AVX-512 VNNI CPUs such as Zen 4 and Ice Lake lack the VEX encoding. */
+    .fallback = &ef_qs8_gemm_config_avx2,
 };
 #endif /* EF_ARCH_X86 */

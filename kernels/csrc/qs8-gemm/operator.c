@@ -85,7 +85,7 @@ int ef_qs8_pack(const int8_t* w, size_t n, size_t k, const float* w_scale, const
     }
   }
 
-  /* The x4 panel for AMX and the AVX-512 GEMV: by what the CPU has (not the current set_isa
+  /* The x4 panel for AMX and AVX-512 VNNI: by what the CPU has (not the current set_isa
    * override), so one packing serves every ISA this process may switch to. */
   out->kp64 = EF_ROUND_UP(k, EF_QS8_PANEL_KC);
 #if EF_ARCH_X86
@@ -204,7 +204,7 @@ static int panel_gemm(const ef_qs8_gemm_config* config, size_t m, const int8_t* 
 }
 
 /* The config that runs this call: a panel config whose M range or packing does not fit hands
- * the call to its fallback (AMX -> AVX-512 GEMV -> AVX-VNNI). */
+ * the call to its fallback (AMX -> AVX-512 for M = 1; AVX-512 -> AVX2 for unpanelled weights). */
 static const ef_qs8_gemm_config* resolve(const ef_qs8_gemm_config* config, size_t m, const ef_qs8_packed* w) {
   while (config->panel != NULL &&
          (w->panel == NULL || m < config->panel_min_m || (config->panel_max_m != 0 && m > config->panel_max_m)))

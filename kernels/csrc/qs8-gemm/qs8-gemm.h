@@ -104,7 +104,7 @@ typedef struct ef_qs8_gemm_config {
   size_t mr;
   int a_u8; /* activations prepared as uint8 (a + 128) instead of int16 */
   ef_qs8_gemm_ukernel_fn ukernel[EF_QS8_MR_MAX];
-  /* Panel path (AMX, and the AVX-512 GEMV): used when the packing has a panel and
+  /* Panel path (AMX, and AVX-512 VNNI): used when the packing has a panel and
    * panel_min_m <= m <= panel_max_m (0: no limit); otherwise the call goes to `fallback`. */
   ef_qs8_panel_fn panel;
   size_t panel_min_m, panel_max_m;
@@ -118,7 +118,7 @@ extern const ef_qs8_gemm_config ef_qs8_gemm_config_scalar;
 #if EF_ARCH_X86
 extern const ef_qs8_gemm_config ef_qs8_gemm_config_avx2;
 extern const ef_qs8_gemm_config ef_qs8_gemm_config_avxvnni;
-extern const ef_qs8_gemm_config ef_qs8_gemm_config_avx512; /* GEMV only, on the panel */
+extern const ef_qs8_gemm_config ef_qs8_gemm_config_avx512; /* on the panel, any M */
 extern const ef_qs8_gemm_config ef_qs8_gemm_config_amx;
 #endif
 #if EF_ARCH_ARM64
