@@ -1,5 +1,5 @@
 /* Portable bsr-gemm kernel: the reference the SIMD variants are tested against and the
- * fallback (aarch64 included). Plain loops, not designed to be fast. */
+ * fallback on CPUs without one. Plain loops, not designed to be fast. */
 #include "bsr-gemm/bsr-gemm.h"
 
 static void ef_qs8_qc8w_bsrgemm_minmax_ukernel_4x16c4__scalar(
