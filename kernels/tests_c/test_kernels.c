@@ -314,6 +314,49 @@ static void test_spb(const ef_spb_config* cfg, size_t m, size_t n, size_t k, uns
   free(w); free(x); free(ws); free(xs); free(xz); free(bias); free(ref); free(got);
 }
 
+/* Permute layout: like test_spb, plus a fully dense row and an empty row (when n > 2) so a
+ * group's step count is 16 per chunk while some rows are all padding. */
+static void test_spp(const ef_spp_config* cfg, size_t m, size_t n, size_t k, unsigned keep_pct, int extreme) {
+  int8_t* w = calloc(n * k, 1);
+  int8_t* x = malloc(m * k);
+  float *ws = malloc(n * 4), *xs = malloc(m * 4), *bias = malloc(n * 4);
+  int32_t* xz = malloc(m * 4);
+  for (size_t i = 0; i < n * k; i++)
+    if (rnd() % 100 < keep_pct) w[i] = extreme ? rnd_i8(1) : rnd_i8(0);
+  if (n > 2) {
+    for (size_t c = 0; c < k; c++) w[(n / 2) * k + c] = extreme ? -128 : (int8_t)(1 + rnd() % 127);
+    memset(w + (n - 1) * k, 0, k);
+  }
+  for (size_t i = 0; i < m * k; i++) x[i] = rnd_i8(extreme);
+  for (size_t i = 0; i < n; i++) { ws[i] = 0.5f; bias[i] = rnd_f(); }
+  for (size_t i = 0; i < m; i++) { xs[i] = 0.25f; xz[i] = extreme ? ((i & 1) ? 127 : -128) : rnd_i8(0); }
+  ef_spp_packed pw;
+  if (ef_spp_pack(w, n, k, ws, bias, &pw) != 0) { printf("pack failed\n"); exit(2); }
+  ef_sparse_params p = {.out_min = -INFINITY, .out_max = INFINITY, .x_scale = xs, .x_zp = xz};
+  float *ref = malloc(m * n * 4), *got = malloc(m * n * 4);
+  ef_spp_gemm(&ef_spp_config_scalar, m, x, &pw, ref, &p);
+  ef_spp_gemm(cfg, m, x, &pw, got, &p);
+  char what[96];
+  snprintf(what, sizeof what, "sparse permute %zux%zux%zu keep %u%%%s", m, n, k, keep_pct, extreme ? " extreme" : "");
+  expect_same_bytes(what, cfg->isa, got, ref, m * n * 4);
+  /* the scalar reference itself against a dense int32 sum */
+  checks++;
+  for (size_t r = 0; r < m; r++)
+    for (size_t j = 0; j < n; j++) {
+      uint32_t acc = 0;
+      for (size_t c = 0; c < k; c++) acc += (uint32_t)((int32_t)x[r * k + c] * w[j * k + c]);
+      const float want = ef_sparse_qs8_out((int32_t)acc, xz[r], pw.wsum[j], xs[r], ws[j], bias[j], -INFINITY, INFINITY);
+      if (memcmp(&want, &ref[r * n + j], 4) != 0) {
+        failures++;
+        printf("FAIL %s: scalar [%zu, %zu] %.9g vs dense %.9g\n", what, r, j, ref[r * n + j], want);
+        r = m;
+        break;
+      }
+    }
+  ef_spp_packed_free(&pw);
+  free(w); free(x); free(ws); free(xs); free(xz); free(bias); free(ref); free(got);
+}
+
 /* ----------------------------------------------------------------------- f32 gemm */
 
 static void test_f32(const ef_f32_gemm_config* cfg, size_t m, size_t n, size_t k) {
@@ -597,6 +640,17 @@ int main(void) {
       for (unsigned keep = 0; keep <= 100; keep += 25)
         for (int extreme = 0; extreme < 2; extreme++)
           test_spb(spb[c], spb_shapes[s][0], spb_shapes[s][1], spb_shapes[s][2], keep, extreme);
+  }
+  /* permute sparse layout: the VBMI kernel where the CPU has it (ef_spp_select), always scalar */
+  const ef_spp_config* spp[2] = {ef_spp_select(), NULL};
+  int nspp = spp[0] == &ef_spp_config_scalar ? 1 : 2;
+  if (nspp == 2) spp[1] = &ef_spp_config_scalar;
+  for (int c = 0; c < nspp; c++) {
+    printf("== permute %s\n", spp[c]->isa);
+    for (size_t s = 0; s < sizeof spb_shapes / sizeof spb_shapes[0]; s++)
+      for (unsigned keep = 0; keep <= 100; keep += 25)
+        for (int extreme = 0; extreme < 2; extreme++)
+          test_spp(spp[c], spb_shapes[s][0], spb_shapes[s][1], spb_shapes[s][2], keep, extreme);
   }
   test_bsr_all(flags);
   test_qadd(flags);

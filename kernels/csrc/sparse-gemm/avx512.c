@@ -96,3 +96,68 @@ const ef_spb_config ef_spb_config_avx512 = {
     .ukernel = ef_qs8_spmv_bitmask_ukernel_4x64__avx512,
 };
 #endif /* EF_ARCH_X86 */
+
+/* ------------------------------------------------------------------ permute layout (VBMI) */
+#if EF_ARCH_X86
+/* vpermb is AVX512_VBMI (Ice Lake, Sapphire Rapids, Zen 4), which the avx512 level does not
+ * require: ef_spp_select checks it separately. */
+#define SPP_TARGET_VBMI \
+  __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx512vbmi")))
+
+EF_INLINE SPP_TARGET_VBMI void spp_dpbusd(__m512i* acc, __m512i x, __m512i w) {
+  __asm__("vpdpbusd %2, %1, %0" : "+v"(*acc) : "v"(x), "v"(w));
+}
+
+/* One step u of an unrolled block: the record's 64 columns gather the activations of its
+ * chunk (vpermb uses the low 6 bits of each index byte), vpdpbusd multiplies them with the
+ * 64 weights. Four accumulators per activation row: vpdpbusd's latency is ~4-5 cycles and a
+ * step issues in ~1.5, so one chain would stall. */
+#define SPP_STEP(u, acc0, acc1)                                                              \
+  {                                                                                          \
+    const __m512i col = _mm512_load_si512(rec + (u) * EF_SPP_STEP_BYTES);                    \
+    const __m512i wv = _mm512_load_si512(rec + (u) * EF_SPP_STEP_BYTES + EF_SPP_CHUNK);      \
+    const uint8_t* xc = x + (size_t)chunk[u] * EF_SPP_CHUNK;                                 \
+    spp_dpbusd(&acc0, _mm512_permutexvar_epi8(col, _mm512_loadu_si512(xc)), wv);             \
+    if (MR > 1) spp_dpbusd(&acc1, _mm512_permutexvar_epi8(col, _mm512_loadu_si512(xc + ldx)), wv); \
+  }
+
+EF_INLINE SPP_TARGET_VBMI void spp_groups(const size_t MR, const ef_spp_packed* w, size_t g0, size_t g1,
+                                          const uint8_t* x, size_t ldx, int32_t* raw, size_t ldr) {
+  for (size_t g = g0; g < g1; g++) {
+    const __m512i z = _mm512_setzero_si512();
+    __m512i a0 = z, a1 = z, a2 = z, a3 = z, b0 = z, b1 = z, b2 = z, b3 = z;
+    size_t s = w->group_step[g];
+    const size_t e = w->group_step[g + 1];
+    const uint8_t* rec = w->step_data + s * EF_SPP_STEP_BYTES;
+    const uint16_t* chunk = w->step_chunk + s;
+    for (; s + 4 <= e; s += 4, rec += 4 * EF_SPP_STEP_BYTES, chunk += 4) {
+      SPP_STEP(0, a0, b0)
+      SPP_STEP(1, a1, b1)
+      SPP_STEP(2, a2, b2)
+      SPP_STEP(3, a3, b3)
+    }
+    for (; s < e; s++, rec += EF_SPP_STEP_BYTES, chunk++) SPP_STEP(0, a0, b0)
+    /* sum x*w = sum (x + 128) * w - 128 * wsum */
+    const __m512i corr = _mm512_slli_epi32(_mm512_loadu_si512(w->wsum + g * EF_SPP_ROWS), 7);
+    const __m512i ra = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
+    _mm512_storeu_si512(raw + g * EF_SPP_ROWS, _mm512_sub_epi32(ra, corr));
+    if (MR > 1) {
+      const __m512i rb = _mm512_add_epi32(_mm512_add_epi32(b0, b1), _mm512_add_epi32(b2, b3));
+      _mm512_storeu_si512(raw + ldr + g * EF_SPP_ROWS, _mm512_sub_epi32(rb, corr));
+    }
+  }
+}
+
+static SPP_TARGET_VBMI void ef_qs8_spmv_permute_ukernel_2x16x64__avx512vbmi(const ef_spp_packed* w, size_t g0,
+                                                                             size_t g1, size_t mr, const uint8_t* x,
+                                                                             size_t ldx, int32_t* raw, size_t ldr) {
+  if (mr >= 2) spp_groups(2, w, g0, g1, x, ldx, raw, ldr);
+  else spp_groups(1, w, g0, g1, x, ldx, raw, ldr);
+}
+
+const ef_spp_config ef_spp_config_avx512vbmi = {
+    .isa = "avx512",
+    .x_format = EF_SPB_X_U8,
+    .ukernel = ef_qs8_spmv_permute_ukernel_2x16x64__avx512vbmi,
+};
+#endif /* EF_ARCH_X86 */

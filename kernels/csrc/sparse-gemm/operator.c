@@ -6,6 +6,10 @@
 #include "sparse-gemm.h"
 #include "threadpool.h"
 
+/* Scratch at or below this size lives on the stack: a small GEMV is ~1 us, and malloc/free of
+ * its activation buffer is a measurable part of that. */
+#define SPARSE_STACK_SCRATCH 8192
+
 const ef_sparse_config* ef_sparse_select(void) {
   const uint32_t flags = ef_arch_flags();
 #if EF_ARCH_X86
@@ -389,7 +393,9 @@ int ef_spb_gemm(const ef_spb_config* config, size_t m, const int8_t* x, const ef
   if (m == 0) return 0;
   const size_t ldx = w->chunks * EF_SPB_CHUNK, ldr = w->groups * EF_SPB_ROWS, k = w->k;
   const size_t elem = config->x_format == EF_SPB_X_S16 ? 2 : 1;
-  uint8_t* buf = ef_aligned_alloc(EF_ROUND_UP(m * ldx * elem, 64) + m * ldr * sizeof(int32_t));
+  const size_t bytes = EF_ROUND_UP(m * ldx * elem, 64) + m * ldr * sizeof(int32_t);
+  _Alignas(64) uint8_t stack[SPARSE_STACK_SCRATCH]; /* small GEMVs: no malloc per call */
+  uint8_t* buf = bytes <= sizeof stack ? stack : ef_aligned_alloc(bytes);
   if (buf == NULL) return -2;
   int32_t* raw = (int32_t*)(buf + EF_ROUND_UP(m * ldx * elem, 64));
   for (size_t r = 0; r < m; r++) {
@@ -415,6 +421,155 @@ int ef_spb_gemm(const ef_spb_config* config, size_t m, const int8_t* x, const ef
   }
   spb_job job = {config, w, m, buf, ldx, elem, raw, ldr, y, p};
   ef_parallel_for(w->groups, m * w->chunks * EF_SPB_CHUNK, spb_range, &job);
-  ef_aligned_free(buf);
+  if (buf != stack) ef_aligned_free(buf);
+  return 0;
+}
+
+/* ------------------------------------------------------------------ permute layout */
+
+const ef_spp_config* ef_spp_select(void) {
+#if EF_ARCH_X86
+  /* VBMI is not part of the avx512 level's requirements (common.h); every CPU with the level's
+   * VBMI2 has it, but ask anyway rather than fault. */
+  if ((ef_arch_flags() & EF_ARCH_X86_AVX512) && __builtin_cpu_supports("avx512vbmi")) return &ef_spp_config_avx512vbmi;
+#endif
+  return &ef_spp_config_scalar;
+}
+
+void ef_spp_packed_free(ef_spp_packed* p) {
+  free(p->group_step);
+  free(p->step_chunk);
+  ef_aligned_free(p->step_data);
+  free(p->wsum);
+  free(p->w_scale);
+  free(p->bias);
+  memset(p, 0, sizeof *p);
+}
+
+size_t ef_spp_packed_bytes(const ef_spp_packed* p) {
+  return p->steps * (EF_SPP_STEP_BYTES + sizeof(uint16_t)) + (p->groups + 1) * sizeof(uint32_t) +
+         p->groups * EF_SPP_ROWS * sizeof(int32_t) + p->n * 2 * sizeof(float);
+}
+
+/* Nonzeros of each of the group's 16 rows in one chunk (0 past N); returns the group's steps. */
+static size_t spp_counts(const int8_t* w, size_t n, size_t k, size_t g, size_t c, size_t cnt[EF_SPP_ROWS]) {
+  size_t most = 0;
+  for (size_t i = 0; i < EF_SPP_ROWS; i++) {
+    const size_t row = g * EF_SPP_ROWS + i;
+    cnt[i] = 0;
+    if (row >= n) continue;
+    for (size_t j = c * EF_SPP_CHUNK; j < EF_MIN(k, (c + 1) * EF_SPP_CHUNK); j++) cnt[i] += w[row * k + j] != 0;
+    most = EF_MAX(most, cnt[i]);
+  }
+  return EF_DIV_UP(most, EF_SPP_SLOTS);
+}
+
+int ef_spp_pack(const int8_t* w, size_t n, size_t k, const float* w_scale, const float* bias, ef_spp_packed* out) {
+  memset(out, 0, sizeof *out);
+  if (n == 0 || k == 0 || k > EF_SPP_MAX_K) return -1;
+  out->n = n;
+  out->k = k;
+  out->chunks = EF_DIV_UP(k, EF_SPP_CHUNK);
+  out->groups = EF_DIV_UP(n, EF_SPP_ROWS);
+  size_t cnt[EF_SPP_ROWS], steps = 0;
+  for (size_t g = 0; g < out->groups; g++)
+    for (size_t c = 0; c < out->chunks; c++) steps += spp_counts(w, n, k, g, c, cnt);
+  if (steps > UINT32_MAX) return -1;
+  out->steps = steps;
+  out->group_step = malloc((out->groups + 1) * sizeof(uint32_t));
+  out->step_chunk = malloc((steps + 1) * sizeof(uint16_t));
+  out->step_data = ef_aligned_alloc((steps + 1) * EF_SPP_STEP_BYTES);
+  out->wsum = calloc(out->groups * EF_SPP_ROWS, sizeof(int32_t));
+  out->w_scale = malloc(n * sizeof(float));
+  out->bias = malloc(n * sizeof(float));
+  if (!out->group_step || !out->step_chunk || !out->step_data || !out->wsum || !out->w_scale || !out->bias) {
+    ef_spp_packed_free(out);
+    return -2;
+  }
+  size_t s = 0;
+  for (size_t g = 0; g < out->groups; g++) {
+    out->group_step[g] = (uint32_t)s;
+    for (size_t c = 0; c < out->chunks; c++) {
+      const size_t cs = spp_counts(w, n, k, g, c, cnt);
+      if (cs == 0) continue;
+      uint8_t* rec = out->step_data + s * EF_SPP_STEP_BYTES;
+      memset(rec, 0, cs * EF_SPP_STEP_BYTES); /* padding slots: column 0, weight 0 */
+      for (size_t t = 0; t < cs; t++) out->step_chunk[s + t] = (uint16_t)c;
+      for (size_t i = 0; i < EF_SPP_ROWS && g * EF_SPP_ROWS + i < n; i++) {
+        const int8_t* row = w + (g * EF_SPP_ROWS + i) * k;
+        size_t used = 0; /* this row's nonzeros placed in this chunk so far */
+        for (size_t j = c * EF_SPP_CHUNK; j < EF_MIN(k, (c + 1) * EF_SPP_CHUNK); j++) {
+          if (row[j] == 0) continue;
+          uint8_t* step = rec + (used / EF_SPP_SLOTS) * EF_SPP_STEP_BYTES;
+          const size_t slot = i * EF_SPP_SLOTS + used % EF_SPP_SLOTS;
+          step[slot] = (uint8_t)(j - c * EF_SPP_CHUNK);
+          step[EF_SPP_CHUNK + slot] = (uint8_t)row[j];
+          out->wsum[g * EF_SPP_ROWS + i] += row[j];
+          used++;
+        }
+        out->nnz += used;
+      }
+      s += cs;
+    }
+  }
+  out->group_step[out->groups] = (uint32_t)s;
+  for (size_t r = 0; r < n; r++) {
+    out->w_scale[r] = w_scale[r];
+    out->bias[r] = bias ? bias[r] : 0.0f;
+  }
+  return 0;
+}
+
+typedef struct {
+  const ef_spp_config* config;
+  const ef_spp_packed* w;
+  size_t m;
+  const uint8_t* x; /* [m][ldx] in the config's format */
+  size_t ldx;
+  int32_t* raw; /* [m][ldr] */
+  size_t ldr;
+  float* y;
+  const ef_sparse_params* p;
+} spp_job;
+
+static void spp_range(void* ctx, size_t begin, size_t end) {
+  const spp_job* j = ctx;
+  const ef_spp_packed* w = j->w;
+  for (size_t r = 0; r < j->m; r += EF_SPP_MR)
+    j->config->ukernel(w, begin, end, EF_MIN(EF_SPP_MR, j->m - r), j->x + r * j->ldx, j->ldx, j->raw + r * j->ldr, j->ldr);
+  const size_t n1 = EF_MIN(end * EF_SPP_ROWS, w->n);
+  for (size_t r = 0; r < j->m; r++) {
+    const int32_t* raw = j->raw + r * j->ldr;
+    float* y = j->y + r * w->n;
+    const int32_t zp = j->p->x_zp[r];
+    const float xs = j->p->x_scale[r], lo = j->p->out_min, hi = j->p->out_max;
+    for (size_t n = begin * EF_SPP_ROWS; n < n1; n++)
+      y[n] = ef_sparse_qs8_out(raw[n], zp, w->wsum[n], xs, w->w_scale[n], w->bias[n], lo, hi);
+  }
+}
+
+int ef_spp_gemm(const ef_spp_config* config, size_t m, const int8_t* x, const ef_spp_packed* w, float* y,
+                const ef_sparse_params* p) {
+  if (config == NULL) config = ef_spp_select();
+  if (m == 0) return 0;
+  const size_t ldx = w->chunks * EF_SPP_CHUNK, ldr = w->groups * EF_SPP_ROWS, k = w->k;
+  const size_t xbytes = EF_ROUND_UP(m * ldx, 64), bytes = xbytes + m * ldr * sizeof(int32_t);
+  _Alignas(64) uint8_t stack[SPARSE_STACK_SCRATCH];
+  uint8_t* buf = bytes <= sizeof stack ? stack : ef_aligned_alloc(bytes);
+  if (buf == NULL) return -2;
+  for (size_t r = 0; r < m; r++) {
+    const int8_t* xr = x + r * k;
+    uint8_t* d = buf + r * ldx;
+    if (config->x_format == EF_SPB_X_U8) { /* x + 128; the padding is x = 0 (no weights there) */
+      for (size_t i = 0; i < k; i++) d[i] = (uint8_t)(xr[i] ^ 0x80);
+      memset(d + k, 0x80, ldx - k);
+    } else {
+      memcpy(d, xr, k);
+      memset(d + k, 0, ldx - k);
+    }
+  }
+  spp_job job = {config, w, m, buf, ldx, (int32_t*)(buf + xbytes), ldr, y, p};
+  ef_parallel_for(w->groups, m * (w->steps / w->groups + 1) * EF_SPP_ROWS * EF_SPP_SLOTS, spp_range, &job);
+  if (buf != stack) ef_aligned_free(buf);
   return 0;
 }

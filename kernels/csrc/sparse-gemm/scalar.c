@@ -114,3 +114,30 @@ const ef_spb_config ef_spb_config_scalar = {
     .x_format = EF_SPB_X_S8,
     .ukernel = ef_qs8_spmv_bitmask_ukernel_4x64__scalar,
 };
+
+/* ------------------------------------------------------------------ permute layout */
+
+/* Reference: every slot of every step, padding included (weight 0 adds 0). */
+static void ef_qs8_spmv_permute_ukernel_2x16x64__scalar(const ef_spp_packed* w, size_t g0, size_t g1, size_t mr,
+                                                        const uint8_t* x, size_t ldx, int32_t* raw, size_t ldr) {
+  for (size_t r = 0; r < mr; r++) {
+    const int8_t* xr = (const int8_t*)(x + r * ldx);
+    for (size_t g = g0; g < g1; g++) {
+      uint32_t acc[EF_SPP_ROWS] = {0};
+      for (uint32_t s = w->group_step[g]; s < w->group_step[g + 1]; s++) {
+        const int8_t* xc = xr + (size_t)w->step_chunk[s] * EF_SPP_CHUNK;
+        const uint8_t* col = w->step_data + (size_t)s * EF_SPP_STEP_BYTES;
+        const int8_t* wv = (const int8_t*)col + EF_SPP_CHUNK;
+        for (size_t i = 0; i < EF_SPP_ROWS * EF_SPP_SLOTS; i++)
+          acc[i / EF_SPP_SLOTS] += (uint32_t)((int32_t)xc[col[i] & (EF_SPP_CHUNK - 1)] * wv[i]);
+      }
+      for (size_t i = 0; i < EF_SPP_ROWS; i++) raw[r * ldr + g * EF_SPP_ROWS + i] = (int32_t)acc[i];
+    }
+  }
+}
+
+const ef_spp_config ef_spp_config_scalar = {
+    .isa = "scalar",
+    .x_format = EF_SPB_X_S8,
+    .ukernel = ef_qs8_spmv_permute_ukernel_2x16x64__scalar,
+};

@@ -215,3 +215,64 @@ EF_INLINE float ef_sparse_qs8_out(int32_t raw, int32_t x_zp, int32_t wsum, float
   y = y + bias;
   return ef_clamp(y, lo, hi);
 }
+
+/* ---- "permute" layout: int8 sparse GEMV gathering activations with vpermb ---------------
+ *
+ * N is cut into groups of 16 rows (one int32 lane of a 512-bit vector each), K into chunks of
+ * 64 columns. In each (group, chunk), row r's nonzeros are packed 4 per lane in column order;
+ * the group takes max over its 16 rows of ceil(nonzeros / 4) steps there (chunks where all 16
+ * rows are zero cost nothing), and rows with fewer nonzeros are padded with weight 0.
+ * A step record is 128 bytes: uint8 col[64] (slot s = 4 * row + j: column inside the chunk)
+ * then int8 w[64]. The AVX-512 VBMI kernel loads the chunk's 64 activations (x + 128 as
+ * uint8), gathers every slot's activation with one vpermb (col as the index vector) and
+ * multiplies with one vpdpbusd: 64 weights of 16 rows per two instructions and no index
+ * arithmetic, against vpexpandb + vpdpbusd per row and chunk in the bitmask layout (vpexpandb
+ * takes ~2.5 cycles on Zen 4). Storage: 2 bytes per slot, ~0.7 bytes per weight at 75%
+ * unstructured sparsity with the padding (bitmask: 0.375), so this layout pays while the
+ * weights come from cache; the pack_sparse "auto" rule in kernels/__init__.py picks it there.
+ * Exact for every int8 input: vpdpbusd sums u8 x s8 products into int32 without saturation,
+ * the +128 offset comes off as 128 * wsum (wrapping int32, like the reference).
+ * The scalar kernel is the reference and the fallback on CPUs without VBMI (vpermb). */
+#define EF_SPP_ROWS 16
+#define EF_SPP_CHUNK 64
+#define EF_SPP_SLOTS 4 /* per row and step: the 4 bytes of one vpdpbusd lane */
+#define EF_SPP_STEP_BYTES 128
+#define EF_SPP_MR 2 /* activation rows per ukernel call (the step records are reused) */
+#define EF_SPP_MAX_K (64u * 65536u) /* step_chunk is uint16 */
+
+typedef struct ef_spp_packed {
+  size_t n, k, nnz;
+  size_t chunks, groups, steps;
+  uint32_t* group_step;  /* [groups + 1]: steps of group g are [group_step[g], group_step[g + 1]) */
+  uint16_t* step_chunk;  /* [steps]: the chunk a step reads */
+  uint8_t* step_data;    /* [steps][128]: col[64], w[64] */
+  int32_t* wsum;         /* [groups * 16], zero past N */
+  float* w_scale;        /* [n] */
+  float* bias;           /* [n] */
+} ef_spp_packed;
+
+/* raw[r * ldr + n] = sum_k x[r][k] * w[n][k] (int32, wrapping) for r < mr <= EF_SPP_MR and
+ * the 16 rows of every group in [g0, g1). x: mr rows of chunks * 64 elements in the config's
+ * format (EF_SPB_X_S8 or EF_SPB_X_U8), row r at x + r * ldx. */
+typedef void (*ef_spp_ukernel_fn)(const ef_spp_packed* w, size_t g0, size_t g1, size_t mr, const uint8_t* x,
+                                  size_t ldx, int32_t* raw, size_t ldr);
+
+typedef struct ef_spp_config {
+  const char* isa;
+  ef_spb_x_format x_format;
+  ef_spp_ukernel_fn ukernel;
+} ef_spp_config;
+
+extern const ef_spp_config ef_spp_config_scalar;
+#if EF_ARCH_X86
+extern const ef_spp_config ef_spp_config_avx512vbmi;
+#endif
+/* The VBMI kernel when the ISA level allows AVX-512 and the CPU has VBMI, else scalar. */
+const ef_spp_config* ef_spp_select(void);
+
+int ef_spp_pack(const int8_t* w, size_t n, size_t k, const float* w_scale, const float* bias, ef_spp_packed* out);
+void ef_spp_packed_free(ef_spp_packed* p);
+size_t ef_spp_packed_bytes(const ef_spp_packed* p);
+/* x int8 [m, k] -> y fp32 [m, n] with the qs8 epilogue (x_scale, x_zp per row). */
+int ef_spp_gemm(const ef_spp_config* config, size_t m, const int8_t* x, const ef_spp_packed* w, float* y,
+                const ef_sparse_params* p);
