@@ -184,22 +184,18 @@ def qs8_linear(a: np.ndarray, a_scale, a_zero_point, w: Packed, relu: bool = Fal
     from quant.quantize_rows_dynamic). Returns float32 [M, N], or int8 requantized with
     out_scale/out_zero_point when out_scale is given.
     """
-    a2, squeeze = _as_2d(a, "a")
-    m = a2.shape[0]
+    # Lean on purpose (a 384 x 384 GEMV is ~1.5 us): the binding takes [K] or [M, K] and Python
+    # numbers for the scale and zero point, and checks every argument itself.
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"a: expected a numpy array, got {type(a).__name__}")
     if not isinstance(w, Packed):
         raise TypeError(f"w: expected weights from pack_qs8, got {type(w).__name__}")
-    out = np.empty((m, w.n), dtype=np.float32 if out_scale is None else np.int8)
-    _kernels.qs8_gemm(
-        a2,
-        _fast_per_row(a_scale, m, _F32, "a_scale"),
-        _fast_per_row(a_zero_point, m, _I32, "a_zero_point"),
-        w,
-        out,
-        *((-np.inf, np.inf) if activation is None and not relu else _clamp(activation, relu)),
-        1.0 if out_scale is None else float(out_scale),
-        int(out_zero_point),
-    )
-    return out[0] if squeeze else out
+    m = a.shape[0] if a.ndim > 1 else 1
+    lo, hi = _NO_CLAMP if activation is None and not relu else _clamp(activation, relu)
+    out = np.empty((m, w.n) if a.ndim > 1 else w.n, dtype=_F32 if out_scale is None else np.int8)
+    _kernels.qs8_gemm(a, _row_scale(a_scale, m, "a_scale"), _row_zp(a_zero_point, m, "a_zero_point"), w, out,
+                      lo, hi, 1.0 if out_scale is None else float(out_scale), int(out_zero_point))
+    return out
 
 
 def qs8_gemm(a: np.ndarray, a_scale, a_zero_point, w: np.ndarray, w_scales, w_zero_points=None,
@@ -286,6 +282,18 @@ def qb_linear(x: np.ndarray, w: Packed) -> np.ndarray:
 # ----------------------------------------------------------------------------- sparse
 
 
+# pack_sparse(layout="auto") on int8 weights, where AVX-512 VBMI runs the permute kernel: the
+# permute layout when its packing is at most one byte per weight (smaller than dense int8) or
+# fits AUTO_PERMUTE_CACHE_BYTES (about an L2), else the bitmask layout. Why: GEMV streams the
+# weights once, so time follows bytes read wherever the permute kernel's vpermb + vpdpbusd per
+# 64 slots keeps up; the bitmask kernel is bound by one vpexpandb + vpdpbusd per row and 64
+# columns (~1 ns on Zen 4, whatever the density) and wins only where permute's 2 bytes per slot
+# are too many for the cache level (50% sparsity at K = N = 4096: 1.23 B/weight, 0.59x dense,
+# against bitmask's 1.05x). Zen 4, one thread: permute / bitmask 75% 1.06x / 0.74x of dense at
+# 384, 1.22x / 0.74x at 1536, 1.60x / 1.05x at 4096 (benchmarks/kernels_gemm.py).
+AUTO_PERMUTE_CACHE_BYTES = 512 << 10
+
+
 def pack_sparse(w: np.ndarray, w_scales=None, bias=None, layout: str = "rows") -> Packed:
     """Compress the nonzeros of w [N, K] (float32, or int8 with per-row scales w_scales [N]).
     Any pattern: unstructured, blocks, 2:4. `Packed.nnz` and `Packed.nbytes` report the size.
@@ -297,7 +305,15 @@ def pack_sparse(w: np.ndarray, w_scales=None, bias=None, layout: str = "rows") -
     layout="bitmask": int8 only, per row and 64 columns a 64-bit mask plus the nonzeros packed
     densely (density + 1/8 byte per weight: 0.375 at 75% sparsity, 0.625 at 50%); the
     kernels rebuild 64 weights per mask (AVX-512 vpexpandb + vpdpbusd, AVX2/NEON byte
-    shuffles). The fastest int8 layout for GEMV (M = 1) and small M from ~50% sparsity."""
+    shuffles). The smallest int8 layout: the fastest when the weights stream from memory.
+    layout="permute": int8 only, 16-row groups x 64-column chunks, 4 nonzeros per row and
+    step with their columns (2 bytes per slot, ~0.7 per weight at 75% sparsity); AVX-512
+    VBMI gathers the activations with one vpermb per 64 slots. The fastest in cache; other
+    CPUs run its scalar reference (slow): use "auto" there.
+    layout="auto": int8 only; "permute" when the CPU has AVX-512 VBMI (kernels._kernels.spp_isa()
+    == "avx512") and the permute packing takes at most 1 byte per weight or
+    AUTO_PERMUTE_CACHE_BYTES, else "bitmask" (see the comment above AUTO_PERMUTE_CACHE_BYTES).
+    A rule on the packed size, not a timing: the same weights pack the same way on one CPU."""
     if not isinstance(w, np.ndarray):
         raise TypeError(f"w: expected a numpy int8 or float32 array, got {type(w).__name__}")
     if w.ndim != 2:
@@ -305,45 +321,50 @@ def pack_sparse(w: np.ndarray, w_scales=None, bias=None, layout: str = "rows") -
     n = w.shape[0]
     if w.dtype == np.int8 and w_scales is None:
         raise ValueError("w_scales: int8 sparse weights need per-row scales")
-    if layout in ("windows", "bitmask"):
+    if layout in ("windows", "bitmask", "permute", "auto"):
         if w.dtype != np.int8:
             raise TypeError(f"w: the {layout} layout needs int8 weights, got {w.dtype}")
-        pack = _kernels.spw_pack if layout == "windows" else _kernels.spb_pack
-        return pack(w, _vector(w_scales, n, np.float32, "w_scales"), _vector(bias, n, np.float32, "bias"))
+        scales, b = _vector(w_scales, n, np.float32, "w_scales"), _vector(bias, n, np.float32, "bias")
+        if layout == "auto":
+            if _kernels.spp_isa() == "avx512":
+                packed = _kernels.spp_pack(w, scales, b)
+                if packed.nbytes <= max(w.size, AUTO_PERMUTE_CACHE_BYTES):
+                    return packed
+            return _kernels.spb_pack(w, scales, b)
+        pack = {"windows": _kernels.spw_pack, "bitmask": _kernels.spb_pack, "permute": _kernels.spp_pack}[layout]
+        return pack(w, scales, b)
     if layout != "rows":
-        raise ValueError(f"layout must be 'rows', 'windows' or 'bitmask', got {layout!r}")
+        raise ValueError(f"layout must be 'rows', 'windows', 'bitmask', 'permute' or 'auto', got {layout!r}")
     return _kernels.sparse_pack(w, _vector(w_scales, n, np.float32, "w_scales"), _vector(bias, n, np.float32, "bias"))
 
 
 _F32, _I32 = np.dtype(np.float32), np.dtype(np.int32)
-_ZP1: dict[int, np.ndarray] = {}  # int8 zero point -> read-only int32 [1] (GEMV calls repeat a few)
+_NO_CLAMP = (-np.inf, np.inf)
 
 
-def _fast_per_row(value, m: int, dtype: np.dtype, name: str) -> np.ndarray:
-    """_per_row with shortcuts for the usual arguments (an array already of the right dtype and
-    shape, a Python number for one row): the general conversions cost several microseconds
-    per argument, as much as a whole 384 x 384 GEMV, dense or sparse. Anything else goes to
-    _per_row."""
-    if type(value) is np.ndarray:
-        if value.dtype is dtype and value.shape == (m,) and (m == 1 or value.flags.c_contiguous):
-            return value
-    elif m == 1 and type(value) is int and dtype is _I32 and -128 <= value <= 127:
-        arr = _ZP1.get(value)
-        if arr is None:
-            arr = np.full(1, value, np.int32)
-            arr.flags.writeable = False
-            _ZP1[value] = arr
-        return arr
-    elif m == 1 and type(value) in (int, float) and dtype is _F32:
-        return np.array([value], np.float32)
-    return _per_row(value, m, dtype.type, name)
+def _row_scale(value, m: int, name: str):
+    """A per-row float32 scale as the binding takes it: a Python number (every row) or a
+    float32 array [M] pass as they are; anything else goes through _per_row's checks and
+    conversions (several microseconds: as much as a whole 384 x 384 GEMV)."""
+    t = type(value)
+    if t is float or t is int or (t is np.ndarray and value.dtype is _F32 and value.shape == (m,)):
+        return value
+    return _per_row(value, m, np.float32, name)
+
+
+def _row_zp(value, m: int, name: str):
+    """_row_scale for int32 zero points (the binding checks the int8 range)."""
+    t = type(value)
+    if t is int or (t is np.ndarray and value.dtype is _I32 and value.shape == (m,)):
+        return value
+    return _per_row(value, m, np.int32, name)
 
 
 # int8 sparse formats -> their native entry point (same arguments)
 _SPARSE_QS8_GEMM = {
-    "sparse_qs8": _kernels.sparse_gemm,
     "sparse_qs8_windows": _kernels.spw_gemm,
     "sparse_qs8_bitmask": _kernels.spb_gemm,
+    "sparse_qs8_permute": _kernels.spp_gemm,
 }
 
 
@@ -352,19 +373,29 @@ def sparse_linear(x: np.ndarray, w: Packed, x_scale=None, x_zero_point=None, rel
     """y = x @ W^T + bias with sparse W from pack_sparse, fp32 output [M, N] (or [N]).
     float32 weights take float32 x; int8 weights take int8 x with x_scale/x_zero_point
     (scalar or per row) and follow the qs8 definition exactly."""
-    x2, squeeze = _as_2d(x, "x")
     kind = w.kind if isinstance(w, Packed) else ""
+    lo, hi = _NO_CLAMP if activation is None and not relu else _clamp(activation, relu)
+    gemm = _SPARSE_QS8_GEMM.get(kind)
+    if gemm is not None:
+        # the lean path of qs8_linear: the binding takes [K] or [M, K] and Python numbers
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"x: expected a numpy array, got {type(x).__name__}")
+        if x_scale is None or x_zero_point is None:
+            raise ValueError("int8 sparse weights need x_scale and x_zero_point")
+        m = x.shape[0] if x.ndim > 1 else 1
+        out = np.empty((m, w.n) if x.ndim > 1 else w.n, _F32)
+        gemm(x, _row_scale(x_scale, m, "x_scale"), _row_zp(x_zero_point, m, "x_zero_point"), w, out, lo, hi)
+        return out
+    x2, squeeze = _as_2d(x, "x")
     if not kind.startswith("sparse"):
         raise TypeError(f"w: expected weights from pack_sparse, got {type(w).__name__}")
     m = x2.shape[0]
     out = np.empty((m, w.n), np.float32)
-    lo, hi = (-np.inf, np.inf) if activation is None and not relu else _clamp(activation, relu)
-    gemm = _SPARSE_QS8_GEMM.get(kind)
-    if gemm is not None:
+    if kind == "sparse_qs8":
         if x_scale is None or x_zero_point is None:
             raise ValueError("int8 sparse weights need x_scale and x_zero_point")
-        gemm(x2, _fast_per_row(x_scale, m, _F32, "x_scale"), _fast_per_row(x_zero_point, m, _I32, "x_zero_point"),
-             w, out, lo, hi)
+        _kernels.sparse_gemm(x2, _per_row(x_scale, m, np.float32, "x_scale"),
+                             _per_row(x_zero_point, m, np.int32, "x_zero_point"), w, out, lo, hi)
     else:
         _kernels.sparse_gemm(x2, None, None, w, out, lo, hi)
     return out[0] if squeeze else out

@@ -1,6 +1,6 @@
 """Sparse weights (unstructured, block, 2:4), int8 and fp32, GEMV and GEMM paths, and the
-int8 "windows" and "bitmask" layouts: int8 bit-exact with the dense qs8 reference on every
-ISA, fp32 within the named tolerance; compact storage; bad input."""
+int8 "windows", "bitmask" and "permute" layouts: int8 bit-exact with the dense qs8 reference
+on every ISA, fp32 within the named tolerance; compact storage; bad input."""
 
 import numpy as np
 import pytest
@@ -73,7 +73,7 @@ def test_windows_layout_is_smaller_than_dense_at_75_percent():
     assert p.nbytes < 0.85 * w.nbytes
     with pytest.raises(TypeError, match="windows layout needs int8"):
         kernels.pack_sparse(w.astype(np.float32), layout="windows")
-    with pytest.raises(ValueError, match="layout must be 'rows', 'windows' or 'bitmask'"):
+    with pytest.raises(ValueError, match="layout must be 'rows', 'windows', 'bitmask', 'permute' or 'auto'"):
         kernels.pack_sparse(w, np.ones(256, np.float32), layout="csc")
 
 
@@ -195,12 +195,14 @@ def test_property_all_isas(m, n, k, sparsity, seed, relu):
     p = kernels.pack_sparse(w, ws)
     pw = kernels.pack_sparse(w, ws, layout="windows")
     pb = kernels.pack_sparse(w, ws, layout="bitmask")
+    pp = kernels.pack_sparse(w, ws, layout="permute")
     want = quant.sparse_linear_ref(x, w, 0.5, zp, ws, None, relu)
     for isa in kernels.available_isas():
         with kernels.use_isa(isa):
             assert_bitexact(kernels.sparse_linear(x, p, 0.5, zp, relu=relu), want, isa)
             assert_bitexact(kernels.sparse_linear(x, pw, 0.5, zp, relu=relu), want, f"{isa} windows")
             assert_bitexact(kernels.sparse_linear(x, pb, 0.5, zp, relu=relu), want, f"{isa} bitmask")
+            assert_bitexact(kernels.sparse_linear(x, pp, 0.5, zp, relu=relu), want, f"{isa} permute")
 
 
 def test_bad_input():
@@ -222,3 +224,125 @@ def test_bad_input():
         kernels.sparse_linear(np.ones((8, 8), np.float32).T[::2], pf)
     with pytest.raises(ValueError, match="int8 range"):
         kernels.sparse_linear(np.ones((1, 8), np.int8), pq, 1.0, 128)
+
+
+# ----------------------------------------------------------------------------- permute layout
+
+
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("pattern", sorted(PATTERNS))
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 16, 64), (1, 24, 64), (2, 13, 65), (3, 40, 208), (5, 17, 130),
+                                   (9, 33, 300)])
+def test_permute_layout_bit_exact(isa, pattern, m, n, k):
+    """16-row groups x 64-column chunks, 4 nonzeros per row and step: exact on every ISA for N
+    off the 16-row grid, K off the 64-column grid, odd M (the kernel takes rows in pairs), a
+    fully dense row and the pattern's empty rows."""
+    rng = np.random.default_rng(len(pattern) * 11 + m * 7 + n + k)
+    w = rng.integers(-128, 128, (n, k)).astype(np.int8)
+    w = PATTERNS[pattern](w) if k % 16 == 0 else quant.prune_unstructured(w, 0.6)
+    w[n // 2] = rng.integers(1, 128, k).astype(np.int8)  # fully dense row: 16 steps per chunk
+    ws = rng.uniform(0.01, 1, n).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    x = rng.integers(-128, 128, (m, k)).astype(np.int8)
+    x[0, ::5] = -128
+    xs = rng.uniform(0.01, 1, m).astype(np.float32)
+    xz = rng.integers(-128, 128, m).astype(np.int32)
+    p = kernels.pack_sparse(w, ws, b, layout="permute")
+    assert p.kind == "sparse_qs8_permute" and p.nnz == np.count_nonzero(w) and (p.n, p.k) == (n, k)
+    with kernels.use_isa(isa):
+        y = kernels.sparse_linear(x, p, xs, xz, activation="relu6")
+        y1 = kernels.sparse_linear(x[0], p, float(xs[0]), int(xz[0]))
+    assert_bitexact(y, quant.sparse_linear_ref(x, w, xs, xz, ws, b, clamp=(0, 6)), f"{isa} permute")
+    assert y1.shape == (n,)
+    assert_bitexact(y1, quant.sparse_linear_ref(x[:1], w, xs[0], xz[0], ws, b)[0], f"{isa} permute GEMV")
+
+
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("m", [1, 2, 3])
+@pytest.mark.parametrize("zp", [-128, 127])
+def test_permute_layout_extremes(isa, m, zp):
+    """All -128 / 127 constants, zero points at both ends, K long enough that the sums use most
+    of int32, rows with no nonzero and a fully dense row."""
+    n, k = 19, 4001
+    w = np.where(np.arange(k) % 2 == 0, -128, 0).astype(np.int8)[None, :].repeat(n, 0)
+    w[1] = -128  # a dense row
+    w[2] = 0  # an empty row
+    w[17] = 0  # an empty row in the second group
+    w[3, ::3] = 127
+    x = np.full((m, k), -128, np.int8)
+    if m > 1:
+        x[1] = 127
+    ws = np.ones(n, np.float32)
+    p = kernels.pack_sparse(w, ws, layout="permute")
+    with kernels.use_isa(isa):
+        y = kernels.sparse_linear(x, p, 1.0, zp)
+    assert_bitexact(y, quant.sparse_linear_ref(x, w, 1.0, zp, ws), f"{isa} zp {zp}")
+    assert y[0, 1] == np.float32((-128 - zp) * -128 * k)
+
+
+def test_auto_layout_rule():
+    """"auto": the permute layout where the CPU runs its VBMI kernel and it is at most a byte
+    per weight or fits the cache budget, the bitmask layout otherwise; bit-identical either way."""
+    rng = np.random.default_rng(5)
+    w = rng.integers(-128, 128, (512, 1536)).astype(np.int8)
+    w[w == 0] = 1
+    ones = np.ones(512, np.float32)
+    x = rng.integers(-128, 128, 1536).astype(np.int8)
+    vbmi = kernels._kernels.spp_isa() == "avx512"
+    for sparsity in (0.75, 0.5, 0.0):
+        ws = quant.prune_unstructured(w, sparsity)
+        p = kernels.pack_sparse(ws, ones, layout="auto")
+        permute = kernels.pack_sparse(ws, ones, layout="permute")
+        fits = permute.nbytes <= max(ws.size, kernels.AUTO_PERMUTE_CACHE_BYTES)
+        assert p.kind == ("sparse_qs8_permute" if vbmi and fits else "sparse_qs8_bitmask"), sparsity
+        assert_bitexact(kernels.sparse_linear(x, p, 0.5, 3), kernels.sparse_linear(x, permute, 0.5, 3), "auto")
+    # 75% unstructured is below a byte per weight (2 bytes per slot, padded), dense is not
+    assert kernels.pack_sparse(quant.prune_unstructured(w, 0.75), ones, layout="permute").nbytes < 0.8 * w.size
+    with pytest.raises(TypeError, match="auto layout needs int8"):
+        kernels.pack_sparse(w.astype(np.float32), layout="auto")
+
+
+def test_permute_and_fast_path_bad_input():
+    """The lean call path still checks everything: dtypes, shapes, contiguity, zero-point range,
+    read-only and mis-shaped outputs (through the binding, as the engine calls it)."""
+    w = np.eye(8, 16, dtype=np.int8)
+    p = kernels.pack_sparse(w, np.ones(8, np.float32), layout="permute")
+    x = np.ones(16, np.int8)
+    with pytest.raises(ValueError, match="K of the packed weights"):
+        kernels.sparse_linear(np.ones(15, np.int8), p, 1.0, 0)
+    with pytest.raises(TypeError, match="x: expected dtype int8"):
+        kernels.sparse_linear(x.astype(np.int16), p, 1.0, 0)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kernels.sparse_linear(np.ones((2, 32), np.int8)[:, ::2], p, 1.0, 0)
+    with pytest.raises(ValueError, match="int8 range"):
+        kernels.sparse_linear(x, p, 1.0, 128)
+    with pytest.raises(ValueError, match="int8 range"):
+        kernels.sparse_linear(np.ones((2, 16), np.int8), p, 1.0, np.array([0, -129], np.int32))
+    with pytest.raises(TypeError, match="x_zero_point: expected integers"):
+        kernels.sparse_linear(x, p, 1.0, 0.5)
+    with pytest.raises(ValueError, match="x_scale: expected a scalar or shape"):
+        kernels.sparse_linear(np.ones((2, 16), np.int8), p, np.ones(3, np.float32), 0)
+    with pytest.raises(TypeError, match="x: expected a numpy array"):
+        kernels.sparse_linear([1] * 16, p, 1.0, 0)
+    with pytest.raises(ValueError, match="dimensions"):
+        kernels.sparse_linear(np.ones((1, 1, 16), np.int8), p, 1.0, 0)
+    ro = np.empty(8, np.float32)
+    ro.flags.writeable = False
+    for gemm in (kernels._kernels.spp_gemm, kernels._kernels.spb_gemm):
+        pk = p if gemm is kernels._kernels.spp_gemm else kernels.pack_sparse(w, np.ones(8, np.float32), layout="bitmask")
+        with pytest.raises(TypeError, match="writable"):
+            gemm(x, 1.0, 0, pk, ro, -np.inf, np.inf)
+        with pytest.raises(ValueError, match="out"):
+            gemm(x, 1.0, 0, pk, np.empty(7, np.float32), -np.inf, np.inf)
+        with pytest.raises(ValueError, match="out"):
+            gemm(x, 1.0, 0, pk, np.empty((1, 8), np.float32), -np.inf, np.inf)  # [K] in, [N] out
+        with pytest.raises(TypeError, match="out: expected dtype float32"):
+            gemm(x, 1.0, 0, pk, np.empty(8, np.float64), -np.inf, np.inf)
+        with pytest.raises(TypeError, match="packed"):
+            gemm(x, 1.0, 0, kernels.pack_sparse(w, np.ones(8, np.float32)), np.empty(8, np.float32), -np.inf, np.inf)
+        with pytest.raises(TypeError, match="takes exactly 7 arguments"):
+            gemm(x, 1.0, 0, pk, np.empty(8, np.float32))
+    # per-tensor Python numbers broadcast over M rows like arrays [M]
+    x2 = np.arange(32, dtype=np.int8).reshape(2, 16)
+    assert_bitexact(kernels.sparse_linear(x2, p, 0.25, 3),
+                    kernels.sparse_linear(x2, p, np.full(2, 0.25, np.float32), np.full(2, 3, np.int32)), "broadcast")

@@ -63,29 +63,34 @@ static size_t code_size(char code) {
   }
 }
 
-/* Gets a C-contiguous buffer of element type `code` and `ndim` dimensions. On failure sets
- * a Python exception and returns -1 (view is then released/empty). */
-static int get_array(PyObject* obj, Py_buffer* view, const char* name, char code, int ndim, int writable) {
+/* Gets a C-contiguous buffer whose element type is one of `codes` (e.g. "f" or "fb") with
+ * ndim_lo..ndim_hi dimensions. On failure sets a Python exception and returns -1 (view is
+ * then released/empty). */
+static int get_array_ex(PyObject* obj, Py_buffer* view, const char* name, const char* codes, int ndim_lo, int ndim_hi,
+                        int writable) {
   memset(view, 0, sizeof *view);
+  const char* want = codes[1] ? (codes[0] == 'f' && codes[1] == 'b' ? "float32 or int8" : "?") : type_name(codes[0]);
   if (obj == NULL || obj == Py_None) {
-    PyErr_Format(PyExc_TypeError, "%s: expected a %s array, got None", name, type_name(code));
+    PyErr_Format(PyExc_TypeError, "%s: expected a %s array, got None", name, want);
     return -1;
   }
   int flags = PyBUF_STRIDES | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
   if (PyObject_GetBuffer(obj, view, flags) != 0) {
     PyErr_Clear();
-    PyErr_Format(PyExc_TypeError, "%s: expected a %s%s array, got %.100s", name, writable ? "writable " : "",
-                 type_name(code), Py_TYPE(obj)->tp_name);
+    PyErr_Format(PyExc_TypeError, "%s: expected a %s%s array, got %.100s", name, writable ? "writable " : "", want,
+                 Py_TYPE(obj)->tp_name);
     return -1;
   }
   const char got = format_code(view->format);
-  if (got != code || (size_t)view->itemsize != code_size(code)) {
-    PyErr_Format(PyExc_TypeError, "%s: expected dtype %s, got format '%s'", name, type_name(code),
-                 view->format ? view->format : "B");
+  if (got == 0 || strchr(codes, got) == NULL || (size_t)view->itemsize != code_size(got)) {
+    PyErr_Format(PyExc_TypeError, "%s: expected dtype %s, got format '%s'", name, want, view->format ? view->format : "B");
     goto fail;
   }
-  if (view->ndim != ndim) {
-    PyErr_Format(PyExc_ValueError, "%s: expected %d dimension(s), got %d", name, ndim, view->ndim);
+  if (view->ndim < ndim_lo || view->ndim > ndim_hi) {
+    if (ndim_lo == ndim_hi)
+      PyErr_Format(PyExc_ValueError, "%s: expected %d dimension(s), got %d", name, ndim_lo, view->ndim);
+    else
+      PyErr_Format(PyExc_ValueError, "%s: expected %d to %d dimensions, got %d", name, ndim_lo, ndim_hi, view->ndim);
     goto fail;
   }
   if (!PyBuffer_IsContiguous(view, 'C')) {
@@ -97,6 +102,11 @@ fail:
   PyBuffer_Release(view);
   memset(view, 0, sizeof *view);
   return -1;
+}
+
+static int get_array(PyObject* obj, Py_buffer* view, const char* name, char code, int ndim, int writable) {
+  const char codes[2] = {code, 0};
+  return get_array_ex(obj, view, name, codes, ndim, ndim, writable);
 }
 
 static Py_ssize_t dim(const Py_buffer* v, int i) { return v->shape ? v->shape[i] : v->len / v->itemsize; }
@@ -124,7 +134,7 @@ static void views_release(views* vs) {
 
 /* ------------------------------------------------------------------ packed weights */
 
-typedef enum { PACKED_QS8 = 1, PACKED_QB, PACKED_SPARSE, PACKED_F32, PACKED_SPW, PACKED_SPB, PACKED_BSR } packed_kind;
+typedef enum { PACKED_QS8 = 1, PACKED_QB, PACKED_SPARSE, PACKED_F32, PACKED_SPW, PACKED_SPB, PACKED_BSR, PACKED_SPP } packed_kind;
 
 typedef struct {
   PyObject_HEAD packed_kind kind;
@@ -136,6 +146,7 @@ typedef struct {
     ef_spw_packed spw;
     ef_bsr_packed bsr;
     ef_spb_packed spb;
+    ef_spp_packed spp;
   } u;
 } PackedObject;
 
@@ -147,6 +158,7 @@ static void packed_dealloc(PackedObject* self) {
   if (self->kind == PACKED_SPW) ef_spw_packed_free(&self->u.spw);
   if (self->kind == PACKED_BSR) ef_bsr_packed_free(&self->u.bsr);
   if (self->kind == PACKED_SPB) ef_spb_packed_free(&self->u.spb);
+  if (self->kind == PACKED_SPP) ef_spp_packed_free(&self->u.spp);
   Py_TYPE(self)->tp_free((PyObject*)self);
 }
 
@@ -159,6 +171,7 @@ static PyObject* packed_get_n(PackedObject* self, void* unused) {
     case PACKED_SPW: return PyLong_FromSize_t(self->u.spw.n);
     case PACKED_BSR: return PyLong_FromSize_t(self->u.bsr.n);
     case PACKED_SPB: return PyLong_FromSize_t(self->u.spb.n);
+    case PACKED_SPP: return PyLong_FromSize_t(self->u.spp.n);
   }
   Py_RETURN_NONE;
 }
@@ -171,6 +184,7 @@ static PyObject* packed_get_k(PackedObject* self, void* unused) {
     case PACKED_SPW: return PyLong_FromSize_t(self->u.spw.k);
     case PACKED_BSR: return PyLong_FromSize_t(self->u.bsr.k);
     case PACKED_SPB: return PyLong_FromSize_t(self->u.spb.k);
+    case PACKED_SPP: return PyLong_FromSize_t(self->u.spp.k);
   }
   Py_RETURN_NONE;
 }
@@ -184,6 +198,7 @@ static PyObject* packed_get_nbytes(PackedObject* self, void* unused) {
       return PyLong_FromSize_t(sp->steps * (EF_SPW_STEP_BYTES + sizeof(uint16_t)) + (sp->groups + 1) * 4 + sp->n * 12);
     }
     case PACKED_SPB: return PyLong_FromSize_t(ef_spb_packed_bytes(&self->u.spb));
+    case PACKED_SPP: return PyLong_FromSize_t(ef_spp_packed_bytes(&self->u.spp));
     case PACKED_BSR: {
       const ef_bsr_packed* b = &self->u.bsr;
       return PyLong_FromSize_t(b->nnz_blocks * (EF_BSR_BLOCK_BYTES + 4) + (b->n_groups + 1) * 4 +
@@ -206,6 +221,7 @@ static PyObject* packed_get_kind(PackedObject* self, void* unused) {
     case PACKED_SPW: return PyUnicode_FromString("sparse_qs8_windows");
     case PACKED_BSR: return PyUnicode_FromString("bsr_qs8");
     case PACKED_SPB: return PyUnicode_FromString("sparse_qs8_bitmask");
+    case PACKED_SPP: return PyUnicode_FromString("sparse_qs8_permute");
   }
   Py_RETURN_NONE;
 }
@@ -215,6 +231,7 @@ static PyObject* packed_get_nnz(PackedObject* self, void* unused) {
   if (self->kind == PACKED_SPW) return PyLong_FromSize_t(self->u.spw.nnz);
   if (self->kind == PACKED_BSR) return PyLong_FromSize_t(self->u.bsr.nnz_blocks * EF_BSR_BLOCK_BYTES);
   if (self->kind == PACKED_SPB) return PyLong_FromSize_t(self->u.spb.nnz);
+  if (self->kind == PACKED_SPP) return PyLong_FromSize_t(self->u.spp.nnz);
   Py_RETURN_NONE;
 }
 
@@ -243,6 +260,124 @@ static PackedObject* packed_arg(PyObject* obj, packed_kind kind, const char* nam
   }
   return (PackedObject*)obj;
 }
+
+/* ------------------------------------------------------------------ int8 GEMM call arguments */
+
+/* What the int8 GEMM entries (qs8_gemm and the int8 sparse gemms) take per call: activations
+ * int8 [M, K] or [K] (one row), a per-row scale and zero point (float32 / int32 arrays [M], or a
+ * Python number for every row), and out [M, N] (or [N] with one-dimensional activations). A
+ * Python number skips the buffer protocol, ~100 ns per argument: a sizeable part of a small GEMV
+ * (a 384 x 384 int8 GEMV is ~1.5 us). */
+typedef struct {
+  views vs;
+  Py_ssize_t m;
+  const void* x;
+  void* out;
+  int out_int8; /* out's dtype is int8 (only where allowed) */
+  const float* scale;
+  const int32_t* zp;
+  float scale1; /* the Python-number arguments when m == 1 */
+  int32_t zp1;
+  void* heap; /* the Python-number arguments broadcast over m > 1 rows */
+} q8_args;
+
+static int is_number(PyObject* o) { return (PyFloat_Check(o) || PyLong_Check(o)) && !PyBool_Check(o); }
+
+/* Fills c (release with q8_args_release, also after a failure). out_codes: "f" or "fb". */
+static int q8_args_get(q8_args* c, PyObject* x_obj, PyObject* scale_obj, PyObject* zp_obj, PyObject* out_obj, size_t k,
+                       size_t n, const char* xn, const char* sn, const char* zn, const char* out_codes) {
+  memset(c, 0, sizeof *c);
+  Py_buffer *x = views_add(&c->vs), *out = views_add(&c->vs);
+  if (get_array_ex(x_obj, x, xn, "b", 1, 2, 0)) return -1;
+  const int one_d = x->ndim == 1;
+  if (expect_dim(x, one_d ? 0 : 1, (Py_ssize_t)k, xn, "K of the packed weights")) return -1;
+  const Py_ssize_t m = c->m = one_d ? 1 : dim(x, 0);
+  c->x = x->buf;
+  const int sn_num = is_number(scale_obj), zp_num = PyLong_Check(zp_obj) && !PyBool_Check(zp_obj);
+  if ((sn_num || zp_num) && m > 1 && (c->heap = PyMem_Malloc((size_t)m * 8)) == NULL) {
+    PyErr_NoMemory();
+    return -1;
+  }
+  if (sn_num) {
+    const double d = PyFloat_AsDouble(scale_obj);
+    if (d == -1.0 && PyErr_Occurred()) return -1;
+    c->scale1 = (float)d;
+    if (m > 1) {
+      float* s = c->heap;
+      for (Py_ssize_t i = 0; i < m; i++) s[i] = c->scale1;
+    }
+    c->scale = m > 1 ? (const float*)c->heap : &c->scale1;
+  } else {
+    Py_buffer* scale = views_add(&c->vs);
+    if (get_array(scale_obj, scale, sn, 'f', 1, 0) || expect_dim(scale, 0, m, sn, "M")) return -1;
+    c->scale = scale->buf;
+  }
+  if (zp_num) {
+    int overflow = 0;
+    const long v = PyLong_AsLongAndOverflow(zp_obj, &overflow);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (overflow || v < -128 || v > 127) {
+      PyErr_Format(PyExc_ValueError, "%s = %S is outside the int8 range [-128, 127]", zn, zp_obj);
+      return -1;
+    }
+    c->zp1 = (int32_t)v;
+    if (m > 1) {
+      int32_t* z = (int32_t*)c->heap + m;
+      for (Py_ssize_t i = 0; i < m; i++) z[i] = c->zp1;
+    }
+    c->zp = m > 1 ? (const int32_t*)c->heap + m : &c->zp1;
+  } else {
+    Py_buffer* zp = views_add(&c->vs);
+    if (get_array(zp_obj, zp, zn, 'i', 1, 0) || expect_dim(zp, 0, m, zn, "M")) return -1;
+    const int32_t* z = c->zp = zp->buf;
+    for (Py_ssize_t i = 0; i < m; i++)
+      if (z[i] < -128 || z[i] > 127) {
+        PyErr_Format(PyExc_ValueError, "%s[%zd] = %d is outside the int8 range [-128, 127]", zn, i, z[i]);
+        return -1;
+      }
+  }
+  /* out has as many dimensions as x */
+  if (get_array_ex(out_obj, out, "out", out_codes, x->ndim, x->ndim, 1)) return -1;
+  if (!one_d && expect_dim(out, 0, m, "out", "M")) return -1;
+  if (expect_dim(out, one_d ? 0 : 1, (Py_ssize_t)n, "out", "N")) return -1;
+  c->out = out->buf;
+  c->out_int8 = format_code(out->format) == 'b';
+  return 0;
+}
+
+static void q8_args_release(q8_args* c) {
+  views_release(&c->vs);
+  PyMem_Free(c->heap);
+  c->heap = NULL;
+}
+
+/* Fast-call argument helpers: the GEMM entries take their arguments as a C array (no tuple,
+ * no format string parsing), which matters at the ~1 us scale of a small GEMV. */
+static int nargs_ok(const char* fn, Py_ssize_t nargs, Py_ssize_t want) {
+  if (nargs == want) return 1;
+  PyErr_Format(PyExc_TypeError, "%s() takes exactly %zd arguments (%zd given)", fn, want, nargs);
+  return 0;
+}
+static int float_arg(PyObject* o, float* v) {
+  const double d = PyFloat_AsDouble(o);
+  if (d == -1.0 && PyErr_Occurred()) return -1;
+  *v = (float)d;
+  return 0;
+}
+static int int_arg(PyObject* o, int* v) {
+  const long l = PyLong_AsLong(o);
+  if (l == -1 && PyErr_Occurred()) return -1;
+  if (l < INT_MIN || l > INT_MAX) {
+    PyErr_SetString(PyExc_OverflowError, "integer argument out of range");
+    return -1;
+  }
+  *v = (int)l;
+  return 0;
+}
+
+/* Work below this many multiply-adds runs with the GIL held: releasing and taking it back
+ * costs more than a GEMV this small takes. */
+#define SMALL_GEMM_MACS ((size_t)1 << 15)
 
 /* ------------------------------------------------------------------ qs8 */
 
@@ -287,40 +422,32 @@ fail:
   return NULL;
 }
 
-static PyObject* py_qs8_gemm(PyObject* self, PyObject* args) {
-  PyObject *a_obj, *scale_obj, *zp_obj, *packed_obj, *out_obj;
-  float out_min, out_max;
-  float out_scale;
+/* Runs stmt with the GIL released unless the job is tiny (see SMALL_GEMM_MACS). */
+#define RUN_RELEASING_GIL(macs, stmt)  \
+  do {                                 \
+    if ((macs) < SMALL_GEMM_MACS) {    \
+      stmt;                            \
+    } else {                           \
+      Py_BEGIN_ALLOW_THREADS stmt;     \
+      Py_END_ALLOW_THREADS             \
+    }                                  \
+  } while (0)
+
+/* qs8_gemm(a, a_scale, a_zero_point, packed, out, out_min, out_max, out_scale, out_zero_point) */
+static PyObject* py_qs8_gemm(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (!nargs_ok("qs8_gemm", nargs, 9)) return NULL;
+  float out_min, out_max, out_scale;
   int out_zp;
-  if (!PyArg_ParseTuple(args, "OOOOOfffi", &a_obj, &scale_obj, &zp_obj, &packed_obj, &out_obj, &out_min, &out_max, &out_scale, &out_zp))
+  if (float_arg(args[5], &out_min) || float_arg(args[6], &out_max) || float_arg(args[7], &out_scale) ||
+      int_arg(args[8], &out_zp))
     return NULL;
-  PackedObject* p = packed_arg(packed_obj, PACKED_QS8, "packed");
+  PackedObject* p = packed_arg(args[3], PACKED_QS8, "packed");
   if (p == NULL) return NULL;
   const ef_qs8_packed* w = &p->u.qs8;
-  views vs = {.n = 0};
-  Py_buffer *a = views_add(&vs), *scale = views_add(&vs), *zp = views_add(&vs), *out = views_add(&vs);
-  if (get_array(a_obj, a, "a", 'b', 2, 0) || expect_dim(a, 1, (Py_ssize_t)w->k, "a", "K of the packed weights")) goto fail;
-  const Py_ssize_t m = dim(a, 0);
-  if (get_array(scale_obj, scale, "a_scale", 'f', 1, 0) || expect_dim(scale, 0, m, "a_scale", "M")) goto fail;
-  if (get_array(zp_obj, zp, "a_zero_point", 'i', 1, 0) || expect_dim(zp, 0, m, "a_zero_point", "M")) goto fail;
-  const int32_t* z = zp->buf;
-  for (Py_ssize_t i = 0; i < m; i++)
-    if (z[i] < -128 || z[i] > 127) {
-      PyErr_Format(PyExc_ValueError, "a_zero_point[%zd] = %d is outside the int8 range [-128, 127]", i, z[i]);
-      goto fail;
-    }
-  /* The output's dtype selects dequantized fp32 or requantized int8. */
-  int out_int8 = 0;
-  if (PyObject_GetBuffer(out_obj, out, PyBUF_FORMAT | PyBUF_STRIDES) == 0) {
-    out_int8 = format_code(out->format) == 'b';
-    PyBuffer_Release(out);
-    memset(out, 0, sizeof *out);
-  } else {
-    PyErr_Clear();
-  }
-  if (get_array(out_obj, out, "out", out_int8 ? 'b' : 'f', 2, 1) || expect_dim(out, 0, m, "out", "M") ||
-      expect_dim(out, 1, (Py_ssize_t)w->n, "out", "N"))
-    goto fail;
+  q8_args c;
+  if (q8_args_get(&c, args[0], args[1], args[2], args[4], w->k, w->n, "a", "a_scale", "a_zero_point", "fb")) goto fail;
+  /* the output's dtype selects dequantized fp32 or requantized int8 */
+  const int out_int8 = c.out_int8;
   if (out_int8 && (!(out_scale > 0.0f) || !isfinite(out_scale) || out_zp < -128 || out_zp > 127)) {
     PyErr_SetString(PyExc_ValueError, "int8 output needs out_scale > 0 (finite) and out_zero_point in [-128, 127]");
     goto fail;
@@ -328,12 +455,13 @@ static PyObject* py_qs8_gemm(PyObject* self, PyObject* args) {
   ef_qs8_gemm_params params = {.k = w->k, .out_min = out_min, .out_max = out_max, .out_int8 = out_int8,
                                .out_inv_scale = out_int8 ? 1.0f / out_scale : 1.0f, .out_zp = out_int8 ? out_zp : 0};
   int rc;
-  Py_BEGIN_ALLOW_THREADS rc = ef_qs8_gemm(NULL, (size_t)m, a->buf, zp->buf, scale->buf, w, out->buf, &params);
-  Py_END_ALLOW_THREADS views_release(&vs);
+  RUN_RELEASING_GIL((size_t)c.m * w->n * w->k,
+                    rc = ef_qs8_gemm(NULL, (size_t)c.m, c.x, c.zp, c.scale, w, c.out, &params));
+  q8_args_release(&c);
   if (rc != 0) return PyErr_NoMemory();
   Py_RETURN_NONE;
 fail:
-  views_release(&vs);
+  q8_args_release(&c);
   return NULL;
 }
 
@@ -633,38 +761,6 @@ fail:
   return NULL;
 }
 
-/* spw_gemm(x int8 [M,K], x_scale [M], x_zp [M], packed, out [M,N], out_min, out_max) */
-static PyObject* py_spw_gemm(PyObject* self, PyObject* args) {
-  PyObject *x_obj, *scale_obj, *zp_obj, *packed_obj, *out_obj;
-  float out_min, out_max;
-  if (!PyArg_ParseTuple(args, "OOOOOff", &x_obj, &scale_obj, &zp_obj, &packed_obj, &out_obj, &out_min, &out_max)) return NULL;
-  PackedObject* pk = packed_arg(packed_obj, PACKED_SPW, "packed");
-  if (pk == NULL) return NULL;
-  const ef_spw_packed* w = &pk->u.spw;
-  views vs = {.n = 0};
-  Py_buffer *x = views_add(&vs), *scale = views_add(&vs), *zp = views_add(&vs), *out = views_add(&vs);
-  if (get_array(x_obj, x, "x", 'b', 2, 0) || expect_dim(x, 1, (Py_ssize_t)w->k, "x", "K of the packed weights")) goto fail;
-  const Py_ssize_t m = dim(x, 0);
-  if (get_array(scale_obj, scale, "x_scale", 'f', 1, 0) || expect_dim(scale, 0, m, "x_scale", "M")) goto fail;
-  if (get_array(zp_obj, zp, "x_zero_point", 'i', 1, 0) || expect_dim(zp, 0, m, "x_zero_point", "M")) goto fail;
-  const int32_t* z = zp->buf;
-  for (Py_ssize_t i = 0; i < m; i++)
-    if (z[i] < -128 || z[i] > 127) {
-      PyErr_Format(PyExc_ValueError, "x_zero_point[%zd] = %d is outside the int8 range [-128, 127]", i, z[i]);
-      goto fail;
-    }
-  if (get_array(out_obj, out, "out", 'f', 2, 1) || expect_dim(out, 0, m, "out", "M") || expect_dim(out, 1, (Py_ssize_t)w->n, "out", "N")) goto fail;
-  ef_sparse_params params = {.out_min = out_min, .out_max = out_max, .x_scale = scale->buf, .x_zp = zp->buf};
-  int rc;
-  Py_BEGIN_ALLOW_THREADS rc = ef_spw_gemm(NULL, (size_t)m, x->buf, w, out->buf, &params);
-  Py_END_ALLOW_THREADS views_release(&vs);
-  if (rc != 0) return PyErr_NoMemory();
-  Py_RETURN_NONE;
-fail:
-  views_release(&vs);
-  return NULL;
-}
-
 /* spb_pack(w int8 [N,K], w_scale [N], bias|None) -> Packed (bitmask layout) */
 static PyObject* py_spb_pack(PyObject* self, PyObject* args) {
   PyObject *w_obj, *scale_obj, *bias_obj;
@@ -698,36 +794,83 @@ fail:
   return NULL;
 }
 
-/* spb_gemm(x int8 [M,K], x_scale [M], x_zp [M], packed, out [M,N], out_min, out_max) */
-static PyObject* py_spb_gemm(PyObject* self, PyObject* args) {
-  PyObject *x_obj, *scale_obj, *zp_obj, *packed_obj, *out_obj;
-  float out_min, out_max;
-  if (!PyArg_ParseTuple(args, "OOOOOff", &x_obj, &scale_obj, &zp_obj, &packed_obj, &out_obj, &out_min, &out_max)) return NULL;
-  PackedObject* pk = packed_arg(packed_obj, PACKED_SPB, "packed");
-  if (pk == NULL) return NULL;
-  const ef_spb_packed* w = &pk->u.spb;
+/* spp_pack(w int8 [N,K], w_scale [N], bias|None) -> Packed (permute layout) */
+static PyObject* py_spp_pack(PyObject* self, PyObject* args) {
+  PyObject *w_obj, *scale_obj, *bias_obj;
+  if (!PyArg_ParseTuple(args, "OOO", &w_obj, &scale_obj, &bias_obj)) return NULL;
   views vs = {.n = 0};
-  Py_buffer *x = views_add(&vs), *scale = views_add(&vs), *zp = views_add(&vs), *out = views_add(&vs);
-  if (get_array(x_obj, x, "x", 'b', 2, 0) || expect_dim(x, 1, (Py_ssize_t)w->k, "x", "K of the packed weights")) goto fail;
-  const Py_ssize_t m = dim(x, 0);
-  if (get_array(scale_obj, scale, "x_scale", 'f', 1, 0) || expect_dim(scale, 0, m, "x_scale", "M")) goto fail;
-  if (get_array(zp_obj, zp, "x_zero_point", 'i', 1, 0) || expect_dim(zp, 0, m, "x_zero_point", "M")) goto fail;
-  const int32_t* z = zp->buf;
-  for (Py_ssize_t i = 0; i < m; i++)
-    if (z[i] < -128 || z[i] > 127) {
-      PyErr_Format(PyExc_ValueError, "x_zero_point[%zd] = %d is outside the int8 range [-128, 127]", i, z[i]);
-      goto fail;
-    }
-  if (get_array(out_obj, out, "out", 'f', 2, 1) || expect_dim(out, 0, m, "out", "M") || expect_dim(out, 1, (Py_ssize_t)w->n, "out", "N")) goto fail;
-  ef_sparse_params params = {.out_min = out_min, .out_max = out_max, .x_scale = scale->buf, .x_zp = zp->buf};
+  Py_buffer *w = views_add(&vs), *scale = views_add(&vs), *bias = views_add(&vs);
+  if (get_array(w_obj, w, "w", 'b', 2, 0)) goto fail;
+  const Py_ssize_t n = dim(w, 0), k = dim(w, 1);
+  if (n == 0 || k == 0 || k > (Py_ssize_t)EF_SPP_MAX_K) {
+    PyErr_Format(PyExc_ValueError, "w: need 0 < N and 0 < K <= %u, got [%zd, %zd]", EF_SPP_MAX_K, n, k);
+    goto fail;
+  }
+  if (get_array(scale_obj, scale, "w_scale", 'f', 1, 0) || expect_dim(scale, 0, n, "w_scale", "N")) goto fail;
+  if (bias_obj != Py_None && (get_array(bias_obj, bias, "bias", 'f', 1, 0) || expect_dim(bias, 0, n, "bias", "N"))) goto fail;
+  PackedObject* p = PyObject_New(PackedObject, &PackedType);
+  if (p == NULL) goto fail;
+  p->kind = PACKED_SPP;
   int rc;
-  Py_BEGIN_ALLOW_THREADS rc = ef_spb_gemm(NULL, (size_t)m, x->buf, w, out->buf, &params);
-  Py_END_ALLOW_THREADS views_release(&vs);
-  if (rc != 0) return PyErr_NoMemory();
-  Py_RETURN_NONE;
+  Py_BEGIN_ALLOW_THREADS rc = ef_spp_pack(w->buf, (size_t)n, (size_t)k, scale->buf, bias->buf, &p->u.spp);
+  Py_END_ALLOW_THREADS if (rc != 0) {
+    memset(&p->u.spp, 0, sizeof p->u.spp);
+    Py_DECREF(p);
+    if (rc == -1) PyErr_SetString(PyExc_ValueError, "w: too many steps for the permute layout");
+    else PyErr_NoMemory();
+    goto fail;
+  }
+  views_release(&vs);
+  return (PyObject*)p;
 fail:
   views_release(&vs);
   return NULL;
+}
+
+/* The int8 sparse layouts' GEMM, one fast-call entry per layout:
+ * <layout>_gemm(x int8 [M,K] or [K], x_scale, x_zero_point, packed, out [M,N] or [N], out_min, out_max)
+ * x_scale / x_zero_point: float32 / int32 arrays [M], or Python numbers for every row. */
+static PyObject* sparse_q8_gemm(const char* fn, packed_kind kind, PyObject* const* args, Py_ssize_t nargs) {
+  if (!nargs_ok(fn, nargs, 7)) return NULL;
+  float out_min, out_max;
+  if (float_arg(args[5], &out_min) || float_arg(args[6], &out_max)) return NULL;
+  PackedObject* pk = packed_arg(args[3], kind, "packed");
+  if (pk == NULL) return NULL;
+  size_t n = 0, k = 0, nnz = 0;
+  switch (kind) {
+    case PACKED_SPW: n = pk->u.spw.n, k = pk->u.spw.k, nnz = pk->u.spw.nnz; break;
+    case PACKED_SPB: n = pk->u.spb.n, k = pk->u.spb.k, nnz = pk->u.spb.nnz; break;
+    default: n = pk->u.spp.n, k = pk->u.spp.k, nnz = pk->u.spp.nnz; break;
+  }
+  q8_args c;
+  if (q8_args_get(&c, args[0], args[1], args[2], args[4], k, n, "x", "x_scale", "x_zero_point", "f")) {
+    q8_args_release(&c);
+    return NULL;
+  }
+  ef_sparse_params params = {.out_min = out_min, .out_max = out_max, .x_scale = c.scale, .x_zp = c.zp};
+  const size_t m = (size_t)c.m;
+  int rc;
+  switch (kind) {
+    case PACKED_SPW: RUN_RELEASING_GIL(m * (nnz + n), rc = ef_spw_gemm(NULL, m, c.x, &pk->u.spw, c.out, &params)); break;
+    case PACKED_SPB: RUN_RELEASING_GIL(m * (nnz + n), rc = ef_spb_gemm(NULL, m, c.x, &pk->u.spb, c.out, &params)); break;
+    default: RUN_RELEASING_GIL(m * (nnz + n), rc = ef_spp_gemm(NULL, m, c.x, &pk->u.spp, c.out, &params)); break;
+  }
+  q8_args_release(&c);
+  if (rc != 0) return PyErr_NoMemory();
+  Py_RETURN_NONE;
+}
+
+/* spp_isa() -> the permute layout's kernel under the current ISA setting ("avx512" or "scalar") */
+static PyObject* py_spp_isa(PyObject* self, PyObject* unused) { return PyUnicode_FromString(ef_spp_select()->isa); }
+
+static PyObject* py_spw_gemm(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  return sparse_q8_gemm("spw_gemm", PACKED_SPW, args, nargs);
+}
+static PyObject* py_spb_gemm(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  return sparse_q8_gemm("spb_gemm", PACKED_SPB, args, nargs);
+}
+static PyObject* py_spp_gemm(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  return sparse_q8_gemm("spp_gemm", PACKED_SPP, args, nargs);
 }
 
 /* ------------------------------------------------------------------ f32 gemm */
@@ -1056,7 +1199,7 @@ static PyMethodDef methods[] = {
     {"set_num_threads", py_set_num_threads, METH_VARARGS, "Threads per kernel call (<= 0: one per CPU)."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Threads per kernel call."},
     {"qs8_pack", py_qs8_pack, METH_VARARGS, "qs8_pack(w, w_scale, w_zero_point|None, bias|None) -> Packed"},
-    {"qs8_gemm", py_qs8_gemm, METH_VARARGS,
+    {"qs8_gemm", (PyCFunction)(void (*)(void))py_qs8_gemm, METH_FASTCALL,
      "qs8_gemm(a, a_scale, a_zero_point, packed, out, out_min, out_max, out_scale, out_zero_point)"},
     {"qadd", py_qadd, METH_VARARGS,
      "qadd(a, b, out, a_scale, a_zp, b_scale, b_zp, out_scale, out_zp): int8 out = Q(DQ(a) + DQ(b)), 1-D int8"},
@@ -1069,9 +1212,15 @@ static PyMethodDef methods[] = {
     {"sparse_gemm", py_sparse_gemm, METH_VARARGS, "sparse_gemm(x, x_scale|None, x_zero_point|None, packed, out, out_min, out_max)"},
     {"qd8_gemm", py_qd8_gemm, METH_VARARGS, "qd8_gemm(x, packed, out, out_min, out_max)"},
     {"spw_pack", py_spw_pack, METH_VARARGS, "spw_pack(w int8, w_scale, bias|None) -> Packed (windows layout)"},
-    {"spw_gemm", py_spw_gemm, METH_VARARGS, "spw_gemm(x, x_scale, x_zero_point, packed, out, out_min, out_max)"},
+    {"spw_gemm", (PyCFunction)(void (*)(void))py_spw_gemm, METH_FASTCALL,
+     "spw_gemm(x, x_scale, x_zero_point, packed, out, out_min, out_max)"},
     {"spb_pack", py_spb_pack, METH_VARARGS, "spb_pack(w int8, w_scale, bias|None) -> Packed (bitmask layout)"},
-    {"spb_gemm", py_spb_gemm, METH_VARARGS, "spb_gemm(x, x_scale, x_zero_point, packed, out, out_min, out_max)"},
+    {"spb_gemm", (PyCFunction)(void (*)(void))py_spb_gemm, METH_FASTCALL,
+     "spb_gemm(x, x_scale, x_zero_point, packed, out, out_min, out_max)"},
+    {"spp_isa", py_spp_isa, METH_NOARGS, "spp_isa() -> kernel of the permute layout now: 'avx512' (VBMI) or 'scalar'"},
+    {"spp_pack", py_spp_pack, METH_VARARGS, "spp_pack(w int8, w_scale, bias|None) -> Packed (permute layout)"},
+    {"spp_gemm", (PyCFunction)(void (*)(void))py_spp_gemm, METH_FASTCALL,
+     "spp_gemm(x, x_scale, x_zero_point, packed, out, out_min, out_max)"},
     {"f32_pack", py_f32_pack, METH_VARARGS, "f32_pack(w, bias|None) -> Packed"},
     {"f32_gemm", py_f32_gemm, METH_VARARGS, "f32_gemm(x, packed, out, out_min, out_max)"},
     {"dwconv3x3", py_dwconv3x3, METH_VARARGS, "dwconv3x3(x, w, bias, out, stride, lo, hi, x_scale, x_zp, w_scale, out_scale, out_zp)"},
