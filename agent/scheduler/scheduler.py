@@ -24,9 +24,10 @@ so a tail ratio taken on a fast variant overstates what a slower one would suffe
 variant must fit within upgrade_margin x budget (hysteresis for latency).
 
 A prediction is still a model and can stay wrong. Held below a better variant by its
-prediction alone for latency.probe_seconds, the scheduler probes: it runs the next better
-variant and lets that variant's own measurement keep it or send it back down, waiting twice
-as long before the next probe after each failure (up to 16x).
+prediction alone for latency.probe_seconds, and with the CPU load, if that was high at the
+step-down, fallen to half, the scheduler probes: it runs the next better variant and lets that
+variant's own measurement keep it or send it back down, waiting twice as long before the
+next probe after each failure (up to 16x).
 
 decide() is O(variants) with no allocation beyond the Decision; thread-safe.
 """
@@ -49,6 +50,11 @@ from agent.sensors.reading import SensorReading
 _INF = float("inf")
 _LOAD_FACTOR_RANGE = (0.25, 50.0)   # ignore absurd slow-down estimates (clock glitches)
 _PROBE_BACKOFF_MAX = 16.0            # a failed probe doubles the wait up to this x probe_seconds
+# A CPU load reading of at least this much at a latency step-down is taken to be its cause,
+# and a probe waits until the load is down to half of it (our own share shrinks with the
+# smaller variant, so a small drop says nothing).
+_PROBE_LOAD_CAUSE_PERCENT = 30.0
+_PROBE_LOAD_FALL = 0.5
 
 
 class NoVariantsError(LookupError):
@@ -90,6 +96,7 @@ class Scheduler:
         self._active_since_switch: frozenset[Reason] = frozenset()
         self._probe_backoff = 1.0                      # x policy.latency.probe_seconds
         self._probing: tuple[str, float] | None = None  # (variant probed, when)
+        self._load_at_latency_down: float | None = None  # CPU load read at the last latency step-down
         # Constraint state (hysteresis memory).
         self._on_battery = False
         self._battery_low = False
@@ -208,7 +215,9 @@ class Scheduler:
                                     f"{_describe(chosen)} replaces {self.current}{gone}", active_set)
         self._settle_probe(now)
         if chosen is current:
-            probe = self._probe_target(now, current, cur_p95, cap, chosen is best_feasible, upgrade_budget)
+            # Not while the battery saver picks by cost: it would send a probe straight back.
+            saving = self._on_battery and saver > 0 and not self._battery_critical
+            probe = self._probe_target(now, current, cur_p95, cap, not saving, upgrade_budget)
             if probe is not None:
                 return self._probe(now, current, probe, cur_p95, predicted(probe), upgrade_budget, active_set)
             reason = _first_in_severity(active) or self._last_reason or Reason.INITIAL
@@ -239,6 +248,8 @@ class Scheduler:
             if reason is Reason.LATENCY_BUDGET:
                 self._probe_backoff = min(_PROBE_BACKOFF_MAX, 2 * self._probe_backoff)
             self._probing = None
+        if reason is Reason.LATENCY_BUDGET:
+            self._load_at_latency_down = self._last["cpu_load_percent"]
         decision = Decision(chosen.variant_id, reason, detail, now, True, previous)
         self.current = chosen.variant_id
         self._last_switch_at = now
@@ -366,12 +377,18 @@ class Scheduler:
                       unbiased: bool, upgrade_budget: float) -> VariantOption | None:
         """The next better variant to run on trial, if a probe is due; else None.
 
-        Due when: probing is on; the current variant was chosen on latency alone (no battery
-        saver; the better one passes every cost cap), runs measurably within the upgrade
-        budget itself, and has run for probe_seconds x backoff since the last switch."""
+        Due when: probing is on; the current variant was chosen on latency alone (`unbiased`:
+        the battery saver is off; the better one passes every cost cap), runs measurably
+        within the upgrade budget itself, has run for probe_seconds x backoff since the last
+        switch, and the CPU load, if it was high at the step-down, is down to half of that."""
         wait = self.policy.latency.probe_seconds * self._probe_backoff
         if (wait <= 0 or not unbiased or cur_p95 is None or cur_p95 > upgrade_budget
                 or now - self._last_switch_at < max(wait, self.policy.min_dwell_seconds)):
+            return None
+        # Load that is still there is what the prediction models, and it is likely right.
+        load, then = self._last["cpu_load_percent"], self._load_at_latency_down
+        if (load is not None and then is not None and then >= _PROBE_LOAD_CAUSE_PERCENT
+                and load > _PROBE_LOAD_FALL * then):
             return None
         rank = (current.quality, -current.cost)
         better = [v for v in self._by_quality if (v.quality, -v.cost) > rank and v.cost <= cap * (1 + 1e-9)]

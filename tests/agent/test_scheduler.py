@@ -107,6 +107,29 @@ def test_a_wrong_prediction_is_corrected_by_probing_the_better_variant():
     assert s.current == "fp32"                        # measured at 30 ms: it stays
 
 
+def test_no_probe_while_the_load_that_caused_the_step_down_is_still_there():
+    policy = PolicyConfig(latency=LatencyPolicy(budget_p95_seconds=50 * MS, probe_seconds=60),
+                          min_dwell_seconds=10)
+    s, clock = make(policy, [FP32, INT8])
+    s.decide(SensorReading(cpu_load_percent=20))
+    for _ in range(20):
+        s.observe_latency("fp32", 80 * MS)
+    assert step(s, clock, SensorReading(cpu_load_percent=95), 15).variant_id == "int8"
+    # int8 is smaller, so the device is a little less busy, but the other load stays.
+    for _ in range(200):
+        for _ in range(5):
+            s.observe_latency("int8", 33 * MS)
+        assert not step(s, clock, SensorReading(cpu_load_percent=80)).changed
+    # The load goes: now the prediction (still 108 ms, from int8's median) is tested.
+    decisions = []
+    for _ in range(100):
+        for _ in range(5):
+            s.observe_latency(s.current, {"int8": 33 * MS, "fp32": 30 * MS}[s.current])
+        decisions.append(step(s, clock, SensorReading(cpu_load_percent=30)))
+    moved = switches(decisions)
+    assert [(d.variant_id, d.detail.startswith("probing")) for d in moved] == [("fp32", True)]
+
+
 def test_probing_off_keeps_the_prediction():
     s, _, decisions = _stuck_on_a_wrong_prediction(probe_seconds=0)
     assert not switches(decisions) and s.current == "int8"
