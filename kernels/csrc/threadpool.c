@@ -12,8 +12,9 @@
  * (joined--). When the caller runs out of chunks it closes the job and waits for joined to
  * reach zero, so no worker touches the job (which lives on the caller's stack) afterwards.
  *
- * Workers spin briefly before sleeping, so back-to-back calls (one per layer) do not pay a
- * futex wake-up each. Only one job runs at a time: a second caller (another Python thread;
+ * Workers spin briefly before sleeping, and a caller that finished first spins briefly for
+ * the workers still inside, so back-to-back calls (one per layer) do not pay a futex sleep
+ * and wake-up each. Only one job runs at a time: a second caller (another Python thread;
  * the GIL is released) that finds the pool busy runs its whole range itself. After fork()
  * the child starts with no workers and creates them again on first use. */
 #include "threadpool.h"
@@ -38,7 +39,8 @@ static struct {
   int threads;               /* threads a job may use, caller included */
   uint64_t generation;       /* atomic reads while spinning */
   int open;                  /* the current job still accepts workers */
-  int joined;                /* workers inside the current job */
+  int joined;                /* workers inside the current job (changed under the lock, atomically,
+                                because the finishing caller also polls it without the lock) */
   int max_join;              /* workers the current job may use (threads - 1) */
   ef_range_fn fn;
   void* ctx;
@@ -76,14 +78,15 @@ static void* worker_main(void* arg) {
     seen = pool.generation;
     /* woke too late (the caller already finished) or the job needs fewer threads */
     if (!pool.open || pool.joined >= pool.max_join) continue;
-    pool.joined++;
+    __atomic_add_fetch(&pool.joined, 1, __ATOMIC_RELAXED);
     ef_range_fn fn = pool.fn;
     void* ctx = pool.ctx;
     const size_t count = pool.count, chunks = pool.chunks;
     pthread_mutex_unlock(&pool.lock);
     run_chunks(fn, ctx, count, chunks);
     pthread_mutex_lock(&pool.lock);
-    if (--pool.joined == 0 && !pool.open) pthread_cond_signal(&pool.done);
+    /* release: the chunks' output is visible to a caller that sees zero while spinning */
+    if (__atomic_sub_fetch(&pool.joined, 1, __ATOMIC_RELEASE) == 0 && !pool.open) pthread_cond_signal(&pool.done);
   }
   return NULL;
 }
@@ -172,6 +175,12 @@ void ef_parallel_for(size_t count, size_t cost_per_item, ef_range_fn fn, void* c
 
   pthread_mutex_lock(&pool.lock);
   pool.open = 0; /* late workers skip this job */
+  pthread_mutex_unlock(&pool.lock);
+  /* A worker still inside usually has one chunk left, a few microseconds: spin for it
+   * rather than sleep, since a futex sleep and wake-up costs about as much again (more in a
+   * VM) on every call of a model's many small ops. */
+  for (int i = 0; i < EF_SPIN_POLLS && __atomic_load_n(&pool.joined, __ATOMIC_ACQUIRE) > 0; i++) cpu_relax();
+  pthread_mutex_lock(&pool.lock);
   while (pool.joined > 0) pthread_cond_wait(&pool.done, &pool.lock);
   pthread_mutex_unlock(&pool.lock);
   pthread_mutex_unlock(&pool.call_lock);
