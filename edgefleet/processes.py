@@ -120,5 +120,5 @@ def start_agent(data_dir: str | os.PathLike, *, server: str, token: str | None, 
     args = ["-m", "agent", "--server", server, "--data-dir", str(data_dir), "--sensors", sensors,
             "--sim-speed", str(sim_speed), "--local-port", "0"]
     if token:
-        args += ["--token", token]
+        args.append(f"--token={token}")      # "=": a value may start with "-"
     return _spawn(name, args + list(extra_args), data_dir, "agent.json", timeout, env)

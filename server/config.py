@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import os
 import pathlib
-import secrets
 from dataclasses import dataclass, field
 
 from proto.signing import PUBLIC_KEY_BYTES
+from server.tokens import new_token
 
 MIB = 1 << 20
 
@@ -140,7 +140,7 @@ class ServerConfig:
             if not token:
                 raise ValueError(f"{path} is empty; delete it to have a new token created") from None
             return token
-        token = secrets.token_urlsafe(32)
+        token = new_token(32)
         with os.fdopen(fd, "w") as f:
             f.write(token + "\n")
             f.flush()

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from proto import fleet_pb2
 from proto.manifest import Manifest
+from server.tokens import new_token
 from server.models import (SCHEMA_VERSION, Artifact, Base, Bundle, BundleArtifact, Deployment,
                            DeploymentTarget, Device, EnrollmentToken, SchemaInfo)
 
@@ -163,7 +164,7 @@ class Database:
     def create_enrollment_token(self, ttl_seconds: float, labels: dict[str, str] | None = None,
                                 now: float | None = None) -> tuple[str, float]:
         now = time.time() if now is None else now
-        token = secrets.token_urlsafe(24)
+        token = new_token(24)
         expires = now + ttl_seconds
         with self._write() as s:
             s.add(EnrollmentToken(token_hash=sha256_hex(token), created_at=now, expires_at=expires,
