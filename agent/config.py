@@ -30,7 +30,9 @@ class AgentConfig:
         labels: initial device labels sent with enrollment.
         tls_ca: PEM file of the CA that signs the server certificate; None = plaintext.
         intra_op_threads: onnxruntime intra-op threads per session.
-        engine: inference engine name from agent.engines (onnxruntime is always present).
+        engine: inference engine name from agent.engines: "auto" (the default) measures each
+            variant on the native engine and onnxruntime when it arrives and serves it on the
+            faster; "onnxruntime" or "native" pin one.
         profile_warmup / profile_runs: on-arrival benchmark of each variant.
         batch_max_rows: coalesce concurrent requests for the same variant into batches of at
             most this many rows, within the policy's latency budget (0 = off, the default;
@@ -60,7 +62,7 @@ class AgentConfig:
     labels: dict[str, str] = field(default_factory=dict)
     tls_ca: str | None = None
     intra_op_threads: int = 1
-    engine: str = "onnxruntime"
+    engine: str = "auto"
     profile_warmup: int = 2
     profile_runs: int = 10
     load_nice: int = 10

@@ -2,7 +2,8 @@
 
     POST /v1/infer   {"inputs": {name: nested list}, "variant": optional id,
                       "priority": "normal" (default) | "low"}
-                     -> {"outputs": {name: nested list}, "variant": id, "latency_seconds": x}
+                     -> {"outputs": {name: nested list}, "variant": id, "latency_seconds": x,
+                         "engine": "native" | "onnxruntime"}
                      A low-priority request while the device is hot (thermal trip) or its
                      battery critical gets 503 + Retry-After at once (not queued); normal
                      requests still run.
@@ -160,7 +161,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(500, f"inference failed: {exc}")
             return
         self._json(200, {"outputs": {k: v.tolist() for k, v in result.outputs.items()},
-                         "variant": result.variant, "latency_seconds": result.latency_seconds})
+                         "variant": result.variant, "latency_seconds": result.latency_seconds,
+                         "engine": result.engine})
 
 
 class LocalApiServer(ThreadingHTTPServer):

@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="append", type=_label, default=[], metavar="KEY=VALUE",
                    help="device label sent at enrollment (repeatable)")
     p.add_argument("--tls-ca", default=None, help="CA PEM for a TLS server (default: plaintext)")
-    p.add_argument("--engine", default="onnxruntime", help="inference engine")
+    p.add_argument("--engine", default="auto",
+                   help="inference engine: auto (default) serves each variant on the faster of the native "
+                        "engine and onnxruntime, measured when it arrives; onnxruntime or native pin one")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads per inference session")
     p.add_argument("--batch-max-rows", type=int, default=0,
                    help="coalesce concurrent requests into batches of up to N rows (0 = off)")

@@ -79,6 +79,7 @@ class RunResult:
     latency_seconds: float
     cpu_seconds: float
     batch_rows: int = 0                       # rows of the batch it ran in (0: not batched)
+    engine: str = ""                          # "native" or "onnxruntime": which one ran it
 
 
 class _Counters:
@@ -323,7 +324,8 @@ class Runner:
             self.on_work(cpu)
         if self.on_latency:
             self.on_latency(loaded.variant_id, latency)
-        return RunResult(outputs, loaded.variant_id, latency, cpu, batch_rows)
+        return RunResult(outputs, loaded.variant_id, latency, cpu, batch_rows,
+                         getattr(loaded.session, "engine_name", self.engine.name))
 
     def batching_state(self) -> dict[str, dict]:
         """Per loaded variant: batching on/off (and why), batches run, mean rows per batch."""

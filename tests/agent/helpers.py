@@ -253,6 +253,26 @@ class FakeServer:
             self.server = None
 
 
+def engine_answer(engine: str, path, feeds: dict) -> np.ndarray:
+    """The first output the named engine computes on the variant file at `path`, with one
+    thread as the agent runs it: what an agent that served the request on that engine
+    (its /v1/infer answer names it) must return exactly."""
+    if engine == "native":
+        import kernels
+        from kernels.engine import Model
+
+        kernels.set_num_threads(1)
+        model = Model(str(path))
+        return model.run(feeds)[model.outputs[0].name]
+    assert engine == "onnxruntime", engine
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
 def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
     """Poll with a generous bound; never asserts on how long it took."""
     deadline = time.monotonic() + timeout

@@ -32,13 +32,23 @@ def _wait(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _infer(port: int, inputs: np.ndarray, variant: str) -> tuple[np.ndarray, str]:
+def _infer(port: int, inputs: np.ndarray, variant: str) -> tuple[np.ndarray, str, str]:
     body = json.dumps({"inputs": {"input": inputs.tolist()}, "variant": variant}).encode()
     request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/infer", data=body,
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         answer = json.loads(response.read())
-    return np.asarray(answer["outputs"]["logits"], dtype=np.float32), answer["variant"]
+    return np.asarray(answer["outputs"]["logits"], dtype=np.float32), answer["variant"], answer["engine"]
+
+
+def _native(path, x: np.ndarray) -> np.ndarray:
+    """What the native engine answers on this file with one thread (the agent's --threads 1)."""
+    import kernels
+    from kernels.engine import Model
+
+    kernels.set_num_threads(1)
+    model = Model(str(path))
+    return model.run({"input": x})[model.outputs[0].name]
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +118,9 @@ def test_compress_deploy_infer_restart(fleet, bundle):
             data = (installed / v.file).read_bytes()
             assert "sha256:" + hashlib.sha256(data).hexdigest() == v.digest
 
-    # The local endpoint answers exactly what onnxruntime answers on the same variant file.
+    # The local endpoint answers exactly what the engine that served it (the default "auto":
+    # whichever of onnxruntime and the native engine measured faster for that variant)
+    # answers on the same variant file.
     rng = np.random.default_rng(0)
     x = rng.random((4, 1, 8, 8), dtype=np.float32)  # digits are scaled to [0, 1]
     for v in manifest.variants:
@@ -122,9 +134,14 @@ def test_compress_deploy_infer_restart(fleet, bundle):
                                        providers=["CPUExecutionProvider"])
         expected = session.run(None, {"input": x})[0]
         for agent in agents:
-            got, served_by = _infer(agent.info["local_port"], x, v.id)
+            got, served_by, engine = _infer(agent.info["local_port"], x, v.id)
             assert served_by == v.id
-            np.testing.assert_array_equal(got, expected)
+            if engine == "onnxruntime":
+                np.testing.assert_array_equal(got, expected)
+            else:
+                assert engine == "native", engine
+                np.testing.assert_array_equal(got, _native(bundle_dir / v.file, x))
+                np.testing.assert_allclose(got, expected, rtol=0, atol=0.05 * np.abs(expected).max())
 
     # Restart the server on the same port and data directory: nothing is lost.
     devices_before = sorted(d.device_id for d in client.list_devices(""))
