@@ -43,6 +43,13 @@ def _ort_session(data: bytes, threads: int, config: dict) -> ort.InferenceSessio
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 
+# Both thread pools spin for a while after a run (onnxruntime's by default, ours for ~0.5 ms)
+# and, on 2 cores, a pool still spinning steals the second core from the engine being timed
+# next: 2-thread MiniLM int8 read 3-7 ms for ours right after onnxruntime's runs against 2.7 ms
+# after a pause. An untimed pause at every switch lets the other engine's threads go idle.
+SWITCH_PAUSE_SECONDS = 0.05
+
+
 def _interleaved_p50(fns: list, rounds: int, per_round: int) -> list[float]:
     times = [[] for _ in fns]
     for fn in fns:                       # warm-up (plans, arenas, caches)
@@ -50,6 +57,7 @@ def _interleaved_p50(fns: list, rounds: int, per_round: int) -> list[float]:
             fn()
     for _ in range(rounds):
         for i, fn in enumerate(fns):
+            time.sleep(SWITCH_PAUSE_SECONDS)
             for _ in range(per_round):
                 t0 = time.perf_counter()
                 fn()
@@ -137,8 +145,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if dense and sparse:
                 ok = sparse["ours_ms"] < dense["ours_ms"] and bool(sparse["kept_sparse"])
                 why = "" if sparse["kept_sparse"] else " (no layer kept the sparse kernel: both run the same dense kernels)"
+                # The goal names the MobileNetV2-style network; the digits CNN is shown
+                # for information (its layers are too small for sparsity to pay).
+                verdict = ("MET" if ok else "NOT MET") if model == "mobilenetv2" else \
+                    ("faster" if ok else "not faster") + ", for information"
                 print(f"  {model} sparse int8 (75%) vs dense int8 on our engine, {threads} thread(s): "
-                      f"{sparse['ours_ms']:.3f} vs {dense['ours_ms']:.3f} ms -> {'MET' if ok else 'NOT MET'}{why}")
+                      f"{sparse['ours_ms']:.3f} vs {dense['ours_ms']:.3f} ms -> {verdict}{why}")
     return rows
 
 
