@@ -123,7 +123,7 @@ def run_model(name: str, lat: LatencyConfig, epochs: int | None) -> None:
     res = compress(ex.model, our_configs(name), calib_data=ex.calibration[0], eval_data=ex.heldout,
                    train_data=ex.train, model_name=name, latency=lat)
     fp32 = res.manifest.variants[0]
-    rows = [(v.id, "ours", v.method, f"w{v.weight_bits}a{v.activation_bits}", v.sparsity,
+    rows = [(v.id, "ours", v.method, v.bits_label, v.sparsity,
              v.size_bytes, v.quality, v.latency_p50_seconds, v.details.get("macs"))
             for v in res.manifest.variants]
     acc = accuracy_fn(*ex.heldout)

@@ -41,7 +41,7 @@ class BundleResult:
 
     def table(self) -> list[dict]:
         """One row per variant: what to print."""
-        return [{"id": v.id, "method": v.method, "bits": f"w{v.weight_bits}a{v.activation_bits}",
+        return [{"id": v.id, "method": v.method, "bits": v.bits_label,
                  "sparsity": v.sparsity, "size_bytes": v.size_bytes, "quality": v.quality,
                  "p50_ms": v.latency_p50_seconds * 1e3, "p95_ms": v.latency_p95_seconds * 1e3,
                  "parent": v.parent}

@@ -300,7 +300,7 @@ def print_report(res: SearchResult, console=None) -> None:
     for c in ("id", "method", "bits", "sparsity", "size KiB", "quality", "drop", "p50 ms"):
         t.add_column(c)
     for v in sorted(res.front, key=lambda v: v.size_bytes):
-        t.add_row(v.id, v.method, f"w{v.weight_bits}a{v.activation_bits}", f"{v.sparsity:.2f}",
+        t.add_row(v.id, v.method, v.bits_label, f"{v.sparsity:.2f}",
                   f"{v.size_bytes / 1024:.1f}", f"{v.quality:.4f}",
                   f"{(res.reference_quality - v.quality) * 100:+.2f} pt",
                   f"{v.latency_p50_seconds * 1e3:.4f}")

@@ -93,6 +93,13 @@ class Variant:
     details: dict[str, Any] = field(default_factory=dict)   # method-specific, informational
 
     @property
+    def bits_label(self) -> str:
+        """"w8a8", or with several weight widths all of them narrowest first: "w2/8a32" is 2-bit
+        weights with some layers (here the edges) kept at 8 (`weight_bits` alone says 8)."""
+        widths = sorted({g.weight_bits for g in self.layer_groups} | {self.weight_bits})
+        return f"w{'/'.join(map(str, widths))}a{self.activation_bits}"
+
+    @property
     def cost_rank_key(self) -> tuple[float, int]:
         """Cheaper first: measured latency, then size."""
         return (self.latency_p50_seconds, self.size_bytes)

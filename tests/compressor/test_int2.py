@@ -164,6 +164,10 @@ def test_int2_variant_through_compress(digits):
         assert v.size_bytes < fp32.size_bytes / 8
         assert v.quality > fp32.quality - 0.05
         assert v.details["edge_bits"] == 8
+        # weight_bits is the widest width (the int8 edges); the label names both
+        assert v.weight_bits == 8 and v.bits_label == "w2/8a32"
+    assert fp32.bits_label == "w32a32"
+    assert {row["id"]: row["bits"] for row in r.table()}["int2-g64"] == "w2/8a32"
 
 
 @pytest.mark.parametrize("kwargs, match", [
