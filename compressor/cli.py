@@ -111,7 +111,10 @@ def cmd_quantize_onnx(args: argparse.Namespace) -> int:
             method=args.method, percentile=args.percentile,
             activation_symmetric=args.symmetric_activations))
     else:
-        q, report = quantize_weight_only(model, bits=int(args.format[-1]), group_size=args.group_size)
+        bits = int(args.format[-1])
+        # As Int4WeightOnlyConfig: 2-bit keeps the first and last weight layers at int8 unless told.
+        edge_bits = args.edge_bits if args.edge_bits is not None else (8 if bits == 2 else None)
+        q, report = quantize_weight_only(model, bits=bits, group_size=args.group_size, edge_bits=edge_bits)
     check_model(q)
     onnx.save(q, args.out)
     before, after = pathlib.Path(args.input).stat().st_size, pathlib.Path(args.out).stat().st_size
@@ -151,13 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("input", help="fp32 .onnx file")
     q.add_argument("--calib", help=".npy or .npz with calibration inputs (N, ...)")
     q.add_argument("--out", required=True)
-    q.add_argument("--format", default="int8", choices=["int8", "int4"])
+    q.add_argument("--format", default="int8", choices=["int8", "int4", "int2"])
     q.add_argument("--method", default="minmax", choices=["minmax", "percentile", "mse", "entropy"])
     q.add_argument("--percentile", type=float, default=99.99)
     q.add_argument("--activation-type", default="uint8", choices=["uint8", "int8", "uint16", "int16"])
     q.add_argument("--symmetric-activations", action="store_true")
     q.add_argument("--per-tensor", action="store_true", help="per-tensor weights (default per-channel)")
-    q.add_argument("--group-size", type=int, default=32)
+    q.add_argument("--group-size", type=int, default=32, help="int4/int2 weights per scale group")
+    q.add_argument("--edge-bits", type=int, default=None, choices=[2, 4, 8],
+                   help="bits of the first and last weight layers (int2 default: 8; int4: 4)")
     q.set_defaults(fn=cmd_quantize_onnx)
     return p
 

@@ -33,3 +33,21 @@ def test_cli_quantize_onnx(tmp_path, digits, digits_fp32_onnx, capsys):
     with pytest.raises(Exception, match="calibration"):
         main(["quantize-onnx", str(src), "--calib", str(tmp_path / "empty.npy"), "--out",
               str(tmp_path / "q2.onnx")])
+
+
+def test_cli_quantize_onnx_int2(tmp_path, digits, digits_fp32_onnx, capsys):
+    src = tmp_path / "m.onnx"
+    onnx.save(digits_fp32_onnx, str(src))
+    out = tmp_path / "q2.onnx"
+    assert main(["quantize-onnx", str(src), "--out", str(out), "--format", "int2", "--group-size", "64"]) == 0
+    # int8 edges by default (as Int4WeightOnlyConfig(bits=2)); all-2-bit when asked
+    assert accuracy_fn(*digits.heldout)(session(onnx.load(str(out)))) > 0.96
+    assert out.stat().st_size < src.stat().st_size / 8
+    all2 = tmp_path / "all2.onnx"
+    assert main(["quantize-onnx", str(src), "--out", str(all2), "--format", "int2", "--group-size", "64",
+                 "--edge-bits", "2"]) == 0
+    assert all2.stat().st_size < out.stat().st_size
+    import pytest
+    with pytest.raises(Exception, match="group_size"):
+        main(["quantize-onnx", str(src), "--out", str(tmp_path / "bad.onnx"), "--format", "int2",
+              "--group-size", "16"])
