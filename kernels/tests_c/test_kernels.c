@@ -277,84 +277,84 @@ static void test_spw(const ef_sparse_config* cfg, size_t m, size_t n, size_t k, 
 }
 
 /* Bitmask layout: extreme = every value -128 or 127 (x and w), zero points at both ends. */
-static void test_spb(const ef_spb_config* cfg, size_t m, size_t n, size_t k, unsigned keep_pct, int extreme) {
-  int8_t* w = calloc(n * k, 1);
-  int8_t* x = malloc(m * k);
-  float *ws = malloc(n * 4), *xs = malloc(m * 4), *bias = malloc(n * 4);
-  int32_t* xz = malloc(m * 4);
+/* One random problem for the sparse int8 GEMV layouts: weights with keep_pct % nonzeros
+ * (all -128/127 when extreme), activations, per-row scales, bias, zero points. */
+typedef struct {
+  int8_t *w, *x;
+  float *ws, *xs, *bias;
+  int32_t* xz;
+} sparse_case;
+
+static sparse_case sparse_case_new(size_t m, size_t n, size_t k, unsigned keep_pct, int extreme) {
+  sparse_case c = {calloc(n * k, 1), malloc(m * k), malloc(n * 4), malloc(m * 4), malloc(n * 4), malloc(m * 4)};
   for (size_t i = 0; i < n * k; i++)
-    if (rnd() % 100 < keep_pct) w[i] = extreme ? rnd_i8(1) : rnd_i8(0);
-  for (size_t i = 0; i < m * k; i++) x[i] = rnd_i8(extreme);
-  for (size_t i = 0; i < n; i++) { ws[i] = 0.5f; bias[i] = rnd_f(); }
-  for (size_t i = 0; i < m; i++) { xs[i] = 0.25f; xz[i] = extreme ? ((i & 1) ? 127 : -128) : rnd_i8(0); }
+    if (rnd() % 100 < keep_pct) c.w[i] = extreme ? rnd_i8(1) : rnd_i8(0);
+  for (size_t i = 0; i < m * k; i++) c.x[i] = rnd_i8(extreme);
+  for (size_t i = 0; i < n; i++) { c.ws[i] = 0.5f; c.bias[i] = rnd_f(); }
+  for (size_t i = 0; i < m; i++) { c.xs[i] = 0.25f; c.xz[i] = extreme ? ((i & 1) ? 127 : -128) : rnd_i8(0); }
+  return c;
+}
+
+static void sparse_case_free(sparse_case* c) {
+  free(c->w); free(c->x); free(c->ws); free(c->xs); free(c->xz); free(c->bias);
+}
+
+/* The scalar reference itself against a dense int32 sum of the same problem. */
+static void check_sparse_reference(const char* what, const sparse_case* c, const int32_t* wsum, const float* ref,
+                                   size_t m, size_t n, size_t k) {
+  checks++;
+  for (size_t r = 0; r < m; r++)
+    for (size_t j = 0; j < n; j++) {
+      uint32_t acc = 0;
+      for (size_t i = 0; i < k; i++) acc += (uint32_t)((int32_t)c->x[r * k + i] * c->w[j * k + i]);
+      const float want = ef_sparse_qs8_out((int32_t)acc, c->xz[r], wsum[j], c->xs[r], c->ws[j], c->bias[j],
+                                           -INFINITY, INFINITY);
+      if (memcmp(&want, &ref[r * n + j], 4) != 0) {
+        failures++;
+        printf("FAIL %s: scalar [%zu, %zu] %.9g vs dense %.9g\n", what, r, j, ref[r * n + j], want);
+        return;
+      }
+    }
+}
+
+static void test_spb(const ef_spb_config* cfg, size_t m, size_t n, size_t k, unsigned keep_pct, int extreme) {
+  sparse_case c = sparse_case_new(m, n, k, keep_pct, extreme);
   ef_spb_packed pw;
-  if (ef_spb_pack(w, n, k, ws, bias, &pw) != 0) { printf("pack failed\n"); exit(2); }
-  ef_sparse_params p = {.out_min = -INFINITY, .out_max = INFINITY, .x_scale = xs, .x_zp = xz};
+  if (ef_spb_pack(c.w, n, k, c.ws, c.bias, &pw) != 0) { printf("pack failed\n"); exit(2); }
+  ef_sparse_params p = {.out_min = -INFINITY, .out_max = INFINITY, .x_scale = c.xs, .x_zp = c.xz};
   float *ref = malloc(m * n * 4), *got = malloc(m * n * 4);
-  ef_spb_gemm(&ef_spb_config_scalar, m, x, &pw, ref, &p);
-  ef_spb_gemm(cfg, m, x, &pw, got, &p);
+  ef_spb_gemm(&ef_spb_config_scalar, m, c.x, &pw, ref, &p);
+  ef_spb_gemm(cfg, m, c.x, &pw, got, &p);
   char what[96];
   snprintf(what, sizeof what, "sparse bitmask %zux%zux%zu keep %u%%%s", m, n, k, keep_pct, extreme ? " extreme" : "");
   expect_same_bytes(what, cfg->isa, got, ref, m * n * 4);
-  /* the scalar reference itself against a dense int32 sum */
-  checks++;
-  for (size_t r = 0; r < m; r++)
-    for (size_t j = 0; j < n; j++) {
-      uint32_t acc = 0;
-      for (size_t c = 0; c < k; c++) acc += (uint32_t)((int32_t)x[r * k + c] * w[j * k + c]);
-      const float want = ef_sparse_qs8_out((int32_t)acc, xz[r], pw.wsum[j], xs[r], ws[j], bias[j], -INFINITY, INFINITY);
-      if (memcmp(&want, &ref[r * n + j], 4) != 0) {
-        failures++;
-        printf("FAIL %s: scalar [%zu, %zu] %.9g vs dense %.9g\n", what, r, j, ref[r * n + j], want);
-        r = m;
-        break;
-      }
-    }
+  check_sparse_reference(what, &c, pw.wsum, ref, m, n, k);
   ef_spb_packed_free(&pw);
-  free(w); free(x); free(ws); free(xs); free(xz); free(bias); free(ref); free(got);
+  sparse_case_free(&c);
+  free(ref); free(got);
 }
 
-/* Permute layout: like test_spb, plus a fully dense row and an empty row (when n > 2) so a
+/* Permute layout: as test_spb, plus a fully dense row and an empty row (when n > 2) so a
  * group's step count is 16 per chunk while some rows are all padding. */
 static void test_spp(const ef_spp_config* cfg, size_t m, size_t n, size_t k, unsigned keep_pct, int extreme) {
-  int8_t* w = calloc(n * k, 1);
-  int8_t* x = malloc(m * k);
-  float *ws = malloc(n * 4), *xs = malloc(m * 4), *bias = malloc(n * 4);
-  int32_t* xz = malloc(m * 4);
-  for (size_t i = 0; i < n * k; i++)
-    if (rnd() % 100 < keep_pct) w[i] = extreme ? rnd_i8(1) : rnd_i8(0);
+  sparse_case c = sparse_case_new(m, n, k, keep_pct, extreme);
   if (n > 2) {
-    for (size_t c = 0; c < k; c++) w[(n / 2) * k + c] = extreme ? -128 : (int8_t)(1 + rnd() % 127);
-    memset(w + (n - 1) * k, 0, k);
+    for (size_t i = 0; i < k; i++) c.w[(n / 2) * k + i] = extreme ? -128 : (int8_t)(1 + rnd() % 127);
+    memset(c.w + (n - 1) * k, 0, k);
   }
-  for (size_t i = 0; i < m * k; i++) x[i] = rnd_i8(extreme);
-  for (size_t i = 0; i < n; i++) { ws[i] = 0.5f; bias[i] = rnd_f(); }
-  for (size_t i = 0; i < m; i++) { xs[i] = 0.25f; xz[i] = extreme ? ((i & 1) ? 127 : -128) : rnd_i8(0); }
   ef_spp_packed pw;
-  if (ef_spp_pack(w, n, k, ws, bias, &pw) != 0) { printf("pack failed\n"); exit(2); }
-  ef_sparse_params p = {.out_min = -INFINITY, .out_max = INFINITY, .x_scale = xs, .x_zp = xz};
+  if (ef_spp_pack(c.w, n, k, c.ws, c.bias, &pw) != 0) { printf("pack failed\n"); exit(2); }
+  ef_sparse_params p = {.out_min = -INFINITY, .out_max = INFINITY, .x_scale = c.xs, .x_zp = c.xz};
   float *ref = malloc(m * n * 4), *got = malloc(m * n * 4);
-  ef_spp_gemm(&ef_spp_config_scalar, m, x, &pw, ref, &p);
-  ef_spp_gemm(cfg, m, x, &pw, got, &p);
+  ef_spp_gemm(&ef_spp_config_scalar, m, c.x, &pw, ref, &p);
+  ef_spp_gemm(cfg, m, c.x, &pw, got, &p);
   char what[96];
   snprintf(what, sizeof what, "sparse permute %zux%zux%zu keep %u%%%s", m, n, k, keep_pct, extreme ? " extreme" : "");
   expect_same_bytes(what, cfg->isa, got, ref, m * n * 4);
-  /* the scalar reference itself against a dense int32 sum */
-  checks++;
-  for (size_t r = 0; r < m; r++)
-    for (size_t j = 0; j < n; j++) {
-      uint32_t acc = 0;
-      for (size_t c = 0; c < k; c++) acc += (uint32_t)((int32_t)x[r * k + c] * w[j * k + c]);
-      const float want = ef_sparse_qs8_out((int32_t)acc, xz[r], pw.wsum[j], xs[r], ws[j], bias[j], -INFINITY, INFINITY);
-      if (memcmp(&want, &ref[r * n + j], 4) != 0) {
-        failures++;
-        printf("FAIL %s: scalar [%zu, %zu] %.9g vs dense %.9g\n", what, r, j, ref[r * n + j], want);
-        r = m;
-        break;
-      }
-    }
+  check_sparse_reference(what, &c, pw.wsum, ref, m, n, k);
   ef_spp_packed_free(&pw);
-  free(w); free(x); free(ws); free(xs); free(xz); free(bias); free(ref); free(got);
+  sparse_case_free(&c);
+  free(ref); free(got);
 }
 
 /* ----------------------------------------------------------------------- f32 gemm */
