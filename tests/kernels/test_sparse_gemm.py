@@ -102,25 +102,28 @@ def test_bitmask_layout_bit_exact(isa, pattern, m, n, k):
     assert_bitexact(y1, quant.sparse_linear_ref(x[:1], w, xs[0], xz[0], ws, b)[0], f"{isa} bitmask GEMV")
 
 
+@pytest.mark.parametrize("layout", ["bitmask", "permute"])
 @pytest.mark.parametrize("isa", isa_params())
-@pytest.mark.parametrize("m", [1, 4, 6])
+@pytest.mark.parametrize("m", [1, 3, 4, 6])
 @pytest.mark.parametrize("zp", [-128, 127])
-def test_bitmask_layout_extremes(isa, m, zp):
+def test_int8_gemv_layouts_extremes(layout, isa, m, zp):
     """Every product at its extreme (-128 * -128), zero points at both ends, K long enough that
-    the sums use most of int32."""
-    n, k = 9, 4001
+    the sums use most of int32, rows with no nonzero (in both 16-row groups of the permute
+    layout) and a fully dense row."""
+    n, k = 19, 4001
     w = np.where(np.arange(k) % 2 == 0, -128, 0).astype(np.int8)[None, :].repeat(n, 0)
     w[1] = -128  # a dense row
     w[2] = 0  # an empty row
+    w[17] = 0  # an empty row in the second group
     w[3, ::3] = 127
     x = np.full((m, k), -128, np.int8)
     if m > 1:
         x[1] = 127
     ws = np.ones(n, np.float32)
-    p = kernels.pack_sparse(w, ws, layout="bitmask")
+    p = kernels.pack_sparse(w, ws, layout=layout)
     with kernels.use_isa(isa):
         y = kernels.sparse_linear(x, p, 1.0, zp)
-    assert_bitexact(y, quant.sparse_linear_ref(x, w, 1.0, zp, ws), f"{isa} zp {zp}")
+    assert_bitexact(y, quant.sparse_linear_ref(x, w, 1.0, zp, ws), f"{layout} {isa} zp {zp}")
     assert y[0, 1] == np.float32((-128 - zp) * -128 * k)
 
 
@@ -255,29 +258,6 @@ def test_permute_layout_bit_exact(isa, pattern, m, n, k):
     assert_bitexact(y, quant.sparse_linear_ref(x, w, xs, xz, ws, b, clamp=(0, 6)), f"{isa} permute")
     assert y1.shape == (n,)
     assert_bitexact(y1, quant.sparse_linear_ref(x[:1], w, xs[0], xz[0], ws, b)[0], f"{isa} permute GEMV")
-
-
-@pytest.mark.parametrize("isa", isa_params())
-@pytest.mark.parametrize("m", [1, 2, 3])
-@pytest.mark.parametrize("zp", [-128, 127])
-def test_permute_layout_extremes(isa, m, zp):
-    """All -128 / 127 constants, zero points at both ends, K long enough that the sums use most
-    of int32, rows with no nonzero and a fully dense row."""
-    n, k = 19, 4001
-    w = np.where(np.arange(k) % 2 == 0, -128, 0).astype(np.int8)[None, :].repeat(n, 0)
-    w[1] = -128  # a dense row
-    w[2] = 0  # an empty row
-    w[17] = 0  # an empty row in the second group
-    w[3, ::3] = 127
-    x = np.full((m, k), -128, np.int8)
-    if m > 1:
-        x[1] = 127
-    ws = np.ones(n, np.float32)
-    p = kernels.pack_sparse(w, ws, layout="permute")
-    with kernels.use_isa(isa):
-        y = kernels.sparse_linear(x, p, 1.0, zp)
-    assert_bitexact(y, quant.sparse_linear_ref(x, w, 1.0, zp, ws), f"{isa} zp {zp}")
-    assert y[0, 1] == np.float32((-128 - zp) * -128 * k)
 
 
 def test_auto_layout_rule():
