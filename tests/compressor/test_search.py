@@ -20,6 +20,13 @@ def test_pareto_front_by_hand():
     front, beaten = pareto_front([a, b, c, d])
     assert {v.id for v in front} == {"b", "d"}
     assert beaten == {"a": "d", "c": "b"}
+    # Latencies within LATENCY_TIE are a tie: e is not beaten by f's 5 % lower p50, but is by
+    # g's smaller size at a p50 only 5 % higher.
+    e, f, g = _v("e", 0.98, 100, 1.0), _v("f", 0.97, 100, 0.95), _v("g", 0.98, 90, 1.05)
+    front, beaten = pareto_front([e, f])
+    assert {v.id for v in front} == {"e"} and beaten == {"f": "e"}
+    front, beaten = pareto_front([e, g])
+    assert {v.id for v in front} == {"g"} and beaten == {"e": "g"}
 
 
 def test_budget_rejects_bad_values():
