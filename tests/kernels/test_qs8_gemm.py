@@ -307,6 +307,17 @@ def test_packed_attributes(packed):
     assert packed.nbytes >= 8 * 16
 
 
+def test_nbytes_counts_the_panel_copy():
+    """On CPUs with AVX-512 VNNI or AMX the weights are also kept as an x4 panel (K padded to
+    64, N to 16): nbytes includes it, so memory figures are not half the truth there."""
+    w = np.ones((40, 100), np.int8)
+    p = kernels.pack_qs8(w, np.ones(40, np.float32))
+    panel = 48 * 128 if kernels.cpu_features()["avx512"] or kernels.cpu_features()["amx"] else 0
+    blocks = 3 * 16 * 100                 # at least the weights of three 16-column blocks
+    assert p.nbytes >= blocks + panel
+    assert p.nbytes < 2 * blocks + panel + 3 * 1024    # and nothing like a second copy more
+
+
 # ------------------------------------------------------------------ dispatch
 
 

@@ -190,7 +190,10 @@ static PyObject* packed_get_k(PackedObject* self, void* unused) {
 }
 static PyObject* packed_get_nbytes(PackedObject* self, void* unused) {
   switch (self->kind) {
-    case PACKED_QS8: return PyLong_FromSize_t(self->u.qs8.n_blocks * self->u.qs8.block_bytes);
+    case PACKED_QS8: { /* + the x4 panel copy made on AVX-512 / AMX CPUs (1 byte per weight) */
+      const ef_qs8_packed* q = &self->u.qs8;
+      return PyLong_FromSize_t(q->n_blocks * q->block_bytes + (q->panel ? q->n_blocks * q->kp64 * EF_QS8_NR : 0));
+    }
     case PACKED_QB: return PyLong_FromSize_t(self->u.qb.data_bytes + self->u.qb.n * sizeof(float));
     case PACKED_F32: return PyLong_FromSize_t(self->u.f32.n_blocks * self->u.f32.block_floats * sizeof(float));
     case PACKED_SPW: {
