@@ -13,12 +13,14 @@
  * Register tile at MR = 4: 16 accumulators + 8 widened weight vectors + 4 activation
  * vectors = 28 of the 32 vector registers.
  *
- * The epilogue runs the shared scalar definition (qs8-gemm.h) element by element, as the
- * NEON qs8-gemm kernel does, so it is bit-identical to the reference by construction. */
+ * The epilogue is the NEON qs8-gemm kernel's (qs8-gemm/neon-epilogue.h): the scalar
+ * definition element by element, bit-identical to the reference by construction. */
 #include "bsr-gemm/bsr-gemm.h"
 
 #if EF_ARCH_ARM64
 #include <arm_neon.h>
+
+#include "qs8-gemm/neon-epilogue.h"
 
 #define MR_NEON 4
 
@@ -51,19 +53,9 @@ EF_INLINE void bsr_tile(const size_t MR, size_t nc, size_t nb, const uint32_t* k
     }
   }
 
-  const int32_t* colsum = (const int32_t*)header;
-  const int32_t* w_zp = colsum + EF_QS8_NR;
-  const float* w_scale = (const float*)(w_zp + EF_QS8_NR);
-  const float* bias = w_scale + EF_QS8_NR;
   for (size_t r = 0; r < MR; r++) {
-    int32_t raw[EF_BSR_NR];
-    for (int q = 0; q < 4; q++) vst1q_s32(raw + 4 * q, acc[r][q]);
-    for (size_t j = 0; j < nc; j++) {
-      const int32_t v = ef_qs8_correct((uint32_t)raw[j], a_zp[r], colsum[j], w_zp[j], a_rowsum[r], (uint32_t)p->k);
-      const float y = ef_qs8_dequant(v, a_scale[r], w_scale[j], bias[j], p->out_min, p->out_max);
-      if (p->out_int8) ((int8_t*)c)[r * c_stride + j] = ef_qs8_requant(y, p->out_inv_scale, p->out_zp);
-      else ((float*)c)[r * c_stride + j] = y;
-    }
+    void* row = p->out_int8 ? (void*)((int8_t*)c + r * c_stride) : (void*)((float*)c + r * c_stride);
+    ef_qs8_store_row16__neon(acc[r], header, nc, a_zp[r], a_scale[r], a_rowsum[r], row, p);
   }
 }
 

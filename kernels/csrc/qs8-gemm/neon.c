@@ -3,12 +3,14 @@
  * vld2q_s8 splits one packed K pair into the 16 columns' k and k+1 weights; each is widened
  * to int16 and multiplied by the row's activation with vmlal_n_s16 (int16 x int16 -> int32
  * multiply-accumulate), exact for every int8 input. Four int32x4 accumulators per row cover
- * the 16 columns. The epilogue runs the shared scalar definition, element by element, so it
- * is bit-identical to the reference by construction. */
+ * the 16 columns. The epilogue (neon-epilogue.h, shared with bsr-gemm) runs the scalar
+ * definition element by element, so it is bit-identical to the reference by construction. */
 #include "qs8-gemm.h"
 
 #if EF_ARCH_ARM64
 #include <arm_neon.h>
+
+#include "qs8-gemm/neon-epilogue.h"
 
 EF_INLINE void gemm_tile(const size_t MR, size_t nc, size_t kp, const int16_t* a, size_t a_stride, const int32_t* a_zp,
                          const float* a_scale, const int32_t* a_rowsum, const uint8_t* block, void* c, size_t c_stride,
@@ -32,19 +34,9 @@ EF_INLINE void gemm_tile(const size_t MR, size_t nc, size_t kp, const int16_t* a
     }
   }
 
-  const int32_t* colsum = (const int32_t*)block;
-  const int32_t* w_zp = colsum + EF_QS8_NR;
-  const float* w_scale = (const float*)(w_zp + EF_QS8_NR);
-  const float* bias = w_scale + EF_QS8_NR;
   for (size_t r = 0; r < MR; r++) {
-    int32_t raw[EF_QS8_NR];
-    for (int q = 0; q < 4; q++) vst1q_s32(raw + 4 * q, acc[r][q]);
-    for (size_t j = 0; j < nc; j++) {
-      const int32_t v = ef_qs8_correct((uint32_t)raw[j], a_zp[r], colsum[j], w_zp[j], a_rowsum[r], (uint32_t)p->k);
-      const float y = ef_qs8_dequant(v, a_scale[r], w_scale[j], bias[j], p->out_min, p->out_max);
-      if (p->out_int8) ((int8_t*)c)[r * c_stride + j] = ef_qs8_requant(y, p->out_inv_scale, p->out_zp);
-      else ((float*)c)[r * c_stride + j] = y;
-    }
+    void* row = p->out_int8 ? (void*)((int8_t*)c + r * c_stride) : (void*)((float*)c + r * c_stride);
+    ef_qs8_store_row16__neon(acc[r], block, nc, a_zp[r], a_scale[r], a_rowsum[r], row, p);
   }
 }
 
