@@ -77,29 +77,34 @@ def test_windows_layout_is_smaller_than_dense_at_75_percent():
         kernels.pack_sparse(w, np.ones(256, np.float32), layout="csc")
 
 
+@pytest.mark.parametrize("layout", ["bitmask", "permute"])
 @pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("pattern", sorted(PATTERNS))
-@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 8, 16), (1, 24, 64), (2, 13, 65), (3, 40, 208), (5, 9, 130),
-                                   (9, 33, 300)])
-def test_bitmask_layout_bit_exact(isa, pattern, m, n, k):
-    """64-column masks + packed nonzeros: exact on every ISA, for N/K off the 4-row and
-    64-column grid and M across the 4-row activation blocks."""
-    rng = np.random.default_rng(len(pattern) * 5 + m * 7 + n + k)
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 8, 16), (1, 16, 64), (1, 24, 64), (2, 13, 65), (3, 40, 208),
+                                   (5, 9, 130), (5, 17, 130), (9, 33, 300)])
+def test_int8_gemv_layouts_bit_exact(layout, isa, pattern, m, n, k):
+    """The int8 GEMV layouts exact on every ISA: bitmask (64-column masks + packed nonzeros) and
+    permute (16-row groups x 64-column chunks, 4 nonzeros per row and step), for N off the
+    16-row grid, K off the 64-column grid, odd M (the kernels take rows in blocks), a fully
+    dense row (16 permute steps per chunk) and the pattern's empty rows."""
+    rng = np.random.default_rng(len(pattern) * 5 + m * 7 + n + k + len(layout))
     w = rng.integers(-128, 128, (n, k)).astype(np.int8)
     w = PATTERNS[pattern](w) if k % 16 == 0 else quant.prune_unstructured(w, 0.6)
+    w[n // 2] = rng.integers(1, 128, k).astype(np.int8)
     ws = rng.uniform(0.01, 1, n).astype(np.float32)
     b = rng.standard_normal(n).astype(np.float32)
     x = rng.integers(-128, 128, (m, k)).astype(np.int8)
     x[0, ::5] = -128
     xs = rng.uniform(0.01, 1, m).astype(np.float32)
     xz = rng.integers(-128, 128, m).astype(np.int32)
-    p = kernels.pack_sparse(w, ws, b, layout="bitmask")
-    assert p.kind == "sparse_qs8_bitmask" and p.nnz == np.count_nonzero(w) and (p.n, p.k) == (n, k)
+    p = kernels.pack_sparse(w, ws, b, layout=layout)
+    assert p.kind == f"sparse_qs8_{layout}" and p.nnz == np.count_nonzero(w) and (p.n, p.k) == (n, k)
     with kernels.use_isa(isa):
         y = kernels.sparse_linear(x, p, xs, xz, activation="relu6")
         y1 = kernels.sparse_linear(x[0], p, float(xs[0]), int(xz[0]))
-    assert_bitexact(y, quant.sparse_linear_ref(x, w, xs, xz, ws, b, clamp=(0, 6)), f"{isa} bitmask")
-    assert_bitexact(y1, quant.sparse_linear_ref(x[:1], w, xs[0], xz[0], ws, b)[0], f"{isa} bitmask GEMV")
+    assert_bitexact(y, quant.sparse_linear_ref(x, w, xs, xz, ws, b, clamp=(0, 6)), f"{isa} {layout}")
+    assert y1.shape == (n,)
+    assert_bitexact(y1, quant.sparse_linear_ref(x[:1], w, xs[0], xz[0], ws, b)[0], f"{isa} {layout} GEMV")
 
 
 @pytest.mark.parametrize("layout", ["bitmask", "permute"])
@@ -229,35 +234,7 @@ def test_bad_input():
         kernels.sparse_linear(np.ones((1, 8), np.int8), pq, 1.0, 128)
 
 
-# ----------------------------------------------------------------------------- permute layout
-
-
-@pytest.mark.parametrize("isa", isa_params())
-@pytest.mark.parametrize("pattern", sorted(PATTERNS))
-@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 16, 64), (1, 24, 64), (2, 13, 65), (3, 40, 208), (5, 17, 130),
-                                   (9, 33, 300)])
-def test_permute_layout_bit_exact(isa, pattern, m, n, k):
-    """16-row groups x 64-column chunks, 4 nonzeros per row and step: exact on every ISA for N
-    off the 16-row grid, K off the 64-column grid, odd M (the kernel takes rows in pairs), a
-    fully dense row and the pattern's empty rows."""
-    rng = np.random.default_rng(len(pattern) * 11 + m * 7 + n + k)
-    w = rng.integers(-128, 128, (n, k)).astype(np.int8)
-    w = PATTERNS[pattern](w) if k % 16 == 0 else quant.prune_unstructured(w, 0.6)
-    w[n // 2] = rng.integers(1, 128, k).astype(np.int8)  # fully dense row: 16 steps per chunk
-    ws = rng.uniform(0.01, 1, n).astype(np.float32)
-    b = rng.standard_normal(n).astype(np.float32)
-    x = rng.integers(-128, 128, (m, k)).astype(np.int8)
-    x[0, ::5] = -128
-    xs = rng.uniform(0.01, 1, m).astype(np.float32)
-    xz = rng.integers(-128, 128, m).astype(np.int32)
-    p = kernels.pack_sparse(w, ws, b, layout="permute")
-    assert p.kind == "sparse_qs8_permute" and p.nnz == np.count_nonzero(w) and (p.n, p.k) == (n, k)
-    with kernels.use_isa(isa):
-        y = kernels.sparse_linear(x, p, xs, xz, activation="relu6")
-        y1 = kernels.sparse_linear(x[0], p, float(xs[0]), int(xz[0]))
-    assert_bitexact(y, quant.sparse_linear_ref(x, w, xs, xz, ws, b, clamp=(0, 6)), f"{isa} permute")
-    assert y1.shape == (n,)
-    assert_bitexact(y1, quant.sparse_linear_ref(x[:1], w, xs[0], xz[0], ws, b)[0], f"{isa} permute GEMV")
+# ----------------------------------------------------------------------------- choosing a layout
 
 
 def test_auto_layout_rule():
