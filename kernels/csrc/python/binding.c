@@ -384,29 +384,48 @@ static int int_arg(PyObject* o, int* v) {
 
 /* ------------------------------------------------------------------ qs8 */
 
-static PyObject* py_qs8_pack(PyObject* self, PyObject* args) {
-  PyObject *w_obj, *scale_obj, *zp_obj, *bias_obj;
-  if (!PyArg_ParseTuple(args, "OOOO", &w_obj, &scale_obj, &zp_obj, &bias_obj)) return NULL;
-  views vs = {.n = 0};
-  Py_buffer *w = views_add(&vs), *scale = views_add(&vs), *zp = views_add(&vs), *bias = views_add(&vs);
-  if (get_array(w_obj, w, "w", 'b', 2, 0)) goto fail;
+/* The arguments of the int8 weight packers (qs8, bsr): w int8 [N, K] with 0 < K <= max_k,
+ * per-channel w_scale float32 [N], optional w_zero_point int32 [N] inside the int8 range and
+ * optional float32 bias [N]. The views are left in the caller's set to release; -1 with
+ * the Python error set when an argument is wrong. */
+static int get_int8_weights(PyObject* w_obj, PyObject* scale_obj, PyObject* zp_obj, PyObject* bias_obj, int max_k,
+                            Py_buffer* w, Py_buffer* scale, Py_buffer* zp, Py_buffer* bias, Py_ssize_t* n_out,
+                            Py_ssize_t* k_out) {
+  if (get_array(w_obj, w, "w", 'b', 2, 0)) return -1;
   const Py_ssize_t n = dim(w, 0), k = dim(w, 1);
-  if (n == 0 || k == 0) { PyErr_SetString(PyExc_ValueError, "w: shape must be non-empty"); goto fail; }
-  if (k > EF_QS8_MAX_K) {
-    PyErr_Format(PyExc_ValueError, "w: K = %zd exceeds %d, the largest K whose int32 accumulation is exact", k, EF_QS8_MAX_K);
-    goto fail;
+  if (n == 0 || k == 0) {
+    PyErr_SetString(PyExc_ValueError, "w: shape must be non-empty");
+    return -1;
   }
-  if (get_array(scale_obj, scale, "w_scale", 'f', 1, 0) || expect_dim(scale, 0, n, "w_scale", "N")) goto fail;
-  if (zp_obj != Py_None && (get_array(zp_obj, zp, "w_zero_point", 'i', 1, 0) || expect_dim(zp, 0, n, "w_zero_point", "N"))) goto fail;
-  if (bias_obj != Py_None && (get_array(bias_obj, bias, "bias", 'f', 1, 0) || expect_dim(bias, 0, n, "bias", "N"))) goto fail;
+  if (k > max_k) {
+    PyErr_Format(PyExc_ValueError, "w: K = %zd exceeds %d, the largest K whose int32 accumulation is exact", k, max_k);
+    return -1;
+  }
+  if (get_array(scale_obj, scale, "w_scale", 'f', 1, 0) || expect_dim(scale, 0, n, "w_scale", "N")) return -1;
+  if (zp_obj != Py_None && (get_array(zp_obj, zp, "w_zero_point", 'i', 1, 0) || expect_dim(zp, 0, n, "w_zero_point", "N")))
+    return -1;
+  if (bias_obj != Py_None && (get_array(bias_obj, bias, "bias", 'f', 1, 0) || expect_dim(bias, 0, n, "bias", "N")))
+    return -1;
   if (zp->buf) {
     const int32_t* z = zp->buf;
     for (Py_ssize_t i = 0; i < n; i++)
       if (z[i] < -128 || z[i] > 127) {
         PyErr_Format(PyExc_ValueError, "w_zero_point[%zd] = %d is outside the int8 range [-128, 127]", i, z[i]);
-        goto fail;
+        return -1;
       }
   }
+  *n_out = n;
+  *k_out = k;
+  return 0;
+}
+
+static PyObject* py_qs8_pack(PyObject* self, PyObject* args) {
+  PyObject *w_obj, *scale_obj, *zp_obj, *bias_obj;
+  if (!PyArg_ParseTuple(args, "OOOO", &w_obj, &scale_obj, &zp_obj, &bias_obj)) return NULL;
+  views vs = {.n = 0};
+  Py_buffer *w = views_add(&vs), *scale = views_add(&vs), *zp = views_add(&vs), *bias = views_add(&vs);
+  Py_ssize_t n, k;
+  if (get_int8_weights(w_obj, scale_obj, zp_obj, bias_obj, EF_QS8_MAX_K, w, scale, zp, bias, &n, &k)) goto fail;
   PackedObject* p = PyObject_New(PackedObject, &PackedType);
   if (p == NULL) goto fail;
   p->kind = PACKED_QS8;
@@ -475,24 +494,8 @@ static PyObject* py_bsr_pack(PyObject* self, PyObject* args) {
   if (!PyArg_ParseTuple(args, "OOOO", &w_obj, &scale_obj, &zp_obj, &bias_obj)) return NULL;
   views vs = {.n = 0};
   Py_buffer *w = views_add(&vs), *scale = views_add(&vs), *zp = views_add(&vs), *bias = views_add(&vs);
-  if (get_array(w_obj, w, "w", 'b', 2, 0)) goto fail;
-  const Py_ssize_t n = dim(w, 0), k = dim(w, 1);
-  if (n == 0 || k == 0) { PyErr_SetString(PyExc_ValueError, "w: shape must be non-empty"); goto fail; }
-  if (k > EF_BSR_MAX_K) {
-    PyErr_Format(PyExc_ValueError, "w: K = %zd exceeds %d, the largest K whose int32 accumulation is exact", k, EF_BSR_MAX_K);
-    goto fail;
-  }
-  if (get_array(scale_obj, scale, "w_scale", 'f', 1, 0) || expect_dim(scale, 0, n, "w_scale", "N")) goto fail;
-  if (zp_obj != Py_None && (get_array(zp_obj, zp, "w_zero_point", 'i', 1, 0) || expect_dim(zp, 0, n, "w_zero_point", "N"))) goto fail;
-  if (bias_obj != Py_None && (get_array(bias_obj, bias, "bias", 'f', 1, 0) || expect_dim(bias, 0, n, "bias", "N"))) goto fail;
-  if (zp->buf) {
-    const int32_t* z = zp->buf;
-    for (Py_ssize_t i = 0; i < n; i++)
-      if (z[i] < -128 || z[i] > 127) {
-        PyErr_Format(PyExc_ValueError, "w_zero_point[%zd] = %d is outside the int8 range [-128, 127]", i, z[i]);
-        goto fail;
-      }
-  }
+  Py_ssize_t n, k;
+  if (get_int8_weights(w_obj, scale_obj, zp_obj, bias_obj, EF_BSR_MAX_K, w, scale, zp, bias, &n, &k)) goto fail;
   PackedObject* p = PyObject_New(PackedObject, &PackedType);
   if (p == NULL) goto fail;
   p->kind = PACKED_BSR;
