@@ -2,13 +2,13 @@
 
 Each process announces its ports by atomically writing a JSON file into its data
 directory (server.json / agent.json); we wait for that file rather than sleeping.
-Children are asked to die with us (PR_SET_PDEATHSIG on Linux), so a demo killed at
-any moment leaves no process behind.
+Children are asked to die with us (PR_SET_PDEATHSIG on Linux, set by the child itself: see
+edgefleet/child.py for why not in a preexec_fn), so a demo killed at any moment leaves no process
+behind.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import pathlib
@@ -17,16 +17,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass  # not Linux/glibc: the parent's finally-blocks still stop the child
-
 
 @dataclass
 class ManagedProcess:
@@ -68,16 +58,23 @@ class ManagedProcess:
             return ""
 
 
-def _spawn(name: str, args: list[str], data_dir: pathlib.Path, info_file: str,
+def popen_module(module: str, args: list[str], *, stdout, env: dict | None = None) -> subprocess.Popen:
+    """`python -m MODULE ARGS...` as a child that dies with us, stderr into `stdout`.
+
+    No preexec_fn: it would make subprocess fork() instead of vfork() (see edgefleet/child.py)."""
+    child_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.Popen([sys.executable, "-m", "edgefleet.child", str(os.getpid()), module, *args],
+                            stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env)
+
+
+def _spawn(name: str, module: str, args: list[str], data_dir: pathlib.Path, info_file: str,
            timeout: float, env: dict | None) -> ManagedProcess:
     data_dir.mkdir(parents=True, exist_ok=True)
     info_path = data_dir / info_file
     info_path.unlink(missing_ok=True)     # a stale file from a previous run must not count
     log_path = data_dir / f"{name}.log"
     log = open(log_path, "ab")
-    child_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-    popen = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, env=child_env, preexec_fn=_die_with_parent)
+    popen = popen_module(module, args, stdout=log, env=env)
     log.close()
     proc = ManagedProcess(name, popen, data_dir, log_path)
     deadline = time.monotonic() + timeout
@@ -104,12 +101,12 @@ def start_server(data_dir: str | os.PathLike, *, trust_keys: list[str] = (), db_
     """Run `python -m server` (on free ports unless `port` is given: a restart reuses its port so
     agents find it again); info has grpc_port, metrics_port, address."""
     data_dir = pathlib.Path(data_dir)
-    args = ["-m", "server", "--data-dir", str(data_dir), "--port", str(port), "--metrics-port", "0"]
+    args = ["--data-dir", str(data_dir), "--port", str(port), "--metrics-port", "0"]
     for key in trust_keys:
         args += ["--trust-key", str(key)]
     if db_url:
         args += ["--db-url", db_url]
-    return _spawn("server", args + list(extra_args), data_dir, "server.json", timeout, env)
+    return _spawn("server", "server", args + list(extra_args), data_dir, "server.json", timeout, env)
 
 
 def start_agent(data_dir: str | os.PathLike, *, server: str, token: str | None, sensors: str = "psutil",
@@ -117,8 +114,8 @@ def start_agent(data_dir: str | os.PathLike, *, server: str, token: str | None, 
                 timeout: float = 60.0, env: dict | None = None) -> ManagedProcess:
     """Run `python -m agent` with its local inference endpoint on a free port."""
     data_dir = pathlib.Path(data_dir)
-    args = ["-m", "agent", "--server", server, "--data-dir", str(data_dir), "--sensors", sensors,
+    args = ["--server", server, "--data-dir", str(data_dir), "--sensors", sensors,
             "--sim-speed", str(sim_speed), "--local-port", "0"]
     if token:
         args.append(f"--token={token}")      # "=": a value may start with "-"
-    return _spawn(name, args + list(extra_args), data_dir, "agent.json", timeout, env)
+    return _spawn(name, "agent", args + list(extra_args), data_dir, "agent.json", timeout, env)
