@@ -377,14 +377,9 @@ static void spb_range(void* ctx, size_t begin, size_t end) {
   }
   const ef_spb_packed* w = j->w;
   const size_t n1 = EF_MIN(end * EF_SPB_ROWS, w->n);
-  for (size_t r = 0; r < j->m; r++) {
-    const int32_t* raw = j->raw + r * j->ldr;
-    float* y = j->y + r * w->n;
-    const int32_t zp = j->p->x_zp[r];
-    const float xs = j->p->x_scale[r], lo = j->p->out_min, hi = j->p->out_max;
-    for (size_t n = begin * EF_SPB_ROWS; n < n1; n++)
-      y[n] = ef_sparse_qs8_out(raw[n], zp, w->wsum[n], xs, w->w_scale[n], w->bias[n], lo, hi);
-  }
+  for (size_t r = 0; r < j->m; r++)
+    ef_sparse_qs8_out_row(j->raw + r * j->ldr, w->wsum, w->w_scale, w->bias, j->p->x_zp[r], j->p->x_scale[r],
+                          j->p->out_min, j->p->out_max, begin * EF_SPB_ROWS, n1, j->y + r * w->n);
 }
 
 int ef_spb_gemm(const ef_spb_config* config, size_t m, const int8_t* x, const ef_spb_packed* w, float* y,
@@ -538,14 +533,9 @@ static void spp_range(void* ctx, size_t begin, size_t end) {
   for (size_t r = 0; r < j->m; r += EF_SPP_MR)
     j->config->ukernel(w, begin, end, EF_MIN(EF_SPP_MR, j->m - r), j->x + r * j->ldx, j->ldx, j->raw + r * j->ldr, j->ldr);
   const size_t n1 = EF_MIN(end * EF_SPP_ROWS, w->n);
-  for (size_t r = 0; r < j->m; r++) {
-    const int32_t* raw = j->raw + r * j->ldr;
-    float* y = j->y + r * w->n;
-    const int32_t zp = j->p->x_zp[r];
-    const float xs = j->p->x_scale[r], lo = j->p->out_min, hi = j->p->out_max;
-    for (size_t n = begin * EF_SPP_ROWS; n < n1; n++)
-      y[n] = ef_sparse_qs8_out(raw[n], zp, w->wsum[n], xs, w->w_scale[n], w->bias[n], lo, hi);
-  }
+  for (size_t r = 0; r < j->m; r++)
+    ef_sparse_qs8_out_row(j->raw + r * j->ldr, w->wsum, w->w_scale, w->bias, j->p->x_zp[r], j->p->x_scale[r],
+                          j->p->out_min, j->p->out_max, begin * EF_SPP_ROWS, n1, j->y + r * w->n);
 }
 
 int ef_spp_gemm(const ef_spp_config* config, size_t m, const int8_t* x, const ef_spp_packed* w, float* y,
