@@ -14,6 +14,7 @@ This package imports only numpy: no torch, no onnx.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Iterator
 
 import numpy as np
@@ -283,14 +284,15 @@ def qb_linear(x: np.ndarray, w: Packed) -> np.ndarray:
 
 
 # pack_sparse(layout="auto") on int8 weights, where AVX-512 VBMI runs the permute kernel: the
-# permute layout when its packing is at most one byte per weight (smaller than dense int8) or
-# fits AUTO_PERMUTE_CACHE_BYTES (about an L2), else the bitmask layout. Why: GEMV streams the
-# weights once, so time follows bytes read wherever the permute kernel's vpermb + vpdpbusd per
-# 64 slots keeps up; the bitmask kernel is bound by one vpexpandb + vpdpbusd per row and 64
-# columns (~1 ns on Zen 4, whatever the density) and wins only where permute's 2 bytes per slot
-# are too many for the cache level (50% sparsity at K = N = 4096: 1.23 B/weight, 0.59x dense,
-# against bitmask's 1.05x). Zen 4, one thread: permute / bitmask 75% 1.06x / 0.74x of dense at
-# 384, 1.22x / 0.74x at 1536, 1.60x / 1.05x at 4096 (benchmarks/kernels_gemm.py).
+# permute layout when its packing fits AUTO_PERMUTE_CACHE_BYTES (about an L2), else whichever of
+# permute and bitmask runs this matrix faster here, timed once at packing. Why: a GEMV streams
+# the weights once, so out of cache time follows bytes read (bitmask 0.375 B/weight at 75%
+# sparsity, permute ~0.7, dense 1) unless the kernel cannot keep up with the memory; in cache
+# the permute kernel (one vpermb + vpdpbusd per 64 slots) wins everywhere. The bitmask kernel's
+# one vpexpandb + vpdpbusd per row and 64 columns keeps up with memory on some CPUs and not on
+# others, so no rule on sizes holds on both we measured (benchmarks/kernels_gemm.py, 4096 x
+# 4096 at 75%, one thread, permute / bitmask against dense): Zen 4 1.60x / 1.05x, a Xeon with
+# AVX-512 VBMI 1.31x / 2.12x.
 AUTO_PERMUTE_CACHE_BYTES = 512 << 10
 
 
@@ -310,10 +312,10 @@ def pack_sparse(w: np.ndarray, w_scales=None, bias=None, layout: str = "rows") -
     step with their columns (2 bytes per slot, ~0.7 per weight at 75% sparsity); AVX-512
     VBMI gathers the activations with one vpermb per 64 slots. The fastest in cache; other
     CPUs run its scalar reference (slow): use "auto" there.
-    layout="auto": int8 only; "permute" when the CPU has AVX-512 VBMI (kernels._kernels.spp_isa()
-    == "avx512") and the permute packing takes at most 1 byte per weight or
-    AUTO_PERMUTE_CACHE_BYTES, else "bitmask" (see the comment above AUTO_PERMUTE_CACHE_BYTES).
-    A rule on the packed size, not a timing: the same weights pack the same way on one CPU."""
+    layout="auto": int8 only; "bitmask" unless the CPU has AVX-512 VBMI (kernels._kernels.spp_isa()
+    == "avx512"); there "permute" when it fits AUTO_PERMUTE_CACHE_BYTES, else the faster of the
+    two on these weights, timed at packing (a few ms; see the comment above
+    AUTO_PERMUTE_CACHE_BYTES). Either layout gives bit-identical results."""
     if not isinstance(w, np.ndarray):
         raise TypeError(f"w: expected a numpy int8 or float32 array, got {type(w).__name__}")
     if w.ndim != 2:
@@ -326,16 +328,32 @@ def pack_sparse(w: np.ndarray, w_scales=None, bias=None, layout: str = "rows") -
             raise TypeError(f"w: the {layout} layout needs int8 weights, got {w.dtype}")
         scales, b = _vector(w_scales, n, np.float32, "w_scales"), _vector(bias, n, np.float32, "bias")
         if layout == "auto":
-            if _kernels.spp_isa() == "avx512":
-                packed = _kernels.spp_pack(w, scales, b)
-                if packed.nbytes <= max(w.size, AUTO_PERMUTE_CACHE_BYTES):
-                    return packed
-            return _kernels.spb_pack(w, scales, b)
+            if _kernels.spp_isa() != "avx512":
+                return _kernels.spb_pack(w, scales, b)
+            permute = _kernels.spp_pack(w, scales, b)
+            if permute.nbytes <= AUTO_PERMUTE_CACHE_BYTES:
+                return permute
+            return _faster_gemv(permute, _kernels.spb_pack(w, scales, b))
         pack = {"windows": _kernels.spw_pack, "bitmask": _kernels.spb_pack, "permute": _kernels.spp_pack}[layout]
         return pack(w, scales, b)
     if layout != "rows":
         raise ValueError(f"layout must be 'rows', 'windows', 'bitmask', 'permute' or 'auto', got {layout!r}")
     return _kernels.sparse_pack(w, _vector(w_scales, n, np.float32, "w_scales"), _vector(bias, n, np.float32, "bias"))
+
+
+def _faster_gemv(*candidates: Packed, rounds: int = 5, calls: int = 3) -> Packed:
+    """The int8 sparse packing whose GEMV (one zero activation row) is fastest here: the best of
+    `rounds` interleaved rounds, so a noisy moment hurts every candidate alike."""
+    x = np.zeros(candidates[0].k, np.int8)
+    best = [float("inf")] * len(candidates)
+    for _ in range(rounds):
+        for i, w in enumerate(candidates):
+            gemm, out = _SPARSE_QS8_GEMM[w.kind], np.empty(w.n, _F32)
+            start = time.perf_counter()
+            for _ in range(calls):
+                gemm(x, 1.0, 0, w, out, -np.inf, np.inf)
+            best[i] = min(best[i], time.perf_counter() - start)
+    return candidates[best.index(min(best))]
 
 
 _F32, _I32 = np.dtype(np.float32), np.dtype(np.int32)

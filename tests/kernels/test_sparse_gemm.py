@@ -238,8 +238,8 @@ def test_bad_input():
 
 
 def test_auto_layout_rule():
-    """"auto": the permute layout where the CPU runs its VBMI kernel and it is at most a byte
-    per weight or fits the cache budget, the bitmask layout otherwise; bit-identical either way."""
+    """"auto": bitmask without the VBMI kernel; with it, permute where it fits the cache budget,
+    else the faster of permute and bitmask on these weights; bit-identical either way."""
     rng = np.random.default_rng(5)
     w = rng.integers(-128, 128, (512, 1536)).astype(np.int8)
     w[w == 0] = 1
@@ -250,9 +250,17 @@ def test_auto_layout_rule():
         ws = quant.prune_unstructured(w, sparsity)
         p = kernels.pack_sparse(ws, ones, layout="auto")
         permute = kernels.pack_sparse(ws, ones, layout="permute")
-        fits = permute.nbytes <= max(ws.size, kernels.AUTO_PERMUTE_CACHE_BYTES)
-        assert p.kind == ("sparse_qs8_permute" if vbmi and fits else "sparse_qs8_bitmask"), sparsity
+        if not vbmi:
+            assert p.kind == "sparse_qs8_bitmask", sparsity
+        elif permute.nbytes <= kernels.AUTO_PERMUTE_CACHE_BYTES:
+            assert p.kind == "sparse_qs8_permute", sparsity
+        else:
+            assert p.kind in ("sparse_qs8_permute", "sparse_qs8_bitmask"), sparsity
         assert_bitexact(kernels.sparse_linear(x, p, 0.5, 3), kernels.sparse_linear(x, permute, 0.5, 3), "auto")
+    # in the cache budget: a small matrix always packs as permute where VBMI runs it
+    small = quant.prune_unstructured(w[:64, :512], 0.75)
+    assert kernels.pack_sparse(small, ones[:64], layout="auto").kind == (
+        "sparse_qs8_permute" if vbmi else "sparse_qs8_bitmask")
     # 75% unstructured is below a byte per weight (2 bytes per slot, padded), dense is not
     assert kernels.pack_sparse(quant.prune_unstructured(w, 0.75), ones, layout="permute").nbytes < 0.8 * w.size
     with pytest.raises(TypeError, match="auto layout needs int8"):
