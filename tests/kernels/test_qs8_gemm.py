@@ -373,10 +373,9 @@ def test_relu6_activation_clamps():
 # ------------------------------------------------------------------ thread pool
 
 
-def test_concurrent_callers_and_fork_get_correct_results():
-    """Several Python threads share the pool (the GIL is released); a forked child recreates it."""
+def test_concurrent_callers_get_correct_results():
+    """Several Python threads share the pool (the GIL is released)."""
     import concurrent.futures
-    import os
 
     rng = np.random.default_rng(9)
     a, a_scale, a_zp, w, w_scale, wz, b = _case(rng, 3, 700, 400, True, True)
@@ -388,14 +387,34 @@ def test_concurrent_callers_and_fork_get_correct_results():
             results = list(ex.map(lambda _: kernels.qs8_linear(a, a_scale, a_zp, packed), range(16)))
         for got in results:
             assert_bitexact(got, want, "concurrent")
-        pid = os.fork()
-        if pid == 0:  # child: exit code says whether the kernels still work after fork
-            ok = np.array_equal(kernels.qs8_linear(a, a_scale, a_zp, packed), want)
-            os._exit(0 if ok else 1)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
     finally:
         kernels.set_num_threads(0)
+
+
+FORK_CHECK = """
+import os, numpy as np, kernels
+from kernels import quant
+rng = np.random.default_rng(9)
+a = rng.integers(-128, 128, (3, 700), dtype=np.int8)
+w = rng.integers(-128, 128, (400, 700), dtype=np.int8)
+ws = rng.uniform(0.01, 1, 400).astype(np.float32)
+packed = kernels.pack_qs8(w, ws)
+want = quant.qs8_gemm_ref(a, 0.5, 3, w, ws, None, None)
+kernels.set_num_threads(2)
+assert np.array_equal(kernels.qs8_linear(a, 0.5, 3, packed), want)   # the pool's workers exist now
+pid = os.fork()
+if pid == 0:  # child: exit code says whether the kernels still work after fork
+    os._exit(0 if np.array_equal(kernels.qs8_linear(a, 0.5, 3, packed), want) else 1)
+_, status = os.waitpid(pid, 0)
+raise SystemExit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_forked_child_recreates_the_pool():
+    # In its own interpreter: a fork() of the pytest process, where other tests left gRPC
+    # threads running, would run gRPC's fork handlers too (see edgefleet/child.py).
+    result = subprocess.run([sys.executable, "-c", FORK_CHECK], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def _check_qd8_linear_against_numpy(m, n, k, seed, scale, sign):
