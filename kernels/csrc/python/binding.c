@@ -739,98 +739,56 @@ fail:
   return NULL;
 }
 
-/* spw_pack(w int8 [N,K], w_scale [N], bias|None) -> Packed (windows layout) */
+/* The int8 sparse GEMV layouts' packers, one entry per layout:
+ * <layout>_pack(w int8 [N,K], w_scale [N], bias|None) -> Packed
+ * The same argument checks for all three; `max_k` is the layout's column limit. */
+static PyObject* sparse_q8_pack(PyObject* args, packed_kind kind, const char* layout, size_t max_k) {
+  PyObject *w_obj, *scale_obj, *bias_obj;
+  if (!PyArg_ParseTuple(args, "OOO", &w_obj, &scale_obj, &bias_obj)) return NULL;
+  views vs = {.n = 0};
+  Py_buffer *w = views_add(&vs), *scale = views_add(&vs), *bias = views_add(&vs);
+  if (get_array(w_obj, w, "w", 'b', 2, 0)) goto fail;
+  const Py_ssize_t n = dim(w, 0), k = dim(w, 1);
+  if (n == 0 || k == 0 || (size_t)k > max_k) {
+    PyErr_Format(PyExc_ValueError, "w: need 0 < N and 0 < K <= %zu, got [%zd, %zd]", max_k, n, k);
+    goto fail;
+  }
+  if (get_array(scale_obj, scale, "w_scale", 'f', 1, 0) || expect_dim(scale, 0, n, "w_scale", "N")) goto fail;
+  if (bias_obj != Py_None && (get_array(bias_obj, bias, "bias", 'f', 1, 0) || expect_dim(bias, 0, n, "bias", "N"))) goto fail;
+  PackedObject* p = PyObject_New(PackedObject, &PackedType);
+  if (p == NULL) goto fail;
+  p->kind = kind;
+  int rc;
+  Py_BEGIN_ALLOW_THREADS
+  switch (kind) {
+    case PACKED_SPW: rc = ef_spw_pack(w->buf, (size_t)n, (size_t)k, scale->buf, bias->buf, &p->u.spw); break;
+    case PACKED_SPB: rc = ef_spb_pack(w->buf, (size_t)n, (size_t)k, scale->buf, bias->buf, &p->u.spb); break;
+    default: rc = ef_spp_pack(w->buf, (size_t)n, (size_t)k, scale->buf, bias->buf, &p->u.spp); break;
+  }
+  Py_END_ALLOW_THREADS
+  if (rc != 0) {
+    memset(&p->u, 0, sizeof p->u); /* the packers free what they allocated: dealloc frees nothing */
+    Py_DECREF(p);
+    /* -1 past the size checks above: an index of the layout overflows (uint32 offsets) */
+    if (rc == -1) PyErr_Format(PyExc_ValueError, "w: too many nonzeros for the %s layout", layout);
+    else PyErr_NoMemory();
+    goto fail;
+  }
+  views_release(&vs);
+  return (PyObject*)p;
+fail:
+  views_release(&vs);
+  return NULL;
+}
+
 static PyObject* py_spw_pack(PyObject* self, PyObject* args) {
-  PyObject *w_obj, *scale_obj, *bias_obj;
-  if (!PyArg_ParseTuple(args, "OOO", &w_obj, &scale_obj, &bias_obj)) return NULL;
-  views vs = {.n = 0};
-  Py_buffer *w = views_add(&vs), *scale = views_add(&vs), *bias = views_add(&vs);
-  if (get_array(w_obj, w, "w", 'b', 2, 0)) goto fail;
-  const Py_ssize_t n = dim(w, 0), k = dim(w, 1);
-  if (n == 0 || k == 0 || k > 16 * 65536) { PyErr_Format(PyExc_ValueError, "w: need 0 < N and 0 < K <= 1048576, got [%zd, %zd]", n, k); goto fail; }
-  if (get_array(scale_obj, scale, "w_scale", 'f', 1, 0) || expect_dim(scale, 0, n, "w_scale", "N")) goto fail;
-  if (bias_obj != Py_None && (get_array(bias_obj, bias, "bias", 'f', 1, 0) || expect_dim(bias, 0, n, "bias", "N"))) goto fail;
-  PackedObject* p = PyObject_New(PackedObject, &PackedType);
-  if (p == NULL) goto fail;
-  p->kind = PACKED_SPW;
-  int rc;
-  Py_BEGIN_ALLOW_THREADS rc = ef_spw_pack(w->buf, (size_t)n, (size_t)k, scale->buf, bias->buf, &p->u.spw);
-  Py_END_ALLOW_THREADS if (rc != 0) {
-    Py_DECREF(p);
-    PyErr_NoMemory();
-    goto fail;
-  }
-  views_release(&vs);
-  return (PyObject*)p;
-fail:
-  views_release(&vs);
-  return NULL;
+  return sparse_q8_pack(args, PACKED_SPW, "windows", 16u * 65536u);
 }
-
-/* spb_pack(w int8 [N,K], w_scale [N], bias|None) -> Packed (bitmask layout) */
 static PyObject* py_spb_pack(PyObject* self, PyObject* args) {
-  PyObject *w_obj, *scale_obj, *bias_obj;
-  if (!PyArg_ParseTuple(args, "OOO", &w_obj, &scale_obj, &bias_obj)) return NULL;
-  views vs = {.n = 0};
-  Py_buffer *w = views_add(&vs), *scale = views_add(&vs), *bias = views_add(&vs);
-  if (get_array(w_obj, w, "w", 'b', 2, 0)) goto fail;
-  const Py_ssize_t n = dim(w, 0), k = dim(w, 1);
-  if (n == 0 || k == 0 || k > (Py_ssize_t)EF_SPB_MAX_K) {
-    PyErr_Format(PyExc_ValueError, "w: need 0 < N and 0 < K <= %u, got [%zd, %zd]", EF_SPB_MAX_K, n, k);
-    goto fail;
-  }
-  if (get_array(scale_obj, scale, "w_scale", 'f', 1, 0) || expect_dim(scale, 0, n, "w_scale", "N")) goto fail;
-  if (bias_obj != Py_None && (get_array(bias_obj, bias, "bias", 'f', 1, 0) || expect_dim(bias, 0, n, "bias", "N"))) goto fail;
-  PackedObject* p = PyObject_New(PackedObject, &PackedType);
-  if (p == NULL) goto fail;
-  p->kind = PACKED_SPB;
-  int rc;
-  Py_BEGIN_ALLOW_THREADS rc = ef_spb_pack(w->buf, (size_t)n, (size_t)k, scale->buf, bias->buf, &p->u.spb);
-  Py_END_ALLOW_THREADS if (rc != 0) {
-    memset(&p->u.spb, 0, sizeof p->u.spb);
-    Py_DECREF(p);
-    if (rc == -1) PyErr_SetString(PyExc_ValueError, "w: too many nonzeros for the bitmask layout");
-    else PyErr_NoMemory();
-    goto fail;
-  }
-  views_release(&vs);
-  return (PyObject*)p;
-fail:
-  views_release(&vs);
-  return NULL;
+  return sparse_q8_pack(args, PACKED_SPB, "bitmask", EF_SPB_MAX_K);
 }
-
-/* spp_pack(w int8 [N,K], w_scale [N], bias|None) -> Packed (permute layout) */
 static PyObject* py_spp_pack(PyObject* self, PyObject* args) {
-  PyObject *w_obj, *scale_obj, *bias_obj;
-  if (!PyArg_ParseTuple(args, "OOO", &w_obj, &scale_obj, &bias_obj)) return NULL;
-  views vs = {.n = 0};
-  Py_buffer *w = views_add(&vs), *scale = views_add(&vs), *bias = views_add(&vs);
-  if (get_array(w_obj, w, "w", 'b', 2, 0)) goto fail;
-  const Py_ssize_t n = dim(w, 0), k = dim(w, 1);
-  if (n == 0 || k == 0 || k > (Py_ssize_t)EF_SPP_MAX_K) {
-    PyErr_Format(PyExc_ValueError, "w: need 0 < N and 0 < K <= %u, got [%zd, %zd]", EF_SPP_MAX_K, n, k);
-    goto fail;
-  }
-  if (get_array(scale_obj, scale, "w_scale", 'f', 1, 0) || expect_dim(scale, 0, n, "w_scale", "N")) goto fail;
-  if (bias_obj != Py_None && (get_array(bias_obj, bias, "bias", 'f', 1, 0) || expect_dim(bias, 0, n, "bias", "N"))) goto fail;
-  PackedObject* p = PyObject_New(PackedObject, &PackedType);
-  if (p == NULL) goto fail;
-  p->kind = PACKED_SPP;
-  int rc;
-  Py_BEGIN_ALLOW_THREADS rc = ef_spp_pack(w->buf, (size_t)n, (size_t)k, scale->buf, bias->buf, &p->u.spp);
-  Py_END_ALLOW_THREADS if (rc != 0) {
-    memset(&p->u.spp, 0, sizeof p->u.spp);
-    Py_DECREF(p);
-    if (rc == -1) PyErr_SetString(PyExc_ValueError, "w: too many steps for the permute layout");
-    else PyErr_NoMemory();
-    goto fail;
-  }
-  views_release(&vs);
-  return (PyObject*)p;
-fail:
-  views_release(&vs);
-  return NULL;
+  return sparse_q8_pack(args, PACKED_SPP, "permute", EF_SPP_MAX_K);
 }
 
 /* The int8 sparse layouts' GEMM, one fast-call entry per layout:
