@@ -132,6 +132,33 @@ static void views_release(views* vs) {
   vs->n = 0;
 }
 
+/* x [M, K] (dtype `code`) and out [M, N] float32 of a packed linear layer with K and N given;
+ * *m = M. The views come from `vs`, released by the caller. */
+static int linear_x_out(views* vs, PyObject* x_obj, char code, PyObject* out_obj, size_t k, size_t n, Py_buffer** x,
+                        Py_buffer** out, Py_ssize_t* m) {
+  *x = views_add(vs);
+  *out = views_add(vs);
+  if (get_array(x_obj, *x, "x", code, 2, 0) || expect_dim(*x, 1, (Py_ssize_t)k, "x", "K of the packed weights")) return -1;
+  *m = dim(*x, 0);
+  if (get_array(out_obj, *out, "out", 'f', 2, 1) || expect_dim(*out, 0, *m, "out", "M") ||
+      expect_dim(*out, 1, (Py_ssize_t)n, "out", "N"))
+    return -1;
+  return 0;
+}
+
+/* 1 when obj exports an int8 buffer; the kernels that take float32 or int8 pick by it (anything
+ * else is reported by get_array with the expected dtype). */
+static int is_int8_buffer(PyObject* obj) {
+  Py_buffer v;
+  if (PyObject_GetBuffer(obj, &v, PyBUF_FORMAT | PyBUF_STRIDES) != 0) {
+    PyErr_Clear();
+    return 0;
+  }
+  const int q8 = format_code(v.format) == 'b';
+  PyBuffer_Release(&v);
+  return q8;
+}
+
 /* ------------------------------------------------------------------ packed weights */
 
 typedef enum { PACKED_QS8 = 1, PACKED_QB, PACKED_SPARSE, PACKED_F32, PACKED_SPW, PACKED_SPB, PACKED_BSR, PACKED_SPP } packed_kind;
@@ -648,10 +675,9 @@ static PyObject* py_qb_gemm(PyObject* self, PyObject* args) {
   if (p == NULL) return NULL;
   const ef_qb_packed* w = &p->u.qb;
   views vs = {.n = 0};
-  Py_buffer *x = views_add(&vs), *out = views_add(&vs);
-  if (get_array(x_obj, x, "x", 'f', 2, 0) || expect_dim(x, 1, (Py_ssize_t)w->k, "x", "K of the packed weights")) goto fail;
-  const Py_ssize_t m = dim(x, 0);
-  if (get_array(out_obj, out, "out", 'f', 2, 1) || expect_dim(out, 0, m, "out", "M") || expect_dim(out, 1, (Py_ssize_t)w->n, "out", "N")) goto fail;
+  Py_buffer *x, *out;
+  Py_ssize_t m;
+  if (linear_x_out(&vs, x_obj, 'f', out_obj, w->k, w->n, &x, &out, &m)) goto fail;
   int rc;
   Py_BEGIN_ALLOW_THREADS rc = ef_qb_gemm(NULL, (size_t)m, x->buf, w, out->buf);
   Py_END_ALLOW_THREADS views_release(&vs);
@@ -873,10 +899,9 @@ static PyObject* py_f32_gemm(PyObject* self, PyObject* args) {
   if (pk == NULL) return NULL;
   const ef_f32_packed* w = &pk->u.f32;
   views vs = {.n = 0};
-  Py_buffer *x = views_add(&vs), *out = views_add(&vs);
-  if (get_array(x_obj, x, "x", 'f', 2, 0) || expect_dim(x, 1, (Py_ssize_t)w->k, "x", "K of the packed weights")) goto fail;
-  const Py_ssize_t m = dim(x, 0);
-  if (get_array(out_obj, out, "out", 'f', 2, 1) || expect_dim(out, 0, m, "out", "M") || expect_dim(out, 1, (Py_ssize_t)w->n, "out", "N")) goto fail;
+  Py_buffer *x, *out;
+  Py_ssize_t m;
+  if (linear_x_out(&vs, x_obj, 'f', out_obj, w->k, w->n, &x, &out, &m)) goto fail;
   Py_BEGIN_ALLOW_THREADS ef_f32_gemm(NULL, (size_t)m, x->buf, w, out->buf, lo, hi);
   Py_END_ALLOW_THREADS views_release(&vs);
   Py_RETURN_NONE;
@@ -900,14 +925,7 @@ static PyObject* py_dwconv3x3(PyObject* self, PyObject* args) {
   if (stride != 1 && stride != 2) return PyErr_Format(PyExc_ValueError, "stride must be 1 or 2, got %d", stride);
   views vs = {.n = 0};
   Py_buffer *x = views_add(&vs), *w = views_add(&vs), *bias = views_add(&vs), *out = views_add(&vs), *ws = views_add(&vs);
-  int q8 = 0;
-  if (PyObject_GetBuffer(x_obj, x, PyBUF_FORMAT | PyBUF_STRIDES) == 0) {
-    q8 = format_code(x->format) == 'b';
-    PyBuffer_Release(x);
-    memset(x, 0, sizeof *x);
-  } else {
-    PyErr_Clear();
-  }
+  const int q8 = is_int8_buffer(x_obj);
   const char t = q8 ? 'b' : 'f';
   if (get_array(x_obj, x, "x", t, 4, 0)) goto fail;
   const Py_ssize_t nb = dim(x, 0), h = dim(x, 1), wd = dim(x, 2), c = dim(x, 3);
@@ -952,14 +970,7 @@ static PyObject* py_im2col(PyObject* self, PyObject* args) {
     return PyErr_Format(PyExc_ValueError, "im2col: kernel, strides and output size must be positive, padding >= 0");
   views vs = {.n = 0};
   Py_buffer *x = views_add(&vs), *out = views_add(&vs);
-  int q8 = 0;
-  if (PyObject_GetBuffer(x_obj, x, PyBUF_FORMAT | PyBUF_STRIDES) == 0) {
-    q8 = format_code(x->format) == 'b';
-    PyBuffer_Release(x);
-    memset(x, 0, sizeof *x);
-  } else {
-    PyErr_Clear();
-  }
+  const int q8 = is_int8_buffer(x_obj);
   const char t = q8 ? 'b' : 'f';
   if (get_array(x_obj, x, "x", t, 4, 0)) goto fail;
   const Py_ssize_t nb = dim(x, 0), h = dim(x, 1), w = dim(x, 2), c = dim(x, 3);
@@ -990,10 +1001,9 @@ static PyObject* py_qd8_gemm(PyObject* self, PyObject* args) {
   if (pk == NULL) return NULL;
   const ef_qs8_packed* w = &pk->u.qs8;
   views vs = {.n = 0};
-  Py_buffer *x = views_add(&vs), *out = views_add(&vs);
-  if (get_array(x_obj, x, "x", 'f', 2, 0) || expect_dim(x, 1, (Py_ssize_t)w->k, "x", "K of the packed weights")) goto fail;
-  const Py_ssize_t m = dim(x, 0);
-  if (get_array(out_obj, out, "out", 'f', 2, 1) || expect_dim(out, 0, m, "out", "M") || expect_dim(out, 1, (Py_ssize_t)w->n, "out", "N")) goto fail;
+  Py_buffer *x, *out;
+  Py_ssize_t m;
+  if (linear_x_out(&vs, x_obj, 'f', out_obj, w->k, w->n, &x, &out, &m)) goto fail;
   ef_qs8_gemm_params params = {.k = w->k, .out_min = lo, .out_max = hi, .out_int8 = 0, .out_inv_scale = 1.0f, .out_zp = 0};
   int rc;
   Py_BEGIN_ALLOW_THREADS rc = ef_qd8_gemm(NULL, (size_t)m, x->buf, w, out->buf, &params);
