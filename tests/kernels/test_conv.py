@@ -85,6 +85,22 @@ def test_property_depthwise_int8(h, w, c, stride, x_zp, out_zp, seed):
             assert_bitexact(kernels.dwconv3x3_qs8(x, 0.03, x_zp, wt, ws, b, 0.2, out_zp, stride), want, isa)
 
 
+@pytest.mark.parametrize("x_val,w_val,x_zp", [(-128, -128, 127), (127, -128, -128), (-128, 127, 127), (127, 127, -128)])
+def test_depthwise_int8_extremes(x_val, w_val, x_zp):
+    """Every tap at the int8 extremes, 16 + 8 + 3 channels (each kernel path): the largest sums
+    the float accumulation of the AVX2 kernel must hold exactly (9 * 255 * 128)."""
+    c = 27
+    x = np.full((1, 5, 6, c), x_val, np.int8)
+    wt = np.full((3, 3, c), w_val, np.int8)
+    ws = np.full(c, 1e-4, np.float32)
+    b = np.zeros(c, np.float32)
+    for stride in (1, 2):
+        want = quant.dwconv3x3_qs8_ref(x, 0.5, x_zp, wt, ws, b, 0.25, 3, stride)
+        for isa in kernels.available_isas():
+            with kernels.use_isa(isa):
+                assert_bitexact(kernels.dwconv3x3_qs8(x, 0.5, x_zp, wt, ws, b, 0.25, 3, stride), want, isa)
+
+
 def test_bad_input():
     x = np.zeros((1, 4, 4, 3), np.float32)
     with pytest.raises(ValueError, match="stride must be 1 or 2"):
