@@ -115,13 +115,16 @@ def cmd_deploy(argv: list[str]) -> int:
     parser.add_argument("--device", action="append", default=[], help="target device id (repeatable)")
     parser.add_argument("--selector", default="", help="target devices by label, key=value")
     parser.add_argument("--timeout", type=float, default=0.0, help="deployment deadline in seconds")
+    parser.add_argument("--rollback-on-failure", action="store_true",
+                        help="when a device fails, send every target back to the bundle it ran before")
     parser.add_argument("--wait", action="store_true", help="wait until the deployment ends")
     args = parser.parse_args(argv)
     if not args.device and not args.selector:
         raise SystemExit("edgefleet: give --device ID (repeatable) or --selector key=value")
     client = _client(args)
     deployment = client.deploy(args.bundle_id, device_ids=args.device or None,
-                               label_selector=args.selector or None, timeout=args.timeout or None)
+                               label_selector=args.selector or None, timeout=args.timeout or None,
+                               rollback_on_failure=args.rollback_on_failure)
     print(f"deployment {deployment.deployment_id}: {len(deployment.targets)} device(s)")
     if args.wait:
         deployment = client.wait_deployment(deployment.deployment_id, timeout=args.timeout or 900.0)

@@ -386,19 +386,21 @@ class ListBundlesResponse(_message.Message):
     def __init__(self, bundles: _Optional[_Iterable[_Union[Bundle, _Mapping]]] = ...) -> None: ...
 
 class CreateDeploymentRequest(_message.Message):
-    __slots__ = ("bundle_id", "device_ids", "label_selector", "timeout_seconds")
+    __slots__ = ("bundle_id", "device_ids", "label_selector", "timeout_seconds", "rollback_on_failure")
     BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_IDS_FIELD_NUMBER: _ClassVar[int]
     LABEL_SELECTOR_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_ON_FAILURE_FIELD_NUMBER: _ClassVar[int]
     bundle_id: str
     device_ids: _containers.RepeatedScalarFieldContainer[str]
     label_selector: str
     timeout_seconds: float
-    def __init__(self, bundle_id: _Optional[str] = ..., device_ids: _Optional[_Iterable[str]] = ..., label_selector: _Optional[str] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
+    rollback_on_failure: bool
+    def __init__(self, bundle_id: _Optional[str] = ..., device_ids: _Optional[_Iterable[str]] = ..., label_selector: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., rollback_on_failure: _Optional[bool] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("deployment_id", "bundle_id", "state", "created_unix", "deadline_unix", "finished_unix", "targets")
+    __slots__ = ("deployment_id", "bundle_id", "state", "created_unix", "deadline_unix", "finished_unix", "targets", "rollback_on_failure")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Deployment.State]
@@ -420,6 +422,7 @@ class Deployment(_message.Message):
     DEADLINE_UNIX_FIELD_NUMBER: _ClassVar[int]
     FINISHED_UNIX_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_ON_FAILURE_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     bundle_id: str
     state: Deployment.State
@@ -427,17 +430,20 @@ class Deployment(_message.Message):
     deadline_unix: float
     finished_unix: float
     targets: _containers.RepeatedCompositeFieldContainer[DeploymentTarget]
-    def __init__(self, deployment_id: _Optional[str] = ..., bundle_id: _Optional[str] = ..., state: _Optional[_Union[Deployment.State, str]] = ..., created_unix: _Optional[float] = ..., deadline_unix: _Optional[float] = ..., finished_unix: _Optional[float] = ..., targets: _Optional[_Iterable[_Union[DeploymentTarget, _Mapping]]] = ...) -> None: ...
+    rollback_on_failure: bool
+    def __init__(self, deployment_id: _Optional[str] = ..., bundle_id: _Optional[str] = ..., state: _Optional[_Union[Deployment.State, str]] = ..., created_unix: _Optional[float] = ..., deadline_unix: _Optional[float] = ..., finished_unix: _Optional[float] = ..., targets: _Optional[_Iterable[_Union[DeploymentTarget, _Mapping]]] = ..., rollback_on_failure: _Optional[bool] = ...) -> None: ...
 
 class DeploymentTarget(_message.Message):
-    __slots__ = ("device_id", "phase", "error")
+    __slots__ = ("device_id", "phase", "error", "rollback_bundle_id")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     phase: ReportedState.Phase
     error: str
-    def __init__(self, device_id: _Optional[str] = ..., phase: _Optional[_Union[ReportedState.Phase, str]] = ..., error: _Optional[str] = ...) -> None: ...
+    rollback_bundle_id: str
+    def __init__(self, device_id: _Optional[str] = ..., phase: _Optional[_Union[ReportedState.Phase, str]] = ..., error: _Optional[str] = ..., rollback_bundle_id: _Optional[str] = ...) -> None: ...
 
 class GetDeploymentRequest(_message.Message):
     __slots__ = ("deployment_id",)

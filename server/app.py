@@ -147,7 +147,7 @@ def serve(config: ServerConfig, registry: CollectorRegistry | None = None) -> Ru
             port = server.add_secure_port(_bind(config.host, config.port),
                                           grpc.ssl_server_credentials([tls_credentials]))
         # Start.
-        reaper = DeploymentReaper(db, config.reaper_interval_seconds)
+        reaper = DeploymentReaper(db, config.reaper_interval_seconds, on_desired_changed=hub.notify_desired)
         reaper.start()
         undo.append(reaper.stop)
         server.start()

@@ -34,7 +34,7 @@ from proto import fleet_pb2
 from proto.manifest import Manifest
 from server.tokens import new_token
 from server.models import (SCHEMA_VERSION, Artifact, Base, Bundle, BundleArtifact, Deployment,
-                           DeploymentTarget, Device, EnrollmentToken, SchemaInfo)
+                           DeploymentRollback, DeploymentTarget, Device, EnrollmentToken, SchemaInfo)
 
 Phase = fleet_pb2.ReportedState.Phase
 State = fleet_pb2.Deployment.State
@@ -49,6 +49,7 @@ IN_PROGRESS = State.Name(State.IN_PROGRESS)
 SUCCEEDED = State.Name(State.SUCCEEDED)
 FAILED = State.Name(State.FAILED)
 TIMED_OUT = State.Name(State.TIMED_OUT)
+ROLLED_BACK = State.Name(State.ROLLED_BACK)
 
 MAX_LABELS = 64
 MAX_LABEL_KEY = 63
@@ -106,6 +107,9 @@ class DeploymentView:
 
     deployment: Deployment
     targets: list[DeploymentTarget]
+    # rollback_on_failure: device id -> the bundle it goes back to (None: it ran none);
+    # None when the deployment was created without rollback
+    rollback: dict[str, str | None] | None = None
 
 
 @dataclass
@@ -144,8 +148,11 @@ class Database:
         """Create missing tables (idempotent: restarts keep every row)."""
         Base.metadata.create_all(self.engine)
         with self._write() as s:
-            if s.get(SchemaInfo, 1) is None:
+            info = s.get(SchemaInfo, 1)
+            if info is None:
                 s.add(SchemaInfo(id=1, version=SCHEMA_VERSION))
+            elif info.version < SCHEMA_VERSION:
+                info.version = SCHEMA_VERSION   # every change so far only added tables
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -278,6 +285,8 @@ class Database:
             target.phase, target.error, target.updated_at = new_phase, error, now
             s.flush()
             ended = self._settle(s, dep, now)
+            if ended and dep.state == FAILED and self._decide_rollback(s, dep, device_id, now):
+                dep.state = ROLLED_BACK
             return (dep.id, dep.state) if ended else None
 
     # -- bundles and artifacts --------------------------------------------------------
@@ -343,8 +352,10 @@ class Database:
     # -- deployments ------------------------------------------------------------------
     def create_deployment(self, bundle_id: str, device_ids: list[str] | None = None,
                           selector: str = "", timeout_seconds: float = 900.0,
-                          now: float | None = None) -> DeploymentView:
-        """Point every target device at `bundle_id`; supersede their older deployments."""
+                          now: float | None = None, rollback_on_failure: bool = False) -> DeploymentView:
+        """Point every target device at `bundle_id`; supersede their older deployments.
+        With `rollback_on_failure`, remember the bundle each device runs now (see
+        apply_rollbacks)."""
         now = time.time() if now is None else now
         if device_ids and selector:
             raise InvalidArgument("give either device ids or a label selector, not both")
@@ -392,6 +403,7 @@ class Database:
                         target.updated_at = now
                 s.flush()
                 self._settle(s, old, now)
+            rollback = {d.id: _running_bundle(s, d) for d in devices} if rollback_on_failure else None
             targets = []
             for d in devices:
                 d.desired_bundle_id = bundle_id
@@ -399,7 +411,10 @@ class Database:
                 targets.append(DeploymentTarget(deployment_id=dep.id, device_id=d.id,
                                                 phase=PHASE_PENDING, error="", updated_at=now))
             s.add_all(targets)
-            return DeploymentView(dep, targets)
+            if rollback is not None:
+                s.add_all(DeploymentRollback(deployment_id=dep.id, device_id=d, bundle_id=b)
+                          for d, b in rollback.items())
+            return DeploymentView(dep, targets, rollback)
 
     def get_deployment(self, deployment_id: str) -> DeploymentView | None:
         with self._read() as s:
@@ -409,17 +424,18 @@ class Database:
             targets = s.scalars(select(DeploymentTarget)
                                 .where(DeploymentTarget.deployment_id == deployment_id)
                                 .order_by(DeploymentTarget.device_id)).all()
-            return DeploymentView(dep, list(targets))
+            return DeploymentView(dep, list(targets), _rollback_of(s, [deployment_id]).get(deployment_id))
 
     def list_deployments(self) -> list[DeploymentView]:
         with self._read() as s:
             deps = s.scalars(select(Deployment).order_by(Deployment.created_at, Deployment.id)).all()
             targets = s.scalars(select(DeploymentTarget)
                                 .order_by(DeploymentTarget.deployment_id, DeploymentTarget.device_id)).all()
+            rollbacks = _rollback_of(s, None)
         by_dep: dict[str, list[DeploymentTarget]] = {}
         for t in targets:
             by_dep.setdefault(t.deployment_id, []).append(t)
-        return [DeploymentView(d, by_dep.get(d.id, [])) for d in deps]
+        return [DeploymentView(d, by_dep.get(d.id, []), rollbacks.get(d.id)) for d in deps]
 
     def time_out_expired(self, now: float | None = None) -> list[str]:
         """Mark IN_PROGRESS deployments past their deadline TIMED_OUT; return their ids."""
@@ -437,6 +453,47 @@ class Database:
                         t.error = f"deployment timed out (device was at {t.phase})"
                         t.updated_at = now
             return [d.id for d in expired]
+
+    @staticmethod
+    def _decide_rollback(s: Session, dep: Deployment, failed_device: str, now: float) -> bool:
+        """A device's failure just ended `dep`: if it was created with rollback_on_failure, mark
+        every other target's row with why (apply_rollbacks moves the devices) and say so."""
+        if s.scalar(select(func.count()).select_from(DeploymentRollback)
+                    .where(DeploymentRollback.deployment_id == dep.id)) == 0:
+            return False
+        for t in s.scalars(select(DeploymentTarget).where(DeploymentTarget.deployment_id == dep.id)).all():
+            if t.phase != PHASE_FAILED:
+                t.error, t.updated_at = f"rolled back: the deployment failed on {failed_device}", now
+        return True
+
+    def apply_rollbacks(self, deployment_id: str | None = None) -> list[str]:
+        """Send the devices still desired on a ROLLED_BACK deployment back to the bundle they ran
+        when it was created (or to no desired bundle when they ran none); returns their ids.
+
+        A separate transaction from the report that decided the rollback, so the devices are
+        locked before the deployment like everywhere else (devices -> deployments); the reaper
+        calls it too, so a server that stopped in between finishes the rollback on restart."""
+        with self._write() as s:
+            query = (select(Device.id).join(Deployment, Device.desired_deployment_id == Deployment.id)
+                     .where(Deployment.state == ROLLED_BACK))
+            if deployment_id is not None:
+                query = query.where(Deployment.id == deployment_id)
+            ids = sorted(s.scalars(query).all())
+            if not ids:
+                return []
+            devices = s.scalars(select(Device).where(Device.id.in_(ids)).order_by(Device.id)
+                                .with_for_update()).all()
+            back = {(r.deployment_id, r.device_id): r.bundle_id for r in s.scalars(
+                select(DeploymentRollback).where(DeploymentRollback.device_id.in_(ids))).all()}
+            moved = []
+            for d in devices:
+                dep = s.get(Deployment, d.desired_deployment_id) if d.desired_deployment_id else None
+                if dep is None or dep.state != ROLLED_BACK:
+                    continue             # given a new deployment since the query above
+                d.desired_bundle_id = back.get((dep.id, d.id))
+                d.desired_deployment_id = None
+                moved.append(d.id)
+            return moved
 
     @staticmethod
     def _settle(s: Session, dep: Deployment, now: float) -> bool:
@@ -462,6 +519,25 @@ class Database:
             by_state = dict(s.execute(select(Deployment.state, func.count())
                                       .group_by(Deployment.state)).all())
         return FleetSnapshot(devices, int(bundles_total), {k: int(v) for k, v in by_state.items()})
+
+
+def _running_bundle(s: Session, device: Device) -> str | None:
+    """The bundle the device last reported active, if this server knows it."""
+    if not device.reported:
+        return None
+    bundle_id = fleet_pb2.ReportedState.FromString(device.reported).bundle_id
+    return bundle_id if bundle_id and s.get(Bundle, bundle_id) is not None else None
+
+
+def _rollback_of(s: Session, deployment_ids: list[str] | None) -> dict[str, dict[str, str | None]]:
+    """deployment id -> {device id: rollback bundle} for deployments created with rollback."""
+    query = select(DeploymentRollback)
+    if deployment_ids is not None:
+        query = query.where(DeploymentRollback.deployment_id.in_(deployment_ids))
+    out: dict[str, dict[str, str | None]] = {}
+    for r in s.scalars(query).all():
+        out.setdefault(r.deployment_id, {})[r.device_id] = r.bundle_id
+    return out
 
 
 def _phase_from_report(report: fleet_pb2.ReportedState, dep: Deployment) -> tuple[str | None, str]:

@@ -16,7 +16,7 @@ import grpc
 
 from proto import fleet_pb2, fleet_pb2_grpc
 from server.artifacts import DIGEST_RE, ArtifactCorrupted, ArtifactStore
-from server.db import Database, EnrollmentRefused, InvalidArgument
+from server.db import ROLLED_BACK, Database, EnrollmentRefused, InvalidArgument
 from server.metrics import LatestDeviceMetrics, ServerStats
 from server.sessions import CLOSE, DESIRED_CHANGED, SessionHub
 
@@ -144,6 +144,8 @@ class DeviceService(fleet_pb2_grpc.DeviceServiceServicer):
                         last_touch = time.monotonic()
                         if ended:
                             log.info("deployment %s ended %s", *ended)
+                            if ended[1] == ROLLED_BACK:
+                                self.hub.notify_desired(self.db.apply_rollbacks(ended[0]))
                     elif kind == "metrics":
                         self.latest.put(device_id, message.metrics)
                     if time.monotonic() - last_touch >= TOUCH_INTERVAL_SECONDS:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from sqlalchemy import JSON, BigInteger, Double, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 1
+# 2: adds deployment_rollbacks (a new table: create_all adds it to a version-1 database)
+SCHEMA_VERSION = 2
 
 
 class Base(DeclarativeBase):
@@ -98,3 +99,13 @@ class DeploymentTarget(Base):
     phase: Mapped[str] = mapped_column(String(32))                         # ReportedState.Phase name
     error: Mapped[str] = mapped_column(Text, default="")
     updated_at: Mapped[float] = mapped_column(Double)
+
+
+class DeploymentRollback(Base):
+    """For a deployment created with rollback_on_failure: per target, the bundle the device was
+    running then (None: it ran none). A row per target; no rows = no rollback."""
+
+    __tablename__ = "deployment_rollbacks"
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    bundle_id: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -1,4 +1,5 @@
-"""The deployment reaper: ends every deployment that is past its deadline as TIMED_OUT.
+"""The deployment reaper: ends every deployment that is past its deadline as TIMED_OUT, and
+finishes rollbacks a server stopped in the middle of (Database.apply_rollbacks).
 
 It runs once at start (so deployments whose deadline passed while the server was down end
 right after a restart) and then every `interval` seconds. Safe with several replicas: the
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Callable, Iterable
 
 from server.db import Database
 
@@ -16,8 +18,10 @@ log = logging.getLogger(__name__)
 
 
 class DeploymentReaper:
-    def __init__(self, db: Database, interval_seconds: float = 1.0) -> None:
+    def __init__(self, db: Database, interval_seconds: float = 1.0,
+                 on_desired_changed: Callable[[Iterable[str]], None] | None = None) -> None:
         self.db = db
+        self.on_desired_changed = on_desired_changed
         self.interval_seconds = interval_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="deployment-reaper", daemon=True)
@@ -26,6 +30,11 @@ class DeploymentReaper:
         timed_out = self.db.time_out_expired()
         for dep_id in timed_out:
             log.warning("deployment %s timed out", dep_id)
+        moved = self.db.apply_rollbacks()
+        if moved:
+            log.warning("rolled back %d device(s) left on a rolled-back deployment", len(moved))
+            if self.on_desired_changed is not None:
+                self.on_desired_changed(moved)
         return timed_out
 
     def start(self) -> None:

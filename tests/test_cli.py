@@ -48,3 +48,8 @@ def test_operator_command_without_token_says_how_to_give_one(monkeypatch):
     result = _run("status", "--server", "127.0.0.1:1")
     assert result.returncode != 0
     assert "operator token" in result.stderr
+
+
+def test_deploy_offers_rollback_on_failure():
+    result = _run("deploy", "--help")
+    assert result.returncode == 0 and "--rollback-on-failure" in result.stdout

@@ -182,3 +182,40 @@ def test_agent_takes_its_enrollment_token_from_the_environment(tmp_path):
         if agent is not None:
             agent.stop()
         server.stop()
+
+
+def test_a_failing_bundle_rolls_the_fleet_back(fleet, bundle, tmp_path):
+    """Real agents: both run a good bundle; a signed bundle whose models cannot load goes out
+    with rollback_on_failure; the first agent to fail ends the deployment ROLLED_BACK, both are
+    sent the good bundle again, report it installed, and still answer on it."""
+    from proto import signing
+    from tests.server.conftest import make_bundle
+
+    bundle_dir, key = bundle
+    client = fleet["client"]
+    agents = fleet["agents"]
+    device_ids = [a.info["device_id"] for a in agents]
+    _wait(lambda: all(client.get_device(d).online for d in device_ids), 60, "both agents online")
+    good = client.upload_bundle(str(bundle_dir)).bundle_id
+    first = client.wait_deployment(client.deploy(good, device_ids=device_ids).deployment_id, timeout=180)
+    assert first.state == fleet_pb2.Deployment.SUCCEEDED, first
+
+    broken_dir, _, _ = make_bundle(tmp_path / "broken", signing.load_private_key(key), model="broken")
+    broken = client.upload_bundle(str(broken_dir)).bundle_id
+    deployment = client.deploy(broken, device_ids=device_ids, rollback_on_failure=True)
+    assert {t.rollback_bundle_id for t in deployment.targets} == {good}
+    done = client.wait_deployment(deployment.deployment_id, timeout=180)
+    assert done.state == fleet_pb2.Deployment.ROLLED_BACK, done
+    assert any("could be loaded" in t.error for t in done.targets), done
+
+    def back_on_good():
+        reported = [client.get_device(d).reported for d in device_ids]
+        return all(r.bundle_id == good and r.phase == fleet_pb2.ReportedState.INSTALLED
+                   and not r.deployment_id for r in reported)
+
+    _wait(back_on_good, 60, "both agents back on the good bundle")
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    manifest = Manifest.from_bytes((bundle_dir / "manifest.json").read_bytes())
+    for agent in agents:
+        _, served_by, _ = _infer(agent.info["local_port"], x, manifest.variants[0].id)
+        assert served_by == manifest.variants[0].id

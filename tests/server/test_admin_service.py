@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import grpc
 import pytest
@@ -182,6 +183,46 @@ def test_device_failure_fails_deployment(server, admin, device_channel, bundle):
         assert done.state == State.FAILED and done.targets[0].error == "disk full"
     finally:
         stream.close()
+
+
+def test_failure_with_rollback_sends_every_device_back(server, admin, device_channel, bundle, tmp_path,
+                                                      publisher_key):
+    """Over real gRPC: two devices run bundle `old`; `new` goes out with rollback_on_failure; one
+    installs it, the other fails: both are sent `old` again at once, the deployment ends
+    ROLLED_BACK and says where each target went."""
+    old = admin.upload_bundle(bundle[0]).bundle_id
+    new = admin.upload_bundle(make_bundle(tmp_path / "new", publisher_key)[0]).bundle_id
+    devices = [enroll(admin, device_channel, hostname=f"d{i}") for i in range(2)]
+    streams = [DeviceStream(device_channel, d.credential) for d in devices]
+    try:
+        for stream in streams:
+            stream.send(state=fleet_pb2.ReportedState(bundle_id=old, phase=Phase.IDLE))
+        # the reports are stored before the deployment reads them
+        for d in devices:
+            for _ in range(100):
+                if admin.get_device(d.device_id).reported.bundle_id == old:
+                    break
+                time.sleep(0.05)
+        deployment = admin.deploy(new, device_ids=[d.device_id for d in devices], rollback_on_failure=True)
+        assert deployment.rollback_on_failure
+        assert {t.rollback_bundle_id for t in deployment.targets} == {old}
+        first, second = (stream.next("desired") for stream in streams)
+        assert first.bundle_id == second.bundle_id == new
+        streams[0].send(state=fleet_pb2.ReportedState(bundle_id=new, deployment_id=first.deployment_id,
+                                                      phase=Phase.INSTALLED))
+        streams[1].send(state=fleet_pb2.ReportedState(target_bundle_id=new, deployment_id=second.deployment_id,
+                                                      phase=Phase.FAILED, error="model does not load"))
+        done = admin.wait_deployment(deployment.deployment_id, timeout=30)
+        assert done.state == State.ROLLED_BACK
+        for stream in streams:
+            back = stream.next("desired")
+            assert (back.bundle_id, back.deployment_id) == (old, "")
+        errors = {t.device_id: t.error for t in done.targets}
+        assert errors[devices[1].device_id] == "model does not load"
+        assert errors[devices[0].device_id].startswith("rolled back")
+    finally:
+        for stream in streams:
+            stream.close()
 
 
 def test_deadline_passed_means_timed_out(server, admin, device_channel, bundle):

@@ -9,8 +9,9 @@ import pytest
 
 from proto import fleet_pb2, signing
 from proto.manifest import Manifest
-from server.db import (FAILED, IN_PROGRESS, SUCCEEDED, TIMED_OUT, Database, EnrollmentRefused,
+from server.db import (FAILED, IN_PROGRESS, ROLLED_BACK, SUCCEEDED, TIMED_OUT, Database, EnrollmentRefused,
                        InvalidArgument, NotFound)
+from server.reaper import DeploymentReaper
 from tests.server.conftest import make_bundle
 
 Phase = fleet_pb2.ReportedState.Phase
@@ -144,6 +145,81 @@ def test_failed_target_fails_deployment(db, tmp_path, publisher_key):
     view = db.get_deployment(dep_id)
     assert view.deployment.state == FAILED
     assert {t.device_id: t.error for t in view.targets}[a] == "digest mismatch"
+
+
+def _running(db, device_id, bundle_id):
+    """The device reports it runs `bundle_id` (no deployment involved)."""
+    db.record_report(device_id, fleet_pb2.ReportedState(bundle_id=bundle_id, phase=Phase.IDLE))
+
+
+def test_failure_rolls_every_target_back_when_asked(db, tmp_path, publisher_key):
+    old, _ = _bundle(db, tmp_path, publisher_key)
+    new, _ = _bundle(db, tmp_path, publisher_key)
+    a, _ = _enroll(db)
+    b, _ = _enroll(db)
+    c, _ = _enroll(db)                    # runs nothing yet
+    _running(db, a, old.id)
+    _running(db, b, old.id)
+    view = db.create_deployment(new.id, device_ids=[a, b, c], timeout_seconds=60, rollback_on_failure=True)
+    dep_id = view.deployment.id
+    assert view.rollback == {a: old.id, b: old.id, c: None}
+    db.record_report(a, fleet_pb2.ReportedState(bundle_id=new.id, deployment_id=dep_id, phase=Phase.INSTALLED))
+    ended = db.record_report(b, fleet_pb2.ReportedState(deployment_id=dep_id, target_bundle_id=new.id,
+                                                        phase=Phase.FAILED, error="disk full"))
+    assert ended == (dep_id, ROLLED_BACK)
+    assert db.desired_state(a).bundle_id == new.id        # moved by apply_rollbacks, not before
+    assert db.apply_rollbacks(dep_id) == sorted([a, b, c])
+    for device in (a, b):
+        desired = db.desired_state(device)
+        assert (desired.bundle_id, desired.deployment_id) == (old.id, "")
+    assert db.desired_state(c) is None    # ran nothing: is sent nothing more
+    assert db.apply_rollbacks() == []     # done once
+    view = db.get_deployment(dep_id)
+    errors = {t.device_id: t.error for t in view.targets}
+    assert errors[b] == "disk full" and errors[a] == errors[c] == f"rolled back: the deployment failed on {b}"
+    assert view.rollback == {a: old.id, b: old.id, c: None}
+    # A late report about the rolled-back deployment changes nothing.
+    assert db.record_report(c, fleet_pb2.ReportedState(deployment_id=dep_id, target_bundle_id=new.id,
+                                                       phase=Phase.FAILED, error="late")) is None
+    assert db.get_deployment(dep_id).deployment.state == ROLLED_BACK
+
+
+def test_reaper_finishes_a_rollback_the_server_stopped_in(db, tmp_path, publisher_key):
+    old, _ = _bundle(db, tmp_path, publisher_key)
+    new, _ = _bundle(db, tmp_path, publisher_key)
+    a, _ = _enroll(db)
+    b, _ = _enroll(db)
+    _running(db, a, old.id)
+    dep_id = db.create_deployment(new.id, device_ids=[a, b], timeout_seconds=60,
+                                  rollback_on_failure=True).deployment.id
+    db.record_report(b, fleet_pb2.ReportedState(deployment_id=dep_id, target_bundle_id=new.id,
+                                                phase=Phase.FAILED, error="bad"))
+    # the process ends here, before apply_rollbacks; the next reaper pass moves the devices
+    moved = []
+    DeploymentReaper(db, on_desired_changed=moved.extend).reap_once()
+    assert sorted(moved) == sorted([a, b])
+    assert db.desired_state(a).bundle_id == old.id and db.desired_state(b) is None
+
+
+def test_without_rollback_or_when_superseded_nothing_rolls_back(db, tmp_path, publisher_key):
+    old, _ = _bundle(db, tmp_path, publisher_key)
+    new, _ = _bundle(db, tmp_path, publisher_key)
+    newer, _ = _bundle(db, tmp_path, publisher_key)
+    a, _ = _enroll(db)
+    b, _ = _enroll(db)
+    _running(db, a, old.id)
+    _running(db, b, old.id)
+    plain = db.create_deployment(new.id, device_ids=[a], timeout_seconds=60)
+    assert plain.rollback is None
+    db.record_report(a, fleet_pb2.ReportedState(deployment_id=plain.deployment.id, target_bundle_id=new.id,
+                                                phase=Phase.FAILED, error="bad"))
+    assert db.get_deployment(plain.deployment.id).deployment.state == FAILED
+    # a newer deployment superseding one target is not a device failure: no rollback
+    first = db.create_deployment(new.id, device_ids=[a, b], timeout_seconds=60, rollback_on_failure=True)
+    db.create_deployment(newer.id, device_ids=[a], timeout_seconds=60)
+    assert db.get_deployment(first.deployment.id).deployment.state == FAILED
+    assert db.apply_rollbacks() == []
+    assert db.desired_state(b).bundle_id == new.id and db.desired_state(a).bundle_id == newer.id
 
 
 def test_newer_deployment_supersedes_older_target(db, tmp_path, publisher_key):
