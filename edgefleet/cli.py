@@ -35,6 +35,7 @@ _OPERATOR = {
     "deploy": "deploy an uploaded bundle to devices or a label selector",
     "status": "fleet status: devices, what they hold and run",
     "devices": "list devices",
+    "remove-device": "decommission a device: its credential stops working",
     "deployments": "list deployments",
 }
 

@@ -1,4 +1,4 @@
-"""Operator subcommands: keygen, token, upload, deploy, status, devices, deployments.
+"""Operator subcommands: keygen, token, upload, deploy, status, devices, remove-device, deployments.
 
 Every call but keygen talks to a running server through `server.admin_client.AdminClient`.
 Where to find the server and the operator token, first match wins:
@@ -162,6 +162,16 @@ def cmd_devices(argv: list[str]) -> int:
     return 0
 
 
+def cmd_remove_device(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="edgefleet remove-device", description=_doc("remove-device"))
+    _connection_args(parser)
+    parser.add_argument("device_id")
+    args = parser.parse_args(argv)
+    device = _client(args).remove_device(args.device_id)
+    print(f"removed device {device.device_id} ({device.hostname}); its credential no longer works")
+    return 0
+
+
 def cmd_deployments(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="edgefleet deployments", description=_doc("deployments"))
     _connection_args(parser)
@@ -191,7 +201,8 @@ def _print_devices(devices) -> None:
 
 _COMMANDS = {
     "keygen": cmd_keygen, "token": cmd_token, "upload": cmd_upload, "deploy": cmd_deploy,
-    "status": cmd_status, "devices": cmd_devices, "deployments": cmd_deployments,
+    "status": cmd_status, "devices": cmd_devices, "remove-device": cmd_remove_device,
+    "deployments": cmd_deployments,
 }
 
 

@@ -316,6 +316,12 @@ class GetDeviceRequest(_message.Message):
     device_id: str
     def __init__(self, device_id: _Optional[str] = ...) -> None: ...
 
+class RemoveDeviceRequest(_message.Message):
+    __slots__ = ("device_id",)
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    def __init__(self, device_id: _Optional[str] = ...) -> None: ...
+
 class SetDeviceLabelsRequest(_message.Message):
     __slots__ = ("device_id", "labels")
     class LabelsEntry(_message.Message):

@@ -235,6 +235,11 @@ class AdminServiceStub:
                 request_serializer=proto_dot_fleet__pb2.SetDeviceLabelsRequest.SerializeToString,
                 response_deserializer=proto_dot_fleet__pb2.Device.FromString,
                 _registered_method=True)
+        self.RemoveDevice = channel.unary_unary(
+                '/edgefleet.v1.AdminService/RemoveDevice',
+                request_serializer=proto_dot_fleet__pb2.RemoveDeviceRequest.SerializeToString,
+                response_deserializer=proto_dot_fleet__pb2.Device.FromString,
+                _registered_method=True)
         self.UploadBundle = channel.stream_unary(
                 '/edgefleet.v1.AdminService/UploadBundle',
                 request_serializer=proto_dot_fleet__pb2.UploadBundleRequest.SerializeToString,
@@ -294,6 +299,15 @@ class AdminServiceServicer:
 
     def SetDeviceLabels(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveDevice(self, request, context):
+        """Decommission a device (lost, stolen, retired): its credential stops working at once, its
+        open stream is closed, and it leaves every listing, metric and deployment record. Returns
+        the device as it was. To come back it must enroll again with a new token.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -358,6 +372,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
             'SetDeviceLabels': grpc.unary_unary_rpc_method_handler(
                     servicer.SetDeviceLabels,
                     request_deserializer=proto_dot_fleet__pb2.SetDeviceLabelsRequest.FromString,
+                    response_serializer=proto_dot_fleet__pb2.Device.SerializeToString,
+            ),
+            'RemoveDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveDevice,
+                    request_deserializer=proto_dot_fleet__pb2.RemoveDeviceRequest.FromString,
                     response_serializer=proto_dot_fleet__pb2.Device.SerializeToString,
             ),
             'UploadBundle': grpc.stream_unary_rpc_method_handler(
@@ -502,6 +521,33 @@ class AdminService:
             target,
             '/edgefleet.v1.AdminService/SetDeviceLabels',
             proto_dot_fleet__pb2.SetDeviceLabelsRequest.SerializeToString,
+            proto_dot_fleet__pb2.Device.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/RemoveDevice',
+            proto_dot_fleet__pb2.RemoveDeviceRequest.SerializeToString,
             proto_dot_fleet__pb2.Device.FromString,
             options,
             channel_credentials,

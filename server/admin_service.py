@@ -128,6 +128,17 @@ class AdminService(fleet_pb2_grpc.AdminServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return self._device(device)
 
+    @operator_only
+    def RemoveDevice(self, request, context):
+        try:
+            device, ended = self.db.remove_device(request.device_id)
+        except NotFound as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        self.hub.disconnect(device.id)   # other replicas end its stream at their next recheck
+        log.warning("device %s removed%s", device.id,
+                    f"; ended deployment(s) {', '.join(ended)}" if ended else "")
+        return self._device(device)
+
     # -- bundles ----------------------------------------------------------------------
     @operator_only
     def UploadBundle(self, request_iterator, context):

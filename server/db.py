@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-from sqlalchemy import create_engine, event, func, select, update
+from sqlalchemy import create_engine, delete, event, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -237,6 +237,32 @@ class Database:
                 raise NotFound(f"unknown device {device_id!r}")
             device.labels = labels
         return device
+
+    def remove_device(self, device_id: str, now: float | None = None) -> tuple[Device, list[str]]:
+        """Delete the device, its credential and its deployment records; returns the device as it
+        was and the ids of the deployments this ended. A deployment the device was the last
+        unfinished target of is settled on the targets left (FAILED when none is left)."""
+        now = time.time() if now is None else now
+        with self._write() as s:
+            device = s.get(Device, device_id, with_for_update=True)
+            if device is None:
+                raise NotFound(f"unknown device {device_id!r}")
+            dep_ids = sorted(s.scalars(select(DeploymentTarget.deployment_id)
+                                       .where(DeploymentTarget.device_id == device_id)).all())
+            s.execute(delete(DeploymentTarget).where(DeploymentTarget.device_id == device_id))
+            s.execute(delete(DeploymentRollback).where(DeploymentRollback.device_id == device_id))
+            ended = []
+            for dep in s.scalars(select(Deployment).where(Deployment.id.in_(dep_ids), Deployment.state == IN_PROGRESS)
+                                 .order_by(Deployment.id).with_for_update()).all() if dep_ids else []:
+                left = s.scalar(select(func.count()).select_from(DeploymentTarget)
+                                .where(DeploymentTarget.deployment_id == dep.id))
+                if left == 0:
+                    dep.state, dep.finished_at = FAILED, now
+                    ended.append(dep.id)
+                elif self._settle(s, dep, now):
+                    ended.append(dep.id)
+            s.delete(device)
+            return device, ended
 
     def touch(self, device_id: str, now: float | None = None, info: bytes | None = None) -> None:
         """Record that the device was heard from (and, from a Hello, what it runs on)."""

@@ -102,7 +102,11 @@ class DeviceService(fleet_pb2_grpc.DeviceServiceServicer):
                 if item == CLOSE:
                     break
                 if item == DESIRED_CHANGED or time.monotonic() >= next_recheck:
-                    # The periodic re-read covers changes made through another server replica.
+                    # The periodic re-read covers changes made through another server replica,
+                    # a removal among them: the stream ends and the credential no longer works.
+                    if self.db.get_device(device_id) is None:
+                        log.info("device %s was removed: ending its stream", device_id)
+                        break
                     message, last_sent = self._desired_message(device_id, last_sent)
                     if message is not None:
                         yield message

@@ -64,6 +64,13 @@ class SessionHub:
         for s in sessions:
             s.notify_desired()
 
+    def disconnect(self, device_id: str) -> None:
+        """End the device's stream on this replica (it was removed)."""
+        with self._lock:
+            session = self._sessions.pop(device_id, None)
+        if session is not None:
+            session.close()
+
     def connected(self) -> set[str]:
         with self._lock:
             return set(self._sessions)

@@ -187,7 +187,8 @@ def test_agent_takes_its_enrollment_token_from_the_environment(tmp_path):
 def test_a_failing_bundle_rolls_the_fleet_back(fleet, bundle, tmp_path):
     """Real agents: both run a good bundle; a signed bundle whose models cannot load goes out
     with rollback_on_failure; the first agent to fail ends the deployment ROLLED_BACK, both are
-    sent the good bundle again, report it installed, and still answer on it."""
+    sent the good bundle again, report it installed, and still answer on it. Then one device is
+    removed: its agent is refused from then on."""
     from proto import signing
     from tests.server.conftest import make_bundle
 
@@ -219,3 +220,10 @@ def test_a_failing_bundle_rolls_the_fleet_back(fleet, bundle, tmp_path):
     for agent in agents:
         _, served_by, _ = _infer(agent.info["local_port"], x, manifest.variants[0].id)
         assert served_by == manifest.variants[0].id
+
+    # Decommission one: the server drops it and its stream; the agent's next connection is refused.
+    client.remove_device(device_ids[0])
+    assert [d.device_id for d in client.list_devices("")] == [device_ids[1]]
+    _wait(lambda: "rejected this device's credential" in agents[0].log_tail(200), 60,
+          "the removed agent to be refused")
+    assert agents[0].alive()            # it keeps serving what it holds, offline

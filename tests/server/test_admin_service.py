@@ -225,6 +225,28 @@ def test_failure_with_rollback_sends_every_device_back(server, admin, device_cha
             stream.close()
 
 
+def test_removed_device_is_cut_off(server, admin, device_channel):
+    device = enroll(admin, device_channel)
+    stream = DeviceStream(device_channel, device.credential)
+    try:
+        stream.send(heartbeat=fleet_pb2.Heartbeat(sequence=1))
+        stream.next("ack")
+        removed = admin.remove_device(device.device_id)
+        assert removed.device_id == device.device_id
+        assert stream.ended.wait(10)                   # its open stream is closed at once
+        assert device.device_id not in {d.device_id for d in admin.list_devices("")}
+        with pytest.raises(grpc.RpcError) as err:      # and its credential no longer works
+            fleet_pb2_grpc.DeviceServiceStub(device_channel).Download(
+                fleet_pb2.DownloadRequest(digest="sha256:" + "0" * 64),
+                metadata=(("authorization", f"Bearer {device.credential}"),), timeout=10).next()
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as err:
+            admin.remove_device(device.device_id)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        stream.close()
+
+
 def test_deadline_passed_means_timed_out(server, admin, device_channel, bundle):
     folder, _, _ = bundle
     device = enroll(admin, device_channel)

@@ -222,6 +222,30 @@ def test_without_rollback_or_when_superseded_nothing_rolls_back(db, tmp_path, pu
     assert db.desired_state(b).bundle_id == new.id and db.desired_state(a).bundle_id == newer.id
 
 
+def test_removed_device_loses_credential_and_records(db, tmp_path, publisher_key):
+    bundle, _ = _bundle(db, tmp_path, publisher_key)
+    a, cred_a = _enroll(db)
+    b, _ = _enroll(db)
+    c, _ = _enroll(db)
+    both = db.create_deployment(bundle.id, device_ids=[a, b], timeout_seconds=60).deployment.id
+    db.record_report(b, fleet_pb2.ReportedState(bundle_id=bundle.id, deployment_id=both, phase=Phase.INSTALLED))
+    alone = db.create_deployment(bundle.id, device_ids=[c], timeout_seconds=60,
+                                 rollback_on_failure=True).deployment.id
+    assert db.authenticate(cred_a) == a
+    removed, ended = db.remove_device(a)
+    assert removed.id == a and ended == [both]     # b, the target left, had installed it
+    assert db.authenticate(cred_a) is None and db.get_device(a) is None
+    assert sorted(d.id for d in db.list_devices()) == sorted([b, c])
+    view = db.get_deployment(both)
+    assert view.deployment.state == SUCCEEDED and [t.device_id for t in view.targets] == [b]
+    # the last target of a deployment: it ends FAILED with nobody left
+    assert db.remove_device(c)[1] == [alone]
+    assert db.get_deployment(alone).deployment.state == FAILED
+    assert db.get_deployment(alone).targets == [] and db.get_deployment(alone).rollback is None
+    with pytest.raises(NotFound, match="unknown device"):
+        db.remove_device(a)
+
+
 def test_newer_deployment_supersedes_older_target(db, tmp_path, publisher_key):
     first, _ = _bundle(db, tmp_path, publisher_key)
     second, _ = _bundle(db, tmp_path, publisher_key)
