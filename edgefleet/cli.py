@@ -36,7 +36,8 @@ _OPERATOR = {
     "status": "fleet status: devices, what they hold and run",
     "devices": "list devices",
     "remove-device": "decommission a device: its credential stops working",
-    "deployments": "list deployments",
+    "bundles": "list uploaded bundles",
+    "deployments": "list deployments (--targets: per device, with errors)",
 }
 
 

@@ -1,4 +1,5 @@
-"""Operator subcommands: keygen, token, upload, deploy, status, devices, remove-device, deployments.
+"""Operator subcommands: keygen, token, upload, deploy, status, devices, remove-device, bundles,
+deployments.
 
 Every call but keygen talks to a running server through `server.admin_client.AdminClient`.
 Where to find the server and the operator token, first match wins:
@@ -172,16 +173,36 @@ def cmd_remove_device(argv: list[str]) -> int:
     return 0
 
 
+def cmd_bundles(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="edgefleet bundles", description=_doc("bundles"))
+    _connection_args(parser)
+    args = parser.parse_args(argv)
+    for b in _client(args).list_bundles():
+        print(f"{b.bundle_id}  {b.model} {b.version}  {len(b.variant_ids)} variant(s) "
+              f"({', '.join(b.variant_ids)})  {b.total_bytes} bytes  "
+              f"uploaded {time.strftime('%F %T', time.localtime(b.created_unix))}")
+    return 0
+
+
 def cmd_deployments(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="edgefleet deployments", description=_doc("deployments"))
     _connection_args(parser)
+    parser.add_argument("--targets", action="store_true",
+                        help="also print every target: phase, error, where a rollback sends it")
     args = parser.parse_args(argv)
     from proto import fleet_pb2
 
+    phase = fleet_pb2.ReportedState.Phase.Name
     for d in _client(args).list_deployments():
         done = sum(1 for t in d.targets if t.phase == fleet_pb2.ReportedState.INSTALLED)
         print(f"{d.deployment_id}  {fleet_pb2.Deployment.State.Name(d.state):<12} bundle {d.bundle_id[:12]}  "
-              f"{done}/{len(d.targets)} installed  created {time.strftime('%F %T', time.localtime(d.created_unix))}")
+              f"{done}/{len(d.targets)} installed  created {time.strftime('%F %T', time.localtime(d.created_unix))}"
+              + ("  rollback on failure" if d.rollback_on_failure else ""))
+        if args.targets:
+            for t in d.targets:
+                back = f"  rollback to {t.rollback_bundle_id[:12] or 'nothing'}" if d.rollback_on_failure else ""
+                print(f"    {t.device_id}  {phase(t.phase) if t.phase else 'PENDING':<12}{back}"
+                      + (f"  {t.error}" if t.error else ""))
     return 0
 
 
@@ -202,7 +223,7 @@ def _print_devices(devices) -> None:
 _COMMANDS = {
     "keygen": cmd_keygen, "token": cmd_token, "upload": cmd_upload, "deploy": cmd_deploy,
     "status": cmd_status, "devices": cmd_devices, "remove-device": cmd_remove_device,
-    "deployments": cmd_deployments,
+    "bundles": cmd_bundles, "deployments": cmd_deployments,
 }
 
 

@@ -84,6 +84,10 @@ class AdminClient:
         return self._call(self._stub.SetDeviceLabels,
                           fleet_pb2.SetDeviceLabelsRequest(device_id=device_id, labels=labels))
 
+    def remove_device(self, device_id: str) -> fleet_pb2.Device:
+        """Decommission a device: its credential stops working; it must enroll again to return."""
+        return self._call(self._stub.RemoveDevice, fleet_pb2.RemoveDeviceRequest(device_id=device_id))
+
     # -- bundles ----------------------------------------------------------------------
     def upload_bundle(self, bundle_dir: str | pathlib.Path) -> fleet_pb2.Bundle:
         """Upload a bundle folder (manifest.json, manifest.sig, publisher.pub, variant files)."""
@@ -102,10 +106,6 @@ class AdminClient:
         return list(self._call(self._stub.ListBundles, fleet_pb2.ListBundlesRequest()).bundles)
 
     # -- deployments ------------------------------------------------------------------
-    def remove_device(self, device_id: str) -> fleet_pb2.Device:
-        """Decommission a device: its credential stops working; it must enroll again to return."""
-        return self._call(self._stub.RemoveDevice, fleet_pb2.RemoveDeviceRequest(device_id=device_id))
-
     def deploy(self, bundle_id: str, device_ids: list[str] | None = None,
                label_selector: str | None = None, timeout: float | None = None,
                rollback_on_failure: bool = False) -> fleet_pb2.Deployment:

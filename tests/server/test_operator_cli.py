@@ -1,0 +1,49 @@
+"""The operator commands (`edgefleet upload/bundles/deploy/deployments/remove-device`) against a
+real server over gRPC, with a scripted device stream in the device's place."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from proto import fleet_pb2
+from tests.server.conftest import DeviceStream, enroll
+
+Phase = fleet_pb2.ReportedState.Phase
+
+
+def _cli(server, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgefleet.cli", *args, "--server", server.address,
+                           "--token", server.operator_token], capture_output=True, text=True, timeout=120)
+
+
+def test_operator_workflow_with_rollback_and_removal(server, admin, device_channel, bundle):
+    folder, _, _ = bundle
+    device = enroll(admin, device_channel, hostname="bench-7")
+    stream = DeviceStream(device_channel, device.credential)
+    try:
+        upload = _cli(server, "upload", str(folder))
+        assert upload.returncode == 0, upload.stderr
+        bundle_id = upload.stdout.split()[2]
+        listed = _cli(server, "bundles")
+        assert listed.returncode == 0 and listed.stdout.startswith(bundle_id)
+
+        deploy = _cli(server, "deploy", bundle_id, "--device", device.device_id, "--rollback-on-failure")
+        assert deploy.returncode == 0, deploy.stderr
+        desired = stream.next("desired")
+        stream.send(state=fleet_pb2.ReportedState(target_bundle_id=bundle_id, deployment_id=desired.deployment_id,
+                                                  phase=Phase.FAILED, error="model does not load"))
+        admin.wait_deployment(desired.deployment_id, timeout=30)
+        shown = _cli(server, "deployments", "--targets")
+        assert shown.returncode == 0, shown.stderr
+        assert "ROLLED_BACK" in shown.stdout and "rollback on failure" in shown.stdout
+        assert f"{device.device_id}  FAILED" in shown.stdout and "model does not load" in shown.stdout
+        assert "rollback to nothing" in shown.stdout       # the device ran no bundle before
+
+        removed = _cli(server, "remove-device", device.device_id)
+        assert removed.returncode == 0 and "bench-7" in removed.stdout
+        again = _cli(server, "remove-device", device.device_id)
+        assert again.returncode == 1 and "NOT_FOUND" in again.stderr
+        assert device.device_id not in _cli(server, "devices").stdout
+    finally:
+        stream.close()
