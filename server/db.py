@@ -251,9 +251,11 @@ class Database:
                                        .where(DeploymentTarget.device_id == device_id)).all())
             s.execute(delete(DeploymentTarget).where(DeploymentTarget.device_id == device_id))
             s.execute(delete(DeploymentRollback).where(DeploymentRollback.device_id == device_id))
+            open_deps = s.scalars(select(Deployment)
+                                  .where(Deployment.id.in_(dep_ids), Deployment.state == IN_PROGRESS)
+                                  .order_by(Deployment.id).with_for_update()).all() if dep_ids else []
             ended = []
-            for dep in s.scalars(select(Deployment).where(Deployment.id.in_(dep_ids), Deployment.state == IN_PROGRESS)
-                                 .order_by(Deployment.id).with_for_update()).all() if dep_ids else []:
+            for dep in open_deps:
                 left = s.scalar(select(func.count()).select_from(DeploymentTarget)
                                 .where(DeploymentTarget.deployment_id == dep.id))
                 if left == 0:
