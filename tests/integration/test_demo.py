@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 def test_demo_runs_and_a_device_adapts(tmp_path):
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    # 60 s of traffic covers the heat device's trip (~45 s in at the default 10x sensor speed).
+    # 60 s of traffic covers the heat device's trip (~40 s in at the default 10x sensor speed).
     result = subprocess.run(
         [sys.executable, "-m", "edgefleet.cli", "demo", "--duration", "60", "--plain", "--epochs", "5",
          "--workdir", str(tmp_path / "demo")],
