@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from agent.download import digest_hex, file_sha256
 from agent.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir, is_temp_name, TMP_MARKER
 from proto import signing
-from proto.manifest import Manifest, ManifestError, bundle_id_of
+from proto.manifest import Manifest, ManifestError, bundle_id_of, decode_variant
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class InstalledBundle:
     manifest: Manifest
 
     def variant_path(self, variant_id: str) -> pathlib.Path:
-        return self.path / self.manifest.variant(variant_id).file
+        return self.path / self.manifest.variant(variant_id).model_file
 
 
 class Store:
@@ -118,13 +118,15 @@ class Store:
         except ManifestError as exc:
             raise StoreError(f"bundle {bundle_id}: {exc}") from None
         for v in manifest.variants:
-            path = folder / v.file
+            # the installed ONNX file: a deflated variant was inflated at staging
+            path = folder / v.model_file
+            digest = v.decoded_digest if v.encoding else v.digest
             try:
                 size = path.stat().st_size
             except OSError:
-                raise StoreError(f"bundle {bundle_id}: variant file {v.file} is missing") from None
-            if size != v.size_bytes or "sha256:" + file_sha256(path) != v.digest:
-                raise StoreError(f"bundle {bundle_id}: variant file {v.file} does not match its digest")
+                raise StoreError(f"bundle {bundle_id}: variant file {v.model_file} is missing") from None
+            if size != v.model_size or "sha256:" + file_sha256(path) != digest:
+                raise StoreError(f"bundle {bundle_id}: variant file {v.model_file} does not match its digest")
         return InstalledBundle(bundle_id, deployment_id, folder, manifest)
 
     def has_artifact(self, digest: str) -> bool:
@@ -185,7 +187,13 @@ class Store:
         atomic_write_bytes(folder / "publisher.pub", publisher_key)
         for v in manifest.variants:
             src = self.artifacts / digest_hex(v.digest)
-            dst = folder / v.file
+            dst = folder / v.model_file
+            if v.encoding:                   # deflated for the transfer: install the ONNX file
+                try:
+                    atomic_write_bytes(dst, decode_variant(v, src.read_bytes()))
+                except ManifestError as exc:
+                    raise StoreError(str(exc)) from None
+                continue
             try:
                 os.link(src, dst)            # same file system: no copy, no extra space
             except OSError:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from proto.manifest import LayerGroup, Manifest, TensorSpec, Variant, bundle_id_of, sha256_digest
+from proto.manifest import LayerGroup, Manifest, TensorSpec, Variant, bundle_id_of, decode_variant, sha256_digest
 
 
 @dataclass
@@ -24,20 +24,30 @@ class DirBundle:
     path: pathlib.Path
 
     def variant_path(self, variant_id: str) -> pathlib.Path:
-        return self.path / self.manifest.variant(variant_id).file
+        return self.path / self.manifest.variant(variant_id).model_file
 
 
 def load_bundle_dir(folder: str | pathlib.Path) -> DirBundle:
     """A bundle folder as `python -m compressor.cli compress --out DIR` writes it (manifest.json
-    + ONNX files). File digests are checked; the signature is the agent store's business."""
+    + ONNX files, sparse ones deflated). File digests are checked and deflated files inflated
+    into a temporary folder, as the agent store would install them; the signature is the agent
+    store's business."""
+    import tempfile
+
     folder = pathlib.Path(folder)
     data = (folder / "manifest.json").read_bytes()
     manifest = Manifest.from_bytes(data)
+    installed = folder
+    if any(v.encoding for v in manifest.variants):
+        installed = pathlib.Path(tempfile.mkdtemp(prefix="edgefleet-bundle-"))
     for v in manifest.variants:
-        got = sha256_digest((folder / v.file).read_bytes())
+        blob = (folder / v.file).read_bytes()
+        got = sha256_digest(blob)
         if got != v.digest:
             raise ValueError(f"{v.file}: digest {got} does not match the manifest's {v.digest}")
-    return DirBundle(bundle_id_of(data), manifest, folder)
+        if installed != folder:
+            (installed / v.model_file).write_bytes(decode_variant(v, blob))
+    return DirBundle(bundle_id_of(data), manifest, installed)
 
 
 def _mlp(seed: int, in_dim: int, hidden: int, out_dim: int, layers: int):

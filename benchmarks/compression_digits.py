@@ -11,7 +11,9 @@ latency p50 at batch 1) and the peers on the same trained weights:
   ort-matmulnbits    onnxruntime MatMulNBitsQuantizer int4 (block 32); it only rewrites MatMul,
                      so CNNs whose linear layers are Gemm come back unchanged (said so)
   torch.ao-dynamic   torch.ao.quantization.quantize_dynamic on nn.Linear (PyTorch eager latency)
-Ratios: size and latency relative to fp32, and our int8 against each int8 peer.
+Ratios: size and latency relative to fp32, and our int8 against each int8 peer. "shipped" is
+what one of our variants takes in a bundle and on the wire to each device: sparse ones are
+stored deflated (compressor/bundle.py), the ONNX size is what a device loads.
 
 The distill section trains, per seed, the same narrower student (same init, data order,
 epochs and learning rate) once alone and once from the teacher (Hinton KD, and Hinton +
@@ -38,6 +40,7 @@ from compressor import (DistillConfig, Fp32Config, Int4WeightOnlyConfig,  # noqa
                         Int8DynamicConfig, Int8StaticConfig, PruneConfig, compress)
 from compressor.evaluate import (LatencyConfig, accuracy_fn, measure_latency,  # noqa: E402
                                  session)
+from compressor.bundle import stored_size  # noqa: E402
 from compressor.examples import EXAMPLES  # noqa: E402
 
 
@@ -126,6 +129,7 @@ def run_model(name: str, lat: LatencyConfig, epochs: int | None) -> None:
     rows = [(v.id, "ours", v.method, v.bits_label, v.sparsity,
              v.size_bytes, v.quality, v.latency_p50_seconds, v.details.get("macs"))
             for v in res.manifest.variants]
+    shipped = {v.id: stored_size(res.files[v.file]) for v in res.manifest.variants}
     acc = accuracy_fn(*ex.heldout)
     with tempfile.TemporaryDirectory() as d:
         for pid, data in ort_peers(res.files["fp32.onnx"], ex.calibration[0], pathlib.Path(d)).items():
@@ -140,12 +144,13 @@ def run_model(name: str, lat: LatencyConfig, epochs: int | None) -> None:
                  0.0, size, a, p50, None))
     t = Table(title=f"{name}: trained in {train_s:.0f} s, held-out n={len(ex.heldout[1])}, "
                     f"onnxruntime {lat.threads} thread(s), batch 1")
-    for c in ("variant", "by", "method", "bits", "sparsity", "size KiB", "x smaller", "accuracy",
+    for c in ("variant", "by", "method", "bits", "sparsity", "size KiB", "shipped KiB", "x smaller", "accuracy",
               "drop pt", "p50 ms", "x faster", "MACs"):
         t.add_column(c)
     for vid, by, method, bits, sp, size, q, p50, macs in rows:
         t.add_row(vid, by, method, bits, f"{sp:.2f}",
                   "-" if size is None else f"{size / 1024:.1f}",
+                  f"{shipped[vid] / 1024:.1f}" if by == "ours" else "-",
                   "-" if size is None else f"{fp32.size_bytes / size:.2f}",
                   "-" if q is None else f"{q:.4f}",
                   "-" if q is None else f"{(fp32.quality - q) * 100:+.2f}",

@@ -5,7 +5,8 @@ A bundle on disk is a folder:
     manifest.json     canonical JSON (sorted keys, no spaces), the bytes that are signed
     manifest.sig      Ed25519 signature over manifest.json (64 raw bytes)
     publisher.pub     the raw 32-byte public key that signed it
-    <variant files>   one ONNX file per variant, named in the manifest (no sub-folders)
+    <variant files>   one ONNX file per variant, named in the manifest (no sub-folders);
+                      "<name>.onnx.zlib" where the variant is stored deflated (ENCODINGS)
 
 The bundle id is the sha256 hex of manifest.json; artifacts are addressed by
 "sha256:<hex>" of their bytes. Producers (the compressor) build a `Manifest` and call
@@ -30,6 +31,13 @@ _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.onnx$")
 
+# How a variant file is stored and shipped. "" = the ONNX file itself; "zlib" = the ONNX file
+# deflated (its name ends in ".onnx.zlib"), which the agent inflates when it installs the
+# bundle. The compressor deflates a variant only where it pays: the zeros of a 75 %-sparse int8
+# variant leave 0.4 of it, while the random-looking bytes of a dense int8 one leave 0.9.
+ENCODINGS = ("", "zlib")
+ZLIB_SUFFIX = ".zlib"
+
 # Sparsity patterns a variant may declare.
 SPARSITY_PATTERNS = ("none", "unstructured", "block", "2:4", "channel")
 
@@ -46,6 +54,24 @@ def sha256_digest(data: bytes) -> str:
 def bundle_id_of(manifest_bytes: bytes) -> str:
     """A bundle is named by the sha256 hex of its exact manifest bytes."""
     return hashlib.sha256(manifest_bytes).hexdigest()
+
+
+def decode_variant(v: "Variant", stored: bytes) -> bytes:
+    """The ONNX bytes of a variant from its stored (already digest-checked) bytes. Inflates at
+    most decoded_size + 1 bytes, so a crafted file cannot exhaust memory, and checks size and
+    digest of the result: ManifestError on any mismatch."""
+    if not v.encoding:
+        return stored
+    import zlib
+
+    inflater = zlib.decompressobj()
+    try:
+        data = inflater.decompress(stored, v.decoded_size + 1)
+    except zlib.error as exc:
+        raise ManifestError(f"variant {v.id}: {v.file} does not inflate: {exc}") from None
+    if len(data) != v.decoded_size or not inflater.eof or sha256_digest(data) != v.decoded_digest:
+        raise ManifestError(f"variant {v.id}: {v.file} does not inflate to the ONNX file the manifest names")
+    return data
 
 
 @dataclass(frozen=True)
@@ -91,6 +117,21 @@ class Variant:
     parent: str | None = None           # id of the variant it was derived from
     layer_groups: tuple[LayerGroup, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)   # method-specific, informational
+    # Storage (see ENCODINGS): file, digest and size_bytes describe the stored bytes; with an
+    # encoding, decoded_* describe the ONNX file they inflate to.
+    encoding: str = ""
+    decoded_size: int = 0
+    decoded_digest: str = ""
+
+    @property
+    def model_file(self) -> str:
+        """Name of the ONNX file once installed (the stored name without the encoding suffix)."""
+        return self.file[:-len(ZLIB_SUFFIX)] if self.encoding == "zlib" else self.file
+
+    @property
+    def model_size(self) -> int:
+        """Bytes of the ONNX file itself."""
+        return self.decoded_size if self.encoding else self.size_bytes
 
     @property
     def bits_label(self) -> str:
@@ -182,8 +223,17 @@ class Manifest:
             if v.id in seen_ids:
                 raise ManifestError(f"duplicate variant id {v.id!r}")
             seen_ids.add(v.id)
-            if not isinstance(v.file, str) or not _FILE_RE.match(v.file):
-                raise ManifestError(f"variant {v.id}: file name {v.file!r} must be a plain *.onnx name")
+            if v.encoding not in ENCODINGS:
+                raise ManifestError(f"variant {v.id}: unknown encoding {v.encoding!r} (known: {ENCODINGS})")
+            if not isinstance(v.file, str) or not _FILE_RE.match(v.model_file) or \
+                    (v.encoding == "zlib") != v.file.endswith(ZLIB_SUFFIX):
+                raise ManifestError(f"variant {v.id}: file name {v.file!r} must be a plain *.onnx name"
+                                    " (*.onnx.zlib when deflated)")
+            if v.encoding and (not isinstance(v.decoded_size, int) or v.decoded_size <= 0
+                               or not isinstance(v.decoded_digest, str) or not _DIGEST_RE.match(v.decoded_digest)):
+                raise ManifestError(f"variant {v.id}: an encoded file needs decoded_size and decoded_digest")
+            if not v.encoding and (v.decoded_size or v.decoded_digest):
+                raise ManifestError(f"variant {v.id}: decoded_size/decoded_digest without an encoding")
             if v.file in seen_files:
                 raise ManifestError(f"variant {v.id}: file {v.file!r} listed twice")
             seen_files.add(v.file)

@@ -100,21 +100,28 @@ class TestBundle:
 
 
 def make_bundle(key=None, seeds=(1, 2, 3), version: str = "1", details: dict[str, dict] | None = None,
-                models: dict[str, bytes] | None = None) -> TestBundle:
+                models: dict[str, bytes] | None = None, deflate: tuple[str, ...] = ()) -> TestBundle:
     """fp32/int8/int4 variants of the tiny model; `details` and `models` override a variant's
-    manifest details and ONNX bytes by variant id."""
+    manifest details and ONNX bytes by variant id; the variants named in `deflate` are stored
+    deflated (encoding "zlib"), as the compressor stores sparse ones."""
+    import zlib
+
     key = key or signing.generate_private_key()
     details, models = details or {}, models or {}
     variants, files = [], {}
     specs = [("fp32", 32, 0.95), ("int8", 8, 0.93), ("int4", 4, 0.90)]
     for (vid, bits, quality), seed in zip(specs, seeds):
         data = models.get(vid) or linear_model_bytes(seed)
+        storage = {}
+        if vid in deflate:
+            onnx_bytes, data = data, zlib.compress(data)
+            storage = dict(encoding="zlib", decoded_size=len(onnx_bytes), decoded_digest=sha256_digest(onnx_bytes))
         digest = sha256_digest(data)
         files[digest] = data
-        variants.append(Variant(id=vid, file=f"model-{vid}.onnx", digest=digest, size_bytes=len(data),
-                                method="fp32" if bits == 32 else "ptq-static", weight_bits=bits,
+        variants.append(Variant(id=vid, file=f"model-{vid}.onnx" + (".zlib" if storage else ""), digest=digest,
+                                size_bytes=len(data), method="fp32" if bits == 32 else "ptq-static", weight_bits=bits,
                                 activation_bits=32 if bits == 32 else 8, quality=quality,
-                                layer_groups=(LayerGroup("*", bits, 32),), details=details.get(vid, {})))
+                                layer_groups=(LayerGroup("*", bits, 32),), details=details.get(vid, {}), **storage))
     manifest = Manifest(model="tiny", version=version, quality_metric="accuracy",
                         inputs=(TensorSpec("input", (None, IN_DIM)),),
                         outputs=(TensorSpec("logits", (None, OUT_DIM)),),

@@ -138,6 +138,56 @@ def test_deployer_installs_and_switches_pointer(tmp_path, fleet_server):
     assert store.verify_bundle(bundle.bundle_id, "dep-1", [bundle.publisher_key]).bundle_id == bundle.bundle_id
 
 
+def test_deflated_variant_is_installed_as_its_onnx_file(tmp_path, fleet_server):
+    """A variant shipped deflated (as the compressor stores sparse ones) downloads in its stored
+    form, installs as the ONNX file, re-verifies at restart, and a damaged installed file is
+    caught there too."""
+    import zlib
+
+    fleet, stub = fleet_server
+    bundle = make_bundle(deflate=("int8",))
+    _serve(fleet, bundle)
+    deployer, store, state = _deployer(tmp_path, stub, [bundle.publisher_key])
+    deployer.apply(bundle.desired("dep-1"))
+    _, reported = state.snapshot()
+    assert reported.phase == RS.INSTALLED, reported
+    v = bundle.manifest.variant("int8")
+    assert v.file == "model-int8.onnx.zlib" and v.model_file == "model-int8.onnx"
+    installed = store.verify_bundle(bundle.bundle_id, "dep-1", [bundle.publisher_key])
+    path = installed.variant_path("int8")
+    assert path.name == "model-int8.onnx"
+    assert path.read_bytes() == zlib.decompress(bundle.files[v.digest])        # the ONNX bytes
+    assert store.has_artifact(v.digest)                                        # the stored form, for resume
+    path.write_bytes(path.read_bytes()[:-1] + b"\0")
+    with pytest.raises(store_mod.StoreError, match="model-int8.onnx does not match"):
+        store.verify_bundle(bundle.bundle_id, "dep-1", [bundle.publisher_key])
+
+
+def test_deflated_variant_that_inflates_wrong_fails_the_deployment(tmp_path, fleet_server):
+    import dataclasses
+    import zlib
+
+    from proto.manifest import Manifest
+
+    fleet, stub = fleet_server
+    good = make_bundle(deflate=("int8",))
+    v = good.manifest.variant("int8")
+    # a signed manifest whose deflated file inflates to bytes it does not name
+    lying = dataclasses.replace(v, decoded_digest="sha256:" + "0" * 64)
+    manifest = dataclasses.replace(good.manifest, variants=tuple(lying if x.id == "int8" else x
+                                                                 for x in good.manifest.variants))
+    raw = manifest.to_bytes()
+    bad = dataclasses.replace(good, manifest=Manifest.from_bytes(raw), manifest_bytes=raw,
+                              signature=signing.sign(raw, good.key))
+    _serve(fleet, bad)
+    deployer, store, state = _deployer(tmp_path, stub, [bad.publisher_key])
+    deployer.apply(bad.desired("dep-1"))
+    _, reported = state.snapshot()
+    assert reported.phase == RS.FAILED and "does not inflate to" in reported.error, reported
+    assert store.read_current() is None
+    assert zlib.decompress(bad.files[v.digest])            # the stored bytes themselves were fine
+
+
 @pytest.mark.parametrize("tamper", ["manifest", "untrusted_key", "signature"])
 def test_bad_signature_installs_nothing(tmp_path, fleet_server, tamper):
     fleet, stub = fleet_server

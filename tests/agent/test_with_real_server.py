@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+import zlib
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from server.config import ServerConfig  # noqa: E402
 
 @pytest.fixture
 def real_server(tmp_path):
-    bundle = make_bundle()
+    bundle = make_bundle(deflate=("int4",))     # one variant stored deflated, as sparse ones are
     running = server_app.serve(ServerConfig(data_dir=tmp_path / "server", port=0, metrics_port=-1,
                                             trusted_publisher_keys=[bundle.publisher_key]))
     client = AdminClient(running.address, running.operator_token)
@@ -59,14 +60,15 @@ def test_enroll_deploy_install_infer(tmp_path, real_server):
         x = np.random.default_rng(7).standard_normal((3, IN_DIM)).astype(np.float32)
         folder = tmp_path / "agent" / "bundles" / bundle.bundle_id
         for v in bundle.manifest.variants:
-            assert (folder / v.file).read_bytes() == bundle.files[v.digest]
+            stored = bundle.files[v.digest]
+            assert (folder / v.model_file).read_bytes() == (zlib.decompress(stored) if v.encoding else stored)
             body = json.dumps({"inputs": {"input": x.tolist()}, "variant": v.id}).encode()
             req = urllib.request.Request(f"http://127.0.0.1:{daemon.api.port}/v1/infer", data=body)
             with urllib.request.urlopen(req, timeout=30) as r:
                 answer = json.loads(r.read())
             # The default engine is "auto": each variant on whichever engine measured faster.
             assert answer["variant"] == v.id and answer["engine"] in ("native", "onnxruntime")
-            expected = engine_answer(answer["engine"], folder / v.file, {"input": x})
+            expected = engine_answer(answer["engine"], folder / v.model_file, {"input": x})
             np.testing.assert_array_equal(np.asarray(answer["outputs"]["logits"], np.float32), expected)
     finally:
         daemon.stop()

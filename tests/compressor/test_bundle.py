@@ -139,3 +139,65 @@ def test_config_json_round_trip():
         assert config_from_dict(d) == cfg
     with pytest.raises(ValueError, match="unknown config type"):
         config_from_dict({"_type": "os.system", "_version": 1, "_data": {}})
+
+
+def _sparse_bundle(tmp_path, key):
+    """A bundle with one dense-looking and one 75 %-zero variant file (the writer only checks
+    digests, not ONNX validity)."""
+    from compressor.bundle import write_bundle
+    from proto.manifest import TensorSpec, Variant
+
+    rng = np.random.default_rng(0)
+    dense = rng.integers(0, 256, 40_000, dtype=np.uint8).tobytes()
+    sparse = np.where(rng.random(40_000) < 0.75, 0, rng.integers(1, 256, 40_000)).astype(np.uint8).tobytes()
+    variants = tuple(Variant(id=i, file=f"{i}.onnx", digest=sha256_digest(b), size_bytes=len(b), method="m",
+                             weight_bits=8, activation_bits=8, quality=0.9, sparsity=s,
+                             sparsity_pattern="unstructured" if s else "none")
+                     for i, b, s in (("dense", dense, 0.0), ("sparse", sparse, 0.75)))
+    manifest = Manifest(model="m", version="1", quality_metric="accuracy", inputs=(TensorSpec("x", (1, 4)),),
+                        outputs=(TensorSpec("y", (1, 2)),), variants=variants)
+    out = tmp_path / "bundle"
+    write_bundle(out, manifest, {"dense.onnx": dense, "sparse.onnx": sparse}, key)
+    return out, dense, sparse
+
+
+def test_sparse_variants_are_stored_deflated(tmp_path):
+    key = signing.generate_private_key()
+    out, dense, sparse = _sparse_bundle(tmp_path, key)
+    stored = {v.id: v for v in read_bundle(out).manifest.variants}
+    assert stored["dense"].encoding == "" and stored["dense"].file == "dense.onnx"
+    s = stored["sparse"]
+    assert (s.encoding, s.file, s.model_file) == ("zlib", "sparse.onnx.zlib", "sparse.onnx")
+    assert s.size_bytes < 0.6 * len(sparse) and (out / s.file).stat().st_size == s.size_bytes
+    assert (s.decoded_size, s.decoded_digest) == (len(sparse), sha256_digest(sparse))
+    assert read_bundle(out).files == {"dense.onnx": dense, "sparse.onnx": sparse}   # ONNX bytes back
+
+
+def test_a_deflated_file_that_lies_is_refused(tmp_path):
+    import dataclasses
+    import zlib
+
+    from proto.manifest import decode_variant
+
+    key = signing.generate_private_key()
+    out, _, sparse = _sparse_bundle(tmp_path, key)
+    v = next(v for v in read_bundle(out).manifest.variants if v.encoding)
+    packed = (out / v.file).read_bytes()
+    # inflates to other bytes than the manifest names
+    with pytest.raises(ManifestError, match="does not inflate to"):
+        decode_variant(dataclasses.replace(v, decoded_digest=sha256_digest(b"x")), packed)
+    # a bomb: far more than decoded_size once inflated; only decoded_size + 1 bytes are produced
+    bomb = zlib.compress(bytes(50_000_000))
+    with pytest.raises(ManifestError, match="does not inflate to"):
+        decode_variant(dataclasses.replace(v, decoded_size=100), bomb)
+    with pytest.raises(ManifestError, match="does not inflate"):
+        decode_variant(v, b"not zlib at all")
+    # manifests that mix the fields up are rejected before anything is read
+    base = json.loads((out / "manifest.json").read_bytes())
+    for change in ({"encoding": "gzip"}, {"file": "sparse.onnx"}, {"decoded_size": 0},
+                   {"encoding": "", "file": "sparse.onnx"}):
+        raw = json.loads(json.dumps(base))
+        entry = next(e for e in raw["variants"] if e["id"] == "sparse")
+        entry.update(change)
+        with pytest.raises(ManifestError):
+            Manifest.from_bytes(json.dumps(raw).encode())

@@ -93,7 +93,10 @@ def test_compress_exports_a_student_that_onnxruntime_runs_like_pytorch(tmp_path)
     variant = {v.id: v for v in result.manifest.variants}["student-2l"]
     assert variant.method == "kd-layer-student"
     assert variant.size_bytes < {v.id: v for v in result.manifest.variants}["fp32"].size_bytes
-    sess = ort.InferenceSession(str(tmp_path / "bundle" / variant.file), providers=["CPUExecutionProvider"])
+    from compressor import read_bundle
+
+    onnx_bytes = read_bundle(tmp_path / "bundle").files[variant.file]     # inflated if stored deflated
+    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     got = sess.run(None, {"input_ids": held_ids, "attention_mask": held_mask})[0]
     # the exported graph computes what the PyTorch student would: its cosine to the teacher
     # (the variant's recorded quality) is what we measure from the ONNX output here
