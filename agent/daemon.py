@@ -71,7 +71,7 @@ def variant_options(manifest, profiles: list[fleet_pb2.VariantProfile]):
         options.append(VariantOption(
             variant_id=v.id, quality=float(v.quality),
             latency_p50_seconds=p.latency_p50_seconds, latency_p95_seconds=p.latency_p95_seconds,
-            cpu_seconds_per_inference=p.cpu_seconds_per_inference, size_bytes=v.size_bytes,
+            cpu_seconds_per_inference=p.cpu_seconds_per_inference, size_bytes=v.model_size,
             weight_bits=v.weight_bits, sparsity=float(v.sparsity)))
     return options
 

@@ -187,7 +187,7 @@ def measured_variants(folder: str) -> list[VariantOption]:
         out.append(VariantOption(v.id, quality=quality, latency_p50_seconds=p.latency_p50_seconds,
                                  latency_p95_seconds=p.latency_p95_seconds,
                                  cpu_seconds_per_inference=p.cpu_seconds_per_inference,
-                                 size_bytes=v.size_bytes, weight_bits=v.weight_bits, sparsity=float(v.sparsity)))
+                                 size_bytes=v.model_size, weight_bits=v.weight_bits, sparsity=float(v.sparsity)))
     return out
 
 

@@ -297,7 +297,9 @@ def _run(args, console, workdir: pathlib.Path, children: list) -> int:
     manifest = Manifest.from_bytes((bundle_dir / "manifest.json").read_bytes())
     for v in manifest.variants:
         console.print(f"  {v.id:<10} {v.method:<18} w{v.weight_bits}/a{v.activation_bits}  "
-                      f"{v.size_bytes / 1024:7.1f} KiB  accuracy {100 * v.quality:.2f}%  "
+                      f"{v.model_size / 1024:7.1f} KiB"
+                      + (f" (ships {v.size_bytes / 1024:.1f})" if v.encoding else "")
+                      + f"  accuracy {100 * v.quality:.2f}%  "
                       f"latency p50 {1e3 * v.latency_p50_seconds:.3f} ms")
 
     # 2. server and agents
