@@ -87,8 +87,8 @@ def test_property_depthwise_int8(h, w, c, stride, x_zp, out_zp, seed):
 
 @pytest.mark.parametrize("x_val,w_val,x_zp", [(-128, -128, 127), (127, -128, -128), (-128, 127, 127), (127, 127, -128)])
 def test_depthwise_int8_extremes(x_val, w_val, x_zp):
-    """Every tap at the int8 extremes, 16 + 8 + 3 channels (each kernel path): the largest sums
-    the float accumulation of the AVX2 kernel must hold exactly (9 * 255 * 128)."""
+    """Every tap at the int8 extremes, 16 + 8 + 3 channels (vector steps and the scalar tail):
+    the largest sums the kernels must hold exactly (9 * 255 * 128)."""
     c = 27
     x = np.full((1, 5, 6, c), x_val, np.int8)
     wt = np.full((3, 3, c), w_val, np.int8)

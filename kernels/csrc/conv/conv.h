@@ -31,12 +31,6 @@ typedef struct ef_dwconv_params {
   const float* w_scale; /* [c] */
   float out_inv_scale;
   int32_t out_zp;
-  /* int8, filled in by ef_dwconv3x3_qs8 for the kernels that compute in float (AVX2):
-   * wf [9][c] = (float)w and wzp [c] = x_zp * sum_t w[t][c]. Every product and partial sum
-   * of sum_t x * w is an integer below 2^24 in magnitude (9 * 128 * 128), so float
-   * accumulation is exact and acc = sum x * wf - wzp equals the int32 sum of the definition. */
-  const float* wf;
-  const float* wzp;
 } ef_dwconv_params;
 
 /* One output pixel, all c channels. w is [9][c] (tap-major), bias [c]. */

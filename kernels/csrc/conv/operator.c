@@ -69,29 +69,9 @@ int ef_dwconv3x3_f32(const ef_conv_config* config, const float* x, const float* 
   return dwconv(config, sizeof(float), x, w, bias, y, p);
 }
 
-#define DW_LOCAL_CHANNELS 512
-
 int ef_dwconv3x3_qs8(const ef_conv_config* config, const int8_t* x, const int8_t* w, const float* bias, int8_t* y,
                      const ef_dwconv_params* p) {
-  /* Float copies of the weights for the kernels that accumulate in float (see conv.h): once
-   * per call, 10 * c floats, against 9 multiply-adds per output. */
-  const size_t c = p->c;
-  float local[10 * DW_LOCAL_CHANNELS]; /* no malloc for the channel counts of small CNNs */
-  float* wf = c <= DW_LOCAL_CHANNELS ? local : malloc(10 * c * sizeof(float));
-  if (wf == NULL) return -2;
-  float* wzp = wf + 9 * c;
-  /* unit-stride loops the compiler vectorizes; float sums of 9 int8 values are exact */
-  for (size_t i = 0; i < 9 * c; i++) wf[i] = (float)w[i];
-  for (size_t ch = 0; ch < c; ch++) wzp[ch] = wf[ch];
-  for (size_t t = 1; t < 9; t++)
-    for (size_t ch = 0; ch < c; ch++) wzp[ch] += wf[t * c + ch];
-  for (size_t ch = 0; ch < c; ch++) wzp[ch] *= (float)p->x_zp;
-  ef_dwconv_params q = *p;
-  q.wf = wf;
-  q.wzp = wzp;
-  const int rc = dwconv(config, 1, x, w, bias, y, &q);
-  if (wf != local) free(wf);
-  return rc;
+  return dwconv(config, 1, x, w, bias, y, p);
 }
 
 void ef_im2col(size_t elem, const void* x, size_t h, size_t w, size_t c, size_t kh, size_t kw, size_t stride_h,
