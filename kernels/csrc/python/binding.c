@@ -446,20 +446,29 @@ static int get_int8_weights(PyObject* w_obj, PyObject* scale_obj, PyObject* zp_o
   return 0;
 }
 
-static PyObject* py_qs8_pack(PyObject* self, PyObject* args) {
+/* The dense (qs8) and block-sparse (bsr) packers, one entry per layout:
+ * <layout>_pack(w int8 [N,K], w_scale [N], w_zero_point [N]|None, bias [N]|None) -> Packed
+ * The same checks for both (get_int8_weights), then the layout's packer; on failure the
+ * packers have freed what they allocated, so dealloc frees nothing. */
+static PyObject* int8_pack(PyObject* args, packed_kind kind, int max_k) {
   PyObject *w_obj, *scale_obj, *zp_obj, *bias_obj;
   if (!PyArg_ParseTuple(args, "OOOO", &w_obj, &scale_obj, &zp_obj, &bias_obj)) return NULL;
   views vs = {.n = 0};
   Py_buffer *w = views_add(&vs), *scale = views_add(&vs), *zp = views_add(&vs), *bias = views_add(&vs);
   Py_ssize_t n, k;
-  if (get_int8_weights(w_obj, scale_obj, zp_obj, bias_obj, EF_QS8_MAX_K, w, scale, zp, bias, &n, &k)) goto fail;
+  if (get_int8_weights(w_obj, scale_obj, zp_obj, bias_obj, max_k, w, scale, zp, bias, &n, &k)) goto fail;
   PackedObject* p = PyObject_New(PackedObject, &PackedType);
   if (p == NULL) goto fail;
-  p->kind = PACKED_QS8;
+  p->kind = kind;
   int rc;
-  Py_BEGIN_ALLOW_THREADS rc = ef_qs8_pack(w->buf, (size_t)n, (size_t)k, scale->buf, zp->buf, bias->buf, &p->u.qs8);
-  Py_END_ALLOW_THREADS if (rc != 0) {
-    p->u.qs8.data = NULL;
+  Py_BEGIN_ALLOW_THREADS
+  if (kind == PACKED_QS8)
+    rc = ef_qs8_pack(w->buf, (size_t)n, (size_t)k, scale->buf, zp->buf, bias->buf, &p->u.qs8);
+  else
+    rc = ef_bsr_pack(w->buf, (size_t)n, (size_t)k, scale->buf, zp->buf, bias->buf, &p->u.bsr);
+  Py_END_ALLOW_THREADS
+  if (rc != 0) {
+    memset(&p->u, 0, sizeof p->u);
     Py_DECREF(p);
     PyErr_NoMemory();
     goto fail;
@@ -470,6 +479,8 @@ fail:
   views_release(&vs);
   return NULL;
 }
+
+static PyObject* py_qs8_pack(PyObject* self, PyObject* args) { return int8_pack(args, PACKED_QS8, EF_QS8_MAX_K); }
 
 /* Runs stmt with the GIL released unless the job is tiny (see SMALL_GEMM_MACS). */
 #define RUN_RELEASING_GIL(macs, stmt)  \
@@ -516,29 +527,7 @@ fail:
 
 /* ------------------------------------------------------------------ bsr (16 x 4 block-sparse int8) */
 
-static PyObject* py_bsr_pack(PyObject* self, PyObject* args) {
-  PyObject *w_obj, *scale_obj, *zp_obj, *bias_obj;
-  if (!PyArg_ParseTuple(args, "OOOO", &w_obj, &scale_obj, &zp_obj, &bias_obj)) return NULL;
-  views vs = {.n = 0};
-  Py_buffer *w = views_add(&vs), *scale = views_add(&vs), *zp = views_add(&vs), *bias = views_add(&vs);
-  Py_ssize_t n, k;
-  if (get_int8_weights(w_obj, scale_obj, zp_obj, bias_obj, EF_BSR_MAX_K, w, scale, zp, bias, &n, &k)) goto fail;
-  PackedObject* p = PyObject_New(PackedObject, &PackedType);
-  if (p == NULL) goto fail;
-  p->kind = PACKED_BSR;
-  int rc;
-  Py_BEGIN_ALLOW_THREADS rc = ef_bsr_pack(w->buf, (size_t)n, (size_t)k, scale->buf, zp->buf, bias->buf, &p->u.bsr);
-  Py_END_ALLOW_THREADS if (rc != 0) {
-    Py_DECREF(p); /* ef_bsr_pack freed its buffers (dealloc frees NULLs) */
-    PyErr_NoMemory();
-    goto fail;
-  }
-  views_release(&vs);
-  return (PyObject*)p;
-fail:
-  views_release(&vs);
-  return NULL;
-}
+static PyObject* py_bsr_pack(PyObject* self, PyObject* args) { return int8_pack(args, PACKED_BSR, EF_BSR_MAX_K); }
 
 static PyObject* py_bsr_gemm(PyObject* self, PyObject* args) {
   PyObject *a_obj, *scale_obj, *zp_obj, *packed_obj, *out_obj;
