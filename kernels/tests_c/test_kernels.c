@@ -276,7 +276,6 @@ static void test_spw(const ef_sparse_config* cfg, size_t m, size_t n, size_t k, 
   free(w); free(x); free(ws); free(xs); free(xz); free(ref); free(got);
 }
 
-/* Bitmask layout: extreme = every value -128 or 127 (x and w), zero points at both ends. */
 /* One random problem for the sparse int8 GEMV layouts: weights with keep_pct % nonzeros
  * (all -128/127 when extreme), activations, per-row scales, bias, zero points. */
 typedef struct {
@@ -317,6 +316,20 @@ static void check_sparse_reference(const char* what, const sparse_case* c, const
     }
 }
 
+/* Shared end of the int8 sparse layout tests: the variant's bytes equal the scalar kernel's,
+ * which equal the dense reference; frees ref and got. */
+static void check_sparse_layout(const char* layout, const char* isa, const sparse_case* c, const int32_t* wsum,
+                                float* ref, float* got, size_t m, size_t n, size_t k, unsigned keep_pct,
+                                int extreme) {
+  char what[96];
+  snprintf(what, sizeof what, "sparse %s %zux%zux%zu keep %u%%%s", layout, m, n, k, keep_pct, extreme ? " extreme" : "");
+  expect_same_bytes(what, isa, got, ref, m * n * 4);
+  check_sparse_reference(what, c, wsum, ref, m, n, k);
+  free(ref);
+  free(got);
+}
+
+/* Bitmask layout: extreme = every value -128 or 127 (x and w), zero points at both ends. */
 static void test_spb(const ef_spb_config* cfg, size_t m, size_t n, size_t k, unsigned keep_pct, int extreme) {
   sparse_case c = sparse_case_new(m, n, k, keep_pct, extreme);
   ef_spb_packed pw;
@@ -325,13 +338,9 @@ static void test_spb(const ef_spb_config* cfg, size_t m, size_t n, size_t k, uns
   float *ref = malloc(m * n * 4), *got = malloc(m * n * 4);
   ef_spb_gemm(&ef_spb_config_scalar, m, c.x, &pw, ref, &p);
   ef_spb_gemm(cfg, m, c.x, &pw, got, &p);
-  char what[96];
-  snprintf(what, sizeof what, "sparse bitmask %zux%zux%zu keep %u%%%s", m, n, k, keep_pct, extreme ? " extreme" : "");
-  expect_same_bytes(what, cfg->isa, got, ref, m * n * 4);
-  check_sparse_reference(what, &c, pw.wsum, ref, m, n, k);
+  check_sparse_layout("bitmask", cfg->isa, &c, pw.wsum, ref, got, m, n, k, keep_pct, extreme);
   ef_spb_packed_free(&pw);
   sparse_case_free(&c);
-  free(ref); free(got);
 }
 
 /* Permute layout: as test_spb, plus a fully dense row and an empty row (when n > 2) so a
@@ -348,13 +357,9 @@ static void test_spp(const ef_spp_config* cfg, size_t m, size_t n, size_t k, uns
   float *ref = malloc(m * n * 4), *got = malloc(m * n * 4);
   ef_spp_gemm(&ef_spp_config_scalar, m, c.x, &pw, ref, &p);
   ef_spp_gemm(cfg, m, c.x, &pw, got, &p);
-  char what[96];
-  snprintf(what, sizeof what, "sparse permute %zux%zux%zu keep %u%%%s", m, n, k, keep_pct, extreme ? " extreme" : "");
-  expect_same_bytes(what, cfg->isa, got, ref, m * n * 4);
-  check_sparse_reference(what, &c, pw.wsum, ref, m, n, k);
+  check_sparse_layout("permute", cfg->isa, &c, pw.wsum, ref, got, m, n, k, keep_pct, extreme);
   ef_spp_packed_free(&pw);
   sparse_case_free(&c);
-  free(ref); free(got);
 }
 
 /* ----------------------------------------------------------------------- f32 gemm */
