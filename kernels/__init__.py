@@ -14,7 +14,6 @@ This package imports only numpy: no torch, no onnx.
 from __future__ import annotations
 
 import contextlib
-import time
 from typing import Iterator
 
 import numpy as np
@@ -341,19 +340,17 @@ def pack_sparse(w: np.ndarray, w_scales=None, bias=None, layout: str = "rows") -
     return _kernels.sparse_pack(w, _vector(w_scales, n, np.float32, "w_scales"), _vector(bias, n, np.float32, "bias"))
 
 
-def _faster_gemv(*candidates: Packed, rounds: int = 5, calls: int = 3) -> Packed:
-    """The int8 sparse packing whose GEMV (one zero activation row) is fastest here: the best of
-    `rounds` interleaved rounds, so a noisy moment hurts every candidate alike."""
+def _faster_gemv(*candidates: Packed) -> Packed:
+    """The int8 sparse packing whose GEMV (one zero activation row) is fastest here."""
+    from .timing import fastest_index
+
     x = np.zeros(candidates[0].k, np.int8)
-    best = [float("inf")] * len(candidates)
-    for _ in range(rounds):
-        for i, w in enumerate(candidates):
-            gemm, out = _SPARSE_QS8_GEMM[w.kind], np.empty(w.n, _F32)
-            start = time.perf_counter()
-            for _ in range(calls):
-                gemm(x, 1.0, 0, w, out, -np.inf, np.inf)
-            best[i] = min(best[i], time.perf_counter() - start)
-    return candidates[best.index(min(best))]
+
+    def gemv(w: Packed):
+        out, gemm = np.empty(w.n, _F32), _SPARSE_QS8_GEMM[w.kind]
+        return lambda: gemm(x, 1.0, 0, w, out, -np.inf, np.inf)
+
+    return candidates[fastest_index([gemv(w) for w in candidates], rounds=5, calls=3)]
 
 
 _F32, _I32 = np.dtype(np.float32), np.dtype(np.int32)

@@ -415,24 +415,18 @@ class QD8Weights(Weights):
 HAVE_QD8_GEMM = hasattr(_kernels, "qd8_gemm")
 
 
-def fastest(candidates: list[list], repeats: int = 7) -> tuple[int, list]:
+def fastest(candidates: list[list]) -> tuple[int, list]:
     """Index and steps of the fastest candidate step list (each run on the plan's own buffers;
-    used where two kernels compute the same integers, so the choice cannot change a result).
-    The candidates take turns, round after round, and each keeps its best time: a few-us layer
-    timed in one block per candidate picked by whichever block a noisy moment spared."""
-    import time
+    used where two kernels compute the same integers, so the choice cannot change a result)."""
+    from kernels.timing import fastest_index
 
-    for steps in candidates:             # warm-up: first-touch of buffers and packed weights
-        for step in steps:
-            step()
-    best_t = [float("inf")] * len(candidates)
-    for _ in range(repeats):
-        for i, steps in enumerate(candidates):
-            t0 = time.perf_counter()
+    def run_all(steps):
+        def run():
             for step in steps:
                 step()
-            best_t[i] = min(best_t[i], time.perf_counter() - t0)
-    best = best_t.index(min(best_t))
+        return run
+
+    best = fastest_index([run_all(steps) for steps in candidates])
     return best, candidates[best]
 
 
