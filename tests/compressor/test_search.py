@@ -56,6 +56,18 @@ def test_search_front_resume_and_rejections(digits, tmp_path):
     assert ids == {"fp32"} | {c.id for c in cands}                    # everything accounted for
     b = read_bundle(tmp_path / "bundle")
     assert {v.id for v in b.manifest.variants} == {v.id for v in res.front}
+    # ... and a real server accepts it as written (stored form: any deflated variant as such)
+    from server.admin_client import AdminClient
+    from server.app import serve
+    from server.config import ServerConfig
+
+    running = serve(ServerConfig(data_dir=tmp_path / "server", port=0, metrics_port=-1,
+                                 trusted_publisher_keys=[b.publisher_key]))
+    try:
+        with AdminClient(running.address, running.operator_token) as admin:
+            assert admin.upload_bundle(tmp_path / "bundle").bundle_id == b.bundle_id
+    finally:
+        running.stop(grace=0)
 
 
 def test_budget_nothing_can_meet_is_a_clear_error(digits, tmp_path):
