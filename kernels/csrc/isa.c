@@ -4,6 +4,10 @@
  * reports the feature (__builtin_cpu_supports on x86; NEON is the aarch64 baseline). The
  * override narrows the mask: EDGEFLEET_KERNELS_ISA=scalar in the environment, or
  * ef_set_isa("scalar") from Python, forces the portable reference path everywhere. */
+#define EF_HUGE_PAGE_BYTES ((size_t)2 << 20)
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,6 +120,14 @@ const char* ef_isa_name(void) {
 
 void* ef_aligned_alloc(size_t bytes) {
   void* p = NULL;
+  if (bytes >= EF_HUGE_PAGE_BYTES) {
+    const size_t size = EF_ROUND_UP(bytes, EF_HUGE_PAGE_BYTES);
+    if (posix_memalign(&p, EF_HUGE_PAGE_BYTES, size) != 0) return NULL;
+#if defined(__linux__)
+    (void)madvise(p, size, MADV_HUGEPAGE);
+#endif
+    return p;
+  }
   if (posix_memalign(&p, 64, bytes == 0 ? 64 : EF_ROUND_UP(bytes, 64)) != 0) return NULL;
   return p;
 }
