@@ -282,16 +282,15 @@ def qb_linear(x: np.ndarray, w: Packed) -> np.ndarray:
 # ----------------------------------------------------------------------------- sparse
 
 
-# pack_sparse(layout="auto") on int8 weights, where AVX-512 VBMI runs the permute kernel: the
-# permute layout when its packing fits AUTO_PERMUTE_CACHE_BYTES (about an L2), else whichever of
-# permute and bitmask runs this matrix faster here, timed once at packing. Why: a GEMV streams
-# the weights once, so out of cache time follows bytes read (bitmask 0.375 B/weight at 75%
-# sparsity, permute ~0.7, dense 1) unless the kernel cannot keep up with the memory; in cache
-# the permute kernel (one vpermb + vpdpbusd per 64 slots) wins everywhere. The bitmask kernel's
-# one vpexpandb + vpdpbusd per row and 64 columns keeps up with memory on some CPUs and not on
-# others, so no rule on sizes holds on both we measured (benchmarks/kernels_gemm.py, 4096 x
-# 4096 at 75%, one thread, permute / bitmask against dense): Zen 4 1.60x / 1.05x, a Xeon with
-# AVX-512 VBMI 1.31x / 2.12x.
+# pack_sparse(layout="auto") on int8 weights. Where AVX-512 VBMI runs the permute kernel, the
+# permute layout when its packing fits AUTO_PERMUTE_CACHE_BYTES (about an L2); otherwise
+# whichever of the layouts this CPU runs natively is fastest on this matrix, timed once at
+# packing (a few ms). Why timing rather than a rule: a GEMV streams the weights once, so out of
+# cache time follows bytes read (bitmask 0.375 B/weight at 75% sparsity, permute and windows
+# ~0.7-0.8, dense 1) unless the kernel cannot keep up with the memory, and that differs by CPU.
+# Measured with benchmarks/kernels_gemm.py at 4096 x 4096, 75%, one thread, against dense:
+# Zen 4 permute 1.60x / bitmask 1.05x; a Xeon with AVX-512 VBMI 1.31x / 2.12x; Zen 3 (AVX2, no
+# vpexpandb) bitmask ~0.6x, while windows (one pshufb per 32 slots) was faster at every size.
 AUTO_PERMUTE_CACHE_BYTES = 512 << 10
 
 
@@ -311,10 +310,11 @@ def pack_sparse(w: np.ndarray, w_scales=None, bias=None, layout: str = "rows") -
     step with their columns (2 bytes per slot, ~0.7 per weight at 75% sparsity); AVX-512
     VBMI gathers the activations with one vpermb per 64 slots. The fastest in cache; other
     CPUs run its scalar reference (slow): use "auto" there.
-    layout="auto": int8 only; "bitmask" unless the CPU has AVX-512 VBMI (kernels._kernels.spp_isa()
-    == "avx512"); there "permute" when it fits AUTO_PERMUTE_CACHE_BYTES, else the faster of the
-    two on these weights, timed at packing (a few ms; see the comment above
-    AUTO_PERMUTE_CACHE_BYTES). Either layout gives bit-identical results."""
+    layout="auto": int8 only; "permute" where the CPU has AVX-512 VBMI
+    (kernels._kernels.spp_isa() == "avx512") and it fits AUTO_PERMUTE_CACHE_BYTES, else the
+    fastest here of the layouts with native kernels on this CPU (windows and bitmask, plus
+    permute with VBMI), timed on these weights at packing (a few ms; see the comment above
+    AUTO_PERMUTE_CACHE_BYTES). Every layout gives bit-identical results."""
     if not isinstance(w, np.ndarray):
         raise TypeError(f"w: expected a numpy int8 or float32 array, got {type(w).__name__}")
     if w.ndim != 2:
@@ -327,12 +327,13 @@ def pack_sparse(w: np.ndarray, w_scales=None, bias=None, layout: str = "rows") -
             raise TypeError(f"w: the {layout} layout needs int8 weights, got {w.dtype}")
         scales, b = _vector(w_scales, n, np.float32, "w_scales"), _vector(bias, n, np.float32, "bias")
         if layout == "auto":
-            if _kernels.spp_isa() != "avx512":
-                return _kernels.spb_pack(w, scales, b)
-            permute = _kernels.spp_pack(w, scales, b)
-            if permute.nbytes <= AUTO_PERMUTE_CACHE_BYTES:
-                return permute
-            return _faster_gemv(permute, _kernels.spb_pack(w, scales, b))
+            candidates = [_kernels.spw_pack(w, scales, b), _kernels.spb_pack(w, scales, b)]
+            if _kernels.spp_isa() == "avx512":
+                permute = _kernels.spp_pack(w, scales, b)
+                if permute.nbytes <= AUTO_PERMUTE_CACHE_BYTES:
+                    return permute
+                candidates.append(permute)
+            return _faster_gemv(*candidates)
         pack = {"windows": _kernels.spw_pack, "bitmask": _kernels.spb_pack, "permute": _kernels.spp_pack}[layout]
         return pack(w, scales, b)
     if layout != "rows":
