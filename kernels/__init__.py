@@ -61,6 +61,26 @@ def cpu_features() -> dict:
     return _kernels.cpu_features()
 
 
+def int8_dot_saturates() -> bool:
+    """True on x86-64 CPUs without VNNI (AVX2 only: Zen 3 and older, Haswell to Skylake;
+    conservatively also AVX-512 CPUs without the VNNI + VBMI2 our AVX-512 kernels need). Their
+    fastest uint8 x int8 instruction, vpmaddubsw, adds product pairs into int16 with
+    saturation, so int8 kernels built on it (onnxruntime's fused QDQ kernels, uint8
+    activations x int8 weights) can be far off: on a Zen 3 a dynamic-int8 transformer layer
+    came out at cosine 0.991 against its fp32 model, and the MiniLM int8 variant at 0.94, where
+    VNNI CPUs and exact kernels give 0.9999 and 0.998. Our kernels are exact on every CPU.
+    compressor.evaluate and the agent's onnxruntime engine read this to keep onnxruntime on
+    the QDQ graph as written (session.disable_quant_qdq) there."""
+    f = _kernels.cpu_features()
+    return f["machine"] in ("x86_64", "AMD64") and not (f["avxvnni"] or f["avx512"])
+
+
+# ONNX ops whose int8 arithmetic onnxruntime always runs on its fused kernels (no QDQ graph to
+# fall back to): inexact where int8_dot_saturates(). QDQ graphs are not listed: onnxruntime runs
+# them as written with session.disable_quant_qdq.
+FUSED_INT8_OPS = frozenset({"MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv", "DynamicQuantizeMatMul"})
+
+
 def set_isa(name: str) -> None:
     """Restrict dispatch: 'auto' (best available), 'scalar' (portable reference), 'avx2' (AVX2
     kernels only), 'avxvnni' (AVX2 plus the 256-bit VNNI kernels), 'avx512' (plus AVX-512 VNNI/VBMI2

@@ -117,6 +117,14 @@ class AutoEngine:
             return self._tag(self._ort.load(path, session_config=session_config), "onnxruntime")
         if choice == "native":
             return native
+        from kernels import FUSED_INT8_OPS, int8_dot_saturates
+
+        inexact = sorted(native.model.source_op_types & FUSED_INT8_OPS)
+        if inexact and int8_dot_saturates():
+            log.info("variant %s: onnxruntime's %s saturate on this CPU (no VNNI); using native",
+                     os.path.basename(str(path)), ", ".join(inexact))
+            self._remember(key, "native")
+            return native
         ort_session = self._ort.load(path, session_config=session_config)
         winner = self._measure(path, native, ort_session)
         self._remember(key, winner)

@@ -37,6 +37,8 @@ class Model:
         self.config = config or EngineConfig()
         graph = parse_model(read_model_bytes(source))
         self._lowered: Lowered = lower(graph, self.config)
+        # the ONNX op types of the file as written (before lowering fuses them)
+        self.source_op_types: frozenset[str] = frozenset(n.op_type for n in graph.nodes)
         self.inputs: list[ValueSpec] = list(graph.inputs)
         self.outputs: list[ValueSpec] = list(graph.outputs)
         self._plans: collections.OrderedDict[tuple, list[Plan]] = collections.OrderedDict()

@@ -6,6 +6,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
+import kernels
+
 from compressor import CompressionError, EmptyCalibrationError, Fp32Config, LatencyConfig, compress
 from compressor.configs import Int8QatConfig
 from compressor.evaluate import run
@@ -109,14 +111,17 @@ def test_qat_onnx_matches_the_pytorch_fake_quant_model(qat_result, digits):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL   # QDQ as written
     opts.intra_op_num_threads = 1
     unfused = run(ort.InferenceSession(q.SerializeToString(), opts, providers=["CPUExecutionProvider"]), x)
-    fused_opts = ort.SessionOptions()
-    fused_opts.intra_op_num_threads = 1
-    fused = run(ort.InferenceSession(q.SerializeToString(), fused_opts,
-                                     providers=["CPUExecutionProvider"]), x)
     # same grid: a logit may land one output step away (float summation order, int32 bias)
     diff = np.abs(unfused - want)
     assert diff.max() <= out_scale * 1.001
     assert (diff < 1e-5).mean() >= 0.95
+    assert (unfused.argmax(1) == digits.heldout[1]).mean() >= 0.95
+    if kernels.int8_dot_saturates():
+        return      # onnxruntime's fused int8 kernels saturate on this CPU: nothing to compare
+    fused_opts = ort.SessionOptions()
+    fused_opts.intra_op_num_threads = 1
+    fused = run(ort.InferenceSession(q.SerializeToString(), fused_opts,
+                                     providers=["CPUExecutionProvider"]), x)
     assert np.abs(fused - want).max() <= 2.001 * out_scale
     assert (fused.argmax(1) == want.argmax(1)).mean() >= 0.99
     assert (fused.argmax(1) == digits.heldout[1]).mean() >= 0.95

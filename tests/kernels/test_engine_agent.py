@@ -14,6 +14,7 @@ from agent.engines import available_engines, get_engine, load_variant
 from agent.profiling import profile_variant
 
 from benchmarks.engine_models import digits_variants
+from .tester import ort_int8_saturates
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,12 @@ def test_native_session_matches_onnxruntime(files, variant):
     assert session.output_specs[0].name == "logits"
     x = inputs[:4]
     ours = session.run({"input": x[:, :, :, :]})["logits"]
-    ref = ort.InferenceSession(str(paths[variant]), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    opts = ort.SessionOptions()
+    if variant == "int8" and ort_int8_saturates():
+        # the fused int8 kernels saturate on this CPU (see ort_int8_saturates); the graph as
+        # written runs exactly
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ref = ort.InferenceSession(str(paths[variant]), opts, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     np.testing.assert_allclose(ours, ref, rtol=0, atol=0.02 * np.abs(ref).max())
     # a strided view (one image picked from a batch) is accepted by the agent adapter
     np.testing.assert_allclose(session.run({"input": x[::2]})["logits"], ours[::2], rtol=0, atol=1e-6)
@@ -83,3 +89,44 @@ def test_auto_measures_once_and_profiles_name_the_chosen_engine(files, monkeypat
     assert len(calls) == 1
     out = again.run({"input": inputs[:2]})["logits"]
     assert out.shape == (2, 10)
+
+
+def _dynamic_int8_matmul(folder) -> str:
+    """A MatMul quantized by onnxruntime's quantize_dynamic: DynamicQuantizeLinear + MatMulInteger."""
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    w = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    src, dst = folder / "f.onnx", folder / "dynamic-int8.onnx"
+    src.write_bytes(model.SerializeToString())
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+    return str(dst)
+
+
+@pytest.mark.parametrize("saturates", [True, False])
+def test_auto_keeps_integer_int8_graphs_off_a_saturating_onnxruntime(tmp_path, monkeypatch, caplog, saturates):
+    """Where onnxruntime's int8 kernels saturate (x86-64 without VNNI), a graph with integer
+    int8 ops goes to the exact native engine without a race; elsewhere the faster one wins."""
+    import kernels
+
+    path = _dynamic_int8_matmul(tmp_path)
+    monkeypatch.setattr(kernels, "int8_dot_saturates", lambda: saturates)
+    engine = get_engine("auto", runs=3)
+    calls = []
+    original = engine._measure
+    monkeypatch.setattr(engine, "_measure", lambda *a: calls.append(a[0]) or original(*a))
+    with caplog.at_level(logging.INFO, logger="agent.engines.native_engine"):
+        session = engine.load(path)
+    if saturates:
+        assert session.engine_name == "native" and calls == []
+        assert "MatMulInteger" in caplog.text and "saturate" in caplog.text
+    else:
+        assert len(calls) == 1
+    x = np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)
+    assert session.run({"x": x})["y"].shape == (1, 32)
