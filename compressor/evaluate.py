@@ -17,8 +17,6 @@ from typing import Callable
 import numpy as np
 import onnx
 
-import kernels
-
 
 @dataclass
 class LatencyConfig:
@@ -49,8 +47,8 @@ class Measurement:
 def session(model: bytes | onnx.ModelProto, threads: int = 1,
             config: dict[str, str] | None = None):
     """An onnxruntime session for the model. Where this CPU makes onnxruntime's fused int8
-    inexact (kernels.int8_dot_saturates), a QDQ graph runs as written (exact); integer int8 ops
-    (kernels.FUSED_INT8_OPS) have no such fallback and stay inexact there."""
+    inexact (kernels.int8_dot_saturates), pass {"session.disable_quant_qdq": "1"} to run a QDQ
+    graph as written (exact, slower)."""
     import onnxruntime as ort
 
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
@@ -58,12 +56,7 @@ def session(model: bytes | onnx.ModelProto, threads: int = 1,
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    config = dict(config or {})
-    if kernels.int8_dot_saturates():
-        # onnxruntime's fused int8 kernels saturate on this CPU: measure the QDQ graph as
-        # written (what the variant means, and what the agent runs here on onnxruntime)
-        config.setdefault("session.disable_quant_qdq", "1")
-    for k, v in config.items():
+    for k, v in (config or {}).items():
         opts.add_session_config_entry(k, v)
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 

@@ -83,13 +83,6 @@ class OnnxRuntimeSession:
         self.session_config = safe_session_config(session_config, os.path.basename(str(path)))
         for key, value in self.session_config.items():
             options.add_session_config_entry(key, value)
-        from kernels import int8_dot_saturates      # on first use, like the native engine
-
-        if int8_dot_saturates() and "session.disable_quant_qdq" not in self.session_config:
-            # onnxruntime's fused int8 kernels saturate on this CPU (kernels.int8_dot_saturates):
-            # int8 QDQ variants run as written instead, exact and slower; the engine "auto"
-            # then usually serves them on the native engine
-            options.add_session_config_entry("session.disable_quant_qdq", "1")
         self._session = ort.InferenceSession(str(path), sess_options=options,
                                              providers=["CPUExecutionProvider"])
         self.input_specs = [_spec(a) for a in self._session.get_inputs()]

@@ -9,7 +9,6 @@ import logging
 import numpy as np
 import pytest
 
-import kernels
 from agent.engines import OnnxRuntimeEngine, load_variant
 from agent.engines.onnxruntime_engine import SAFE_SESSION_CONFIG, safe_session_config
 from agent.profiling import profile_bundle, ProfileCache
@@ -95,12 +94,10 @@ def test_runner_serves_variant_with_its_session_config(dq_bundle, caplog):
     x = np.random.default_rng(0).standard_normal((3, IN_DIM)).astype(np.float32)
     np.testing.assert_allclose(runner.run({"input": x}).outputs["logits"], dequant_reference(7, x),
                                rtol=1e-5, atol=1e-5)
-    # A variant without a config gets a plain session, except that where onnxruntime's fused
-    # int8 kernels saturate (x86-64 without VNNI) every session runs QDQ graphs as written.
+    # A variant without a config gets a plain session.
     fp32 = runner.run({"input": x}, variant="fp32")
     assert fp32.variant == "fp32"
-    plain = "1" if kernels.int8_dot_saturates() else None
-    assert runner._session_for("fp32").session.config_entry("session.disable_quant_qdq") == plain
+    assert runner._session_for("fp32").session.config_entry("session.disable_quant_qdq") is None
     # Forbidden keys and bad values are dropped (with a log line each); allowed ones applied.
     with caplog.at_level(logging.WARNING, logger="agent.engines.onnxruntime_engine"):
         runner.run({"input": x}, variant="int8")
@@ -108,7 +105,7 @@ def test_runner_serves_variant_with_its_session_config(dq_bundle, caplog):
     assert int8.session_config == {"session.intra_op.allow_spinning": "0"}
     assert int8.config_entry("session.intra_op.allow_spinning") == "0"
     assert int8.config_entry("session.save_model_format") is None
-    assert int8.config_entry("session.disable_quant_qdq") == plain     # the bad value was dropped
+    assert int8.config_entry("session.disable_quant_qdq") is None
     assert "save_model_format" in caplog.text and "'yes'" in caplog.text
     assert ("model-int4.onnx", FOLD) in [(p.rsplit("/", 1)[-1], c) for p, c in engine.loads]
 
