@@ -69,8 +69,8 @@ def int8_dot_saturates() -> bool:
     activations x int8 weights) can be far off: on a Zen 3 a dynamic-int8 transformer layer
     came out at cosine 0.991 against its fp32 model, and the MiniLM int8 variant at 0.94, where
     VNNI CPUs and exact kernels give 0.9999 and 0.998. Our kernels are exact on every CPU.
-    compressor.evaluate and the agent's onnxruntime engine read this to keep onnxruntime on
-    the QDQ graph as written (session.disable_quant_qdq) there."""
+    The agent's "auto" engine reads this to keep graphs with FUSED_INT8_OPS on the native
+    engine; a QDQ graph runs exactly on onnxruntime with session.disable_quant_qdq (slower)."""
     f = _kernels.cpu_features()
     return f["machine"] in ("x86_64", "AMD64") and not (f["avxvnni"] or f["avx512"])
 
