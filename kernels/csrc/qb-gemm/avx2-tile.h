@@ -9,14 +9,10 @@
 #error "define QB_TARGET, QB_DOT and QB_NAME before including avx2-tile.h"
 #endif
 
-/* Low nibbles (k 0-15) in the low 128-bit lane, high nibbles (k 16-31) in the high one: the
- * 16 bytes broadcast to both lanes (a load, no shuffle), then one shift by 0 or 4 per lane and
- * one mask. Two ALU operations where two shifts, two masks and a lane insert took five; with
- * groups of 32 that is a sixth of the work per group. */
-EF_INLINE QB_TARGET __m256i unpack_q4(const uint8_t* chunk) {
-  const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)chunk));
-  return _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_set_epi32(4, 4, 4, 4, 0, 0, 0, 0)), _mm256_set1_epi8(0x0F));
-}
+#include "nibbles-avx2.h"
+
+/* Low nibbles (k 0-15) in the low 128-bit lane, high nibbles (k 16-31) in the high one. */
+EF_INLINE QB_TARGET __m256i unpack_q4(const uint8_t* chunk) { return ef_unpack_nibbles__avx2(chunk); }
 
 EF_INLINE QB_TARGET __m256i unpack_q2(const uint8_t* chunk) {
   const __m256i v = _mm256_set1_epi64x((long long)ef_load_u64(chunk));

@@ -12,6 +12,8 @@
 #if EF_ARCH_X86
 #include <immintrin.h>
 
+#include "nibbles-avx2.h"
+
 EF_INLINE EF_TARGET_AVX2 float hsum_ps(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -134,8 +136,7 @@ static EF_TARGET_AVX2 void ef_qs8_spmm_mvec_ukernel__avx2(const ef_sparse_packed
  * vpmaddubsw(|w|, sign(x, w)) + vpmaddwd(ones) = per-row int32 sums. */
 EF_INLINE EF_TARGET_AVX2 __m256i spw_step(const int8_t* rec, const int8_t* x) {
   const __m256i xv = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)x));
-  const __m256i packed = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)rec));
-  const __m256i cols = _mm256_and_si256(_mm256_srlv_epi32(packed, _mm256_set_epi32(4, 4, 4, 4, 0, 0, 0, 0)), _mm256_set1_epi8(0x0F));
+  const __m256i cols = ef_unpack_nibbles__avx2((const uint8_t*)rec);
   const __m256i w = _mm256_loadu_si256((const __m256i*)(rec + EF_SPW_W_OFFSET));
   const __m256i xs = _mm256_shuffle_epi8(xv, cols);
   return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(xs, w)), _mm256_set1_epi16(1));
