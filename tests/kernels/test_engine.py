@@ -35,7 +35,6 @@ import kernels
 from kernels.engine import EngineConfig, Model
 
 from benchmarks.engine_models import digits_variants, mobilenet_variants
-from .tester import ort_int8_saturates
 
 FP32_RTOL = 1e-5
 INT8_ORT_STEPS = 2
@@ -66,7 +65,7 @@ def _compare(data: bytes, variant: str, x: np.ndarray, optimized_int8: bool = Tr
     elif variant.endswith(("int8", "s8act")):
         bound = INT8_ORT_STEPS * _logits_scale(data) * 1.0001
         assert np.abs(ours - _ort(data, x, optimize=False)).max() <= bound
-        if optimized_int8 and not ort_int8_saturates():
+        if optimized_int8 and not kernels.int8_dot_saturates():
             assert np.abs(ours - ref).max() <= bound
     else:
         np.testing.assert_allclose(ours, ref, rtol=0, atol=INT4_RTOL * scale)

@@ -10,11 +10,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+import kernels
 from agent.engines import available_engines, get_engine, load_variant
 from agent.profiling import profile_variant
 
 from benchmarks.engine_models import digits_variants
-from .tester import ort_int8_saturates
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +49,9 @@ def test_native_session_matches_onnxruntime(files, variant):
     x = inputs[:4]
     ours = session.run({"input": x[:, :, :, :]})["logits"]
     opts = ort.SessionOptions()
-    if variant == "int8" and ort_int8_saturates():
-        # the fused int8 kernels saturate on this CPU (see ort_int8_saturates); the graph as
-        # written runs exactly
+    if variant == "int8" and kernels.int8_dot_saturates():
+        # the fused int8 kernels saturate on this CPU (kernels.int8_dot_saturates); the graph
+        # as written runs exactly
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     ref = ort.InferenceSession(str(paths[variant]), opts, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     np.testing.assert_allclose(ours, ref, rtol=0, atol=0.02 * np.abs(ref).max())
@@ -113,8 +113,6 @@ def _dynamic_int8_matmul(folder) -> str:
 def test_auto_keeps_integer_int8_graphs_off_a_saturating_onnxruntime(tmp_path, monkeypatch, caplog, saturates):
     """Where onnxruntime's int8 kernels saturate (x86-64 without VNNI), a graph with integer
     int8 ops goes to the exact native engine without a race; elsewhere the faster one wins."""
-    import kernels
-
     path = _dynamic_int8_matmul(tmp_path)
     monkeypatch.setattr(kernels, "int8_dot_saturates", lambda: saturates)
     engine = get_engine("auto", runs=3)

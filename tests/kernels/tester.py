@@ -46,9 +46,3 @@ def assert_close(got: np.ndarray, want: np.ndarray, rtol: float, atol: float, wh
     worst = np.argmax(err - bound) if err.size else 0
     assert np.all(err <= bound), f"{what}: |err| {err.flat[worst]:.3g} > {bound.flat[worst]:.3g} at {np.unravel_index(worst, err.shape)}"
 
-
-def ort_int8_saturates() -> bool:
-    """Where onnxruntime's fused int8 kernels are not exact (kernels.int8_dot_saturates: x86-64
-    without VNNI). Tests compare against onnxruntime's int8 results only where they are exact,
-    and against float references everywhere."""
-    return kernels.int8_dot_saturates()
