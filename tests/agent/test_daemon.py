@@ -194,9 +194,9 @@ def test_draining_battery_switches_variant_without_failing_requests(tmp_path, fl
     # Variants whose CPU cost per inference really differs (the battery caps act on measured
     # cost): three equally tiny models measure within noise of each other, and when fp32 came
     # out "cheapest" no cap ever moved the agent off it (CI failed that way twice).
-    from tests.agent.helpers import linear_model_bytes
+    from tests.agent.helpers import COSTLY_HIDDEN, linear_model_bytes
 
-    bundle = make_bundle(models={"fp32": linear_model_bytes(1, hidden=4096)})
+    bundle = make_bundle(models={"fp32": linear_model_bytes(1, hidden=COSTLY_HIDDEN)})
     fleet.trusted_keys.append(bundle.publisher_key)
     fleet.artifacts.update(bundle.files)
     daemon = Daemon(_config(tmp_path, server, sensors="sim:drain", sim_speed=40.0, metrics_port=-1))
@@ -270,10 +270,10 @@ def test_hot_device_pauses_low_priority_and_every_decision_is_visible(tmp_path):
     DeviceMetrics.switches."""
     from agent.scheduler import PolicyConfig, Scheduler, ThermalPolicy
     from agent.sensors import SensorReading
-    from tests.agent.helpers import linear_model_bytes
+    from tests.agent.helpers import COSTLY_HIDDEN, linear_model_bytes
 
     # fp32 costs far more than the others, so the thermal cap (0.4 x costliest) excludes it.
-    bundle = make_bundle(models={"fp32": linear_model_bytes(1, hidden=4096)})
+    bundle = make_bundle(models={"fp32": linear_model_bytes(1, hidden=COSTLY_HIDDEN)})
     fleet = FakeFleet(trusted_keys=[bundle.publisher_key])
     fleet.artifacts.update(bundle.files)
     server = FakeServer(fleet, free_port()).start()
