@@ -383,22 +383,25 @@ static void test_f32(const ef_f32_gemm_config* cfg, size_t m, size_t n, size_t k
 
 /* ----------------------------------------------------------------------- conv */
 
-static void test_dwconv(const ef_conv_config* cfg, int q8, size_t h, size_t w, size_t c, size_t stride) {
+/* extreme: int8 activations and weights only -128 / 127, and x_zp at the given end (the
+ * largest sums and the largest zero-point correction). */
+static void test_dwconv(const ef_conv_config* cfg, int q8, size_t h, size_t w, size_t c, size_t stride, int extreme,
+                        int32_t x_zp) {
   const size_t elem = q8 ? 1 : 4;
   const size_t oh = (h + 2 - 3) / stride + 1, ow = (w + 2 - 3) / stride + 1;
   uint8_t* x = malloc(h * w * c * elem);
   uint8_t* wt = malloc(9 * c * elem);
   float *bias = malloc(c * 4), *ws = malloc(c * 4);
   for (size_t i = 0; i < h * w * c; i++) {
-    if (q8) ((int8_t*)x)[i] = rnd_i8(0);
+    if (q8) ((int8_t*)x)[i] = rnd_i8(extreme);
     else ((float*)x)[i] = rnd_f();
   }
   for (size_t i = 0; i < 9 * c; i++) {
-    if (q8) ((int8_t*)wt)[i] = rnd_i8(0);
+    if (q8) ((int8_t*)wt)[i] = rnd_i8(extreme);
     else ((float*)wt)[i] = rnd_f();
   }
   for (size_t i = 0; i < c; i++) { bias[i] = rnd_f(); ws[i] = 0.01f; }
-  ef_dwconv_params p = {.h = h, .w = w, .c = c, .stride = stride, .out_min = 0.0f, .out_max = 6.0f, .x_scale = 0.02f, .x_zp = 3, .w_scale = ws,
+  ef_dwconv_params p = {.h = h, .w = w, .c = c, .stride = stride, .out_min = 0.0f, .out_max = 6.0f, .x_scale = 0.02f, .x_zp = x_zp, .w_scale = ws,
                         .out_inv_scale = 10.0f, .out_zp = -2};
   float* ref = malloc(oh * ow * c * 4);
   float* got = malloc(oh * ow * c * 4);
@@ -410,7 +413,8 @@ static void test_dwconv(const ef_conv_config* cfg, int q8, size_t h, size_t w, s
     ef_dwconv3x3_f32(cfg, (const float*)x, (const float*)wt, bias, got, &p);
   }
   char what[96];
-  snprintf(what, sizeof what, "dwconv3x3 %s %zux%zux%zu s%zu", q8 ? "qs8" : "f32", h, w, c, stride);
+  snprintf(what, sizeof what, "dwconv3x3 %s %zux%zux%zu s%zu%s zp %d", q8 ? "qs8" : "f32", h, w, c, stride,
+           extreme ? " extreme" : "", (int)x_zp);
   if (q8) expect_same_bytes(what, cfg->isa, got, ref, oh * ow * c);
   else expect_close(what, cfg->isa, got, ref, oh * ow * c);
   free(x); free(wt); free(bias); free(ws); free(ref); free(got);
@@ -620,10 +624,16 @@ int main(void) {
       }
     }
     test_qs8(qs8[c], 2, 17, EF_QS8_MAX_K, 1, 0);
-    static const size_t conv_shapes[][3] = {{1, 1, 1}, {5, 7, 3}, {8, 8, 16}, {9, 11, 37}, {14, 14, 96}};
+    /* channels: the 16- and 8-channel steps and the scalar tail; widths past one 64-pixel run */
+    static const size_t conv_shapes[][3] = {{1, 1, 1}, {5, 7, 3}, {8, 8, 16}, {9, 11, 37}, {14, 14, 96},
+                                            {6, 5, 24}, {3, 70, 8}, {4, 130, 45}};
     for (size_t s = 0; s < sizeof conv_shapes / sizeof conv_shapes[0]; s++)
-      for (size_t stride = 1; stride <= 2; stride++)
-        for (int q8 = 0; q8 < 2; q8++) test_dwconv(cv[c], q8, conv_shapes[s][0], conv_shapes[s][1], conv_shapes[s][2], stride);
+      for (size_t stride = 1; stride <= 2; stride++) {
+        for (int q8 = 0; q8 < 2; q8++)
+          test_dwconv(cv[c], q8, conv_shapes[s][0], conv_shapes[s][1], conv_shapes[s][2], stride, 0, 3);
+        test_dwconv(cv[c], 1, conv_shapes[s][0], conv_shapes[s][1], conv_shapes[s][2], stride, 1, -128);
+        test_dwconv(cv[c], 1, conv_shapes[s][0], conv_shapes[s][1], conv_shapes[s][2], stride, 1, 127);
+      }
   }
   test_qb_layouts(flags);
   /* bitmask sparse layout: its own configs (avx512 has a kernel there) */

@@ -33,11 +33,26 @@ typedef struct ef_dwconv_params {
   int32_t out_zp;
 } ef_dwconv_params;
 
-/* One output pixel, all c channels. w is [9][c] (tap-major), bias [c]. */
-typedef void (*ef_dwconv_f32_fn)(size_t c, const float* const* taps, const float* w, const float* bias, float* y,
-                                 float lo, float hi);
-typedef void (*ef_dwconv_qs8_fn)(size_t c, const int8_t* const* taps, const int8_t* w, const float* bias, int8_t* y,
-                                 const ef_dwconv_params* p);
+/* int8 depthwise weights as the kernels read them, prepared once per call from w [9][c]:
+ *   w       the tap-major bytes as given (the scalar and NEON kernels read these);
+ *   pairs   int16 [5][c][2]: pair q holds taps 2q and 2q + 1 of each channel side by side
+ *           (pair 4: tap 8 and a zero weight), so one vpmaddwd on the interleaved activations
+ *           (x[2q][ch], x[2q+1][ch]) sums two taps per channel;
+ *   zp_sum  int32 [c]: x_zp * sum_t w[t][ch]. The pair kernels compute sum_t x_t w_t - zp_sum,
+ *           which is sum_t (x_t - x_zp) w_t exactly (|each| <= 9 * 255 * 128, no overflow). */
+typedef struct ef_dwconv_qs8_weights {
+  const int8_t* w;
+  const int16_t* pairs;
+  const int32_t* zp_sum;
+} ef_dwconv_qs8_weights;
+
+/* A run of n output pixels, all c channels each: taps is [n][9] (the 9 input-tap pointers of
+ * each pixel, row-major over the 3x3 window), y the n pixels' outputs back to back. w is
+ * [9][c] (tap-major), bias [c]. One call per row keeps the per-pixel cost to the taps. */
+typedef void (*ef_dwconv_f32_fn)(size_t c, size_t n, const float* const* taps, const float* w, const float* bias,
+                                 float* y, float lo, float hi);
+typedef void (*ef_dwconv_qs8_fn)(size_t c, size_t n, const int8_t* const* taps, const ef_dwconv_qs8_weights* w,
+                                 const float* bias, int8_t* y, const ef_dwconv_params* p);
 
 typedef struct ef_conv_config {
   const char* isa;

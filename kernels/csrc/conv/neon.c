@@ -6,8 +6,8 @@
 #if EF_ARCH_ARM64
 #include <arm_neon.h>
 
-static void ef_f32_dwconv_minmax_ukernel_9p4c__neon(size_t c, const float* const* taps, const float* w,
-                                                    const float* bias, float* y, float lo, float hi) {
+static void dwconv_f32_px__neon(size_t c, const float* const* taps, const float* w, const float* bias, float* y,
+                                float lo, float hi) {
   size_t ch = 0;
   for (; ch + 4 <= c; ch += 4) {
     float32x4_t acc = vdupq_n_f32(0.0f);
@@ -23,8 +23,8 @@ static void ef_f32_dwconv_minmax_ukernel_9p4c__neon(size_t c, const float* const
   }
 }
 
-static void ef_qs8_dwconv_minmax_ukernel_9p8c__neon(size_t c, const int8_t* const* taps, const int8_t* w,
-                                                    const float* bias, int8_t* y, const ef_dwconv_params* p) {
+static void dwconv_qs8_px__neon(size_t c, const int8_t* const* taps, const int8_t* w, const float* bias, int8_t* y,
+                                const ef_dwconv_params* p) {
   const int16x8_t vzp = vdupq_n_s16((int16_t)p->x_zp);
   size_t ch = 0;
   for (; ch + 8 <= c; ch += 8) {
@@ -45,6 +45,17 @@ static void ef_qs8_dwconv_minmax_ukernel_9p8c__neon(size_t c, const int8_t* cons
     for (size_t t = 0; t < 9; t++) acc += ((int32_t)taps[t][ch] - p->x_zp) * w[t * c + ch];
     y[ch] = ef_dwconv_qs8_out(acc, ch, bias, p);
   }
+}
+
+static void ef_f32_dwconv_minmax_ukernel_9p4c__neon(size_t c, size_t n, const float* const* taps, const float* w,
+                                                    const float* bias, float* y, float lo, float hi) {
+  for (size_t px = 0; px < n; px++) dwconv_f32_px__neon(c, taps + 9 * px, w, bias, y + c * px, lo, hi);
+}
+
+static void ef_qs8_dwconv_minmax_ukernel_9p8c__neon(size_t c, size_t n, const int8_t* const* taps,
+                                                    const ef_dwconv_qs8_weights* w, const float* bias, int8_t* y,
+                                                    const ef_dwconv_params* p) {
+  for (size_t px = 0; px < n; px++) dwconv_qs8_px__neon(c, taps + 9 * px, w->w, bias, y + c * px, p);
 }
 
 const ef_conv_config ef_conv_config_neon = {

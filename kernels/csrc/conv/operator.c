@@ -23,31 +23,38 @@ typedef struct {
   size_t elem, oh, ow;
   const uint8_t* x;
   const uint8_t* zero; /* c elements of padding */
-  const void* w;
+  const void* w;       /* float [9][c], or ef_dwconv_qs8_weights */
   const float* bias;
   uint8_t* y;
 } dw_job;
 
-/* Output rows [begin, end): build the 9 tap pointers per pixel and call the kernel. */
+/* Pixels per kernel call: the tap pointers of a run live on the stack (9 x 8 bytes each). */
+#define DW_RUN 64
+
+/* Output rows [begin, end): the 9 tap pointers of each pixel of a run of the row, then one
+ * kernel call for the run. */
 static void dw_rows(void* ctx, size_t begin, size_t end) {
   const dw_job* j = ctx;
   const ef_dwconv_params* p = j->p;
   const size_t row_bytes = p->w * p->c * j->elem, px_bytes = p->c * j->elem;
+  const void* taps[DW_RUN * 9];
   for (size_t oy = begin; oy < end; oy++)
-    for (size_t ox = 0; ox < j->ow; ox++) {
-      const void* taps[9];
-      for (size_t ky = 0; ky < 3; ky++)
-        for (size_t kx = 0; kx < 3; kx++) {
-          /* padding 1: input coordinate = out * stride + k - 1 */
-          const ptrdiff_t iy = (ptrdiff_t)(oy * p->stride + ky) - 1, ix = (ptrdiff_t)(ox * p->stride + kx) - 1;
-          const int inside = iy >= 0 && iy < (ptrdiff_t)p->h && ix >= 0 && ix < (ptrdiff_t)p->w;
-          taps[ky * 3 + kx] = inside ? j->x + (size_t)iy * row_bytes + (size_t)ix * px_bytes : j->zero;
-        }
-      uint8_t* out = j->y + (oy * j->ow + ox) * px_bytes;
+    for (size_t ox0 = 0; ox0 < j->ow; ox0 += DW_RUN) {
+      const size_t run = EF_MIN(DW_RUN, j->ow - ox0);
+      for (size_t i = 0; i < run; i++)
+        for (size_t ky = 0; ky < 3; ky++)
+          for (size_t kx = 0; kx < 3; kx++) {
+            /* padding 1: input coordinate = out * stride + k - 1 */
+            const ptrdiff_t iy = (ptrdiff_t)(oy * p->stride + ky) - 1;
+            const ptrdiff_t ix = (ptrdiff_t)((ox0 + i) * p->stride + kx) - 1;
+            const int inside = iy >= 0 && iy < (ptrdiff_t)p->h && ix >= 0 && ix < (ptrdiff_t)p->w;
+            taps[i * 9 + ky * 3 + kx] = inside ? j->x + (size_t)iy * row_bytes + (size_t)ix * px_bytes : j->zero;
+          }
+      uint8_t* out = j->y + (oy * j->ow + ox0) * px_bytes;
       if (j->elem == sizeof(float))
-        j->config->dw3x3_f32(p->c, (const float* const*)taps, j->w, j->bias, (float*)out, p->out_min, p->out_max);
+        j->config->dw3x3_f32(p->c, run, (const float* const*)taps, j->w, j->bias, (float*)out, p->out_min, p->out_max);
       else
-        j->config->dw3x3_qs8(p->c, (const int8_t* const*)taps, j->w, j->bias, (int8_t*)out, p);
+        j->config->dw3x3_qs8(p->c, run, (const int8_t* const*)taps, j->w, j->bias, (int8_t*)out, p);
     }
 }
 
@@ -71,7 +78,24 @@ int ef_dwconv3x3_f32(const ef_conv_config* config, const float* x, const float* 
 
 int ef_dwconv3x3_qs8(const ef_conv_config* config, const int8_t* x, const int8_t* w, const float* bias, int8_t* y,
                      const ef_dwconv_params* p) {
-  return dwconv(config, 1, x, w, bias, y, p);
+  /* The tap-pair weights (conv.h): O(9c) once per call, against O(9c) per output pixel. */
+  const size_t c = p->c;
+  int16_t* pairs = malloc(10 * c * sizeof(int16_t) + c * sizeof(int32_t));
+  if (pairs == NULL) return -2;
+  int32_t* zp_sum = (int32_t*)(pairs + 10 * c);
+  for (size_t ch = 0; ch < c; ch++) {
+    int32_t sum = 0;
+    for (size_t t = 0; t < 10; t++) {
+      const int16_t wt = t < 9 ? w[t * c + ch] : 0;
+      pairs[((t / 2) * c + ch) * 2 + t % 2] = wt;
+      sum += wt;
+    }
+    zp_sum[ch] = p->x_zp * sum;
+  }
+  const ef_dwconv_qs8_weights weights = {w, pairs, zp_sum};
+  const int rc = dwconv(config, 1, x, &weights, bias, y, p);
+  free(pairs);
+  return rc;
 }
 
 void ef_im2col(size_t elem, const void* x, size_t h, size_t w, size_t c, size_t kh, size_t kw, size_t stride_h,
