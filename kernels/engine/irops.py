@@ -288,7 +288,18 @@ class Quantize(IROp):
         return quantize_steps(ins[0], outs[0], self.scale, self.zp)
 
 
+HAVE_QCONVERT = hasattr(_kernels, "quantize")
+
+
+def _flat_view(a: np.ndarray):
+    """a as 1-D without copying, or None (a strided view: the numpy steps handle it)."""
+    return a.reshape(-1) if a.flags.c_contiguous else None
+
+
 def quantize_steps(x: np.ndarray, q: np.ndarray, scale, zp: int) -> list:
+    xf, qf = _flat_view(x), _flat_view(q)
+    if HAVE_QCONVERT and xf is not None and qf is not None:
+        return [partial(_kernels.quantize, xf, qf, F32(scale), int(zp))]     # one pass in C
     inv = F32(1) / F32(scale)
     tmp = np.empty(x.shape, F32)
     # clip before rounding (integer bounds, so the same as clipping after), then add the zero
@@ -313,6 +324,9 @@ class Dequantize(IROp):
 
     def bind(self, ins, outs):
         q, y = ins[0], outs[0]
+        qf, yf = _flat_view(q), _flat_view(y)
+        if HAVE_QCONVERT and qf is not None and yf is not None:
+            return [partial(_kernels.dequantize, qf, yf, self.scale, self.zp)]
         return [partial(np.subtract, q, F32(self.zp), out=y, dtype=F32), partial(np.multiply, y, self.scale, out=y)]
 
 

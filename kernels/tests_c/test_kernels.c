@@ -15,6 +15,7 @@
 #include "common.h"
 #include "conv/conv.h"
 #include "conv/qadd.h"
+#include "qconvert/qconvert.h"
 #include "f32-gemm/f32-gemm.h"
 #include "qb-gemm/qb-gemm.h"
 #include "qs8-gemm/qs8-gemm.h"
@@ -528,6 +529,41 @@ static void test_qadd(uint32_t flags) {
       }
 }
 
+/* float32 <-> int8 conversion: the AVX2 variants against the scalar definitions, lengths
+ * around the 8-wide step, exact ties, values past both bounds, +-inf and NaN (low bound). */
+static void test_qconvert(uint32_t flags) {
+#if EF_ARCH_X86
+  if (!(flags & EF_ARCH_X86_AVX2)) return;
+  static const size_t lens[] = {1, 7, 8, 9, 17, 1000};
+  static const float scales[] = {0.05f, 0.5f, 1e-3f, 1.0f};
+  static const int32_t zps[] = {3, -128, 127, 0};
+  for (size_t si = 0; si < 4; si++)
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+      const size_t n = lens[li];
+      float *x = malloc(n * 4), *yr = malloc(n * 4), *yg = malloc(n * 4);
+      int8_t *qr = malloc(n), *qg = malloc(n);
+      for (size_t i = 0; i < n; i++) {
+        x[i] = (float)((int)(i % 601) - 300) * 0.5f * scales[si]; /* halves of the step: ties */
+        if (i % 11 == 3) x[i] = i % 2 ? INFINITY : -INFINITY;
+        if (i % 13 == 5) x[i] = NAN;
+        qg[i] = (int8_t)(i * 37);
+      }
+      char what[64];
+      snprintf(what, sizeof what, "quantize n=%zu params %zu", n, si);
+      ef_quantize_qs8__scalar(n, x, 1.0f / scales[si], zps[si], qr);
+      ef_quantize_qs8__avx2(n, x, 1.0f / scales[si], zps[si], qg);
+      expect_same_bytes(what, "avx2", qg, qr, n);
+      snprintf(what, sizeof what, "dequantize n=%zu params %zu", n, si);
+      ef_dequantize_qs8__scalar(n, qg, scales[si], zps[si], yr);
+      ef_dequantize_qs8__avx2(n, qg, scales[si], zps[si], yg);
+      expect_same_bytes(what, "avx2", yg, yr, n * 4);
+      free(x); free(yr); free(yg); free(qr); free(qg);
+    }
+#else
+  (void)flags;
+#endif
+}
+
 static void test_bsr_all(uint32_t flags) {
   const ef_bsr_config* cfgs[4] = {NULL, NULL, NULL, NULL};
   int nconf = 0;
@@ -669,6 +705,7 @@ int main(void) {
   }
   test_bsr_all(flags);
   test_qadd(flags);
+  test_qconvert(flags);
   printf("%d checks, %d failures\n", checks, failures);
   return failures != 0;
 }

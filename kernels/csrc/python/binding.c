@@ -13,6 +13,7 @@
 #include "common.h"
 #include "conv/conv.h"
 #include "conv/qadd.h"
+#include "qconvert/qconvert.h"
 #include "f32-gemm/f32-gemm.h"
 #include "nn/nn.h"
 #include "qb-gemm/qb-gemm.h"
@@ -576,6 +577,40 @@ fail:
   views_release(&vs);
   return NULL;
 }
+
+/* ------------------------------------------------------------------ qconvert (float32 <-> int8) */
+
+/* quantize(x float32 [n], out int8 [n], scale, zero_point) and dequantize(q int8 [n],
+ * out float32 [n], scale, zero_point): the engine's QuantizeLinear / DequantizeLinear. */
+static PyObject* qconvert(PyObject* const* args, Py_ssize_t nargs, int to_int8) {
+  const char* fn = to_int8 ? "quantize" : "dequantize";
+  if (!nargs_ok(fn, nargs, 4)) return NULL;
+  float scale;
+  int zp;
+  if (float_arg(args[2], &scale) || int_arg(args[3], &zp)) return NULL;
+  if (!(scale > 0.0f) || !isfinite(scale) || zp < -128 || zp > 127)
+    return PyErr_Format(PyExc_ValueError, "%s needs scale > 0 (finite) and zero_point in [-128, 127]", fn);
+  views vs = {.n = 0};
+  Py_buffer *src = views_add(&vs), *out = views_add(&vs);
+  if (get_array(args[0], src, to_int8 ? "x" : "q", to_int8 ? 'f' : 'b', 1, 0) ||
+      get_array(args[1], out, "out", to_int8 ? 'b' : 'f', 1, 1))
+    goto fail;
+  if (dim(out, 0) != dim(src, 0)) {
+    PyErr_Format(PyExc_ValueError, "%s: out has %zd elements, the input %zd", fn, dim(out, 0), dim(src, 0));
+    goto fail;
+  }
+  const size_t n = (size_t)dim(src, 0);
+  RUN_RELEASING_GIL(n, to_int8 ? ef_quantize_qs8(n, src->buf, 1.0f / scale, zp, out->buf)
+                               : ef_dequantize_qs8(n, src->buf, scale, zp, out->buf));
+  views_release(&vs);
+  Py_RETURN_NONE;
+fail:
+  views_release(&vs);
+  return NULL;
+}
+
+static PyObject* py_quantize(PyObject* self, PyObject* const* args, Py_ssize_t nargs) { return qconvert(args, nargs, 1); }
+static PyObject* py_dequantize(PyObject* self, PyObject* const* args, Py_ssize_t nargs) { return qconvert(args, nargs, 0); }
 
 /* ------------------------------------------------------------------ qadd (int8 residual add) */
 
@@ -1164,6 +1199,10 @@ static PyMethodDef methods[] = {
     {"qs8_pack", py_qs8_pack, METH_VARARGS, "qs8_pack(w, w_scale, w_zero_point|None, bias|None) -> Packed"},
     {"qs8_gemm", (PyCFunction)(void (*)(void))py_qs8_gemm, METH_FASTCALL,
      "qs8_gemm(a, a_scale, a_zero_point, packed, out, out_min, out_max, out_scale, out_zero_point)"},
+    {"quantize", (PyCFunction)(void (*)(void))py_quantize, METH_FASTCALL,
+     "quantize(x float32 [n], out int8 [n], scale, zero_point): clamp(round_half_even(x * (1/scale)) + zp)"},
+    {"dequantize", (PyCFunction)(void (*)(void))py_dequantize, METH_FASTCALL,
+     "dequantize(q int8 [n], out float32 [n], scale, zero_point): (q - zp) * scale"},
     {"qadd", py_qadd, METH_VARARGS,
      "qadd(a, b, out, a_scale, a_zp, b_scale, b_zp, out_scale, out_zp): int8 out = Q(DQ(a) + DQ(b)), 1-D int8"},
     {"bsr_pack", py_bsr_pack, METH_VARARGS, "bsr_pack(w int8, w_scale, w_zero_point|None, bias|None) -> Packed (16x4 blocks)"},
