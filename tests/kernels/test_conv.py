@@ -37,10 +37,11 @@ def test_depthwise(isa, n, h, w, c, stride):
 
 @pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("k,stride,pad", [(1, 1, 0), (3, 1, 1), (3, 2, 1), (5, 2, (2, 1, 2, 1)), (2, 1, 0)])
-def test_general_conv(isa, k, stride, pad):
+@pytest.mark.parametrize("c", [1, 6])      # 1: a stem conv, im2col copies taps of one byte
+def test_general_conv(isa, k, stride, pad, c):
     rng = np.random.default_rng(k * 10 + stride)
-    x = rng.standard_normal((2, 9, 10, 6)).astype(np.float32)
-    w = rng.standard_normal((11, 6, k, k)).astype(np.float32)
+    x = rng.standard_normal((2, 9, 10, c)).astype(np.float32)
+    w = rng.standard_normal((11, c, k, k)).astype(np.float32)
     b = rng.standard_normal(11).astype(np.float32)
     xq = rng.integers(-128, 128, x.shape).astype(np.int8)
     wq = rng.integers(-128, 128, w.shape).astype(np.int8)

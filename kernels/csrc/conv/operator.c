@@ -98,21 +98,40 @@ int ef_dwconv3x3_qs8(const ef_conv_config* config, const int8_t* x, const int8_t
   return rc;
 }
 
+/* memcpy for the short runs of im2col (a tap of a few channels): fixed-size pieces, which
+ * compilers inline, instead of a library call per few bytes. */
+EF_INLINE void copy_short(uint8_t* dst, const uint8_t* src, size_t n) {
+  for (; n >= 16; n -= 16, dst += 16, src += 16) memcpy(dst, src, 16);
+  if (n >= 8) { memcpy(dst, src, 8); dst += 8; src += 8; n -= 8; }
+  if (n >= 4) { memcpy(dst, src, 4); dst += 4; src += 4; n -= 4; }
+  for (; n > 0; n--) *dst++ = *src++;
+}
+
+EF_INLINE void fill_pad(uint8_t* dst, size_t taps, size_t elem, size_t c, const void* pad_value) {
+  for (size_t i = 0; i < taps * c; i++) memcpy(dst + i * elem, pad_value, elem);
+}
+
 void ef_im2col(size_t elem, const void* x, size_t h, size_t w, size_t c, size_t kh, size_t kw, size_t stride_h,
                size_t stride_w, size_t pad_top, size_t pad_left, size_t oh, size_t ow, const void* pad_value, void* out) {
   const size_t px = c * elem;
   uint8_t* dst = out;
   for (size_t oy = 0; oy < oh; oy++)
     for (size_t ox = 0; ox < ow; ox++)
-      for (size_t ky = 0; ky < kh; ky++)
-        for (size_t kx = 0; kx < kw; kx++) {
-          const ptrdiff_t iy = (ptrdiff_t)(oy * stride_h + ky) - (ptrdiff_t)pad_top;
-          const ptrdiff_t ix = (ptrdiff_t)(ox * stride_w + kx) - (ptrdiff_t)pad_left;
-          if (iy >= 0 && iy < (ptrdiff_t)h && ix >= 0 && ix < (ptrdiff_t)w) {
-            memcpy(dst, (const uint8_t*)x + ((size_t)iy * w + (size_t)ix) * px, px);
-          } else {
-            for (size_t i = 0; i < c; i++) memcpy(dst + i * elem, pad_value, elem);
+      for (size_t ky = 0; ky < kh; ky++) {
+        const ptrdiff_t iy = (ptrdiff_t)(oy * stride_h + ky) - (ptrdiff_t)pad_top;
+        const ptrdiff_t ix0 = (ptrdiff_t)(ox * stride_w) - (ptrdiff_t)pad_left;
+        if (iy < 0 || iy >= (ptrdiff_t)h) {
+          fill_pad(dst, kw, elem, c, pad_value);
+        } else if (ix0 >= 0 && ix0 + (ptrdiff_t)kw <= (ptrdiff_t)w) {
+          /* the kw taps of one kernel row are adjacent pixels of the input row: one copy */
+          copy_short(dst, (const uint8_t*)x + ((size_t)iy * w + (size_t)ix0) * px, kw * px);
+        } else {
+          for (size_t kx = 0; kx < kw; kx++) {
+            const ptrdiff_t ix = ix0 + (ptrdiff_t)kx;
+            if (ix >= 0 && ix < (ptrdiff_t)w) copy_short(dst + kx * px, (const uint8_t*)x + ((size_t)iy * w + (size_t)ix) * px, px);
+            else fill_pad(dst + kx * px, 1, elem, c, pad_value);
           }
-          dst += px;
         }
+        dst += kw * px;
+      }
 }
