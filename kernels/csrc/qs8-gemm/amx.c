@@ -112,7 +112,7 @@ static EF_TARGET_AMX void epilogue_tile(const ef_qs8_panel_args* g, amx_tile_pos
     for (size_t r = 0; r < rows; r++) {
       const size_t row = t.m0 + r;
       ef_qs8_store_16__avx512(_mm512_load_si512(acc + r * 32 + 16 * j), mask, g->a_zp[row], g->a_scale[row],
-                              g->a_rowsum[row], &cols, c + r * w->n * elem, p);
+                              g->a_rowsum[row], &cols, c + r * w->n * elem);
     }
   }
 }

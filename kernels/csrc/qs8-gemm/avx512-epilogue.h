@@ -8,11 +8,15 @@
 #if EF_ARCH_X86
 #include <immintrin.h>
 
-/* The per-column constants of one 16-column block, loaded once for all rows of a tile. */
+/* The per-column constants of one 16-column block and the call's output constants, set once
+ * for all rows of a tile. (Held in registers here rather than read from params per row: the
+ * stores through the output pointer may alias params, so the compiler would reload and
+ * reconvert them after every store.) */
 typedef struct {
-  __m512i colsum, w_zp;
-  __m512 w_scale, bias, out_min, out_max;
-  int has_w_zp;
+  __m512i colsum, w_zp, out_zp;
+  __m512 w_scale, bias, out_min, out_max, out_inv_scale, q_lo, q_hi;
+  int has_w_zp, out_int8;
+  uint32_t k;
 } ef_qs8_cols16;
 
 EF_INLINE EF_TARGET_AVX512 ef_qs8_cols16 ef_qs8_load_cols16__avx512(const uint8_t* block, int has_w_zp,
@@ -24,21 +28,27 @@ EF_INLINE EF_TARGET_AVX512 ef_qs8_cols16 ef_qs8_load_cols16__avx512(const uint8_
   v.bias = _mm512_loadu_ps(block + 48 * 4);
   v.out_min = _mm512_set1_ps(p->out_min);
   v.out_max = _mm512_set1_ps(p->out_max);
+  v.out_inv_scale = _mm512_set1_ps(p->out_inv_scale);
+  v.q_lo = _mm512_set1_ps((float)(-128 - p->out_zp));
+  v.q_hi = _mm512_set1_ps((float)(127 - p->out_zp));
+  v.out_zp = _mm512_set1_epi32(p->out_zp);
   v.has_w_zp = has_w_zp;
+  v.out_int8 = p->out_int8;
+  v.k = (uint32_t)p->k;
   return v;
 }
 
 /* raw[j] = sum_k (a[k] + 128) * w[j, k] for the 16 columns of one block; the nc lanes in
- * `mask` are stored to c. */
+ * `mask` are stored to c (a full mask takes a plain store: masked narrowing stores to memory
+ * cost several times more). */
 EF_INLINE EF_TARGET_AVX512 void ef_qs8_store_16__avx512(__m512i raw, __mmask16 mask, int32_t a_zp, float a_scale,
-                                                        int32_t rowsum, const ef_qs8_cols16* v, void* c,
-                                                        const ef_qs8_gemm_params* p) {
+                                                        int32_t rowsum, const ef_qs8_cols16* v, void* c) {
   /* acc = raw - (a_zp + 128)*colsum - w_zp*rowsum + w_zp*(K*a_zp), wrapping: equal mod 2^32 to
    * ef_qs8_correct(raw - 128*colsum, ...), the exact int32 result. (w_zp = 0 everywhere:
    * the last product is 0, skipped.) */
   __m512i acc = _mm512_sub_epi32(raw, _mm512_mullo_epi32(v->colsum, _mm512_set1_epi32((int32_t)((uint32_t)a_zp + 128u))));
   if (v->has_w_zp) {
-    const uint32_t zp_term = (uint32_t)p->k * (uint32_t)a_zp - (uint32_t)rowsum;
+    const uint32_t zp_term = v->k * (uint32_t)a_zp - (uint32_t)rowsum;
     acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(v->w_zp, _mm512_set1_epi32((int32_t)zp_term)));
   }
 
@@ -47,18 +57,20 @@ EF_INLINE EF_TARGET_AVX512 void ef_qs8_store_16__avx512(__m512i raw, __mmask16 m
   __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), s), v->bias);
   y = _mm512_min_ps(_mm512_max_ps(y, v->out_min), v->out_max);
 
-  if (!p->out_int8) {
-    _mm512_mask_storeu_ps(c, mask, y);
+  if (!v->out_int8) {
+    if (mask == 0xFFFF) _mm512_storeu_ps(c, y);
+    else _mm512_mask_storeu_ps(c, mask, y);
     return;
   }
   /* Requantize as ef_qs8_requant: clamp in float (NaN -> low bound), round to nearest even
    * (cvtps under the default MXCSR, like nearbyintf), add the zero point; the results are in
    * [-128, 127], so the saturating narrowing store is exact. */
-  __m512 t = _mm512_mul_ps(y, _mm512_set1_ps(p->out_inv_scale));
-  t = _mm512_max_ps(t, _mm512_set1_ps((float)(-128 - p->out_zp)));
-  t = _mm512_min_ps(t, _mm512_set1_ps((float)(127 - p->out_zp)));
-  const __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(t), _mm512_set1_epi32(p->out_zp));
-  _mm_mask_storeu_epi8(c, mask, _mm512_cvtepi32_epi8(q));
+  __m512 t = _mm512_mul_ps(y, v->out_inv_scale);
+  t = _mm512_max_ps(t, v->q_lo);
+  t = _mm512_min_ps(t, v->q_hi);
+  const __m128i q = _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(t), v->out_zp));
+  if (mask == 0xFFFF) _mm_storeu_si128((__m128i*)c, q);
+  else _mm_mask_storeu_epi8(c, mask, q);
 }
 
 #endif

@@ -212,7 +212,7 @@ static EF_TARGET_AVX512 void ef_qs8_qc8w_gemm_minmax_ukernel_4x16c4__avx512(cons
       for (size_t r = 0; r < rows; r++) {
         const size_t row = row0 + r;
         ef_qs8_store_16__avx512(raw[r], mask, g->a_zp[row], g->a_scale[row], g->a_rowsum[row], &cols,
-                                (uint8_t*)g->c + (row * w->n + n0) * elem, p);
+                                (uint8_t*)g->c + (row * w->n + n0) * elem);
       }
     }
   }
