@@ -109,6 +109,15 @@ static EF_TARGET_AMX void epilogue_tile(const ef_qs8_panel_args* g, amx_tile_pos
     const __mmask16 mask = (__mmask16)((1u << EF_MIN(EF_QS8_NR, w->n - n0)) - 1);
     const ef_qs8_cols16 cols = ef_qs8_load_cols16__avx512(w->data + (t.b + j) * w->block_bytes, w->has_w_zp, p);
     uint8_t* c = (uint8_t*)g->c + (t.m0 * w->n + n0) * elem;
+    if (!w->has_w_zp && ef_qs8_rows_share_params(g->a_zp, g->a_scale, t.m0, rows)) {
+      /* per-tensor activations: the offset multiply and the scale product once per block */
+      const __m512i offset = ef_qs8_offset_16__avx512(g->a_zp[t.m0], &cols);
+      const __m512 s = _mm512_mul_ps(_mm512_set1_ps(g->a_scale[t.m0]), cols.w_scale);
+      for (size_t r = 0; r < rows; r++)
+        ef_qs8_finish_16__avx512(_mm512_sub_epi32(_mm512_load_si512(acc + r * 32 + 16 * j), offset), s, mask, &cols,
+                                 c + r * w->n * elem);
+      continue;
+    }
     for (size_t r = 0; r < rows; r++) {
       const size_t row = t.m0 + r;
       ef_qs8_store_16__avx512(_mm512_load_si512(acc + r * 32 + 16 * j), mask, g->a_zp[row], g->a_scale[row],

@@ -38,22 +38,12 @@ EF_INLINE EF_TARGET_AVX512 ef_qs8_cols16 ef_qs8_load_cols16__avx512(const uint8_
   return v;
 }
 
-/* raw[j] = sum_k (a[k] + 128) * w[j, k] for the 16 columns of one block; the nc lanes in
- * `mask` are stored to c (a full mask takes a plain store: masked narrowing stores to memory
- * cost several times more). */
-EF_INLINE EF_TARGET_AVX512 void ef_qs8_store_16__avx512(__m512i raw, __mmask16 mask, int32_t a_zp, float a_scale,
-                                                        int32_t rowsum, const ef_qs8_cols16* v, void* c) {
-  /* acc = raw - (a_zp + 128)*colsum - w_zp*rowsum + w_zp*(K*a_zp), wrapping: equal mod 2^32 to
-   * ef_qs8_correct(raw - 128*colsum, ...), the exact int32 result. (w_zp = 0 everywhere:
-   * the last product is 0, skipped.) */
-  __m512i acc = _mm512_sub_epi32(raw, _mm512_mullo_epi32(v->colsum, _mm512_set1_epi32((int32_t)((uint32_t)a_zp + 128u))));
-  if (v->has_w_zp) {
-    const uint32_t zp_term = v->k * (uint32_t)a_zp - (uint32_t)rowsum;
-    acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(v->w_zp, _mm512_set1_epi32((int32_t)zp_term)));
-  }
-
-  /* y = (float)acc * (a_scale * w_scale) + bias, then the clamp: ef_qs8_dequant's roundings. */
-  const __m512 s = _mm512_mul_ps(_mm512_set1_ps(a_scale), v->w_scale);
+/* The float half of the epilogue: exact int32 sums acc of 16 columns, s = a_scale * w_scale
+ * -> y = (float)acc * s + bias, clamped (ef_qs8_dequant's roundings), stored as fp32 or
+ * requantized to int8. The nc lanes in `mask` are stored to c (a full mask takes a plain
+ * store: masked narrowing stores to memory cost several times more). */
+EF_INLINE EF_TARGET_AVX512 void ef_qs8_finish_16__avx512(__m512i acc, __m512 s, __mmask16 mask,
+                                                         const ef_qs8_cols16* v, void* c) {
   __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), s), v->bias);
   y = _mm512_min_ps(_mm512_max_ps(y, v->out_min), v->out_max);
 
@@ -71,6 +61,33 @@ EF_INLINE EF_TARGET_AVX512 void ef_qs8_store_16__avx512(__m512i raw, __mmask16 m
   const __m128i q = _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(t), v->out_zp));
   if (mask == 0xFFFF) _mm_storeu_si128((__m128i*)c, q);
   else _mm_mask_storeu_epi8(c, mask, q);
+}
+
+/* The activation offset of one row for all 16 columns: (a_zp + 128) * colsum. */
+EF_INLINE EF_TARGET_AVX512 __m512i ef_qs8_offset_16__avx512(int32_t a_zp, const ef_qs8_cols16* v) {
+  return _mm512_mullo_epi32(v->colsum, _mm512_set1_epi32((int32_t)((uint32_t)a_zp + 128u)));
+}
+
+/* raw[j] = sum_k (a[k] + 128) * w[j, k] for the 16 columns of one block, one row. */
+EF_INLINE EF_TARGET_AVX512 void ef_qs8_store_16__avx512(__m512i raw, __mmask16 mask, int32_t a_zp, float a_scale,
+                                                        int32_t rowsum, const ef_qs8_cols16* v, void* c) {
+  /* acc = raw - (a_zp + 128)*colsum - w_zp*rowsum + w_zp*(K*a_zp), wrapping: equal mod 2^32 to
+   * ef_qs8_correct(raw - 128*colsum, ...), the exact int32 result. (w_zp = 0 everywhere:
+   * the last product is 0, skipped.) */
+  __m512i acc = _mm512_sub_epi32(raw, ef_qs8_offset_16__avx512(a_zp, v));
+  if (v->has_w_zp) {
+    const uint32_t zp_term = v->k * (uint32_t)a_zp - (uint32_t)rowsum;
+    acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(v->w_zp, _mm512_set1_epi32((int32_t)zp_term)));
+  }
+  ef_qs8_finish_16__avx512(acc, _mm512_mul_ps(_mm512_set1_ps(a_scale), v->w_scale), mask, v, c);
+}
+
+/* Do rows [r0, r0 + n) share one activation scale and zero point (per-tensor activations, the
+ * CNN plans' case)? Then the offset and the scale product are the same for all of them. */
+EF_INLINE int ef_qs8_rows_share_params(const int32_t* a_zp, const float* a_scale, size_t r0, size_t n) {
+  for (size_t r = r0 + 1; r < r0 + n; r++)
+    if (a_zp[r] != a_zp[r0] || a_scale[r] != a_scale[r0]) return 0;
+  return 1;
 }
 
 #endif
