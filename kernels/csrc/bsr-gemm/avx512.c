@@ -1,11 +1,12 @@
 /* AVX-512 VNNI bsr-gemm kernels: MR x 16 tiles, one 16 x 4 block = one zmm = one vpdpbusd per
- * row. Same arithmetic as avxvnni.c (uint8 a + 128, corrected by 128 * colsum), with a
- * 16-wide epilogue (one zmm per row, masked stores, vpmovsdb for int8 out) bit-exact with the
- * scalar definition in qs8-gemm.h. */
+ * row. Same arithmetic as avxvnni.c (uint8 a + 128, corrected by 128 * colsum), with the
+ * qs8 AVX-512 epilogue (one zmm per row), bit-exact with the scalar definition in qs8-gemm.h. */
 #include "bsr-gemm/bsr-gemm.h"
 
 #if EF_ARCH_X86
 #include <immintrin.h>
+
+#include "qs8-gemm/avx512-epilogue.h"
 
 EF_INLINE EF_TARGET_AVX512 void bsr_tile(const size_t MR, size_t nc, size_t nb, const uint32_t* kofs,
                                          const int8_t* w, const uint8_t* a, size_t a_stride, const int32_t* a_zp,
@@ -19,34 +20,22 @@ EF_INLINE EF_TARGET_AVX512 void bsr_tile(const size_t MR, size_t nc, size_t nb, 
     for (size_t r = 0; r < MR; r++)
       accs[r] = _mm512_dpbusd_epi32(accs[r], _mm512_set1_epi32(ef_load_i32(a + r * a_stride + k0)), wv);
   }
-  /* Epilogue, 16 channels at once, the operation sequence of ef_qs8_dequant / ef_qs8_requant:
-   *   acc = raw - (128 + a_zp) * colsum - w_zp * rowsum + K * a_zp * w_zp    (wrapping int32)
-   *   y = clamp((float)acc * (a_scale * w_scale) + bias), then fp32 or requantized int8 out. */
-  const __mmask16 cols = (__mmask16)((1u << nc) - 1u);
-  const __m512i colsum = _mm512_load_si512((const void*)header);
+  /* Epilogue: the qs8 AVX-512 one (qs8-gemm/avx512-epilogue.h): the block header has the qs8
+   * block header's layout (colsum, w_zp, w_scale, bias; 16 each), so the same constants and
+   * the same operation sequence, bit-exact with the scalar definition. */
   const __m512i w_zp = _mm512_load_si512((const void*)(header + 64));
-  const __m512 w_scale = _mm512_load_ps((const void*)(header + 128));
-  const __m512 bias = _mm512_load_ps((const void*)(header + 192));
-  const int has_zp = _mm512_test_epi32_mask(w_zp, w_zp) != 0;
-  const __m512 lo = _mm512_set1_ps(p->out_min), hi = _mm512_set1_ps(p->out_max);
-  for (size_t r = 0; r < MR; r++) {
-    __m512i acc = _mm512_sub_epi32(accs[r], _mm512_mullo_epi32(_mm512_set1_epi32(128 + a_zp[r]), colsum));
-    if (has_zp) {
-      const int32_t zterm = (int32_t)((uint32_t)a_rowsum[r] - (uint32_t)p->k * (uint32_t)a_zp[r]);
-      acc = _mm512_sub_epi32(acc, _mm512_mullo_epi32(w_zp, _mm512_set1_epi32(zterm)));
-    }
-    __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(_mm512_set1_ps(a_scale[r]), w_scale));
-    y = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(y, bias), lo), hi);
-    if (!p->out_int8) {
-      _mm512_mask_storeu_ps((float*)c + r * c_stride, cols, y);
-      continue;
-    }
-    __m512 t = _mm512_mul_ps(y, _mm512_set1_ps(p->out_inv_scale));
-    t = _mm512_max_ps(t, _mm512_set1_ps((float)(-128 - p->out_zp)));
-    t = _mm512_min_ps(t, _mm512_set1_ps((float)(127 - p->out_zp)));
-    const __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(t), _mm512_set1_epi32(p->out_zp));
-    _mm512_mask_cvtsepi32_storeu_epi8((int8_t*)c + r * c_stride, cols, q);
+  const ef_qs8_cols16 v = ef_qs8_load_cols16__avx512(header, _mm512_test_epi32_mask(w_zp, w_zp) != 0, p);
+  const __mmask16 cols = (__mmask16)((1u << nc) - 1u);
+  const size_t row_bytes = c_stride * (p->out_int8 ? 1 : sizeof(float));
+  if (!v.has_w_zp && ef_qs8_rows_share_params(a_zp, a_scale, 0, MR)) {
+    const __m512i offset = ef_qs8_offset_16__avx512(a_zp[0], &v);
+    const __m512 s = _mm512_mul_ps(_mm512_set1_ps(a_scale[0]), v.w_scale);
+    for (size_t r = 0; r < MR; r++)
+      ef_qs8_finish_16__avx512(_mm512_sub_epi32(accs[r], offset), s, cols, &v, (uint8_t*)c + r * row_bytes);
+    return;
   }
+  for (size_t r = 0; r < MR; r++)
+    ef_qs8_store_16__avx512(accs[r], cols, a_zp[r], a_scale[r], a_rowsum[r], &v, (uint8_t*)c + r * row_bytes);
 }
 
 #define DEFINE_KERNEL(MR)                                                                                          \
