@@ -608,16 +608,16 @@ int main(void) {
   const ef_f32_gemm_config* f32[6] = {NULL};
   int nconf = 0;
 #if EF_ARCH_X86
-  if (flags & EF_ARCH_X86_AMX) { /* qs8 has an AMX kernel; the rest repeat AVX2 / AVX-VNNI */
+  if (flags & EF_ARCH_X86_AMX) { /* qs8 has an AMX kernel; the rest repeat AVX2 / AVX-VNNI / AVX-512 */
     qs8[nconf] = &ef_qs8_gemm_config_amx; qb[nconf] = &ef_qb_gemm_config_avxvnni;
     sp[nconf] = &ef_sparse_config_avx2; cv[nconf] = &ef_conv_config_avx2;
-    f32[nconf] = &ef_f32_gemm_config_avx2; nconf++;
+    f32[nconf] = &ef_f32_gemm_config_avx512; nconf++;
     test_qs8_tiles();
   }
-  if (flags & EF_ARCH_X86_AVX512) { /* qs8 (any M on the panel) and qb (P16 panel); the rest repeat AVX2 */
+  if (flags & EF_ARCH_X86_AVX512) { /* qs8 (any M on the panel), qb (P16 panel), f32; the rest repeat AVX2 */
     qs8[nconf] = &ef_qs8_gemm_config_avx512; qb[nconf] = &ef_qb_gemm_config_avx512;
     sp[nconf] = &ef_sparse_config_avx2; cv[nconf] = &ef_conv_config_avx2;
-    f32[nconf] = &ef_f32_gemm_config_avx2; nconf++;
+    f32[nconf] = &ef_f32_gemm_config_avx512; nconf++;
   }
   if (flags & EF_ARCH_X86_AVXVNNI) { /* qs8 and qb have VNNI kernels; the rest repeat AVX2 */
     qs8[nconf] = &ef_qs8_gemm_config_avxvnni; qb[nconf] = &ef_qb_gemm_config_avxvnni;
@@ -642,7 +642,7 @@ int main(void) {
   sp[nconf] = &ef_sparse_config_scalar; cv[nconf] = &ef_conv_config_scalar;
   f32[nconf] = &ef_f32_gemm_config_scalar; nconf++;
 
-  static const size_t shapes[][3] = {{1, 1, 1}, {1, 17, 33}, {2, 31, 7}, {3, 16, 64}, {4, 33, 129}, {5, 48, 300}, {9, 20, 1001}};
+  static const size_t shapes[][3] = {{1, 1, 1}, {1, 17, 33}, {2, 31, 7}, {3, 16, 64}, {4, 33, 129}, {5, 48, 300}, {9, 20, 1001}, {6, 40, 77}, {8, 17, 50}, {15, 33, 9}, {23, 16, 130}};
   for (int c = 0; c < nconf; c++) {
     printf("== %s\n", qs8[c]->isa);
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {

@@ -1,5 +1,7 @@
 /* AVX2+FMA f32-gemm kernels: MR x 16 tiles, 2*MR accumulators, one broadcast per row and
- * two weight loads per k. */
+ * two weight loads per k. Up to 6 rows: 12 accumulators keep both FMA units busy through
+ * their 4-cycle latency (8 only just do), and 12 + 2 weights + 1 broadcast fit the 16 ymm
+ * registers. */
 #include "f32-gemm.h"
 
 #if EF_ARCH_X86
@@ -47,11 +49,14 @@ DEFINE_KERNEL(1)
 DEFINE_KERNEL(2)
 DEFINE_KERNEL(3)
 DEFINE_KERNEL(4)
+DEFINE_KERNEL(5)
+DEFINE_KERNEL(6)
 
 const ef_f32_gemm_config ef_f32_gemm_config_avx2 = {
     .isa = "avx2",
-    .mr = 4,
+    .mr = 6,
     .ukernel = {ef_f32_gemm_minmax_ukernel_1x16__avx2, ef_f32_gemm_minmax_ukernel_2x16__avx2,
-                ef_f32_gemm_minmax_ukernel_3x16__avx2, ef_f32_gemm_minmax_ukernel_4x16__avx2},
+                ef_f32_gemm_minmax_ukernel_3x16__avx2, ef_f32_gemm_minmax_ukernel_4x16__avx2,
+                ef_f32_gemm_minmax_ukernel_5x16__avx2, ef_f32_gemm_minmax_ukernel_6x16__avx2},
 };
 #endif

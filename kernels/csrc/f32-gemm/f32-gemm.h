@@ -9,10 +9,10 @@
 #include "common.h"
 
 #define EF_F32_NR 16
-#define EF_F32_MR_MAX 4
+#define EF_F32_MR_MAX 8
 
 /* Block of 16 output columns: float bias[16], then float w[k][16] (column-interleaved so
- * one k step is two 8-wide vector loads). Columns past N are zero. */
+ * one k step is two 8-wide vector loads, or one 16-wide). Columns past N are zero. */
 typedef struct ef_f32_packed {
   size_t n, k, n_blocks, block_floats;
   float* data;
@@ -30,6 +30,7 @@ typedef struct ef_f32_gemm_config {
 extern const ef_f32_gemm_config ef_f32_gemm_config_scalar;
 #if EF_ARCH_X86
 extern const ef_f32_gemm_config ef_f32_gemm_config_avx2;
+extern const ef_f32_gemm_config ef_f32_gemm_config_avx512;
 #endif
 #if EF_ARCH_ARM64
 extern const ef_f32_gemm_config ef_f32_gemm_config_neon;

@@ -7,6 +7,7 @@
 const ef_f32_gemm_config* ef_f32_gemm_select(void) {
   const uint32_t flags = ef_arch_flags();
 #if EF_ARCH_X86
+  if (flags & EF_ARCH_X86_AVX512) return &ef_f32_gemm_config_avx512;
   if (flags & EF_ARCH_X86_AVX2) return &ef_f32_gemm_config_avx2;
 #endif
 #if EF_ARCH_ARM64
