@@ -610,13 +610,13 @@ int main(void) {
 #if EF_ARCH_X86
   if (flags & EF_ARCH_X86_AMX) { /* qs8 has an AMX kernel; the rest repeat AVX2 / AVX-VNNI / AVX-512 */
     qs8[nconf] = &ef_qs8_gemm_config_amx; qb[nconf] = &ef_qb_gemm_config_avxvnni;
-    sp[nconf] = &ef_sparse_config_avx2; cv[nconf] = &ef_conv_config_avx2;
+    sp[nconf] = &ef_sparse_config_avx2; cv[nconf] = &ef_conv_config_avx512;
     f32[nconf] = &ef_f32_gemm_config_avx512; nconf++;
     test_qs8_tiles();
   }
-  if (flags & EF_ARCH_X86_AVX512) { /* qs8 (any M on the panel), qb (P16 panel), f32; the rest repeat AVX2 */
+  if (flags & EF_ARCH_X86_AVX512) { /* qs8 (any M on the panel), qb (P16 panel), f32, conv; the rest repeat AVX2 */
     qs8[nconf] = &ef_qs8_gemm_config_avx512; qb[nconf] = &ef_qb_gemm_config_avx512;
-    sp[nconf] = &ef_sparse_config_avx2; cv[nconf] = &ef_conv_config_avx2;
+    sp[nconf] = &ef_sparse_config_avx2; cv[nconf] = &ef_conv_config_avx512;
     f32[nconf] = &ef_f32_gemm_config_avx512; nconf++;
   }
   if (flags & EF_ARCH_X86_AVXVNNI) { /* qs8 and qb have VNNI kernels; the rest repeat AVX2 */
@@ -662,7 +662,7 @@ int main(void) {
     test_qs8(qs8[c], 2, 17, EF_QS8_MAX_K, 1, 0);
     /* channels: the 16- and 8-channel steps and the scalar tail; widths past one 64-pixel run */
     static const size_t conv_shapes[][3] = {{1, 1, 1}, {5, 7, 3}, {8, 8, 16}, {9, 11, 37}, {14, 14, 96},
-                                            {6, 5, 24}, {3, 70, 8}, {4, 130, 45}};
+                                            {6, 5, 24}, {3, 70, 8}, {4, 130, 45}, {5, 6, 64}, {3, 4, 61}};
     for (size_t s = 0; s < sizeof conv_shapes / sizeof conv_shapes[0]; s++)
       for (size_t stride = 1; stride <= 2; stride++) {
         for (int q8 = 0; q8 < 2; q8++)

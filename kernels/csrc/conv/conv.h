@@ -63,6 +63,7 @@ typedef struct ef_conv_config {
 extern const ef_conv_config ef_conv_config_scalar;
 #if EF_ARCH_X86
 extern const ef_conv_config ef_conv_config_avx2;
+extern const ef_conv_config ef_conv_config_avx512;
 #endif
 #if EF_ARCH_ARM64
 extern const ef_conv_config ef_conv_config_neon;

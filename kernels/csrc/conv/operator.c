@@ -8,6 +8,7 @@
 const ef_conv_config* ef_conv_select(void) {
   const uint32_t flags = ef_arch_flags();
 #if EF_ARCH_X86
+  if (flags & EF_ARCH_X86_AVX512) return &ef_conv_config_avx512;
   if (flags & EF_ARCH_X86_AVX2) return &ef_conv_config_avx2;
 #endif
 #if EF_ARCH_ARM64
@@ -83,15 +84,20 @@ int ef_dwconv3x3_qs8(const ef_conv_config* config, const int8_t* x, const int8_t
   int16_t* pairs = malloc(10 * c * sizeof(int16_t) + c * sizeof(int32_t));
   if (pairs == NULL) return -2;
   int32_t* zp_sum = (int32_t*)(pairs + 10 * c);
-  for (size_t ch = 0; ch < c; ch++) {
-    int32_t sum = 0;
-    for (size_t t = 0; t < 10; t++) {
-      const int16_t wt = t < 9 ? w[t * c + ch] : 0;
-      pairs[((t / 2) * c + ch) * 2 + t % 2] = wt;
-      sum += wt;
+  /* Loops the compiler vectorizes: this runs on every call, for tens of output pixels. */
+  for (size_t q = 0; q < 5; q++) {
+    const int8_t* wa = w + 2 * q * c;
+    const int8_t* wb = q < 4 ? w + (2 * q + 1) * c : NULL;
+    int16_t* dst = pairs + q * c * 2;
+    for (size_t ch = 0; ch < c; ch++) {
+      dst[2 * ch] = wa[ch];
+      dst[2 * ch + 1] = wb ? wb[ch] : 0;
     }
-    zp_sum[ch] = p->x_zp * sum;
   }
+  for (size_t ch = 0; ch < c; ch++) zp_sum[ch] = 0;
+  for (size_t t = 0; t < 9; t++)
+    for (size_t ch = 0; ch < c; ch++) zp_sum[ch] += w[t * c + ch];
+  for (size_t ch = 0; ch < c; ch++) zp_sum[ch] *= p->x_zp;
   const ef_dwconv_qs8_weights weights = {w, pairs, zp_sum};
   const int rc = dwconv(config, 1, x, &weights, bias, y, p);
   free(pairs);
