@@ -24,11 +24,7 @@ static EF_TARGET_AVX2 void ef_f32_dwconv_minmax_ukernel_9p8c__avx2(size_t c, siz
       acc = _mm256_add_ps(acc, _mm256_loadu_ps(bias + ch));
       _mm256_storeu_ps(y + ch, _mm256_min_ps(_mm256_max_ps(acc, vlo), vhi));
     }
-    for (; ch < c; ch++) {
-      float acc = 0.0f;
-      for (size_t t = 0; t < 9; t++) acc += taps[t][ch] * w[t * c + ch];
-      y[ch] = ef_clamp(acc + bias[ch], lo, hi);
-    }
+    ef_dwconv_f32_channels(ch, c, taps, w, bias, y, lo, hi);
   }
 }
 
@@ -88,11 +84,7 @@ static EF_TARGET_AVX2 void ef_qs8_dwconv_minmax_ukernel_9p16c__avx2(size_t c, si
                   &e, y);
       ch += 8;
     }
-    for (; ch < c; ch++) {
-      int32_t acc = 0;
-      for (size_t t = 0; t < 9; t++) acc += ((int32_t)taps[t][ch] - p->x_zp) * wt->w[t * c + ch];
-      y[ch] = ef_dwconv_qs8_out(acc, ch, bias, p);
-    }
+    ef_dwconv_qs8_channels(ch, c, taps, wt->w, bias, y, p);
   }
 }
 

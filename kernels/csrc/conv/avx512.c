@@ -81,11 +81,7 @@ static EF_TARGET_AVX512 void ef_qs8_dwconv_minmax_ukernel_9p32c__avx512vnni(size
       qs8_store_16(_mm512_sub_epi32(acc, _mm512_loadu_si512(wt->zp_sum + ch)), ch, bias, p->w_scale, &e, y);
       ch += 16;
     }
-    for (; ch < c; ch++) {
-      int32_t acc = 0;
-      for (size_t t = 0; t < 9; t++) acc += ((int32_t)taps[t][ch] - p->x_zp) * wt->w[t * c + ch];
-      y[ch] = ef_dwconv_qs8_out(acc, ch, bias, p);
-    }
+    ef_dwconv_qs8_channels(ch, c, taps, wt->w, bias, y, p);
   }
 }
 

@@ -89,3 +89,23 @@ EF_INLINE int8_t ef_dwconv_qs8_out(int32_t acc, size_t c, const float* bias, con
   const float y = ef_qs8_dequant(acc, p->x_scale, p->w_scale[c], bias[c], p->out_min, p->out_max);
   return ef_qs8_requant(y, p->out_inv_scale, p->out_zp);
 }
+
+/* Channels [ch0, c) of one output pixel by the definitions above: the channel tails of the
+ * SIMD kernels and the whole of the scalar ones. */
+EF_INLINE void ef_dwconv_f32_channels(size_t ch0, size_t c, const float* const* taps, const float* w, const float* bias,
+                                      float* y, float lo, float hi) {
+  for (size_t ch = ch0; ch < c; ch++) {
+    float acc = 0.0f;
+    for (size_t t = 0; t < 9; t++) acc += taps[t][ch] * w[t * c + ch];
+    y[ch] = ef_clamp(acc + bias[ch], lo, hi);
+  }
+}
+
+EF_INLINE void ef_dwconv_qs8_channels(size_t ch0, size_t c, const int8_t* const* taps, const int8_t* w,
+                                      const float* bias, int8_t* y, const ef_dwconv_params* p) {
+  for (size_t ch = ch0; ch < c; ch++) {
+    int32_t acc = 0;
+    for (size_t t = 0; t < 9; t++) acc += ((int32_t)taps[t][ch] - p->x_zp) * w[t * c + ch];
+    y[ch] = ef_dwconv_qs8_out(acc, ch, bias, p);
+  }
+}

@@ -16,11 +16,7 @@ static void dwconv_f32_px__neon(size_t c, const float* const* taps, const float*
     vst1q_f32(tmp, vaddq_f32(acc, vld1q_f32(bias + ch)));
     for (int i = 0; i < 4; i++) y[ch + i] = ef_clamp(tmp[i], lo, hi);
   }
-  for (; ch < c; ch++) {
-    float acc = 0.0f;
-    for (size_t t = 0; t < 9; t++) acc += taps[t][ch] * w[t * c + ch];
-    y[ch] = ef_clamp(acc + bias[ch], lo, hi);
-  }
+  ef_dwconv_f32_channels(ch, c, taps, w, bias, y, lo, hi);
 }
 
 static void dwconv_qs8_px__neon(size_t c, const int8_t* const* taps, const int8_t* w, const float* bias, int8_t* y,
@@ -40,11 +36,7 @@ static void dwconv_qs8_px__neon(size_t c, const int8_t* const* taps, const int8_
     vst1q_s32(acc + 4, hi);
     for (int i = 0; i < 8; i++) y[ch + i] = ef_dwconv_qs8_out(acc[i], ch + i, bias, p);
   }
-  for (; ch < c; ch++) {
-    int32_t acc = 0;
-    for (size_t t = 0; t < 9; t++) acc += ((int32_t)taps[t][ch] - p->x_zp) * w[t * c + ch];
-    y[ch] = ef_dwconv_qs8_out(acc, ch, bias, p);
-  }
+  ef_dwconv_qs8_channels(ch, c, taps, w, bias, y, p);
 }
 
 static void ef_f32_dwconv_minmax_ukernel_9p4c__neon(size_t c, size_t n, const float* const* taps, const float* w,
