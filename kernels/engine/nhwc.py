@@ -147,6 +147,9 @@ class DWConvNHWC(IROp):
                         F32(1), 0)]
 
 
+HAVE_MAXPOOL_QS8 = hasattr(_kernels, "maxpool_qs8")
+
+
 class MaxPoolNHWC(IROp):
     kind = "maxpool@nhwc"
 
@@ -164,6 +167,10 @@ class MaxPoolNHWC(IROp):
         begin, end, strides, dil, out_hw = conv_geometry(node, x.shape[1:3], kernel)
         if any(begin) or any(end) or node.attrs.get("ceil_mode", 0):
             return super().bind(ins, outs)
+        if HAVE_MAXPOOL_QS8 and x.dtype == np.int8 and x.flags.c_contiguous and y.flags.c_contiguous:
+            # the max of int8 codes is exact: one C pass (numpy below takes a call per tap)
+            return [partial(_kernels.maxpool_qs8, x, y, int(kernel[0]), int(kernel[1]), int(strides[0]),
+                            int(strides[1]), int(dil[0]), int(dil[1]))]
         sn, sh, sw, sc = x.strides
         taps = [np.lib.stride_tricks.as_strided(
             x[:, i * dil[0]:, j * dil[1]:, :], (x.shape[0], out_hw[0], out_hw[1], x.shape[3]),

@@ -14,6 +14,7 @@
 #include "bsr-gemm/bsr-gemm.h"
 #include "common.h"
 #include "conv/conv.h"
+#include "conv/maxpool.h"
 #include "conv/qadd.h"
 #include "qconvert/qconvert.h"
 #include "f32-gemm/f32-gemm.h"
@@ -564,6 +565,35 @@ static void test_qconvert(uint32_t flags) {
 #endif
 }
 
+/* int8 max pooling: AVX2 against the scalar definition over window shapes, strides,
+ * dilations and channel counts around the 32-wide step, on random and extreme bytes. */
+static void test_maxpool(uint32_t flags) {
+#if EF_ARCH_X86
+  if (!(flags & EF_ARCH_X86_AVX2)) return;
+  static const size_t geo[][6] = {{2, 2, 2, 2, 1, 1}, {3, 3, 1, 1, 1, 1}, {3, 2, 2, 1, 1, 2}, {1, 1, 1, 1, 1, 1}};
+  static const size_t chans[] = {1, 31, 32, 33, 96};
+  for (size_t g = 0; g < sizeof geo / sizeof geo[0]; g++)
+    for (size_t ci = 0; ci < sizeof chans / sizeof chans[0]; ci++)
+      for (int extreme = 0; extreme < 2; extreme++) {
+        const size_t h = 9, w = 7, c = chans[ci];
+        ef_maxpool_params p = {h, w, c, 0, 0, geo[g][0], geo[g][1], geo[g][2], geo[g][3], geo[g][4], geo[g][5]};
+        p.oh = (h - p.dh * (p.kh - 1) - 1) / p.sh + 1;
+        p.ow = (w - p.dw * (p.kw - 1) - 1) / p.sw + 1;
+        int8_t* x = malloc(h * w * c);
+        int8_t *ref = malloc(p.oh * p.ow * c), *got = malloc(p.oh * p.ow * c);
+        for (size_t i = 0; i < h * w * c; i++) x[i] = rnd_i8(extreme);
+        ef_maxpool_qs8__scalar(x, ref, &p);
+        ef_maxpool_qs8__avx2(x, got, &p);
+        char what[80];
+        snprintf(what, sizeof what, "maxpool %zux%zu s%zu d%zu c%zu%s", p.kh, p.kw, p.sh, p.dh, c, extreme ? " extreme" : "");
+        expect_same_bytes(what, "avx2", got, ref, p.oh * p.ow * c);
+        free(x); free(ref); free(got);
+      }
+#else
+  (void)flags;
+#endif
+}
+
 static void test_bsr_all(uint32_t flags) {
   const ef_bsr_config* cfgs[4] = {NULL, NULL, NULL, NULL};
   int nconf = 0;
@@ -706,6 +736,7 @@ int main(void) {
   test_bsr_all(flags);
   test_qadd(flags);
   test_qconvert(flags);
+  test_maxpool(flags);
   printf("%d checks, %d failures\n", checks, failures);
   return failures != 0;
 }

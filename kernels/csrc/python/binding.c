@@ -12,6 +12,7 @@
 #include "bsr-gemm/bsr-gemm.h"
 #include "common.h"
 #include "conv/conv.h"
+#include "conv/maxpool.h"
 #include "conv/qadd.h"
 #include "qconvert/qconvert.h"
 #include "f32-gemm/f32-gemm.h"
@@ -572,6 +573,43 @@ static PyObject* py_bsr_gemm(PyObject* self, PyObject* args) {
   Py_BEGIN_ALLOW_THREADS rc = ef_bsr_gemm(NULL, (size_t)m, a->buf, zp->buf, scale->buf, w, out->buf, &params);
   Py_END_ALLOW_THREADS views_release(&vs);
   if (rc != 0) return PyErr_NoMemory();
+  Py_RETURN_NONE;
+fail:
+  views_release(&vs);
+  return NULL;
+}
+
+/* ------------------------------------------------------------------ maxpool (int8, NHWC) */
+
+/* maxpool_qs8(x int8 [N,H,W,C], out int8 [N,OH,OW,C], kh, kw, stride_h, stride_w, dil_h, dil_w):
+ * max over each window, no padding (maxpool.h). */
+static PyObject* py_maxpool_qs8(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (!nargs_ok("maxpool_qs8", nargs, 8)) return NULL;
+  int geo[6]; /* kh, kw, sh, sw, dh, dw */
+  for (int i = 0; i < 6; i++) {
+    if (int_arg(args[2 + i], &geo[i])) return NULL;
+    if (geo[i] < 1) return PyErr_Format(PyExc_ValueError, "maxpool_qs8: kernel, stride and dilation must be >= 1");
+  }
+  views vs = {.n = 0};
+  Py_buffer *x = views_add(&vs), *out = views_add(&vs);
+  if (get_array(args[0], x, "x", 'b', 4, 0) || get_array(args[1], out, "out", 'b', 4, 1)) goto fail;
+  const Py_ssize_t nb = dim(x, 0), h = dim(x, 1), w = dim(x, 2), c = dim(x, 3);
+  const Py_ssize_t span_h = (Py_ssize_t)geo[4] * (geo[0] - 1) + 1, span_w = (Py_ssize_t)geo[5] * (geo[1] - 1) + 1;
+  if (span_h > h || span_w > w || c == 0) {
+    PyErr_Format(PyExc_ValueError, "maxpool_qs8: a %zdx%zd window (with dilation) does not fit x of shape (%zd, %zd, %zd, %zd)",
+                 span_h, span_w, nb, h, w, c);
+    goto fail;
+  }
+  const Py_ssize_t oh = (h - span_h) / geo[2] + 1, ow = (w - span_w) / geo[3] + 1;
+  if (expect_dim(out, 0, nb, "out", "N") || expect_dim(out, 1, oh, "out", "output height") ||
+      expect_dim(out, 2, ow, "out", "output width") || expect_dim(out, 3, c, "out", "C"))
+    goto fail;
+  const ef_maxpool_params p = {(size_t)h, (size_t)w, (size_t)c, (size_t)oh, (size_t)ow, (size_t)geo[0], (size_t)geo[1],
+                               (size_t)geo[2], (size_t)geo[3], (size_t)geo[4], (size_t)geo[5]};
+  RUN_RELEASING_GIL((size_t)(nb * oh * ow * c) * (size_t)(geo[0] * geo[1]),
+                    for (Py_ssize_t i = 0; i < nb; i++)
+                        ef_maxpool_qs8((const int8_t*)x->buf + i * h * w * c, (int8_t*)out->buf + i * oh * ow * c, &p));
+  views_release(&vs);
   Py_RETURN_NONE;
 fail:
   views_release(&vs);
@@ -1199,6 +1237,8 @@ static PyMethodDef methods[] = {
     {"qs8_pack", py_qs8_pack, METH_VARARGS, "qs8_pack(w, w_scale, w_zero_point|None, bias|None) -> Packed"},
     {"qs8_gemm", (PyCFunction)(void (*)(void))py_qs8_gemm, METH_FASTCALL,
      "qs8_gemm(a, a_scale, a_zero_point, packed, out, out_min, out_max, out_scale, out_zero_point)"},
+    {"maxpool_qs8", (PyCFunction)(void (*)(void))py_maxpool_qs8, METH_FASTCALL,
+     "maxpool_qs8(x int8 [N,H,W,C], out int8 [N,OH,OW,C], kh, kw, stride_h, stride_w, dil_h, dil_w): no padding"},
     {"quantize", (PyCFunction)(void (*)(void))py_quantize, METH_FASTCALL,
      "quantize(x float32 [n], out int8 [n], scale, zero_point): clamp(round_half_even(x * (1/scale)) + zp)"},
     {"dequantize", (PyCFunction)(void (*)(void))py_dequantize, METH_FASTCALL,
