@@ -113,8 +113,17 @@ EF_INLINE void copy_short(uint8_t* dst, const uint8_t* src, size_t n) {
   for (; n > 0; n--) *dst++ = *src++;
 }
 
+/* taps x c padding elements: memset for bytes, fixed-size copies for floats (a library
+ * memcpy per element cost more than the rest of a small im2col). */
 EF_INLINE void fill_pad(uint8_t* dst, size_t taps, size_t elem, size_t c, const void* pad_value) {
-  for (size_t i = 0; i < taps * c; i++) memcpy(dst + i * elem, pad_value, elem);
+  const size_t n = taps * c;
+  if (elem == 1) {
+    memset(dst, *(const uint8_t*)pad_value, n);
+  } else if (elem == sizeof(float)) {
+    for (size_t i = 0; i < n; i++) memcpy(dst + i * sizeof(float), pad_value, sizeof(float));
+  } else {
+    for (size_t i = 0; i < n; i++) memcpy(dst + i * elem, pad_value, elem);
+  }
 }
 
 void ef_im2col(size_t elem, const void* x, size_t h, size_t w, size_t c, size_t kh, size_t kw, size_t stride_h,
