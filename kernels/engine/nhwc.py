@@ -108,6 +108,11 @@ class ConvNHWC(IROp):
                 steps.append(partial(_kernels.im2col, x, kh, kw, strides[0], strides[1], begin[0], begin[1],
                                      out_hw[0], out_hw[1], float(pad_value), col))
                 col = col.reshape(m, -1)
+            elif HAVE_IM2COL and dil == [1, 1]:    # weights in ONNX order (int4 groups run along it)
+                col = np.empty((n, out_hw[0] * out_hw[1], kh * kw * c), x.dtype)
+                steps.append(partial(_kernels.im2col, x, kh, kw, strides[0], strides[1], begin[0], begin[1],
+                                     out_hw[0], out_hw[1], float(pad_value), col, True))
+                col = col.reshape(m, -1)
             else:                                  # numpy strided copy in ONNX (c, kh, kw) order
                 ph = max(h + begin[0] + end[0], (out_hw[0] - 1) * strides[0] + (kh - 1) * dil[0] + 1)
                 pw = max(w_ + begin[1] + end[1], (out_hw[1] - 1) * strides[1] + (kw - 1) * dil[1] + 1)

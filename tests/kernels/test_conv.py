@@ -102,6 +102,38 @@ def test_depthwise_int8_extremes(x_val, w_val, x_zp):
                 assert_bitexact(kernels.dwconv3x3_qs8(x, 0.5, x_zp, wt, ws, b, 0.25, 3, stride), want, isa)
 
 
+def _patches_reference(x, kh, kw, sh, sw, pads, pad_value, channel_major):
+    """NHWC patches by numpy: [N, OH*OW, K], K in (kh, kw, c) or ONNX (c, kh, kw) order."""
+    n, h, w, c = x.shape
+    top, left, bottom, right = pads
+    xp = np.full((n, h + top + bottom, w + left + right, c), pad_value, x.dtype)
+    xp[:, top:top + h, left:left + w] = x
+    oh, ow = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+    taps = np.stack([xp[:, ky:ky + (oh - 1) * sh + 1:sh, kx:kx + (ow - 1) * sw + 1:sw]
+                     for ky in range(kh) for kx in range(kw)], axis=3)          # [n, oh, ow, taps, c]
+    if channel_major:
+        taps = taps.transpose(0, 1, 2, 4, 3)
+    return taps.reshape(n, oh * ow, -1), oh, ow
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.float32])
+@pytest.mark.parametrize("channel_major", [False, True])
+@pytest.mark.parametrize("k,stride,pads", [(3, 1, (1, 1, 1, 1)), (3, 2, (1, 1, 0, 0)), (2, 1, (0, 0, 0, 0)),
+                                           (5, 2, (2, 1, 2, 1))])
+@pytest.mark.parametrize("c", [1, 3, 8])
+def test_im2col_both_orders(dtype, channel_major, k, stride, pads, c):
+    """The C patches equal numpy's, in kernel order and in ONNX (c, kh, kw) order, padding
+    included (int4 convolutions take the ONNX order: their groups run along it)."""
+    from kernels import _kernels
+    rng = np.random.default_rng(c + k)
+    x = rng.integers(-128, 128, (2, 7, 6, c)).astype(dtype)
+    pad_value = -5 if dtype == np.int8 else 0.0
+    want, oh, ow = _patches_reference(x, k, k, stride, stride, pads, pad_value, channel_major)
+    got = np.full(want.shape, 77, dtype)
+    _kernels.im2col(x, k, k, stride, stride, pads[0], pads[1], oh, ow, float(pad_value), got, channel_major)
+    np.testing.assert_array_equal(got, want)
+
+
 def test_bad_input():
     x = np.zeros((1, 4, 4, 3), np.float32)
     with pytest.raises(ValueError, match="stride must be 1 or 2"):

@@ -82,6 +82,12 @@ int ef_dwconv3x3_qs8(const ef_conv_config* config, const int8_t* x, const int8_t
  * elem_size bytes; taps outside the image are filled with pad_value (elem_size bytes). */
 void ef_im2col(size_t elem_size, const void* x, size_t h, size_t w, size_t c, size_t kh, size_t kw, size_t stride_h,
                size_t stride_w, size_t pad_top, size_t pad_left, size_t oh, size_t ow, const void* pad_value, void* out);
+/* The same patches in ONNX's (c, kh, kw) order, out [oh*ow][c][kh][kw]: for weights that
+ * cannot be reordered to (kh, kw, c), such as group-quantized ones whose groups run along
+ * the ONNX order. */
+void ef_im2col_chw(size_t elem_size, const void* x, size_t h, size_t w, size_t c, size_t kh, size_t kw, size_t stride_h,
+                   size_t stride_w, size_t pad_top, size_t pad_left, size_t oh, size_t ow, const void* pad_value,
+                   void* out);
 
 /* Shared per-channel int8 epilogue (the definition above). */
 #include "qs8-gemm/qs8-gemm.h"

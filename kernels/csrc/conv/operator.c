@@ -150,3 +150,31 @@ void ef_im2col(size_t elem, const void* x, size_t h, size_t w, size_t c, size_t 
         dst += kw * px;
       }
 }
+
+void ef_im2col_chw(size_t elem, const void* x, size_t h, size_t w, size_t c, size_t kh, size_t kw, size_t stride_h,
+                   size_t stride_w, size_t pad_top, size_t pad_left, size_t oh, size_t ow, const void* pad_value,
+                   void* out) {
+  const size_t taps = kh * kw, px = c * elem;
+  uint8_t* dst = out;
+  for (size_t oy = 0; oy < oh; oy++)
+    for (size_t ox = 0; ox < ow; ox++, dst += taps * px)
+      for (size_t ky = 0; ky < kh; ky++)
+        for (size_t kx = 0; kx < kw; kx++) {
+          const ptrdiff_t iy = (ptrdiff_t)(oy * stride_h + ky) - (ptrdiff_t)pad_top;
+          const ptrdiff_t ix = (ptrdiff_t)(ox * stride_w + kx) - (ptrdiff_t)pad_left;
+          const int inside = iy >= 0 && iy < (ptrdiff_t)h && ix >= 0 && ix < (ptrdiff_t)w;
+          const uint8_t* src = inside ? (const uint8_t*)x + ((size_t)iy * w + (size_t)ix) * px : NULL;
+          /* channel ch of this tap goes to element ch * taps + ky * kw + kx of the patch */
+          uint8_t* d = dst + (ky * kw + kx) * elem;
+          if (elem == sizeof(float)) {
+            float v;
+            if (!inside) memcpy(&v, pad_value, sizeof v);
+            for (size_t ch = 0; ch < c; ch++) {
+              if (inside) memcpy(&v, src + ch * sizeof v, sizeof v);
+              memcpy(d + ch * taps * sizeof v, &v, sizeof v);
+            }
+          } else {
+            for (size_t ch = 0; ch < c; ch++) memcpy(d + ch * taps * elem, inside ? src + ch * elem : pad_value, elem);
+          }
+        }
+}

@@ -1027,7 +1027,10 @@ static PyObject* py_im2col(PyObject* self, PyObject* args) {
   PyObject *x_obj, *out_obj;
   Py_ssize_t kh, kw, sh, sw, pt, pl, oh, ow;
   double pad_value;
-  if (!PyArg_ParseTuple(args, "OnnnnnnnndO", &x_obj, &kh, &kw, &sh, &sw, &pt, &pl, &oh, &ow, &pad_value, &out_obj)) return NULL;
+  int channel_major = 0; /* 1: patches in ONNX (c, kh, kw) order (ef_im2col_chw) */
+  if (!PyArg_ParseTuple(args, "OnnnnnnnndO|p", &x_obj, &kh, &kw, &sh, &sw, &pt, &pl, &oh, &ow, &pad_value, &out_obj,
+                        &channel_major))
+    return NULL;
   if (kh <= 0 || kw <= 0 || sh <= 0 || sw <= 0 || pt < 0 || pl < 0 || oh <= 0 || ow <= 0)
     return PyErr_Format(PyExc_ValueError, "im2col: kernel, strides and output size must be positive, padding >= 0");
   views vs = {.n = 0};
@@ -1045,8 +1048,10 @@ static PyObject* py_im2col(PyObject* self, PyObject* args) {
   float padf = (float)pad_value;
   const void* pad = q8 ? (const void*)&pad8 : (const void*)&padf;
   Py_BEGIN_ALLOW_THREADS for (Py_ssize_t i = 0; i < nb; i++)
-    ef_im2col(elem, (const uint8_t*)x->buf + i * h * w * c * elem, (size_t)h, (size_t)w, (size_t)c, (size_t)kh, (size_t)kw, (size_t)sh,
-              (size_t)sw, (size_t)pt, (size_t)pl, (size_t)oh, (size_t)ow, pad, (uint8_t*)out->buf + i * oh * ow * kh * kw * c * elem);
+    (channel_major ? ef_im2col_chw : ef_im2col)(elem, (const uint8_t*)x->buf + i * h * w * c * elem, (size_t)h, (size_t)w,
+                                                (size_t)c, (size_t)kh, (size_t)kw, (size_t)sh, (size_t)sw, (size_t)pt,
+                                                (size_t)pl, (size_t)oh, (size_t)ow, pad,
+                                                (uint8_t*)out->buf + i * oh * ow * kh * kw * c * elem);
   Py_END_ALLOW_THREADS views_release(&vs);
   Py_RETURN_NONE;
 fail:
@@ -1266,7 +1271,9 @@ static PyMethodDef methods[] = {
     {"f32_pack", py_f32_pack, METH_VARARGS, "f32_pack(w, bias|None) -> Packed"},
     {"f32_gemm", py_f32_gemm, METH_VARARGS, "f32_gemm(x, packed, out, out_min, out_max)"},
     {"dwconv3x3", py_dwconv3x3, METH_VARARGS, "dwconv3x3(x, w, bias, out, stride, lo, hi, x_scale, x_zp, w_scale, out_scale, out_zp)"},
-    {"im2col", py_im2col, METH_VARARGS, "im2col(x, kh, kw, sh, sw, pad_top, pad_left, oh, ow, pad_value, out)"},
+    {"im2col", py_im2col, METH_VARARGS,
+     "im2col(x, kh, kw, sh, sw, pad_top, pad_left, oh, ow, pad_value, out, channel_major=False): NHWC patches, "
+     "(kh, kw, c) order, or ONNX (c, kh, kw) order with channel_major"},
     {"layernorm", py_layernorm, METH_VARARGS, "layernorm(x, res|None, gamma, beta|None, eps, out)"},
     {"softmax", py_softmax, METH_VARARGS, "softmax(x, out): rows of x"},
     {"gelu", py_gelu, METH_VARARGS, "gelu(x, out): exact (erf) GELU, 1-D"},
