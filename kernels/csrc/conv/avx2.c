@@ -12,6 +12,8 @@
 #if EF_ARCH_X86
 #include <immintrin.h>
 
+#include "requant-avx2.h"
+
 static EF_TARGET_AVX2 void ef_f32_dwconv_minmax_ukernel_9p8c__avx2(size_t c, size_t n, const float* const* taps,
                                                                    const float* w, const float* bias, float* y, float lo,
                                                                    float hi) {
@@ -30,8 +32,8 @@ static EF_TARGET_AVX2 void ef_f32_dwconv_minmax_ukernel_9p8c__avx2(size_t c, siz
 
 /* The per-call constants of the int8 epilogue. */
 typedef struct {
-  __m256 x_scale, lo, hi, inv, qlo, qhi;
-  __m256i out_zp;
+  __m256 x_scale, lo, hi;
+  ef_requant8 requant;
 } qs8_epilogue;
 
 /* 8 channels from ch: exact int32 sums -> int8, the float sequence of ef_dwconv_qs8_out. */
@@ -40,20 +42,14 @@ EF_INLINE EF_TARGET_AVX2 void qs8_store_8(__m256i acc, size_t ch, const float* b
   const __m256 s = _mm256_mul_ps(e->x_scale, _mm256_loadu_ps(w_scale + ch));
   __m256 yv = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc), s), _mm256_loadu_ps(bias + ch));
   yv = _mm256_min_ps(_mm256_max_ps(yv, e->lo), e->hi);
-  const __m256 t = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(yv, e->inv), e->qlo), e->qhi);
-  const __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(t), e->out_zp);
-  const __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-  _mm_storel_epi64((__m128i*)(y + ch), _mm_packs_epi16(q16, q16));
+  _mm_storel_epi64((__m128i*)(y + ch), ef_requant_8__avx2(yv, &e->requant));
 }
 
 static EF_TARGET_AVX2 void ef_qs8_dwconv_minmax_ukernel_9p16c__avx2(size_t c, size_t n, const int8_t* const* taps,
                                                                     const ef_dwconv_qs8_weights* wt, const float* bias,
                                                                     int8_t* y, const ef_dwconv_params* p) {
-  const qs8_epilogue e = {
-      _mm256_set1_ps(p->x_scale),  _mm256_set1_ps(p->out_min),
-      _mm256_set1_ps(p->out_max),  _mm256_set1_ps(p->out_inv_scale),
-      _mm256_set1_ps((float)(-128 - p->out_zp)), _mm256_set1_ps((float)(127 - p->out_zp)),
-      _mm256_set1_epi32(p->out_zp)};
+  const qs8_epilogue e = {_mm256_set1_ps(p->x_scale), _mm256_set1_ps(p->out_min), _mm256_set1_ps(p->out_max),
+                          ef_requant8_init__avx2(p->out_inv_scale, p->out_zp)};
   for (size_t px = 0; px < n; px++, taps += 9, y += c) {
     size_t ch = 0;
     for (; ch + 16 <= c; ch += 16) {

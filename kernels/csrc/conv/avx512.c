@@ -12,6 +12,8 @@
 #if EF_ARCH_X86
 #include <immintrin.h>
 
+#include "qs8-gemm/avx512-epilogue.h"
+
 static EF_TARGET_AVX512 void ef_f32_dwconv_minmax_ukernel_9p16c__avx512f(size_t c, size_t n, const float* const* taps,
                                                                          const float* w, const float* bias, float* y,
                                                                          float lo, float hi) {
@@ -38,9 +40,7 @@ EF_INLINE EF_TARGET_AVX512 void qs8_store_16(__m512i acc, size_t ch, const float
   const __m512 s = _mm512_mul_ps(e->x_scale, _mm512_loadu_ps(w_scale + ch));
   __m512 yv = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), s), _mm512_loadu_ps(bias + ch));
   yv = _mm512_min_ps(_mm512_max_ps(yv, e->lo), e->hi);
-  const __m512 t = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(yv, e->inv), e->qlo), e->qhi);
-  const __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(t), e->out_zp); /* in [-128, 127]: exact narrowing */
-  _mm_storeu_si128((__m128i*)(y + ch), _mm512_cvtepi32_epi8(q));
+  _mm_storeu_si128((__m128i*)(y + ch), ef_requant_16__avx512(yv, e->inv, e->qlo, e->qhi, e->out_zp));
 }
 
 static EF_TARGET_AVX512 void ef_qs8_dwconv_minmax_ukernel_9p32c__avx512vnni(size_t c, size_t n,

@@ -15,18 +15,12 @@ void ef_dequantize_qs8__scalar(size_t n, const int8_t* q, float scale, int32_t z
 #if EF_ARCH_X86
 #include <immintrin.h>
 
+#include "requant-avx2.h"
+
 EF_TARGET_AVX2 void ef_quantize_qs8__avx2(size_t n, const float* x, float inv_scale, int32_t zp, int8_t* q) {
-  const __m256 inv = _mm256_set1_ps(inv_scale);
-  const __m256 lo = _mm256_set1_ps((float)(-128 - zp)), hi = _mm256_set1_ps((float)(127 - zp));
-  const __m256i vzp = _mm256_set1_epi32(zp);
+  const ef_requant8 r = ef_requant8_init__avx2(inv_scale, zp);
   size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    __m256 t = _mm256_mul_ps(_mm256_loadu_ps(x + i), inv);
-    t = _mm256_min_ps(_mm256_max_ps(t, lo), hi); /* max_ps(NaN, lo) = lo, as the scalar compare */
-    const __m256i v = _mm256_add_epi32(_mm256_cvtps_epi32(t), vzp); /* round to nearest even */
-    const __m128i v16 = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    _mm_storel_epi64((__m128i*)(q + i), _mm_packs_epi16(v16, v16));
-  }
+  for (; i + 8 <= n; i += 8) _mm_storel_epi64((__m128i*)(q + i), ef_requant_8__avx2(_mm256_loadu_ps(x + i), &r));
   ef_quantize_qs8__scalar(n - i, x + i, inv_scale, zp, q + i);
 }
 

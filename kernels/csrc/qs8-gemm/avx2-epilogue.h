@@ -7,6 +7,8 @@
 #if EF_ARCH_X86
 #include <immintrin.h>
 
+#include "requant-avx2.h"
+
 /* Epilogue for 8 columns of one row: zero-point correction, scale, bias, ReLU, store. */
 EF_INLINE EF_TARGET_AVX2 void ef_qs8_store_8__avx2(__m256i raw, size_t col0, size_t nc, int32_t a_zp, float a_scale,
                                       int32_t rowsum, const uint8_t* block, void* c, const ef_qs8_gemm_params* p,
@@ -37,15 +39,8 @@ EF_INLINE EF_TARGET_AVX2 void ef_qs8_store_8__avx2(__m256i raw, size_t col0, siz
     }
     return;
   }
-  /* Requantize: clamp in float (NaN -> low bound, like the scalar code), round to nearest
-   * even with cvtps, add the zero point; values are in [-128, 127] so the packs are exact. */
-  __m256 t = _mm256_mul_ps(y, _mm256_set1_ps(p->out_inv_scale));
-  t = _mm256_max_ps(t, _mm256_set1_ps((float)(-128 - p->out_zp)));
-  t = _mm256_min_ps(t, _mm256_set1_ps((float)(127 - p->out_zp)));
-  __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(t), _mm256_set1_epi32(p->out_zp));
-  __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-  __m128i q8 = _mm_packs_epi16(q16, q16);
-  _mm_storel_epi64((__m128i*)q_tmp, q8);
+  const ef_requant8 r = ef_requant8_init__avx2(p->out_inv_scale, p->out_zp);
+  _mm_storel_epi64((__m128i*)q_tmp, ef_requant_8__avx2(y, &r));
   memcpy(c, q_tmp, EF_MIN(nc, 8));
 }
 

@@ -38,6 +38,13 @@ EF_INLINE EF_TARGET_AVX512 ef_qs8_cols16 ef_qs8_load_cols16__avx512(const uint8_
   return v;
 }
 
+/* ef_qs8_requant on 16 lanes (the rule of requant-avx2.h: multiply, clamp with max then min,
+ * round to nearest even, add the zero point): the 16 int8 results, exact narrowing. */
+EF_INLINE EF_TARGET_AVX512 __m128i ef_requant_16__avx512(__m512 y, __m512 inv_scale, __m512 lo, __m512 hi, __m512i zp) {
+  const __m512 t = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(y, inv_scale), lo), hi);
+  return _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(t), zp));
+}
+
 /* The float half of the epilogue: exact int32 sums acc of 16 columns, s = a_scale * w_scale
  * -> y = (float)acc * s + bias, clamped (ef_qs8_dequant's roundings), stored as fp32 or
  * requantized to int8. The nc lanes in `mask` are stored to c (a full mask takes a plain
@@ -52,13 +59,7 @@ EF_INLINE EF_TARGET_AVX512 void ef_qs8_finish_16__avx512(__m512i acc, __m512 s, 
     else _mm512_mask_storeu_ps(c, mask, y);
     return;
   }
-  /* Requantize as ef_qs8_requant: clamp in float (NaN -> low bound), round to nearest even
-   * (cvtps under the default MXCSR, like nearbyintf), add the zero point; the results are in
-   * [-128, 127], so the saturating narrowing store is exact. */
-  __m512 t = _mm512_mul_ps(y, v->out_inv_scale);
-  t = _mm512_max_ps(t, v->q_lo);
-  t = _mm512_min_ps(t, v->q_hi);
-  const __m128i q = _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(t), v->out_zp));
+  const __m128i q = ef_requant_16__avx512(y, v->out_inv_scale, v->q_lo, v->q_hi, v->out_zp);
   if (mask == 0xFFFF) _mm_storeu_si128((__m128i*)c, q);
   else _mm_mask_storeu_epi8(c, mask, q);
 }
