@@ -326,10 +326,10 @@ def pack_sparse(w: np.ndarray, w_scales=None, bias=None, layout: str = "rows") -
     densely (density + 1/8 byte per weight: 0.375 at 75% sparsity, 0.625 at 50%); the
     kernels rebuild 64 weights per mask (AVX-512 vpexpandb + vpdpbusd, AVX2/NEON byte
     shuffles). The smallest int8 layout: the fastest when the weights stream from memory.
-    layout="permute": int8 only, 16-row groups x 64-column chunks, 4 nonzeros per row and
-    step with their columns (2 bytes per slot, ~0.7 per weight at 75% sparsity); AVX-512
-    VBMI gathers the activations with one vpermb per 64 slots. The fastest in cache; other
-    CPUs run its scalar reference (slow): use "auto" there.
+    layout="permute": int8 only, 16-row groups; each step gives every row 4 slots for its next
+    nonzeros inside a 64-column window (2 bytes per slot, ~0.57 per weight at 75% sparsity);
+    AVX-512 VBMI gathers the activations with one vpermb per 64 slots. Other CPUs run its
+    scalar reference (slow): use "auto" there.
     layout="auto": int8 only; "permute" where the CPU has AVX-512 VBMI
     (kernels._kernels.spp_isa() == "avx512") and it fits AUTO_PERMUTE_CACHE_BYTES, else the
     fastest here of the layouts with native kernels on this CPU (windows and bitmask, plus

@@ -109,14 +109,14 @@ EF_INLINE SPP_TARGET_VBMI void spp_dpbusd(__m512i* acc, __m512i x, __m512i w) {
 }
 
 /* One step u of an unrolled block: the record's 64 columns gather the activations of its
- * chunk (vpermb uses the low 6 bits of each index byte), vpdpbusd multiplies them with the
+ * window (vpermb uses the low 6 bits of each index byte), vpdpbusd multiplies them with the
  * 64 weights. Four accumulators per activation row: vpdpbusd's latency is ~4-5 cycles and a
  * step issues in ~1.5, so one chain would stall. */
 #define SPP_STEP(u, acc0, acc1)                                                              \
   {                                                                                          \
     const __m512i col = _mm512_load_si512(rec + (u) * EF_SPP_STEP_BYTES);                    \
-    const __m512i wv = _mm512_load_si512(rec + (u) * EF_SPP_STEP_BYTES + EF_SPP_CHUNK);      \
-    const uint8_t* xc = x + (size_t)chunk[u] * EF_SPP_CHUNK;                                 \
+    const __m512i wv = _mm512_load_si512(rec + (u) * EF_SPP_STEP_BYTES + EF_SPP_WINDOW);     \
+    const uint8_t* xc = x + col0[u];                                                         \
     spp_dpbusd(&acc0, _mm512_permutexvar_epi8(col, _mm512_loadu_si512(xc)), wv);             \
     if (MR > 1) spp_dpbusd(&acc1, _mm512_permutexvar_epi8(col, _mm512_loadu_si512(xc + ldx)), wv); \
   }
@@ -129,14 +129,14 @@ EF_INLINE SPP_TARGET_VBMI void spp_groups(const size_t MR, const ef_spp_packed* 
     size_t s = w->group_step[g];
     const size_t e = w->group_step[g + 1];
     const uint8_t* rec = w->step_data + s * EF_SPP_STEP_BYTES;
-    const uint16_t* chunk = w->step_chunk + s;
-    for (; s + 4 <= e; s += 4, rec += 4 * EF_SPP_STEP_BYTES, chunk += 4) {
+    const uint32_t* col0 = w->step_col + s;
+    for (; s + 4 <= e; s += 4, rec += 4 * EF_SPP_STEP_BYTES, col0 += 4) {
       SPP_STEP(0, a0, b0)
       SPP_STEP(1, a1, b1)
       SPP_STEP(2, a2, b2)
       SPP_STEP(3, a3, b3)
     }
-    for (; s < e; s++, rec += EF_SPP_STEP_BYTES, chunk++) SPP_STEP(0, a0, b0)
+    for (; s < e; s++, rec += EF_SPP_STEP_BYTES, col0++) SPP_STEP(0, a0, b0)
     /* sum x*w = sum (x + 128) * w - 128 * wsum */
     const __m512i corr = _mm512_slli_epi32(_mm512_loadu_si512(w->wsum + g * EF_SPP_ROWS), 7);
     const __m512i ra = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));

@@ -433,7 +433,7 @@ const ef_spp_config* ef_spp_select(void) {
 
 void ef_spp_packed_free(ef_spp_packed* p) {
   free(p->group_step);
-  free(p->step_chunk);
+  free(p->step_col);
   ef_aligned_free(p->step_data);
   free(p->wsum);
   free(p->w_scale);
@@ -442,21 +442,49 @@ void ef_spp_packed_free(ef_spp_packed* p) {
 }
 
 size_t ef_spp_packed_bytes(const ef_spp_packed* p) {
-  return p->steps * (EF_SPP_STEP_BYTES + sizeof(uint16_t)) + (p->groups + 1) * sizeof(uint32_t) +
+  return p->steps * (EF_SPP_STEP_BYTES + sizeof(uint32_t)) + (p->groups + 1) * sizeof(uint32_t) +
          p->groups * EF_SPP_ROWS * sizeof(int32_t) + p->n * 2 * sizeof(float);
 }
 
-/* Nonzeros of each of the group's 16 rows in one chunk (0 past N); returns the group's steps. */
-static size_t spp_counts(const int8_t* w, size_t n, size_t k, size_t g, size_t c, size_t cnt[EF_SPP_ROWS]) {
-  size_t most = 0;
+/* The first nonzero of row at or after column j (k when none). */
+static size_t spp_next(const int8_t* row, size_t j, size_t k) {
+  while (j < k && row[j] == 0) j++;
+  return j;
+}
+
+/* The steps of group g, placed greedily (sparse-gemm.h). Counts only when rec is NULL;
+ * otherwise writes the step records, their window columns and the group's weight sums. */
+static size_t spp_group(const int8_t* w, size_t n, size_t k, size_t g, uint8_t* rec, uint32_t* step_col,
+                        int32_t* wsum) {
+  size_t next[EF_SPP_ROWS]; /* each row's first nonzero not yet placed */
   for (size_t i = 0; i < EF_SPP_ROWS; i++) {
     const size_t row = g * EF_SPP_ROWS + i;
-    cnt[i] = 0;
-    if (row >= n) continue;
-    for (size_t j = c * EF_SPP_CHUNK; j < EF_MIN(k, (c + 1) * EF_SPP_CHUNK); j++) cnt[i] += w[row * k + j] != 0;
-    most = EF_MAX(most, cnt[i]);
+    next[i] = row < n ? spp_next(w + row * k, 0, k) : k;
   }
-  return EF_DIV_UP(most, EF_SPP_SLOTS);
+  size_t steps = 0;
+  for (;;) {
+    size_t start = k;
+    for (size_t i = 0; i < EF_SPP_ROWS; i++) start = EF_MIN(start, next[i]);
+    if (start == k) break;
+    uint8_t* step = rec ? rec + steps * EF_SPP_STEP_BYTES : NULL;
+    if (step) {
+      memset(step, 0, EF_SPP_STEP_BYTES); /* unused slots: column 0, weight 0 */
+      step_col[steps] = (uint32_t)start;
+    }
+    for (size_t i = 0; i < EF_SPP_ROWS; i++) {
+      const int8_t* row = w + (g * EF_SPP_ROWS + i) * k;
+      for (size_t j = 0; j < EF_SPP_SLOTS && next[i] < start + EF_SPP_WINDOW && next[i] < k; j++) {
+        if (step) {
+          step[i * EF_SPP_SLOTS + j] = (uint8_t)(next[i] - start);
+          step[EF_SPP_WINDOW + i * EF_SPP_SLOTS + j] = (uint8_t)row[next[i]];
+          wsum[i] += row[next[i]];
+        }
+        next[i] = spp_next(row, next[i] + 1, k);
+      }
+    }
+    steps++;
+  }
+  return steps;
 }
 
 int ef_spp_pack(const int8_t* w, size_t n, size_t k, const float* w_scale, const float* bias, ef_spp_packed* out) {
@@ -464,50 +492,28 @@ int ef_spp_pack(const int8_t* w, size_t n, size_t k, const float* w_scale, const
   if (n == 0 || k == 0 || k > EF_SPP_MAX_K) return -1;
   out->n = n;
   out->k = k;
-  out->chunks = EF_DIV_UP(k, EF_SPP_CHUNK);
   out->groups = EF_DIV_UP(n, EF_SPP_ROWS);
-  size_t cnt[EF_SPP_ROWS], steps = 0;
-  for (size_t g = 0; g < out->groups; g++)
-    for (size_t c = 0; c < out->chunks; c++) steps += spp_counts(w, n, k, g, c, cnt);
+  size_t steps = 0;
+  for (size_t g = 0; g < out->groups; g++) steps += spp_group(w, n, k, g, NULL, NULL, NULL);
   if (steps > UINT32_MAX) return -1;
   out->steps = steps;
   out->group_step = malloc((out->groups + 1) * sizeof(uint32_t));
-  out->step_chunk = malloc((steps + 1) * sizeof(uint16_t));
+  out->step_col = malloc((steps + 1) * sizeof(uint32_t));
   out->step_data = ef_aligned_alloc((steps + 1) * EF_SPP_STEP_BYTES);
   out->wsum = calloc(out->groups * EF_SPP_ROWS, sizeof(int32_t));
   out->w_scale = malloc(n * sizeof(float));
   out->bias = malloc(n * sizeof(float));
-  if (!out->group_step || !out->step_chunk || !out->step_data || !out->wsum || !out->w_scale || !out->bias) {
+  if (!out->group_step || !out->step_col || !out->step_data || !out->wsum || !out->w_scale || !out->bias) {
     ef_spp_packed_free(out);
     return -2;
   }
   size_t s = 0;
   for (size_t g = 0; g < out->groups; g++) {
     out->group_step[g] = (uint32_t)s;
-    for (size_t c = 0; c < out->chunks; c++) {
-      const size_t cs = spp_counts(w, n, k, g, c, cnt);
-      if (cs == 0) continue;
-      uint8_t* rec = out->step_data + s * EF_SPP_STEP_BYTES;
-      memset(rec, 0, cs * EF_SPP_STEP_BYTES); /* padding slots: column 0, weight 0 */
-      for (size_t t = 0; t < cs; t++) out->step_chunk[s + t] = (uint16_t)c;
-      for (size_t i = 0; i < EF_SPP_ROWS && g * EF_SPP_ROWS + i < n; i++) {
-        const int8_t* row = w + (g * EF_SPP_ROWS + i) * k;
-        size_t used = 0; /* this row's nonzeros placed in this chunk so far */
-        for (size_t j = c * EF_SPP_CHUNK; j < EF_MIN(k, (c + 1) * EF_SPP_CHUNK); j++) {
-          if (row[j] == 0) continue;
-          uint8_t* step = rec + (used / EF_SPP_SLOTS) * EF_SPP_STEP_BYTES;
-          const size_t slot = i * EF_SPP_SLOTS + used % EF_SPP_SLOTS;
-          step[slot] = (uint8_t)(j - c * EF_SPP_CHUNK);
-          step[EF_SPP_CHUNK + slot] = (uint8_t)row[j];
-          out->wsum[g * EF_SPP_ROWS + i] += row[j];
-          used++;
-        }
-        out->nnz += used;
-      }
-      s += cs;
-    }
+    s += spp_group(w, n, k, g, out->step_data + s * EF_SPP_STEP_BYTES, out->step_col + s, out->wsum + g * EF_SPP_ROWS);
   }
   out->group_step[out->groups] = (uint32_t)s;
+  for (size_t i = 0; i < n * k; i++) out->nnz += w[i] != 0;
   for (size_t r = 0; r < n; r++) {
     out->w_scale[r] = w_scale[r];
     out->bias[r] = bias ? bias[r] : 0.0f;
@@ -542,7 +548,8 @@ int ef_spp_gemm(const ef_spp_config* config, size_t m, const int8_t* x, const ef
                 const ef_sparse_params* p) {
   if (config == NULL) config = ef_spp_select();
   if (m == 0) return 0;
-  const size_t ldx = w->chunks * EF_SPP_CHUNK, ldr = w->groups * EF_SPP_ROWS, k = w->k;
+  /* each row padded by one window: a step's window may start at any column below K */
+  const size_t k = w->k, ldx = EF_ROUND_UP(k + EF_SPP_WINDOW, 64), ldr = w->groups * EF_SPP_ROWS;
   const size_t xbytes = EF_ROUND_UP(m * ldx, 64), bytes = xbytes + m * ldr * sizeof(int32_t);
   _Alignas(64) uint8_t stack[SPARSE_STACK_SCRATCH];
   uint8_t* buf = bytes <= sizeof stack ? stack : ef_aligned_alloc(bytes);
