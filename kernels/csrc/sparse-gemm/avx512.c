@@ -99,7 +99,7 @@ const ef_spb_config ef_spb_config_avx512 = {
 
 /* ------------------------------------------------------------------ permute layout (VBMI) */
 #if EF_ARCH_X86
-/* vpermb is AVX512_VBMI (Ice Lake, Sapphire Rapids, Zen 4), which the avx512 level does not
+/* vpermi2b is AVX512_VBMI (Ice Lake, Sapphire Rapids, Zen 4), which the avx512 level does not
  * require: ef_spp_select checks it separately. */
 #define SPP_TARGET_VBMI \
   __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx512vbmi")))
@@ -109,16 +109,18 @@ EF_INLINE SPP_TARGET_VBMI void spp_dpbusd(__m512i* acc, __m512i x, __m512i w) {
 }
 
 /* One step u of an unrolled block: the record's 64 columns gather the activations of its
- * window (vpermb uses the low 6 bits of each index byte), vpdpbusd multiplies them with the
- * 64 weights. Four accumulators per activation row: vpdpbusd's latency is ~4-5 cycles and a
- * step issues in ~1.5, so one chain would stall. */
+ * 128-column window (vpermi2b uses the low 7 bits of each index byte: bit 6 picks the
+ * second vector), vpdpbusd multiplies them with the 64 weights. Four accumulators per
+ * activation row: vpdpbusd's latency is ~4-5 cycles and a step issues in ~1.5, so one chain
+ * would stall. */
+#define SPP_GATHER(xc, col) _mm512_permutex2var_epi8(_mm512_load_si512(xc), col, _mm512_load_si512((xc) + 64))
 #define SPP_STEP(u, acc0, acc1)                                                              \
   {                                                                                          \
     const __m512i col = _mm512_load_si512(rec + (u) * EF_SPP_STEP_BYTES);                    \
-    const __m512i wv = _mm512_load_si512(rec + (u) * EF_SPP_STEP_BYTES + EF_SPP_WINDOW);     \
+    const __m512i wv = _mm512_load_si512(rec + (u) * EF_SPP_STEP_BYTES + EF_SPP_W_OFFSET);   \
     const uint8_t* xc = x + col0[u];                                                         \
-    spp_dpbusd(&acc0, _mm512_permutexvar_epi8(col, _mm512_loadu_si512(xc)), wv);             \
-    if (MR > 1) spp_dpbusd(&acc1, _mm512_permutexvar_epi8(col, _mm512_loadu_si512(xc + ldx)), wv); \
+    spp_dpbusd(&acc0, SPP_GATHER(xc, col), wv);                                              \
+    if (MR > 1) spp_dpbusd(&acc1, SPP_GATHER(xc + ldx, col), wv);                            \
   }
 
 EF_INLINE SPP_TARGET_VBMI void spp_groups(const size_t MR, const ef_spp_packed* w, size_t g0, size_t g1,

@@ -466,6 +466,7 @@ static size_t spp_group(const int8_t* w, size_t n, size_t k, size_t g, uint8_t* 
     size_t start = k;
     for (size_t i = 0; i < EF_SPP_ROWS; i++) start = EF_MIN(start, next[i]);
     if (start == k) break;
+    start -= start % EF_SPP_ALIGN;
     uint8_t* step = rec ? rec + steps * EF_SPP_STEP_BYTES : NULL;
     if (step) {
       memset(step, 0, EF_SPP_STEP_BYTES); /* unused slots: column 0, weight 0 */
@@ -476,7 +477,7 @@ static size_t spp_group(const int8_t* w, size_t n, size_t k, size_t g, uint8_t* 
       for (size_t j = 0; j < EF_SPP_SLOTS && next[i] < start + EF_SPP_WINDOW && next[i] < k; j++) {
         if (step) {
           step[i * EF_SPP_SLOTS + j] = (uint8_t)(next[i] - start);
-          step[EF_SPP_WINDOW + i * EF_SPP_SLOTS + j] = (uint8_t)row[next[i]];
+          step[EF_SPP_W_OFFSET + i * EF_SPP_SLOTS + j] = (uint8_t)row[next[i]];
           wsum[i] += row[next[i]];
         }
         next[i] = spp_next(row, next[i] + 1, k);
@@ -548,8 +549,9 @@ int ef_spp_gemm(const ef_spp_config* config, size_t m, const int8_t* x, const ef
                 const ef_sparse_params* p) {
   if (config == NULL) config = ef_spp_select();
   if (m == 0) return 0;
-  /* each row padded by one window: a step's window may start at any column below K */
-  const size_t k = w->k, ldx = EF_ROUND_UP(k + EF_SPP_WINDOW, 64), ldr = w->groups * EF_SPP_ROWS;
+  /* rows padded by one chunk: the last window starts at the last 64-column boundary below K */
+  const size_t k = w->k, ldx = EF_ROUND_UP(k, EF_SPP_ALIGN) + EF_SPP_WINDOW - EF_SPP_ALIGN;
+  const size_t ldr = w->groups * EF_SPP_ROWS;
   const size_t xbytes = EF_ROUND_UP(m * ldx, 64), bytes = xbytes + m * ldr * sizeof(int32_t);
   _Alignas(64) uint8_t stack[SPARSE_STACK_SCRATCH];
   uint8_t* buf = bytes <= sizeof stack ? stack : ef_aligned_alloc(bytes);

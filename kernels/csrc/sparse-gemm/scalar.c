@@ -127,7 +127,7 @@ static void ef_qs8_spmv_permute_ukernel_2x16x64__scalar(const ef_spp_packed* w, 
       for (uint32_t s = w->group_step[g]; s < w->group_step[g + 1]; s++) {
         const int8_t* xc = xr + w->step_col[s];
         const uint8_t* col = w->step_data + (size_t)s * EF_SPP_STEP_BYTES;
-        const int8_t* wv = (const int8_t*)col + EF_SPP_WINDOW;
+        const int8_t* wv = (const int8_t*)col + EF_SPP_W_OFFSET;
         for (size_t i = 0; i < EF_SPP_ROWS * EF_SPP_SLOTS; i++)
           acc[i / EF_SPP_SLOTS] += (uint32_t)((int32_t)xc[col[i] & (EF_SPP_WINDOW - 1)] * wv[i]);
       }

@@ -224,31 +224,37 @@ EF_INLINE void ef_sparse_qs8_out_row(const int32_t* restrict raw, const int32_t*
   for (size_t n = n0; n < n1; n++) y[n] = ef_sparse_qs8_out(raw[n], x_zp, wsum[n], x_scale, w_scale[n], bias[n], lo, hi);
 }
 
-/* ---- "permute" layout: int8 sparse GEMV gathering activations with vpermb ---------------
+/* ---- "permute" layout: int8 sparse GEMV gathering activations with vpermi2b -------------
  *
  * N is cut into groups of 16 rows (one int32 lane of a 512-bit vector each). A group is a
- * sequence of steps; a step reads a window of 64 consecutive activations starting at its
- * column step_col[s], and gives each of the 16 rows 4 slots (slot s = 4 * row + j) holding
- * a nonzero of that row inside the window: its column relative to the window and its weight.
- * A step record is 128 bytes: uint8 col[64] then int8 w[64]; unused slots have weight 0.
- * The AVX-512 VBMI kernel loads the window's 64 activations (x + 128 as uint8), gathers every
- * slot's activation with one vpermb (col as the index vector) and multiplies with one
+ * sequence of steps; a step reads a window of 128 consecutive activations starting at its
+ * column step_col[s] (a multiple of 64), and gives each of the 16 rows 4 slots (slot
+ * s = 4 * row + j) holding a nonzero of that row inside the window: its column relative to
+ * the window (0..127) and its weight. A step record is 128 bytes: uint8 col[64] then int8
+ * w[64]; unused slots have column 0 and weight 0. The AVX-512 VBMI kernel loads the
+ * window's activations (x + 128 as uint8) as two aligned 64-byte vectors, gathers every
+ * slot's activation with one vpermi2b (col as the index vector) and multiplies with one
  * vpdpbusd: 64 weights of 16 rows per two instructions, no index arithmetic.
  *
- * Packing is greedy: each step's window starts at the smallest column any row of the group
- * still has to place, and every row takes its next (up to 4) nonzeros that fall inside it.
- * A row that is ahead keeps going while a denser row catches up, so the slots fill far
- * better than with windows fixed at multiples of 64: at 75% unstructured sparsity ~0.9 of
- * the slots hold a nonzero (fixed windows: ~0.65, one step per 4 nonzeros of the densest
- * row of every 64 columns). Storage: 2 bytes per slot plus 4 per step, ~0.57 bytes per
- * weight at 75% (bitmask: 0.375, dense int8: 1). The padding to x's row (EF_SPP_WINDOW
- * columns past K, value 0) lets a window start anywhere below K.
+ * Packing is greedy: each step's window starts at the 64-column boundary at or below the
+ * smallest column any row of the group still has to place, and every row takes its next (up
+ * to 4) nonzeros inside the window. A row that is ahead keeps going while a denser row
+ * catches up, so the slots fill far better than with one step sequence per 64 columns: at
+ * 75% unstructured sparsity ~0.9 of the slots hold a nonzero (one sequence per 64 columns
+ * padded every group to its densest row there: ~0.65). Storage: 2 bytes per slot plus 4 per
+ * step, ~0.57 bytes per weight at 75% (bitmask: 0.375, dense int8: 1). 64-column windows
+ * starting at the first unplaced column fill the same and ran as fast on Zen 4; the aligned
+ * windows of 128 keep the activation loads off cache-line boundaries (a split 64-byte load
+ * costs Zen 4 about two aligned ones) on CPUs where the step is not bound by the bytes.
+ * x rows are padded with one chunk of zeros past K, rounded up to 64.
  * Exact for every int8 input: vpdpbusd sums u8 x s8 products into int32 without saturation,
  * the +128 offset comes off as 128 * wsum (wrapping int32, like the reference).
- * The scalar kernel is the reference and the fallback on CPUs without VBMI (vpermb). */
+ * The scalar kernel is the reference and the fallback on CPUs without VBMI (vpermi2b). */
 #define EF_SPP_ROWS 16
-#define EF_SPP_WINDOW 64 /* activations a step can reach: one 512-bit register */
+#define EF_SPP_WINDOW 128 /* activations a step can reach: two 512-bit registers */
+#define EF_SPP_ALIGN 64   /* where windows start */
 #define EF_SPP_SLOTS 4 /* per row and step: the 4 bytes of one vpdpbusd lane */
+#define EF_SPP_W_OFFSET 64 /* a record's weights follow its 64 column bytes */
 #define EF_SPP_STEP_BYTES 128
 #define EF_SPP_MR 2 /* activation rows per ukernel call (the step records are reused) */
 #define EF_SPP_MAX_K (1u << 24)
@@ -257,7 +263,7 @@ typedef struct ef_spp_packed {
   size_t n, k, nnz;
   size_t groups, steps;
   uint32_t* group_step;  /* [groups + 1]: steps of group g are [group_step[g], group_step[g + 1]) */
-  uint32_t* step_col;    /* [steps]: the first column of the step's window */
+  uint32_t* step_col;    /* [steps]: the first column of the step's window, a multiple of 64 */
   uint8_t* step_data;    /* [steps][128]: col[64], w[64] */
   int32_t* wsum;         /* [groups * 16], zero past N */
   float* w_scale;        /* [n] */
@@ -265,8 +271,9 @@ typedef struct ef_spp_packed {
 } ef_spp_packed;
 
 /* raw[r * ldr + n] = sum_k x[r][k] * w[n][k] (int32, wrapping) for r < mr <= EF_SPP_MR and
- * the 16 rows of every group in [g0, g1). x: mr rows of K + EF_SPP_WINDOW elements (zero
- * past K) in the config's format (EF_SPB_X_S8 or EF_SPB_X_U8), row r at x + r * ldx. */
+ * the 16 rows of every group in [g0, g1). x: 64-byte aligned rows of round_up(K, 64) + 64
+ * elements (zero past K) in the config's format (EF_SPB_X_S8 or EF_SPB_X_U8), row r at
+ * x + r * ldx. */
 typedef void (*ef_spp_ukernel_fn)(const ef_spp_packed* w, size_t g0, size_t g1, size_t mr, const uint8_t* x,
                                   size_t ldx, int32_t* raw, size_t ldr);
 
