@@ -160,6 +160,14 @@ def test_weights_go_to_the_expected_kernels(variants):
     assert kinds["int4"]["dense[qb]"] == 2 and kinds["int4"]["conv[qb]"] == 2
     assert kinds["sparse-fp32"]["dense[sparse_f32]"] == 2
     assert kinds["sparse-int8"]["qconv[sparse_qs8->int8]"] == 3
+    # unstructured int8 sparsity: the permute layout where its VBMI kernel runs, else rows
+    from kernels import _kernels
+    from kernels.engine.irops import QWeights
+    want = "sparse_qs8_permute" if _kernels.spp_isa() == "avx512" else "sparse_qs8"
+    sparse = Model(models["sparse-int8"], EngineConfig(autotune_sparse=False))
+    packed = {op.weights.sparse_packed.kind for op in sparse._lowered.ops
+              if isinstance(getattr(op, "weights", None), QWeights) and op.weights.sparse_packed is not None}
+    assert packed == {want}
     # sparse path off: the same file runs dense, same answer within fp32 tolerance
     dense = Model(models["sparse-fp32"], EngineConfig(sparse_min_zero_fraction=1.1))
     assert not any("sparse" in k for k in dense.op_kinds())
