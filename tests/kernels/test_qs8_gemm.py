@@ -99,6 +99,27 @@ def test_dynamic_rows_end_to_end_close_to_float():
     assert np.abs(y - ref).max() < 0.05 * np.abs(ref).max()
 
 
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("m", [5, 64, 257])
+@pytest.mark.parametrize("a_zp", [-128, 0, 127])
+def test_per_tensor_activations_bit_exact(isa, m, a_zp):
+    """One scale and zero point for every row (the CNN plans' case: the kernels then take the
+    activation offset and the scale product once per column block instead of per row), with
+    symmetric weights, -128/127 in both operands and both output types."""
+    rng = np.random.default_rng(m + a_zp + 128)
+    n, k = 37, 19
+    a = rng.choice(np.array([-128, 127, 0, 5], np.int8), (m, k))
+    w = rng.choice(np.array([-128, 127, 0, -3], np.int8), (n, k))
+    ws = rng.uniform(1e-3, 1.0, n).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    packed = kernels.pack_qs8(w, ws, None, b)
+    with kernels.use_isa(isa):
+        got = kernels.qs8_linear(a, 0.02, a_zp, packed, activation="relu6")
+        got_q = kernels.qs8_linear(a, 0.02, a_zp, packed, out_scale=0.3, out_zero_point=-5)
+    assert_bitexact(got, quant.qs8_gemm_ref(a, 0.02, a_zp, w, ws, None, b, clamp=(0.0, 6.0)), isa)
+    assert_bitexact(got_q, quant.qs8_gemm_ref(a, 0.02, a_zp, w, ws, None, b, False, 0.3, -5), isa)
+
+
 int8s = st.integers(-128, 127)
 
 

@@ -196,11 +196,16 @@ static EF_TARGET_AVX512 void ef_qs8_qc8w_gemm_minmax_ukernel_4x16c4__avx512(cons
   const size_t elem = p->out_int8 ? 1 : sizeof(float);
   const size_t k16 = EF_ROUND_UP(w->k, 16); /* <= kp64; zero weights and a = 128 past K */
   const size_t panel_bytes = w->kp64 * EF_QS8_NR;
+  /* per-tensor activations (every row the same scale and zero point: the CNN plans): the
+   * offset and the scale product are per block, not per row */
+  const int shared = !w->has_w_zp && ef_qs8_rows_share_params(g->a_zp, g->a_scale, 0, g->m);
   for (size_t b = b_begin; b < b_end; b++) {
     const uint8_t* wp = w->panel + b * panel_bytes;
     const size_t n0 = b * EF_QS8_NR;
     const __mmask16 mask = (__mmask16)((1u << EF_MIN(EF_QS8_NR, w->n - n0)) - 1);
     const ef_qs8_cols16 cols = ef_qs8_load_cols16__avx512(w->data + b * w->block_bytes, w->has_w_zp, p);
+    const __m512i offset = ef_qs8_offset_16__avx512(g->a_zp[0], &cols);
+    const __m512 s = _mm512_mul_ps(_mm512_set1_ps(g->a_scale[0]), cols.w_scale);
     for (size_t row0 = 0; row0 < g->m; row0 += 4) {
       __m512i raw[4];
       size_t rows = EF_MIN(4, g->m - row0);
@@ -211,8 +216,9 @@ static EF_TARGET_AVX512 void ef_qs8_qc8w_gemm_minmax_ukernel_4x16c4__avx512(cons
       }
       for (size_t r = 0; r < rows; r++) {
         const size_t row = row0 + r;
-        ef_qs8_store_16__avx512(raw[r], mask, g->a_zp[row], g->a_scale[row], g->a_rowsum[row], &cols,
-                                (uint8_t*)g->c + (row * w->n + n0) * elem);
+        uint8_t* out = (uint8_t*)g->c + (row * w->n + n0) * elem;
+        if (shared) ef_qs8_finish_16__avx512(_mm512_sub_epi32(raw[r], offset), s, mask, &cols, out);
+        else ef_qs8_store_16__avx512(raw[r], mask, g->a_zp[row], g->a_scale[row], g->a_rowsum[row], &cols, out);
       }
     }
   }
