@@ -77,6 +77,28 @@ def test_extreme_values_do_not_saturate(isa, a_val, a_zp, w_val, w_zp):
 
 
 @pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("m", [5, 64, 257])
+@pytest.mark.parametrize("a_zp", [-128, 0, 127])
+def test_per_tensor_activations_bit_exact(isa, m, a_zp):
+    """One scale and zero point for every row (the CNN plans' case: the kernels then set up the
+    activation offset and scale product once per group of 16 channels), block-pruned
+    symmetric weights, -128/127 in both operands, both output types."""
+    rng = np.random.default_rng(m + a_zp + 129)
+    n, k = 37, 24
+    w = block_pruned(rng, n, k, 0.3)
+    w[w == 1] = -128
+    a = rng.choice(np.array([-128, 127, 0, 5], np.int8), (m, k))
+    ws = rng.uniform(1e-3, 1.0, n).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    packed = kernels.pack_bsr(w, ws, None, b)
+    with kernels.use_isa(isa):
+        got = kernels.bsr_linear(a, 0.02, a_zp, packed, activation="relu6")
+        got_q = kernels.bsr_linear(a, 0.02, a_zp, packed, out_scale=0.3, out_zero_point=-5)
+    assert_bitexact(got, quant.qs8_gemm_ref(a, 0.02, a_zp, w, ws, None, b, clamp=(0.0, 6.0)), isa)
+    assert_bitexact(got_q, quant.qs8_gemm_ref(a, 0.02, a_zp, w, ws, None, b, False, 0.3, -5), isa)
+
+
+@pytest.mark.parametrize("isa", isa_params())
 def test_all_zero_weights_give_bias(isa):
     m, n, k = 6, 20, 40
     w = np.zeros((n, k), np.int8)

@@ -65,6 +65,10 @@ typedef struct ef_bsr_config {
   size_t mr;
   int a_u8; /* activations prepared as uint8 (a + 128) instead of int16 */
   ef_bsr_ukernel_fn ukernel[EF_BSR_MR_MAX];
+  /* Optional: every row of one group in one call (same arguments, mr = M, any size), so the
+   * group's epilogue constants are set up once rather than per tile of mr rows. NULL: the
+   * operator walks the tiles itself. */
+  ef_bsr_ukernel_fn group;
 } ef_bsr_config;
 
 extern const ef_bsr_config ef_bsr_config_scalar;

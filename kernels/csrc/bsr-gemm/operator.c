@@ -115,6 +115,11 @@ static void bsr_range(void* ctx, size_t begin, size_t end) {
     const size_t b0 = j->w->group_ptr[g], nb = j->w->group_ptr[g + 1] - b0;
     const size_t n0 = g * EF_BSR_NR, nc = EF_MIN(EF_BSR_NR, j->w->n - n0);
     const uint8_t* header = j->w->header + g * EF_QS8_BLOCK_HEADER_BYTES;
+    if (j->config->group) {
+      j->config->group(j->m, nc, nb, j->w->kofs + b0, j->w->blocks + b0 * EF_BSR_BLOCK_BYTES, j->a_prep, kp, j->a_zp,
+                       j->a_scale, j->rowsum, header, (uint8_t*)j->c + n0 * j->elem, j->w->n, j->params);
+      continue;
+    }
     for (size_t m0 = 0; m0 < j->m; m0 += mr_max) {
       const size_t mr = EF_MIN(mr_max, j->m - m0);
       j->config->ukernel[mr - 1](mr, nc, nb, j->w->kofs + b0, j->w->blocks + b0 * EF_BSR_BLOCK_BYTES,
