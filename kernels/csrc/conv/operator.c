@@ -42,15 +42,30 @@ static void dw_rows(void* ctx, size_t begin, size_t end) {
   for (size_t oy = begin; oy < end; oy++)
     for (size_t ox0 = 0; ox0 < j->ow; ox0 += DW_RUN) {
       const size_t run = EF_MIN(DW_RUN, j->ow - ox0);
-      for (size_t i = 0; i < run; i++)
+      /* padding 1: input coordinate = out * stride + k - 1 */
+      const ptrdiff_t iy0 = (ptrdiff_t)(oy * p->stride) - 1;
+      const int rows_inside = iy0 >= 0 && iy0 + 2 < (ptrdiff_t)p->h;
+      for (size_t i = 0; i < run; i++) {
+        const ptrdiff_t ix0 = (ptrdiff_t)((ox0 + i) * p->stride) - 1;
+        const void** t = taps + i * 9;
+        if (rows_inside && ix0 >= 0 && ix0 + 2 < (ptrdiff_t)p->w) {
+          /* all 9 taps inside: no per-tap checks (with few channels these pointers cost as
+           * much as the multiply-adds) */
+          const uint8_t* base = j->x + (size_t)iy0 * row_bytes + (size_t)ix0 * px_bytes;
+          for (size_t ky = 0; ky < 3; ky++, base += row_bytes) {
+            t[ky * 3] = base;
+            t[ky * 3 + 1] = base + px_bytes;
+            t[ky * 3 + 2] = base + 2 * px_bytes;
+          }
+          continue;
+        }
         for (size_t ky = 0; ky < 3; ky++)
           for (size_t kx = 0; kx < 3; kx++) {
-            /* padding 1: input coordinate = out * stride + k - 1 */
-            const ptrdiff_t iy = (ptrdiff_t)(oy * p->stride + ky) - 1;
-            const ptrdiff_t ix = (ptrdiff_t)((ox0 + i) * p->stride + kx) - 1;
+            const ptrdiff_t iy = iy0 + (ptrdiff_t)ky, ix = ix0 + (ptrdiff_t)kx;
             const int inside = iy >= 0 && iy < (ptrdiff_t)p->h && ix >= 0 && ix < (ptrdiff_t)p->w;
-            taps[i * 9 + ky * 3 + kx] = inside ? j->x + (size_t)iy * row_bytes + (size_t)ix * px_bytes : j->zero;
+            t[ky * 3 + kx] = inside ? j->x + (size_t)iy * row_bytes + (size_t)ix * px_bytes : j->zero;
           }
+      }
       uint8_t* out = j->y + (oy * j->ow + ox0) * px_bytes;
       if (j->elem == sizeof(float))
         j->config->dw3x3_f32(p->c, run, (const float* const*)taps, j->w, j->bias, (float*)out, p->out_min, p->out_max);
