@@ -119,11 +119,13 @@ def _patches_reference(x, kh, kw, sh, sw, pads, pad_value, channel_major):
 @pytest.mark.parametrize("dtype", [np.int8, np.float32])
 @pytest.mark.parametrize("channel_major", [False, True])
 @pytest.mark.parametrize("k,stride,pads", [(3, 1, (1, 1, 1, 1)), (3, 2, (1, 1, 0, 0)), (2, 1, (0, 0, 0, 0)),
-                                           (5, 2, (2, 1, 2, 1))])
-@pytest.mark.parametrize("c", [1, 3, 8])
+                                           (5, 2, (2, 1, 2, 1)), (7, 1, (3, 3, 3, 3)), (7, 2, (6, 5, 6, 5))])
+@pytest.mark.parametrize("c", [1, 2, 3, 8])
 def test_im2col_both_orders(dtype, channel_major, k, stride, pads, c):
     """The C patches equal numpy's, in kernel order and in ONNX (c, kh, kw) order, padding
-    included (int4 convolutions take the ONNX order: their groups run along it)."""
+    included (int4 convolutions take the ONNX order: their groups run along it). Pixels of up
+    to 8 bytes take the tap-by-tap path; kernels as wide as the image and padding wider than
+    it put whole rows and columns of taps in the padding."""
     from kernels import _kernels
     rng = np.random.default_rng(c + k)
     x = rng.integers(-128, 128, (2, 7, 6, c)).astype(dtype)

@@ -141,9 +141,52 @@ EF_INLINE void fill_pad(uint8_t* dst, size_t taps, size_t elem, size_t c, const 
   }
 }
 
+/* Copies of one small pixel (px bytes) with the size known to the compiler. */
+EF_INLINE void copy_pixel(uint8_t* dst, const uint8_t* src, size_t px) {
+  switch (px) {
+    case 1: *dst = *src; break;
+    case 2: memcpy(dst, src, 2); break;
+    case 4: memcpy(dst, src, 4); break;
+    case 8: memcpy(dst, src, 8); break;
+    default: copy_short(dst, src, px);
+  }
+}
+
+/* im2col for pixels of at most 8 bytes (a stem convolution on 1..3 channels): tap by tap,
+ * each tap's column of the patch matrix filled for a whole output row at once, the padding
+ * found per row rather than per element. The pixel-by-pixel order below spends a copy call
+ * and its bounds checks on every 1..3 bytes there. */
+static void im2col_small_pixels(size_t elem, const uint8_t* x, size_t h, size_t w, size_t c, size_t kh, size_t kw,
+                                size_t stride_h, size_t stride_w, size_t pad_top, size_t pad_left, size_t oh,
+                                size_t ow, const void* pad_value, uint8_t* out) {
+  const size_t px = c * elem, patch = kh * kw * px;
+  for (size_t ky = 0; ky < kh; ky++)
+    for (size_t kx = 0; kx < kw; kx++) {
+      /* output columns [lo, hi) read inside the image: ix = ox * stride_w + kx - pad_left */
+      size_t lo = 0, hi = 0;
+      if (kx < pad_left) lo = (pad_left - kx + stride_w - 1) / stride_w;
+      if (w + pad_left > kx) hi = EF_MIN(ow, (w + pad_left - kx + stride_w - 1) / stride_w);
+      lo = EF_MIN(lo, hi);
+      for (size_t oy = 0; oy < oh; oy++) {
+        const ptrdiff_t iy = (ptrdiff_t)(oy * stride_h + ky) - (ptrdiff_t)pad_top;
+        uint8_t* dst = out + oy * ow * patch + (ky * kw + kx) * px;
+        const int row_inside = iy >= 0 && iy < (ptrdiff_t)h;
+        size_t ox = 0;
+        for (; ox < (row_inside ? lo : ow); ox++) fill_pad(dst + ox * patch, 1, elem, c, pad_value);
+        if (!row_inside) continue;
+        for (; ox < hi; ox++) copy_pixel(dst + ox * patch, x + ((size_t)iy * w + ox * stride_w + kx - pad_left) * px, px);
+        for (; ox < ow; ox++) fill_pad(dst + ox * patch, 1, elem, c, pad_value);
+      }
+    }
+}
+
 void ef_im2col(size_t elem, const void* x, size_t h, size_t w, size_t c, size_t kh, size_t kw, size_t stride_h,
                size_t stride_w, size_t pad_top, size_t pad_left, size_t oh, size_t ow, const void* pad_value, void* out) {
   const size_t px = c * elem;
+  if (px <= 8) {
+    im2col_small_pixels(elem, x, h, w, c, kh, kw, stride_h, stride_w, pad_top, pad_left, oh, ow, pad_value, out);
+    return;
+  }
   uint8_t* dst = out;
   for (size_t oy = 0; oy < oh; oy++)
     for (size_t ox = 0; ox < ow; ox++)
