@@ -309,8 +309,9 @@ def qb_linear(x: np.ndarray, w: Packed) -> np.ndarray:
 # cache time follows bytes read (bitmask 0.375 B/weight at 75% sparsity, permute and windows
 # ~0.7-0.8, dense 1) unless the kernel cannot keep up with the memory, and that differs by CPU.
 # Measured with benchmarks/kernels_gemm.py at 4096 x 4096, 75%, one thread, against dense:
-# Zen 4 permute 1.60x / bitmask 1.05x; a Xeon with AVX-512 VBMI 1.31x / 2.12x; Zen 3 (AVX2, no
-# vpexpandb) bitmask ~0.6x, while windows (one pshufb per 32 slots) was faster at every size.
+# Zen 4 permute ~2.0x / bitmask ~1.0x; a Xeon with AVX-512 VBMI 1.31x / 2.12x (before permute's
+# greedy windows); Zen 3 (AVX2, no vpexpandb) bitmask ~0.6x, while windows (one pshufb per 32
+# slots) was faster at every size.
 AUTO_PERMUTE_CACHE_BYTES = 512 << 10
 
 
@@ -327,8 +328,8 @@ def pack_sparse(w: np.ndarray, w_scales=None, bias=None, layout: str = "rows") -
     kernels rebuild 64 weights per mask (AVX-512 vpexpandb + vpdpbusd, AVX2/NEON byte
     shuffles). The smallest int8 layout: the fastest when the weights stream from memory.
     layout="permute": int8 only, 16-row groups; each step gives every row 4 slots for its next
-    nonzeros inside a 64-column window (2 bytes per slot, ~0.57 per weight at 75% sparsity);
-    AVX-512 VBMI gathers the activations with one vpermb per 64 slots. Other CPUs run its
+    nonzeros inside a 128-column window (2 bytes per slot, ~0.57 per weight at 75% sparsity);
+    AVX-512 VBMI gathers the activations with one vpermi2b per 64 slots. Other CPUs run its
     scalar reference (slow): use "auto" there.
     layout="auto": int8 only; "permute" where the CPU has AVX-512 VBMI
     (kernels._kernels.spp_isa() == "avx512") and it fits AUTO_PERMUTE_CACHE_BYTES, else the
