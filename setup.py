@@ -7,14 +7,15 @@ the fast path at run time; NEON is the aarch64 baseline.
 
 import glob
 
+import numpy
 from setuptools import Extension, setup
 
 ext = Extension(
     "kernels._kernels",
     sources=sorted(glob.glob("kernels/csrc/**/*.c", recursive=True)),
     depends=sorted(glob.glob("kernels/csrc/**/*.h", recursive=True)),
-    include_dirs=["kernels/csrc"],
-    # The binding uses the buffer protocol, so no numpy headers are needed at build time.
+    # numpy's headers: the binding reads numpy arrays through the NumPy C API (binding.c).
+    include_dirs=["kernels/csrc", numpy.get_include()],
     # _GNU_SOURCE: POSIX calls (posix_memalign, sysconf) under strict -std=c11.
     # -ffp-contract=off: no silent a*b+c -> fma contraction, so the scalar reference and the
     # SIMD kernels round float epilogues identically and can be compared bit for bit.

@@ -301,6 +301,36 @@ def test_non_contiguous_raises(packed):
         kernels.qs8_linear(a, 1.0, 0, packed)
 
 
+def test_binding_reads_numpy_arrays_and_other_buffers_alike(packed):
+    """numpy arrays take the NumPy C API, anything else the buffer protocol: the same checks
+    and results either way (a memoryview, byte-swapped and read-only arrays, a numpy
+    subclass)."""
+    from kernels import _kernels
+    f32 = np.float32
+    a = np.arange(32, dtype=np.int8).reshape(2, 16)
+    want = np.empty((2, 8), np.float32)
+    _kernels.qs8_gemm(a, np.ones(2, f32), np.zeros(2, np.int32), packed, want, f32(-np.inf), f32(np.inf), f32(1), 0)
+    got = np.full((2, 8), 7, np.float32)
+    _kernels.qs8_gemm(memoryview(a), memoryview(np.ones(2, f32)), np.zeros(2, np.int32), packed, memoryview(got),
+                      f32(-np.inf), f32(np.inf), f32(1), 0)
+    np.testing.assert_array_equal(got, want)
+    sub = np.ma.MaskedArray(a)  # an ndarray subclass
+    got[:] = 7
+    _kernels.qs8_gemm(sub, np.ones(2, f32), np.zeros(2, np.int32), packed, got, f32(-np.inf), f32(np.inf), f32(1), 0)
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(TypeError, match="a_scale: expected dtype float32"):
+        _kernels.qs8_gemm(a, np.ones(2, ">f4"), np.zeros(2, np.int32), packed, got, f32(-np.inf), f32(np.inf),
+                          f32(1), 0)
+    read_only = np.empty((2, 8), np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises(TypeError, match="writable"):
+        _kernels.qs8_gemm(a, np.ones(2, f32), np.zeros(2, np.int32), packed, read_only, f32(-np.inf), f32(np.inf),
+                          f32(1), 0)
+    with pytest.raises(TypeError, match="writable"):
+        _kernels.qs8_gemm(a, np.ones(2, f32), np.zeros(2, np.int32), packed, memoryview(bytes(64)).cast("f", (2, 8)),
+                          f32(-np.inf), f32(np.inf), f32(1), 0)
+
+
 def test_shape_mismatches_raise(packed):
     with pytest.raises(ValueError, match="K of the packed weights"):
         kernels.qs8_linear(np.zeros((2, 15), np.int8), 1.0, 0, packed)
