@@ -5,6 +5,10 @@ measures a variant on both engines when it first loads it and keeps the faster.
   names the op), so profiling skips that variant.
 - "auto": native when the variant compiles and is faster on this device, else onnxruntime. A
   graph the native engine cannot run goes to onnxruntime with one log line naming the op(s).
+  While timing, both engines' outputs on the test input are compared; when they differ by
+  more than AGREEMENT_RTOL, the native engine's numpy reference of the graph decides which
+  one is right, whatever the speed (onnxruntime's fused int8 kernels saturate on x86-64
+  without VNNI, QDQ graphs included; kernels.int8_dot_saturates).
   The choice is made once per variant file (profiling on arrival loads each variant first)
   and remembered for later loads of the same file (serving, hot swaps), so it is not
   re-measured on every switch. Sessions say which engine they run on (`engine_name`).
@@ -64,6 +68,25 @@ class NativeEngine:
 
         kernels.set_num_threads(self.intra_op_threads)
         return NativeSession(path)
+
+
+# Relative L2 error above which two engines' outputs count as different computations, not
+# rounding: int8 variants differ by about one quantization step between engines (~0.5% of
+# the output's norm), a saturating int8 dot product by several percent.
+AGREEMENT_RTOL = 0.02
+
+
+def _relative_error(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> float:
+    """Largest ||got - want|| / ||want|| over the outputs (inf on a missing or mis-shaped one)."""
+    worst = 0.0
+    for name, w in want.items():
+        g = got.get(name)
+        if g is None or np.shape(g) != np.shape(w):
+            return float("inf")
+        w64, g64 = np.asarray(w, np.float64), np.asarray(g, np.float64)
+        err = float(np.linalg.norm(g64 - w64))
+        worst = max(worst, err / max(float(np.linalg.norm(w64)), 1e-30) if err else 0.0)
+    return worst
 
 
 def _p50(session, feeds, runs: int) -> float:
@@ -144,7 +167,17 @@ class AutoEngine:
         winner = "native" if t_native <= t_ort else "onnxruntime"
         log.info("variant %s: native p50 %.3f ms, onnxruntime p50 %.3f ms -> %s",
                  os.path.basename(str(path)), t_native * 1e3, t_ort * 1e3, winner)
-        return winner
+        ours, theirs = native.run(feeds), ort_session.run(feeds)
+        apart = _relative_error(ours, theirs)
+        if apart <= AGREEMENT_RTOL:
+            return winner
+        ref = native.model.run_reference(feeds)
+        e_native, e_ort = _relative_error(ours, ref), _relative_error(theirs, ref)
+        right = "native" if e_native <= e_ort else "onnxruntime"
+        log.warning("variant %s: native and onnxruntime outputs differ (relative error %.3g); against the "
+                    "graph's reference native %.3g, onnxruntime %.3g -> %s, whatever the speed",
+                    os.path.basename(str(path)), apart, e_native, e_ort, right)
+        return right
 
     def _remember(self, key, choice: str) -> None:
         with self._lock:

@@ -128,3 +128,49 @@ def test_auto_keeps_integer_int8_graphs_off_a_saturating_onnxruntime(tmp_path, m
         assert len(calls) == 1
     x = np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)
     assert session.run({"x": x})["y"].shape == (1, 32)
+
+
+class _Skewed:
+    """A session whose outputs are off by `shift` x their largest magnitude: what an engine
+    computing with saturating int8 dot products returns (onnxruntime on x86-64 without VNNI,
+    which this machine is not)."""
+
+    def __init__(self, session, shift: float):
+        self.session, self.shift = session, shift
+        self.engine_name = getattr(session, "engine_name", None)
+
+    def run(self, feeds):
+        return {k: v + self.shift * np.abs(v).max() for k, v in self.session.run(feeds).items()}
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+@pytest.mark.parametrize("wrong", ["onnxruntime", "native"])
+def test_auto_takes_the_engine_that_agrees_with_the_reference(files, monkeypatch, caplog, wrong):
+    """When the two engines' outputs differ beyond rounding, the graph's numpy reference picks
+    the right one, whatever the timing says; when they agree, timing alone decides."""
+    from agent.engines.native_engine import AGREEMENT_RTOL, NativeEngine
+    from agent.engines.onnxruntime_engine import OnnxRuntimeEngine
+
+    paths, inputs = files
+    engine = get_engine("auto", runs=3)
+    target = OnnxRuntimeEngine if wrong == "onnxruntime" else NativeEngine
+    original = target.load
+    monkeypatch.setattr(target, "load", lambda self, *a, **k: _Skewed(original(self, *a, **k), 0.3))
+    with caplog.at_level(logging.WARNING, logger="agent.engines.native_engine"):
+        session = engine.load(paths["int8"])
+    right = "native" if wrong == "onnxruntime" else "onnxruntime"
+    assert session.engine_name == right
+    assert "outputs differ" in caplog.text and f"-> {right}" in caplog.text
+    assert AGREEMENT_RTOL < 0.3
+
+
+def test_auto_engines_agree_on_the_example_variants(files, caplog):
+    """No false alarm: the digits variants agree across engines within AGREEMENT_RTOL here."""
+    paths, _ = files
+    engine = get_engine("auto", runs=2)
+    with caplog.at_level(logging.WARNING, logger="agent.engines.native_engine"):
+        for name in ("fp32", "int8", "int4"):
+            engine.load(paths[name])
+    assert "outputs differ" not in caplog.text
