@@ -110,14 +110,21 @@ int ef_sparse_gemm(const ef_sparse_config* config, size_t m, const void* x, cons
   void* buf = NULL;
   const void* xin = x;
   if (mvec) {
-    /* [K][mp] transposed activations, rows past m zero. */
+    /* [K][mp] transposed activations, rows past m zero. Column by column: the writes run
+     * along a row of buf and the strided reads stay in cache lines that the next 15
+     * columns reuse (row by row, every write went to another line: 70% of a pointwise
+     * convolution's time at M = 256). */
     buf = calloc(k * mp, 4);
     if (buf == NULL) return -2;
-    for (size_t r = 0; r < m; r++)
-      for (size_t c = 0; c < k; c++) {
-        if (w->dtype == EF_SPARSE_F32) ((float*)buf)[c * mp + r] = ((const float*)x)[r * k + c];
-        else ((int32_t*)buf)[c * mp + r] = (uint16_t)(int16_t)((const int8_t*)x)[r * k + c];
-      }
+    if (w->dtype == EF_SPARSE_F32) {
+      const float* xf = x;
+      for (size_t c = 0; c < k; c++)
+        for (size_t r = 0; r < m; r++) ((float*)buf)[c * mp + r] = xf[r * k + c];
+    } else {
+      const int8_t* xq = x;
+      for (size_t c = 0; c < k; c++)
+        for (size_t r = 0; r < m; r++) ((int32_t*)buf)[c * mp + r] = (uint16_t)(int16_t)xq[r * k + c];
+    }
     xin = buf;
   } else if (w->dtype == EF_SPARSE_QS8) {
     /* int8 rows widened to int32 with the value in the low half (see sparse-gemm.h). */
