@@ -9,7 +9,7 @@ import pytest
 import kernels
 from kernels import quant
 
-from .tester import assert_bitexact, isa_params
+from .tester import assert_bitexact, assert_per_tensor_bitexact, isa_params
 
 SHAPES = [(1, 1, 1), (1, 16, 4), (1, 17, 33), (2, 31, 7), (3, 5, 64), (4, 16, 2), (5, 33, 129), (7, 48, 31),
           (9, 100, 257), (64, 24, 96), (256, 96, 16)]
@@ -90,12 +90,7 @@ def test_per_tensor_activations_bit_exact(isa, m, a_zp):
     a = rng.choice(np.array([-128, 127, 0, 5], np.int8), (m, k))
     ws = rng.uniform(1e-3, 1.0, n).astype(np.float32)
     b = rng.standard_normal(n).astype(np.float32)
-    packed = kernels.pack_bsr(w, ws, None, b)
-    with kernels.use_isa(isa):
-        got = kernels.bsr_linear(a, 0.02, a_zp, packed, activation="relu6")
-        got_q = kernels.bsr_linear(a, 0.02, a_zp, packed, out_scale=0.3, out_zero_point=-5)
-    assert_bitexact(got, quant.qs8_gemm_ref(a, 0.02, a_zp, w, ws, None, b, clamp=(0.0, 6.0)), isa)
-    assert_bitexact(got_q, quant.qs8_gemm_ref(a, 0.02, a_zp, w, ws, None, b, False, 0.3, -5), isa)
+    assert_per_tensor_bitexact(kernels.bsr_linear, kernels.pack_bsr(w, ws, None, b), a, a_zp, w, ws, b, isa)
 
 
 @pytest.mark.parametrize("isa", isa_params())

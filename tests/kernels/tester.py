@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import kernels
+from kernels import quant
 
 ALL_ISAS = ("scalar", "avx2", "avxvnni", "avx512", "amx", "neon")
 
@@ -46,3 +47,15 @@ def assert_close(got: np.ndarray, want: np.ndarray, rtol: float, atol: float, wh
     worst = np.argmax(err - bound) if err.size else 0
     assert np.all(err <= bound), f"{what}: |err| {err.flat[worst]:.3g} > {bound.flat[worst]:.3g} at {np.unravel_index(worst, err.shape)}"
 
+
+
+def assert_per_tensor_bitexact(linear, packed, a: np.ndarray, a_zp: int, w: np.ndarray, w_scale: np.ndarray,
+                               bias: np.ndarray, isa: str) -> None:
+    """An int8 linear (kernels.qs8_linear or bsr_linear on `packed`, symmetric weights w) with
+    one activation scale and zero point for every row, fp32 out through ReLU6 and int8 out,
+    bit-exact under `isa` against quant.qs8_gemm_ref."""
+    with kernels.use_isa(isa):
+        got = linear(a, 0.02, a_zp, packed, activation="relu6")
+        got_q = linear(a, 0.02, a_zp, packed, out_scale=0.3, out_zero_point=-5)
+    assert_bitexact(got, quant.qs8_gemm_ref(a, 0.02, a_zp, w, w_scale, None, bias, clamp=(0.0, 6.0)), isa)
+    assert_bitexact(got_q, quant.qs8_gemm_ref(a, 0.02, a_zp, w, w_scale, None, bias, False, 0.3, -5), isa)
