@@ -242,16 +242,18 @@ def pack_bsr(w: np.ndarray, w_scales, w_zero_points=None, bias=None) -> Packed:
 
 def bsr_linear(a: np.ndarray, a_scale, a_zero_point, w: Packed, relu: bool = False,
                out_scale: float | None = None, out_zero_point: int = 0, activation=None) -> np.ndarray:
-    """qs8_linear on block-sparse weights from pack_bsr (bit-identical results)."""
-    a2, squeeze = _as_2d(a, "a")
-    m = a2.shape[0]
+    """qs8_linear on block-sparse weights from pack_bsr (bit-identical results; the same lean
+    argument path: [K] or [M, K], Python numbers or per-row arrays, checked by the binding)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"a: expected a numpy array, got {type(a).__name__}")
     if not isinstance(w, Packed) or w.kind != "bsr_qs8":
         raise TypeError(f"w: expected weights from pack_bsr, got {getattr(w, 'kind', type(w).__name__)}")
-    out = np.empty((m, w.n), dtype=np.float32 if out_scale is None else np.int8)
-    _kernels.bsr_gemm(a2, _per_row(a_scale, m, np.float32, "a_scale"),
-                      _per_row(a_zero_point, m, np.int32, "a_zero_point"), w, out, *_clamp(activation, relu),
-                      1.0 if out_scale is None else float(out_scale), int(out_zero_point))
-    return out[0] if squeeze else out
+    m = a.shape[0] if a.ndim > 1 else 1
+    lo, hi = _NO_CLAMP if activation is None and not relu else _clamp(activation, relu)
+    out = np.empty((m, w.n) if a.ndim > 1 else w.n, dtype=_F32 if out_scale is None else np.int8)
+    _kernels.bsr_gemm(a, _row_scale(a_scale, m, "a_scale"), _row_zp(a_zero_point, m, "a_zero_point"), w, out,
+                      lo, hi, 1.0 if out_scale is None else float(out_scale), int(out_zero_point))
+    return out
 
 
 def qd8_linear(x: np.ndarray, w: Packed, relu: bool = False, activation=None) -> np.ndarray:

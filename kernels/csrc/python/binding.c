@@ -565,29 +565,35 @@ static PyObject* py_qs8_pack(PyObject* self, PyObject* args) { return int8_pack(
   } while (0)
 
 /* qs8_gemm(a, a_scale, a_zero_point, packed, out, out_min, out_max, out_scale, out_zero_point) */
-static PyObject* py_qs8_gemm(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
-  if (!nargs_ok("qs8_gemm", nargs, 9)) return NULL;
+/* qs8_gemm and bsr_gemm(a, a_scale, a_zero_point, packed, out, out_min, out_max, out_scale,
+ * out_zero_point): the same arguments and arithmetic on dense or 16 x 4 block-sparse weights. */
+static PyObject* q8_gemm_call(const char* name, packed_kind kind, PyObject* const* args, Py_ssize_t nargs) {
+  if (!nargs_ok(name, nargs, 9)) return NULL;
   float out_min, out_max, out_scale;
   int out_zp;
   if (float_arg(args[5], &out_min) || float_arg(args[6], &out_max) || float_arg(args[7], &out_scale) ||
       int_arg(args[8], &out_zp))
     return NULL;
-  PackedObject* p = packed_arg(args[3], PACKED_QS8, "packed");
+  PackedObject* p = packed_arg(args[3], kind, "packed");
   if (p == NULL) return NULL;
-  const ef_qs8_packed* w = &p->u.qs8;
+  const size_t k = kind == PACKED_QS8 ? p->u.qs8.k : p->u.bsr.k, n = kind == PACKED_QS8 ? p->u.qs8.n : p->u.bsr.n;
   q8_args c;
-  if (q8_args_get(&c, args[0], args[1], args[2], args[4], w->k, w->n, "a", "a_scale", "a_zero_point", "fb")) goto fail;
+  if (q8_args_get(&c, args[0], args[1], args[2], args[4], k, n, "a", "a_scale", "a_zero_point", "fb")) goto fail;
   /* the output's dtype selects dequantized fp32 or requantized int8 */
   const int out_int8 = c.out_int8;
   if (out_int8 && (!(out_scale > 0.0f) || !isfinite(out_scale) || out_zp < -128 || out_zp > 127)) {
     PyErr_SetString(PyExc_ValueError, "int8 output needs out_scale > 0 (finite) and out_zero_point in [-128, 127]");
     goto fail;
   }
-  ef_qs8_gemm_params params = {.k = w->k, .out_min = out_min, .out_max = out_max, .out_int8 = out_int8,
+  ef_qs8_gemm_params params = {.k = k, .out_min = out_min, .out_max = out_max, .out_int8 = out_int8,
                                .out_inv_scale = out_int8 ? 1.0f / out_scale : 1.0f, .out_zp = out_int8 ? out_zp : 0};
   int rc;
-  RUN_RELEASING_GIL((size_t)c.m * w->n * w->k,
-                    rc = ef_qs8_gemm(NULL, (size_t)c.m, c.x, c.zp, c.scale, w, c.out, &params));
+  if (kind == PACKED_QS8) {
+    RUN_RELEASING_GIL((size_t)c.m * n * k, rc = ef_qs8_gemm(NULL, (size_t)c.m, c.x, c.zp, c.scale, &p->u.qs8, c.out, &params));
+  } else {
+    RUN_RELEASING_GIL((size_t)c.m * (p->u.bsr.nnz_blocks + n) * EF_BSR_BLOCK_BYTES,
+                      rc = ef_bsr_gemm(NULL, (size_t)c.m, c.x, c.zp, c.scale, &p->u.bsr, c.out, &params));
+  }
   q8_args_release(&c);
   if (rc != 0) return PyErr_NoMemory();
   Py_RETURN_NONE;
@@ -596,49 +602,16 @@ fail:
   return NULL;
 }
 
+static PyObject* py_qs8_gemm(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  return q8_gemm_call("qs8_gemm", PACKED_QS8, args, nargs);
+}
+
 /* ------------------------------------------------------------------ bsr (16 x 4 block-sparse int8) */
 
 static PyObject* py_bsr_pack(PyObject* self, PyObject* args) { return int8_pack(args, PACKED_BSR, EF_BSR_MAX_K); }
 
-static PyObject* py_bsr_gemm(PyObject* self, PyObject* args) {
-  PyObject *a_obj, *scale_obj, *zp_obj, *packed_obj, *out_obj;
-  float out_min, out_max, out_scale;
-  int out_zp;
-  if (!PyArg_ParseTuple(args, "OOOOOfffi", &a_obj, &scale_obj, &zp_obj, &packed_obj, &out_obj, &out_min, &out_max, &out_scale, &out_zp))
-    return NULL;
-  PackedObject* p = packed_arg(packed_obj, PACKED_BSR, "packed");
-  if (p == NULL) return NULL;
-  const ef_bsr_packed* w = &p->u.bsr;
-  views vs = {.n = 0};
-  Py_buffer *a = views_add(&vs), *scale = views_add(&vs), *zp = views_add(&vs), *out = views_add(&vs);
-  if (get_array(a_obj, a, "a", 'b', 2, 0) || expect_dim(a, 1, (Py_ssize_t)w->k, "a", "K of the packed weights")) goto fail;
-  const Py_ssize_t m = dim(a, 0);
-  if (get_array(scale_obj, scale, "a_scale", 'f', 1, 0) || expect_dim(scale, 0, m, "a_scale", "M")) goto fail;
-  if (get_array(zp_obj, zp, "a_zero_point", 'i', 1, 0) || expect_dim(zp, 0, m, "a_zero_point", "M")) goto fail;
-  const int32_t* z = zp->buf;
-  for (Py_ssize_t i = 0; i < m; i++)
-    if (z[i] < -128 || z[i] > 127) {
-      PyErr_Format(PyExc_ValueError, "a_zero_point[%zd] = %d is outside the int8 range [-128, 127]", i, z[i]);
-      goto fail;
-    }
-  const int out_int8 = is_int8_buffer(out_obj); /* the output's dtype: dequantized fp32 or requantized int8 */
-  if (get_array(out_obj, out, "out", out_int8 ? 'b' : 'f', 2, 1) || expect_dim(out, 0, m, "out", "M") ||
-      expect_dim(out, 1, (Py_ssize_t)w->n, "out", "N"))
-    goto fail;
-  if (out_int8 && (!(out_scale > 0.0f) || !isfinite(out_scale) || out_zp < -128 || out_zp > 127)) {
-    PyErr_SetString(PyExc_ValueError, "int8 output needs out_scale > 0 (finite) and out_zero_point in [-128, 127]");
-    goto fail;
-  }
-  ef_qs8_gemm_params params = {.k = w->k, .out_min = out_min, .out_max = out_max, .out_int8 = out_int8,
-                               .out_inv_scale = out_int8 ? 1.0f / out_scale : 1.0f, .out_zp = out_int8 ? out_zp : 0};
-  int rc;
-  Py_BEGIN_ALLOW_THREADS rc = ef_bsr_gemm(NULL, (size_t)m, a->buf, zp->buf, scale->buf, w, out->buf, &params);
-  Py_END_ALLOW_THREADS views_release(&vs);
-  if (rc != 0) return PyErr_NoMemory();
-  Py_RETURN_NONE;
-fail:
-  views_release(&vs);
-  return NULL;
+static PyObject* py_bsr_gemm(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  return q8_gemm_call("bsr_gemm", PACKED_BSR, args, nargs);
 }
 
 /* ------------------------------------------------------------------ maxpool (int8, NHWC) */
@@ -1306,7 +1279,7 @@ static PyMethodDef methods[] = {
     {"qadd", py_qadd, METH_VARARGS,
      "qadd(a, b, out, a_scale, a_zp, b_scale, b_zp, out_scale, out_zp): int8 out = Q(DQ(a) + DQ(b)), 1-D int8"},
     {"bsr_pack", py_bsr_pack, METH_VARARGS, "bsr_pack(w int8, w_scale, w_zero_point|None, bias|None) -> Packed (16x4 blocks)"},
-    {"bsr_gemm", py_bsr_gemm, METH_VARARGS,
+    {"bsr_gemm", (PyCFunction)(void (*)(void))py_bsr_gemm, METH_FASTCALL,
      "bsr_gemm(a, a_scale, a_zero_point, packed, out, out_min, out_max, out_scale, out_zero_point)"},
     {"qb_pack", py_qb_pack, METH_VARARGS, "qb_pack(q, bits, group_size, scales, offsets, bias|None) -> Packed"},
     {"qb_gemm", py_qb_gemm, METH_VARARGS, "qb_gemm(x, packed, out)"},
