@@ -89,9 +89,9 @@ static char numpy_code(PyArrayObject* a) {
 
 /* The struct-module format of a type code, for views filled from numpy arrays. */
 static const char* code_format(char code) {
-  static const char formats[] = "b\0B\0h\0H\0i\0I\0f";
-  const char* at = strchr("bBhHiIf", code);
-  return at ? formats + 2 * (at - "bBhHiIf") : "B";
+  static const char codes[] = "bBhHiIf", formats[] = "b\0B\0h\0H\0i\0I\0f";
+  const char* at = code ? strchr(codes, code) : NULL;
+  return at ? formats + 2 * (at - codes) : "B";
 }
 
 /* The element type code of any array argument (numpy or buffer), 0 when it has none. */
@@ -564,7 +564,6 @@ static PyObject* py_qs8_pack(PyObject* self, PyObject* args) { return int8_pack(
     }                                  \
   } while (0)
 
-/* qs8_gemm(a, a_scale, a_zero_point, packed, out, out_min, out_max, out_scale, out_zero_point) */
 /* qs8_gemm and bsr_gemm(a, a_scale, a_zero_point, packed, out, out_min, out_max, out_scale,
  * out_zero_point): the same arguments and arithmetic on dense or 16 x 4 block-sparse weights. */
 static PyObject* q8_gemm_call(const char* name, packed_kind kind, PyObject* const* args, Py_ssize_t nargs) {
