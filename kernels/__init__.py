@@ -204,17 +204,22 @@ def qs8_linear(a: np.ndarray, a_scale, a_zero_point, w: Packed, relu: bool = Fal
     from quant.quantize_rows_dynamic). Returns float32 [M, N], or int8 requantized with
     out_scale/out_zero_point when out_scale is given.
     """
-    # Lean on purpose (a 384 x 384 GEMV is ~1.5 us): the binding takes [K] or [M, K] and Python
-    # numbers for the scale and zero point, and checks every argument itself.
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"a: expected a numpy array, got {type(a).__name__}")
     if not isinstance(w, Packed):
         raise TypeError(f"w: expected weights from pack_qs8, got {type(w).__name__}")
+    return _q8_linear(_kernels.qs8_gemm, a, a_scale, a_zero_point, w, relu, out_scale, out_zero_point, activation)
+
+
+def _q8_linear(gemm, a, a_scale, a_zero_point, w: Packed, relu, out_scale, out_zero_point, activation):
+    """The call qs8_linear and bsr_linear share. Lean on purpose (a 384 x 384 GEMV is ~1.5 us):
+    the binding takes [K] or [M, K] and Python numbers for the scale and zero point, and checks
+    every argument itself."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"a: expected a numpy array, got {type(a).__name__}")
     m = a.shape[0] if a.ndim > 1 else 1
     lo, hi = _NO_CLAMP if activation is None and not relu else _clamp(activation, relu)
     out = np.empty((m, w.n) if a.ndim > 1 else w.n, dtype=_F32 if out_scale is None else np.int8)
-    _kernels.qs8_gemm(a, _row_scale(a_scale, m, "a_scale"), _row_zp(a_zero_point, m, "a_zero_point"), w, out,
-                      lo, hi, 1.0 if out_scale is None else float(out_scale), int(out_zero_point))
+    gemm(a, _row_scale(a_scale, m, "a_scale"), _row_zp(a_zero_point, m, "a_zero_point"), w, out,
+         lo, hi, 1.0 if out_scale is None else float(out_scale), int(out_zero_point))
     return out
 
 
@@ -242,18 +247,11 @@ def pack_bsr(w: np.ndarray, w_scales, w_zero_points=None, bias=None) -> Packed:
 
 def bsr_linear(a: np.ndarray, a_scale, a_zero_point, w: Packed, relu: bool = False,
                out_scale: float | None = None, out_zero_point: int = 0, activation=None) -> np.ndarray:
-    """qs8_linear on block-sparse weights from pack_bsr (bit-identical results; the same lean
-    argument path: [K] or [M, K], Python numbers or per-row arrays, checked by the binding)."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"a: expected a numpy array, got {type(a).__name__}")
+    """qs8_linear on block-sparse weights from pack_bsr (bit-identical results, the same
+    arguments)."""
     if not isinstance(w, Packed) or w.kind != "bsr_qs8":
         raise TypeError(f"w: expected weights from pack_bsr, got {getattr(w, 'kind', type(w).__name__)}")
-    m = a.shape[0] if a.ndim > 1 else 1
-    lo, hi = _NO_CLAMP if activation is None and not relu else _clamp(activation, relu)
-    out = np.empty((m, w.n) if a.ndim > 1 else w.n, dtype=_F32 if out_scale is None else np.int8)
-    _kernels.bsr_gemm(a, _row_scale(a_scale, m, "a_scale"), _row_zp(a_zero_point, m, "a_zero_point"), w, out,
-                      lo, hi, 1.0 if out_scale is None else float(out_scale), int(out_zero_point))
-    return out
+    return _q8_linear(_kernels.bsr_gemm, a, a_scale, a_zero_point, w, relu, out_scale, out_zero_point, activation)
 
 
 def qd8_linear(x: np.ndarray, w: Packed, relu: bool = False, activation=None) -> np.ndarray:
