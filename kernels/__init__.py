@@ -405,6 +405,13 @@ _SPARSE_QS8_GEMM = {
 }
 
 
+def sparse_qs8_gemm_entry(w: Packed):
+    """The binding entry point of an int8 sparse packing from pack_sparse (any layout), for
+    callers that prepare their own arguments (the engine's plans): gemm(x int8, x_scale
+    float32 [M], x_zero_point int32 [M], w, out float32, out_min, out_max)."""
+    return _SPARSE_QS8_GEMM.get(w.kind, _kernels.sparse_gemm)
+
+
 def sparse_linear(x: np.ndarray, w: Packed, x_scale=None, x_zero_point=None, relu: bool = False,
                   activation=None) -> np.ndarray:
     """y = x @ W^T + bias with sparse W from pack_sparse, fp32 output [M, N] (or [N]).

@@ -458,11 +458,8 @@ def bsr_block_fraction(q: np.ndarray) -> float:
 
 
 # The unstructured int8 sparse packing: the permute layout where the CPU runs its VBMI kernel
-# (vpermb gathers; faster than dense at 75% sparsity for GEMV and GEMM alike), else compressed
+# (vpermi2b gathers; faster than dense at 75% sparsity for GEMV and GEMM alike), else compressed
 # rows (its GEMM kernel needs no byte permutes). Same arguments, same integers.
-_SPARSE_GEMM = {"sparse_qs8": _kernels.sparse_gemm, "sparse_qs8_permute": _kernels.spp_gemm}
-
-
 def _pack_unstructured(q: np.ndarray, scale: np.ndarray, bias: np.ndarray | None):
     return kernels.pack_sparse(q, scale, bias, layout="permute" if _kernels.spp_isa() == "avx512" else "rows")
 
@@ -505,7 +502,7 @@ class QWeights:
         return [partial(_kernels.bsr_gemm, a2, sv, zv, self.bsr_packed, y2, lo, hi, F32(out_scale), int(out_zp))]
 
     def _sparse_steps(self, a2, sv, zv, y2, lo, hi, out_q):
-        gemm = _SPARSE_GEMM[self.sparse_packed.kind]
+        gemm = kernels.sparse_qs8_gemm_entry(self.sparse_packed)
         if not out_q:
             return [partial(gemm, a2, sv, zv, self.sparse_packed, y2, lo, hi)]
         tmp = np.empty(y2.shape, F32)
