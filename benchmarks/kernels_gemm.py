@@ -10,7 +10,7 @@ For every M in {1, 32, 128}, N and K in {384, 1536, 4096}, and 1 and 2 threads, 
   int4  ours: kernels.qb_linear (groups of 32)
         ORT:  com.microsoft MatMulNBits (bits=4, block 32), the faster of accuracy_level 0 and 4
   sparse ours: kernels.sparse_linear on int8 weights with 75% (and 50%) unstructured zeros, packed with
-        pack_sparse(layout="auto") (what a user asking for the fastest int8 layout gets: "permute", vpermi2b gathers,
+        pack_sparse(layout="auto") (what a user asking for the fastest int8 layout gets: "permute", vpermb gathers,
         on CPUs with AVX-512 VBMI while it fits ~L2, else the fastest native layout timed at packing; the layout of
         each size is printed), against our dense int8 GEMM (kernels.qs8_linear) on the same symmetric int8 input;
         both called with the same arguments (int8 [M, K], float32 [M] scales, zero point 0)

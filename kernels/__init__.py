@@ -305,13 +305,14 @@ def qb_linear(x: np.ndarray, w: Packed) -> np.ndarray:
 # pack_sparse(layout="auto") on int8 weights. Where AVX-512 VBMI runs the permute kernel, the
 # permute layout when its packing fits AUTO_PERMUTE_CACHE_BYTES (about an L2); otherwise
 # whichever of the layouts this CPU runs natively is fastest on this matrix, timed once at
-# packing (a few ms). Why timing rather than a rule: a GEMV streams the weights once, so out of
-# cache time follows bytes read (bitmask 0.375 B/weight at 75% sparsity, permute and windows
-# ~0.7-0.8, dense 1) unless the kernel cannot keep up with the memory, and that differs by CPU.
-# Measured with benchmarks/kernels_gemm.py at 4096 x 4096, 75%, one thread, against dense:
-# Zen 4 permute ~2.0x / bitmask ~1.0x; a Xeon with AVX-512 VBMI 1.31x / 2.12x (before permute's
-# greedy windows); Zen 3 (AVX2, no vpexpandb) bitmask ~0.6x, while windows (one pshufb per 32
-# slots) was faster at every size.
+# packing (a few ms, each candidate timed after a few untimed calls so that its weights are
+# back in cache as far as they fit). Why timing rather than a rule: a GEMV streams the weights
+# once, so out of cache time follows bytes read (bitmask 0.375 B/weight at 75% sparsity,
+# permute ~0.5, windows ~0.75, dense 1) unless the kernel cannot keep up with the memory, and
+# that differs by CPU. On Zen 4 (vpexpandb is slow there) permute was the fastest at every size
+# kernels_gemm measures; a Xeon with AVX-512 VBMI ran bitmask 2.12x our dense at 4096 x 4096,
+# 75%, against 1.31x for permute with byte columns (0.76 B/weight then); Zen 3 (AVX2, no
+# vpexpandb) ran bitmask ~0.6x, while windows (one pshufb per 32 slots) was faster at every size.
 AUTO_PERMUTE_CACHE_BYTES = 512 << 10
 
 
@@ -328,9 +329,9 @@ def pack_sparse(w: np.ndarray, w_scales=None, bias=None, layout: str = "rows") -
     kernels rebuild 64 weights per mask (AVX-512 vpexpandb + vpdpbusd, AVX2/NEON byte
     shuffles). The smallest int8 layout: the fastest when the weights stream from memory.
     layout="permute": int8 only, 16-row groups; each step gives every row 4 slots for its next
-    nonzeros inside a 128-column window (2 bytes per slot, ~0.57 per weight at 75% sparsity);
-    AVX-512 VBMI gathers the activations with one vpermi2b per 64 slots. Other CPUs run its
-    scalar reference (slow): use "auto" there.
+    nonzeros inside a 64-column window (6-bit column + weight: 1.75 bytes per slot, ~0.5 per
+    weight at 75% sparsity, ~0.93 at 50%); AVX-512 VBMI gathers the activations with one
+    vpermb per 64 slots. Other CPUs run its scalar reference (slow): use "auto" there.
     layout="auto": int8 only; "permute" where the CPU has AVX-512 VBMI
     (kernels._kernels.spp_isa() == "avx512") and it fits AUTO_PERMUTE_CACHE_BYTES, else the
     fastest here of the layouts with native kernels on this CPU (windows and bitmask, plus
@@ -372,7 +373,7 @@ def _faster_gemv(*candidates: Packed) -> Packed:
         out, gemm = np.empty(w.n, _F32), _SPARSE_QS8_GEMM[w.kind]
         return lambda: gemm(x, 1.0, 0, w, out, -np.inf, np.inf)
 
-    return candidates[fastest_index([gemv(w) for w in candidates], rounds=5, calls=3)]
+    return candidates[fastest_index([gemv(w) for w in candidates], rounds=5, calls=3, warm=3)]
 
 
 _F32, _I32 = np.dtype(np.float32), np.dtype(np.int32)

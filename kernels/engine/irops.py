@@ -458,7 +458,7 @@ def bsr_block_fraction(q: np.ndarray) -> float:
 
 
 # The unstructured int8 sparse packing: the permute layout where the CPU runs its VBMI kernel
-# (vpermi2b gathers; faster than dense at 75% sparsity for GEMV and GEMM alike), else compressed
+# (vpermb gathers; faster than dense at 75% sparsity for GEMV and GEMM alike), else compressed
 # rows (its GEMM kernel needs no byte permutes). Same arguments, same integers.
 def _pack_unstructured(q: np.ndarray, scale: np.ndarray, bias: np.ndarray | None):
     return kernels.pack_sparse(q, scale, bias, layout="permute" if _kernels.spp_isa() == "avx512" else "rows")

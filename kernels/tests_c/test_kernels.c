@@ -346,15 +346,18 @@ static void test_spb(const ef_spb_config* cfg, size_t m, size_t n, size_t k, uns
 }
 
 /* Permute layout: as test_spb, plus a fully dense row and an empty row (when n > 2) so a
- * group's step count is 16 per chunk while some rows are all padding. */
-static void test_spp(const ef_spp_config* cfg, size_t m, size_t n, size_t k, unsigned keep_pct, int extreme) {
+ * group's step count is 16 per window while some rows are all padding. run 0: the packer's
+ * choice, else the steps per window run (1, 2, 4). */
+static void test_spp(const ef_spp_config* cfg, size_t m, size_t n, size_t k, unsigned keep_pct, int extreme,
+                     size_t run) {
   sparse_case c = sparse_case_new(m, n, k, keep_pct, extreme);
   if (n > 2) {
     for (size_t i = 0; i < k; i++) c.w[(n / 2) * k + i] = extreme ? -128 : (int8_t)(1 + rnd() % 127);
     memset(c.w + (n - 1) * k, 0, k);
   }
   ef_spp_packed pw;
-  if (ef_spp_pack(c.w, n, k, c.ws, c.bias, &pw) != 0) { printf("pack failed\n"); exit(2); }
+  const int rc = run ? ef_spp_pack_run(c.w, n, k, c.ws, c.bias, run, &pw) : ef_spp_pack(c.w, n, k, c.ws, c.bias, &pw);
+  if (rc != 0) { printf("pack failed\n"); exit(2); }
   ef_sparse_params p = {.out_min = -INFINITY, .out_max = INFINITY, .x_scale = c.xs, .x_zp = c.xz};
   float *ref = malloc(m * n * 4), *got = malloc(m * n * 4);
   ef_spp_gemm(&ef_spp_config_scalar, m, c.x, &pw, ref, &p);
@@ -731,7 +734,8 @@ int main(void) {
     for (size_t s = 0; s < sizeof spb_shapes / sizeof spb_shapes[0]; s++)
       for (unsigned keep = 0; keep <= 100; keep += 25)
         for (int extreme = 0; extreme < 2; extreme++)
-          test_spp(spp[c], spb_shapes[s][0], spb_shapes[s][1], spb_shapes[s][2], keep, extreme);
+          for (size_t run = 0; run <= 4; run = run ? run * 2 : 1)
+            test_spp(spp[c], spb_shapes[s][0], spb_shapes[s][1], spb_shapes[s][2], keep, extreme, run);
   }
   test_bsr_all(flags);
   test_qadd(flags);

@@ -84,9 +84,9 @@ def test_windows_layout_is_smaller_than_dense_at_75_percent():
                                    (5, 9, 130), (5, 17, 130), (9, 33, 300)])
 def test_int8_gemv_layouts_bit_exact(layout, isa, pattern, m, n, k):
     """The int8 GEMV layouts exact on every ISA: bitmask (64-column masks + packed nonzeros) and
-    permute (16-row groups, 64-column windows, 4 nonzeros per row and step), for N off the
-    16-row grid, K off the 64-column grid, odd M (the kernels take rows in blocks), a fully
-    dense row (16 permute steps per window) and the pattern's empty rows."""
+    permute (16-row groups, 64-column windows, 4 nonzeros per row and step, blocks of 4 steps),
+    for N off the 16-row grid, K off the 64-column grid, odd M (the kernels take rows in
+    blocks), a fully dense row (16 permute steps per window) and the pattern's empty rows."""
     rng = np.random.default_rng(len(pattern) * 5 + m * 7 + n + k + len(layout))
     w = rng.integers(-128, 128, (n, k)).astype(np.int8)
     w = PATTERNS[pattern](w) if k % 16 == 0 else quant.prune_unstructured(w, 0.6)
@@ -154,14 +154,16 @@ def test_permute_windows_start_anywhere(isa):
 
 
 def test_permute_layout_bytes_per_weight():
-    """Greedy windows fill ~0.9 of the slots at 75% unstructured sparsity: ~0.57 bytes per
-    weight (2 per slot). Windows fixed at multiples of 64 columns padded every group to its
-    densest row there: 0.76."""
+    """6-bit columns (1.75 bytes per slot) and greedy windows that fill ~0.9 of the slots:
+    ~0.5 bytes per weight at 75% unstructured sparsity and under 1 (dense int8) at 50%. Byte
+    columns in 128-column windows were 0.57 and 1.06."""
     rng = np.random.default_rng(4)
     w = rng.integers(-128, 128, (512, 1024)).astype(np.int8)
     w[w == 0] = 1
-    p = kernels.pack_sparse(quant.prune_unstructured(w, 0.75), np.ones(512, np.float32), layout="permute")
-    assert 0.5 < p.nbytes / w.size < 0.62, p.nbytes / w.size
+    ones = np.ones(512, np.float32)
+    for sparsity, most in ((0.75, 0.53), (0.5, 0.95)):
+        p = kernels.pack_sparse(quant.prune_unstructured(w, sparsity), ones, layout="permute")
+        assert 0.45 < p.nbytes / w.size < most, (sparsity, p.nbytes / w.size)
 
 
 def test_bitmask_layout_bytes_per_weight():

@@ -99,46 +99,54 @@ const ef_spb_config ef_spb_config_avx512 = {
 
 /* ------------------------------------------------------------------ permute layout (VBMI) */
 #if EF_ARCH_X86
-/* vpermi2b is AVX512_VBMI (Ice Lake, Sapphire Rapids, Zen 4), which the avx512 level does not
- * require: ef_spp_select checks it separately. */
+/* vpermb and vpmultishiftqb are AVX512_VBMI, vpshrdq AVX512_VBMI2 (Ice Lake, Sapphire Rapids,
+ * Zen 4), which the avx512 level does not require: ef_spp_select checks them separately. */
 #define SPP_TARGET_VBMI \
-  __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx512vbmi")))
+  __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx512vbmi,avx512vbmi2")))
 
 EF_INLINE SPP_TARGET_VBMI void spp_dpbusd(__m512i* acc, __m512i x, __m512i w) {
   __asm__("vpdpbusd %2, %1, %0" : "+v"(*acc) : "v"(x), "v"(w));
 }
 
-/* One step u of an unrolled block: the record's 64 columns gather the activations of its
- * 128-column window (vpermi2b uses the low 7 bits of each index byte: bit 6 picks the
- * second vector), vpdpbusd multiplies them with the 64 weights. Four accumulators per
- * activation row: vpdpbusd's latency is ~4-5 cycles and a step issues in ~1.5, so one chain
- * would stall. */
-#define SPP_GATHER(xc, col) _mm512_permutex2var_epi8(_mm512_load_si512(xc), col, _mm512_load_si512((xc) + 64))
-#define SPP_STEP(u, acc0, acc1)                                                              \
-  {                                                                                          \
-    const __m512i col = _mm512_load_si512(rec + (u) * EF_SPP_STEP_BYTES);                    \
-    const __m512i wv = _mm512_load_si512(rec + (u) * EF_SPP_STEP_BYTES + EF_SPP_W_OFFSET);   \
-    const uint8_t* xc = x + col0[u];                                                         \
-    spp_dpbusd(&acc0, SPP_GATHER(xc, col), wv);                                              \
-    if (MR > 1) spp_dpbusd(&acc1, SPP_GATHER(xc + ldx, col), wv);                            \
+/* Step u of a block: a step that starts a run (u a multiple of RUN) first loads the run's
+ * window, 64 activations per row (any column: an unaligned load). vpermb gathers every
+ * slot's activation by its 6-bit column, vpdpbusd multiplies them with the step's 64
+ * weights. One accumulator per step of the block: vpdpbusd's latency is ~4-5 cycles and a
+ * step issues in ~1.5, so one chain would stall. */
+#define SPP_STEP(u, idx, acc0, acc1)                                                             \
+  {                                                                                              \
+    if ((u) % RUN == 0) {                                                                        \
+      const uint8_t* xc = x + run_col[(u) / RUN];                                                \
+      xa = _mm512_loadu_si512(xc);                                                               \
+      if (MR > 1) xb = _mm512_loadu_si512(xc + ldx);                                             \
+    }                                                                                            \
+    const __m512i wv = _mm512_load_si512(block + EF_SPP_COL_BYTES + (u) * 64);                   \
+    spp_dpbusd(&acc0, _mm512_permutexvar_epi8(idx, xa), wv);                                     \
+    if (MR > 1) spp_dpbusd(&acc1, _mm512_permutexvar_epi8(idx, xb), wv);                         \
   }
 
-EF_INLINE SPP_TARGET_VBMI void spp_groups(const size_t MR, const ef_spp_packed* w, size_t g0, size_t g1,
-                                          const uint8_t* x, size_t ldx, int32_t* raw, size_t ldr) {
+/* MR activation rows (1 or 2) and RUN steps per window (1, 2 or 4): constants after
+ * inlining, so the window loads resolve at compile time. */
+EF_INLINE SPP_TARGET_VBMI void spp_groups(const size_t MR, const size_t RUN, const ef_spp_packed* w, size_t g0,
+                                          size_t g1, const uint8_t* x, size_t ldx, int32_t* raw, size_t ldr) {
+  /* vpmultishiftqb controls: byte j of each qword takes the 8 bits from bit 6j (steps 0-2,
+   * after the shifts below) or 16 + 6j (step 3); vpermb ignores the top two */
+  const __m512i lo = _mm512_set1_epi64(0x2a241e18120c0600LL), hi = _mm512_set1_epi64(0x3a342e28221c1610LL);
   for (size_t g = g0; g < g1; g++) {
     const __m512i z = _mm512_setzero_si512();
     __m512i a0 = z, a1 = z, a2 = z, a3 = z, b0 = z, b1 = z, b2 = z, b3 = z;
-    size_t s = w->group_step[g];
-    const size_t e = w->group_step[g + 1];
-    const uint8_t* rec = w->step_data + s * EF_SPP_STEP_BYTES;
-    const uint32_t* col0 = w->step_col + s;
-    for (; s + 4 <= e; s += 4, rec += 4 * EF_SPP_STEP_BYTES, col0 += 4) {
-      SPP_STEP(0, a0, b0)
-      SPP_STEP(1, a1, b1)
-      SPP_STEP(2, a2, b2)
-      SPP_STEP(3, a3, b3)
+    __m512i xa = z, xb = z; /* the current window of each activation row */
+    const size_t s0 = w->group_step[g], s1 = w->group_step[g + 1];
+    const uint8_t* block = w->blocks + s0 / EF_SPP_BLOCK * EF_SPP_BLOCK_BYTES;
+    const uint32_t* run_col = w->run_col + s0 / RUN;
+    for (size_t s = s0; s < s1; s += EF_SPP_BLOCK, block += EF_SPP_BLOCK_BYTES, run_col += EF_SPP_BLOCK / RUN) {
+      const __m512i v0 = _mm512_load_si512(block), v1 = _mm512_load_si512(block + 64);
+      const __m512i v2 = _mm512_load_si512(block + 128);
+      SPP_STEP(0, _mm512_multishift_epi64_epi8(lo, v0), a0, b0)
+      SPP_STEP(1, _mm512_multishift_epi64_epi8(lo, _mm512_shrdi_epi64(v0, v1, 48)), a1, b1)
+      SPP_STEP(2, _mm512_multishift_epi64_epi8(lo, _mm512_shrdi_epi64(v1, v2, 32)), a2, b2)
+      SPP_STEP(3, _mm512_multishift_epi64_epi8(hi, v2), a3, b3)
     }
-    for (; s < e; s++, rec += EF_SPP_STEP_BYTES, col0++) SPP_STEP(0, a0, b0)
     /* sum x*w = sum (x + 128) * w - 128 * wsum */
     const __m512i corr = _mm512_slli_epi32(_mm512_loadu_si512(w->wsum + g * EF_SPP_ROWS), 7);
     const __m512i ra = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
@@ -150,11 +158,21 @@ EF_INLINE SPP_TARGET_VBMI void spp_groups(const size_t MR, const ef_spp_packed* 
   }
 }
 
+#define SPP_RUNS(MR)                                                 \
+  switch (w->run) {                                                  \
+    case 1: spp_groups(MR, 1, w, g0, g1, x, ldx, raw, ldr); break;   \
+    case 2: spp_groups(MR, 2, w, g0, g1, x, ldx, raw, ldr); break;   \
+    default: spp_groups(MR, 4, w, g0, g1, x, ldx, raw, ldr); break;  \
+  }
+
 static SPP_TARGET_VBMI void ef_qs8_spmv_permute_ukernel_2x16x64__avx512vbmi(const ef_spp_packed* w, size_t g0,
                                                                              size_t g1, size_t mr, const uint8_t* x,
                                                                              size_t ldx, int32_t* raw, size_t ldr) {
-  if (mr >= 2) spp_groups(2, w, g0, g1, x, ldx, raw, ldr);
-  else spp_groups(1, w, g0, g1, x, ldx, raw, ldr);
+  if (mr >= 2) {
+    SPP_RUNS(2)
+  } else {
+    SPP_RUNS(1)
+  }
 }
 
 const ef_spp_config ef_spp_config_avx512vbmi = {

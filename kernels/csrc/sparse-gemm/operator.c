@@ -431,17 +431,19 @@ int ef_spb_gemm(const ef_spb_config* config, size_t m, const int8_t* x, const ef
 
 const ef_spp_config* ef_spp_select(void) {
 #if EF_ARCH_X86
-  /* VBMI is not part of the avx512 level's requirements (common.h); every CPU with the level's
-   * VBMI2 has it, but ask anyway rather than fault. */
-  if ((ef_arch_flags() & EF_ARCH_X86_AVX512) && __builtin_cpu_supports("avx512vbmi")) return &ef_spp_config_avx512vbmi;
+  /* VBMI (vpermb, vpmultishiftqb) and VBMI2 (vpshrdq) are not part of the avx512 level's
+   * requirements (common.h): ask for them separately. */
+  if ((ef_arch_flags() & EF_ARCH_X86_AVX512) && __builtin_cpu_supports("avx512vbmi") &&
+      __builtin_cpu_supports("avx512vbmi2"))
+    return &ef_spp_config_avx512vbmi;
 #endif
   return &ef_spp_config_scalar;
 }
 
 void ef_spp_packed_free(ef_spp_packed* p) {
   free(p->group_step);
-  free(p->step_col);
-  ef_aligned_free(p->step_data);
+  free(p->run_col);
+  ef_aligned_free(p->blocks);
   free(p->wsum);
   free(p->w_scale);
   free(p->bias);
@@ -449,8 +451,8 @@ void ef_spp_packed_free(ef_spp_packed* p) {
 }
 
 size_t ef_spp_packed_bytes(const ef_spp_packed* p) {
-  return p->steps * (EF_SPP_STEP_BYTES + sizeof(uint32_t)) + (p->groups + 1) * sizeof(uint32_t) +
-         p->groups * EF_SPP_ROWS * sizeof(int32_t) + p->n * 2 * sizeof(float);
+  return p->steps / EF_SPP_BLOCK * EF_SPP_BLOCK_BYTES + p->steps / p->run * sizeof(uint32_t) +
+         (p->groups + 1) * sizeof(uint32_t) + p->groups * EF_SPP_ROWS * sizeof(int32_t) + p->n * 2 * sizeof(float);
 }
 
 /* The first nonzero of row at or after column j (k when none). */
@@ -459,9 +461,18 @@ static size_t spp_next(const int8_t* row, size_t j, size_t k) {
   return j;
 }
 
-/* The steps of group g, placed greedily (sparse-gemm.h). Counts only when rec is NULL;
- * otherwise writes the step records, their window columns and the group's weight sums. */
-static size_t spp_group(const int8_t* w, size_t n, size_t k, size_t g, uint8_t* rec, uint32_t* step_col,
+/* Stores the 6-bit column c of slot s of step u in a block (the inverse of ef_spp_col). */
+static void spp_set_col(uint8_t* block, size_t u, size_t s, unsigned c) {
+  uint64_t* v = (uint64_t*)block;
+  const size_t q = s / 8, bit = 48 * u + 6 * (s % 8), word = bit / 64, shift = bit % 64;
+  v[word * 8 + q] |= (uint64_t)c << shift;
+  if (shift > 64 - 6) v[(word + 1) * 8 + q] |= (uint64_t)c >> (64 - shift);
+}
+
+/* The steps of group g, placed greedily in runs of `run` steps that share one window and
+ * padded to whole blocks (sparse-gemm.h). Counts only when blocks is NULL; otherwise writes
+ * the group's blocks (zeroed by the caller), its runs' window columns and its weight sums. */
+static size_t spp_group(const int8_t* w, size_t n, size_t k, size_t g, size_t run, uint8_t* blocks, uint32_t* run_col,
                         int32_t* wsum) {
   size_t next[EF_SPP_ROWS]; /* each row's first nonzero not yet placed */
   for (size_t i = 0; i < EF_SPP_ROWS; i++) {
@@ -473,52 +484,63 @@ static size_t spp_group(const int8_t* w, size_t n, size_t k, size_t g, uint8_t* 
     size_t start = k;
     for (size_t i = 0; i < EF_SPP_ROWS; i++) start = EF_MIN(start, next[i]);
     if (start == k) break;
-    start -= start % EF_SPP_ALIGN;
-    uint8_t* step = rec ? rec + steps * EF_SPP_STEP_BYTES : NULL;
-    if (step) {
-      memset(step, 0, EF_SPP_STEP_BYTES); /* unused slots: column 0, weight 0 */
-      step_col[steps] = (uint32_t)start;
-    }
-    for (size_t i = 0; i < EF_SPP_ROWS; i++) {
-      const int8_t* row = w + (g * EF_SPP_ROWS + i) * k;
-      for (size_t j = 0; j < EF_SPP_SLOTS && next[i] < start + EF_SPP_WINDOW && next[i] < k; j++) {
-        if (step) {
-          step[i * EF_SPP_SLOTS + j] = (uint8_t)(next[i] - start);
-          step[EF_SPP_W_OFFSET + i * EF_SPP_SLOTS + j] = (uint8_t)row[next[i]];
-          wsum[i] += row[next[i]];
+    if (blocks) run_col[steps / run] = (uint32_t)start;
+    for (size_t u = 0; u < run; u++, steps++) {
+      uint8_t* block = blocks ? blocks + steps / EF_SPP_BLOCK * EF_SPP_BLOCK_BYTES : NULL;
+      int8_t* wv = block ? (int8_t*)block + EF_SPP_COL_BYTES + steps % EF_SPP_BLOCK * 64 : NULL;
+      for (size_t i = 0; i < EF_SPP_ROWS; i++) {
+        const int8_t* row = w + (g * EF_SPP_ROWS + i) * k;
+        for (size_t j = 0; j < EF_SPP_SLOTS && next[i] < start + EF_SPP_WINDOW && next[i] < k; j++) {
+          if (block) {
+            spp_set_col(block, steps % EF_SPP_BLOCK, i * EF_SPP_SLOTS + j, (unsigned)(next[i] - start));
+            wv[i * EF_SPP_SLOTS + j] = row[next[i]];
+            wsum[i] += row[next[i]];
+          }
+          next[i] = spp_next(row, next[i] + 1, k);
         }
-        next[i] = spp_next(row, next[i] + 1, k);
       }
     }
-    steps++;
   }
+  /* empty steps up to a whole block; their runs read the window at column 0 */
+  for (; steps % EF_SPP_BLOCK; steps++)
+    if (blocks && steps % run == 0) run_col[steps / run] = 0;
   return steps;
 }
 
-int ef_spp_pack(const int8_t* w, size_t n, size_t k, const float* w_scale, const float* bias, ef_spp_packed* out) {
+static size_t spp_count(const int8_t* w, size_t n, size_t k, size_t run) {
+  size_t steps = 0;
+  for (size_t g = 0; g < EF_DIV_UP(n, EF_SPP_ROWS); g++) steps += spp_group(w, n, k, g, run, NULL, NULL, NULL);
+  return steps;
+}
+
+int ef_spp_pack_run(const int8_t* w, size_t n, size_t k, const float* w_scale, const float* bias, size_t run,
+                    ef_spp_packed* out) {
   memset(out, 0, sizeof *out);
   if (n == 0 || k == 0 || k > EF_SPP_MAX_K) return -1;
+  if (run != 1 && run != 2 && run != 4) return -1;
   out->n = n;
   out->k = k;
+  out->run = run;
   out->groups = EF_DIV_UP(n, EF_SPP_ROWS);
-  size_t steps = 0;
-  for (size_t g = 0; g < out->groups; g++) steps += spp_group(w, n, k, g, NULL, NULL, NULL);
+  const size_t steps = spp_count(w, n, k, run);
   if (steps > UINT32_MAX) return -1;
   out->steps = steps;
   out->group_step = malloc((out->groups + 1) * sizeof(uint32_t));
-  out->step_col = malloc((steps + 1) * sizeof(uint32_t));
-  out->step_data = ef_aligned_alloc((steps + 1) * EF_SPP_STEP_BYTES);
+  out->run_col = malloc((steps / run + 1) * sizeof(uint32_t));
+  out->blocks = ef_aligned_alloc((steps / EF_SPP_BLOCK + 1) * EF_SPP_BLOCK_BYTES);
   out->wsum = calloc(out->groups * EF_SPP_ROWS, sizeof(int32_t));
   out->w_scale = malloc(n * sizeof(float));
   out->bias = malloc(n * sizeof(float));
-  if (!out->group_step || !out->step_col || !out->step_data || !out->wsum || !out->w_scale || !out->bias) {
+  if (!out->group_step || !out->run_col || !out->blocks || !out->wsum || !out->w_scale || !out->bias) {
     ef_spp_packed_free(out);
     return -2;
   }
+  memset(out->blocks, 0, (steps / EF_SPP_BLOCK + 1) * EF_SPP_BLOCK_BYTES); /* unused slots: column 0, weight 0 */
   size_t s = 0;
   for (size_t g = 0; g < out->groups; g++) {
     out->group_step[g] = (uint32_t)s;
-    s += spp_group(w, n, k, g, out->step_data + s * EF_SPP_STEP_BYTES, out->step_col + s, out->wsum + g * EF_SPP_ROWS);
+    s += spp_group(w, n, k, g, run, out->blocks + s / EF_SPP_BLOCK * EF_SPP_BLOCK_BYTES, out->run_col + s / run,
+                   out->wsum + g * EF_SPP_ROWS);
   }
   out->group_step[out->groups] = (uint32_t)s;
   for (size_t i = 0; i < n * k; i++) out->nnz += w[i] != 0;
@@ -527,6 +549,20 @@ int ef_spp_pack(const int8_t* w, size_t n, size_t k, const float* w_scale, const
     out->bias[r] = bias ? bias[r] : 0.0f;
   }
   return 0;
+}
+
+int ef_spp_pack(const int8_t* w, size_t n, size_t k, const float* w_scale, const float* bias, ef_spp_packed* out) {
+  /* Beyond L1 a step's time follows its 112 bytes; a window is one more 64-byte load from L1
+   * per run. Longer runs load fewer windows but leave more slots empty. The weight of a
+   * window load (a quarter of a block's step) is from kernels_gemm on Zen 4. */
+  size_t best_run = 1;
+  double best_cost = -1.0;
+  if (n > 0 && k > 0 && k <= EF_SPP_MAX_K)
+    for (size_t run = 1; run <= EF_SPP_BLOCK; run *= 2) {
+      const double cost = (double)spp_count(w, n, k, run) * (1.0 + 0.25 / (double)run);
+      if (best_cost < 0 || cost < best_cost) best_cost = cost, best_run = run;
+    }
+  return ef_spp_pack_run(w, n, k, w_scale, bias, best_run, out);
 }
 
 typedef struct {
@@ -556,8 +592,8 @@ int ef_spp_gemm(const ef_spp_config* config, size_t m, const int8_t* x, const ef
                 const ef_sparse_params* p) {
   if (config == NULL) config = ef_spp_select();
   if (m == 0) return 0;
-  /* rows padded by one chunk: the last window starts at the last 64-column boundary below K */
-  const size_t k = w->k, ldx = EF_ROUND_UP(k, EF_SPP_ALIGN) + EF_SPP_WINDOW - EF_SPP_ALIGN;
+  /* rows padded with one window of zeros: a window may start at the last column */
+  const size_t k = w->k, ldx = EF_ROUND_UP(k + EF_SPP_WINDOW, 64);
   const size_t ldr = w->groups * EF_SPP_ROWS;
   const size_t xbytes = EF_ROUND_UP(m * ldx, 64), bytes = xbytes + m * ldr * sizeof(int32_t);
   _Alignas(64) uint8_t stack[SPARSE_STACK_SCRATCH];

@@ -124,12 +124,13 @@ static void ef_qs8_spmv_permute_ukernel_2x16x64__scalar(const ef_spp_packed* w, 
     const int8_t* xr = (const int8_t*)(x + r * ldx);
     for (size_t g = g0; g < g1; g++) {
       uint32_t acc[EF_SPP_ROWS] = {0};
-      for (uint32_t s = w->group_step[g]; s < w->group_step[g + 1]; s++) {
-        const int8_t* xc = xr + w->step_col[s];
-        const uint8_t* col = w->step_data + (size_t)s * EF_SPP_STEP_BYTES;
-        const int8_t* wv = (const int8_t*)col + EF_SPP_W_OFFSET;
+      for (size_t s = w->group_step[g]; s < w->group_step[g + 1]; s++) {
+        const int8_t* xc = xr + w->run_col[s / w->run];
+        const uint8_t* block = w->blocks + s / EF_SPP_BLOCK * EF_SPP_BLOCK_BYTES;
+        const size_t u = s % EF_SPP_BLOCK;
+        const int8_t* wv = (const int8_t*)block + EF_SPP_COL_BYTES + u * 64;
         for (size_t i = 0; i < EF_SPP_ROWS * EF_SPP_SLOTS; i++)
-          acc[i / EF_SPP_SLOTS] += (uint32_t)((int32_t)xc[col[i] & (EF_SPP_WINDOW - 1)] * wv[i]);
+          acc[i / EF_SPP_SLOTS] += (uint32_t)((int32_t)xc[ef_spp_col(block, u, i)] * wv[i]);
       }
       for (size_t i = 0; i < EF_SPP_ROWS; i++) raw[r * ldr + g * EF_SPP_ROWS + i] = (int32_t)acc[i];
     }

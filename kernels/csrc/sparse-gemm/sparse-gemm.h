@@ -224,56 +224,72 @@ EF_INLINE void ef_sparse_qs8_out_row(const int32_t* restrict raw, const int32_t*
   for (size_t n = n0; n < n1; n++) y[n] = ef_sparse_qs8_out(raw[n], x_zp, wsum[n], x_scale, w_scale[n], bias[n], lo, hi);
 }
 
-/* ---- "permute" layout: int8 sparse GEMV gathering activations with vpermi2b -------------
+/* ---- "permute" layout: int8 sparse GEMV gathering activations with vpermb ---------------
  *
  * N is cut into groups of 16 rows (one int32 lane of a 512-bit vector each). A group is a
- * sequence of steps; a step reads a window of 128 consecutive activations starting at its
- * column step_col[s] (a multiple of 64), and gives each of the 16 rows 4 slots (slot
- * s = 4 * row + j) holding a nonzero of that row inside the window: its column relative to
- * the window (0..127) and its weight. A step record is 128 bytes: uint8 col[64] then int8
- * w[64]; unused slots have column 0 and weight 0. The AVX-512 VBMI kernel loads the
- * window's activations (x + 128 as uint8) as two aligned 64-byte vectors, gathers every
- * slot's activation with one vpermi2b (col as the index vector) and multiplies with one
- * vpdpbusd: 64 weights of 16 rows per two instructions, no index arithmetic.
+ * sequence of steps; a step reads a window of 64 consecutive activations and gives each of
+ * the 16 rows 4 slots (slot s = 4 * row + j) holding a nonzero of that row inside the window:
+ * its column relative to the window (6 bits) and its weight. The AVX-512 VBMI kernel
+ * gathers every slot's activation (x + 128 as uint8) from the window with one vpermb (which
+ * reads the low 6 bits of each index byte) and multiplies with one vpdpbusd: 64 weights of 16
+ * rows per two instructions, no index arithmetic.
  *
- * Packing is greedy: each step's window starts at the 64-column boundary at or below the
- * smallest column any row of the group still has to place, and every row takes its next (up
- * to 4) nonzeros inside the window. A row that is ahead keeps going while a denser row
- * catches up, so the slots fill far better than with one step sequence per 64 columns: at
- * 75% unstructured sparsity ~0.9 of the slots hold a nonzero (one sequence per 64 columns
- * padded every group to its densest row there: ~0.65). Storage: 2 bytes per slot plus 4 per
- * step, ~0.57 bytes per weight at 75% (bitmask: 0.375, dense int8: 1). 64-column windows
- * starting at the first unplaced column fill the same and ran as fast on Zen 4; the aligned
- * windows of 128 keep the activation loads off cache-line boundaries (a split 64-byte load
- * costs Zen 4 about two aligned ones) on CPUs where the step is not bound by the bytes.
- * x rows are padded with one chunk of zeros past K, rounded up to 64.
+ * Why 6-bit columns: beyond L1 the kernel, like the dense int8 GEMV, streams its bytes as fast
+ * as the cache delivers them, so time follows bytes. A slot is 1.75 bytes (a byte per column
+ * was 2; 128-column windows with 7-bit columns filled no better).
+ *
+ * Steps come in blocks of 4 (EF_SPP_BLOCK_BYTES = 448, seven cache lines): 192 bytes of
+ * columns, then the 4 steps' weights (64 bytes each, slot order). The columns are stored so
+ * that vpmultishiftqb unpacks them: the block's columns are three 512-bit vectors v0, v1, v2;
+ * qword lane q of the three (192 bits, v0's bits first) holds slots 8q .. 8q+7 of the 4 steps,
+ * step u's slot 8q + j at bit 48u + 6j. Step 0 is v0's low 48 bits, step 3 v2's high 48; steps
+ * 1 and 2 straddle two vectors and come out of one vpshrdq each. ef_spp_col reads a field.
+ *
+ * Windows start at any column. Steps come in runs of `run` (1, 2 or 4, dividing the block)
+ * that share one window, whose first column is run_col[step / run]: packing is greedy, each
+ * run's window starts at the smallest column any row of the group still has to place, and
+ * every step of the run places up to 4 more nonzeros per row inside it. A row that is ahead
+ * keeps going while a denser row catches up. A group's steps are padded to whole blocks with
+ * empty steps (column 0, weight 0). ef_spp_pack picks the run with the fewest bytes and window
+ * loads (sparse-gemm operator.c); at 75% unstructured sparsity ~0.9 of the slots hold a
+ * nonzero: ~0.5 bytes per weight (dense int8: 1).
+ * x rows are padded with 64 zeros past K, so a window may run past the end.
  * Exact for every int8 input: vpdpbusd sums u8 x s8 products into int32 without saturation,
  * the +128 offset comes off as 128 * wsum (wrapping int32, like the reference).
- * The scalar kernel is the reference and the fallback on CPUs without VBMI (vpermi2b). */
+ * The scalar kernel is the reference and the fallback on CPUs without VBMI and VBMI2. */
 #define EF_SPP_ROWS 16
-#define EF_SPP_WINDOW 128 /* activations a step can reach: two 512-bit registers */
-#define EF_SPP_ALIGN 64   /* where windows start */
-#define EF_SPP_SLOTS 4 /* per row and step: the 4 bytes of one vpdpbusd lane */
-#define EF_SPP_W_OFFSET 64 /* a record's weights follow its 64 column bytes */
-#define EF_SPP_STEP_BYTES 128
-#define EF_SPP_MR 2 /* activation rows per ukernel call (the step records are reused) */
+#define EF_SPP_WINDOW 64 /* activations a step can reach: one 512-bit register */
+#define EF_SPP_SLOTS 4   /* per row and step: the 4 bytes of one vpdpbusd lane */
+#define EF_SPP_BLOCK 4   /* steps per block */
+#define EF_SPP_COL_BYTES 192 /* a block's 6-bit columns: 4 steps x 64 slots x 6 bits */
+#define EF_SPP_BLOCK_BYTES (EF_SPP_COL_BYTES + EF_SPP_BLOCK * 64)
+#define EF_SPP_MR 2 /* activation rows per ukernel call (the blocks are reused) */
 #define EF_SPP_MAX_K (1u << 24)
 
 typedef struct ef_spp_packed {
   size_t n, k, nnz;
-  size_t groups, steps;
-  uint32_t* group_step;  /* [groups + 1]: steps of group g are [group_step[g], group_step[g + 1]) */
-  uint32_t* step_col;    /* [steps]: the first column of the step's window, a multiple of 64 */
-  uint8_t* step_data;    /* [steps][128]: col[64], w[64] */
-  int32_t* wsum;         /* [groups * 16], zero past N */
-  float* w_scale;        /* [n] */
-  float* bias;           /* [n] */
+  size_t groups, steps; /* steps: a multiple of EF_SPP_BLOCK */
+  size_t run;           /* steps per window: 1, 2 or 4 */
+  uint32_t* group_step; /* [groups + 1]: steps of group g are [group_step[g], group_step[g + 1]) */
+  uint32_t* run_col;    /* [steps / run]: the first column of each run's window */
+  uint8_t* blocks;      /* [steps / 4][448] */
+  int32_t* wsum;        /* [groups * 16], zero past N */
+  float* w_scale;       /* [n] */
+  float* bias;          /* [n] */
 } ef_spp_packed;
 
+/* Column field of slot s (0..63) of step u (0..3) of a block (the layout above). */
+EF_INLINE unsigned ef_spp_col(const uint8_t* block, size_t u, size_t s) {
+  const uint64_t* v = (const uint64_t*)block; /* [3][8] qwords, little-endian */
+  const size_t q = s / 8, bit = 48 * u + 6 * (s % 8), word = bit / 64, shift = bit % 64;
+  uint64_t f = v[word * 8 + q] >> shift;
+  if (shift > 64 - 6) f |= v[(word + 1) * 8 + q] << (64 - shift);
+  return (unsigned)(f & 63);
+}
+
 /* raw[r * ldr + n] = sum_k x[r][k] * w[n][k] (int32, wrapping) for r < mr <= EF_SPP_MR and
- * the 16 rows of every group in [g0, g1). x: 64-byte aligned rows of round_up(K, 64) + 64
- * elements (zero past K) in the config's format (EF_SPB_X_S8 or EF_SPB_X_U8), row r at
- * x + r * ldx. */
+ * the 16 rows of every group in [g0, g1). x: 64-byte aligned rows of K + 64 elements (zero
+ * past K) in the config's format (EF_SPB_X_S8 or EF_SPB_X_U8), row r at x + r * ldx. */
 typedef void (*ef_spp_ukernel_fn)(const ef_spp_packed* w, size_t g0, size_t g1, size_t mr, const uint8_t* x,
                                   size_t ldx, int32_t* raw, size_t ldr);
 
@@ -287,10 +303,13 @@ extern const ef_spp_config ef_spp_config_scalar;
 #if EF_ARCH_X86
 extern const ef_spp_config ef_spp_config_avx512vbmi;
 #endif
-/* The VBMI kernel when the ISA level allows AVX-512 and the CPU has VBMI, else scalar. */
+/* The VBMI kernel when the ISA level allows AVX-512 and the CPU has VBMI and VBMI2, else scalar. */
 const ef_spp_config* ef_spp_select(void);
 
+/* ef_spp_pack picks the run; ef_spp_pack_run takes it (1, 2 or 4; tests cover each). */
 int ef_spp_pack(const int8_t* w, size_t n, size_t k, const float* w_scale, const float* bias, ef_spp_packed* out);
+int ef_spp_pack_run(const int8_t* w, size_t n, size_t k, const float* w_scale, const float* bias, size_t run,
+                    ef_spp_packed* out);
 void ef_spp_packed_free(ef_spp_packed* p);
 size_t ef_spp_packed_bytes(const ef_spp_packed* p);
 /* x int8 [m, k] -> y fp32 [m, n] with the qs8 epilogue (x_scale, x_zp per row). */
