@@ -207,6 +207,7 @@ def bench_shape(m: int, wts: Weights, threads: int, rng, budget: float) -> Row:
     t["ours_dense_int8_kernel"] = 1e6 * best_time(lambda: kernels.qs8_linear(xq, xs, xz, wts.qs8), budget)
     t["ours_sparse75"] = 1e6 * best_time(lambda: kernels.sparse_linear(xq, wts.sparse75, xs, xz), budget)
     t["ours_sparse50"] = 1e6 * best_time(lambda: kernels.sparse_linear(xq, wts.sparse50, xs, xz), budget)
+    row.notes["stream_bytes"] = {"dense": wts.n * wts.k, "sparse75": wts.sparse75.nbytes, "sparse50": wts.sparse50.nbytes}
 
     feeds = {"x": x}
     outputs = {}
@@ -298,13 +299,24 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for n, k in nk:
             wts = prepare(n, k, rng, tmp)
-            print(f"  sparse layouts for {n}x{k} (pack_sparse auto): 75% {wts.sparse75.kind}, 50% {wts.sparse50.kind}")
+            print(f"  sparse layouts for {n}x{k} (pack_sparse auto): 75% {wts.sparse75.kind}"
+                  f" {wts.sparse75.nbytes / (n * k):.3f} B/weight, 50% {wts.sparse50.kind}"
+                  f" {wts.sparse50.nbytes / (n * k):.3f} B/weight (dense int8 GEMV reads 1)")
             for m in (1, 32, 128):
                 for threads in args.threads:
                     row = bench_shape(m, wts, threads, rng, args.budget)
                     rows.append(row)
                     print_row(row, ghz)
     kernels.set_num_threads(0)
+
+    print("\nM=1 weight stream, GB/s (bytes a GEMV reads / its time; dense int8 reads 1 byte per weight):"
+          " the sparse/dense time ratio follows the bytes where the rates match")
+    for r in rows:
+        if r.m == 1:
+            rates = "  ".join(f"{name} {r.notes['stream_bytes'][name] / r.times_us[key] / 1e3:6.1f}" for name, key in
+                              (("dense", "ours_dense_int8_kernel"), ("sparse75", "ours_sparse75"),
+                               ("sparse50", "ours_sparse50")))
+            print(f"  {r.n:5d} x {r.k:5d}, {r.threads} thread(s): {rates}")
 
     worst_rel = {key: max(r.notes[key] for r in rows) for key in ("int8_vs_ort_rel", "fp32_vs_ort_rel", "int4_vs_ort_rel")}
     print(f"\nsame-layer check, max |ours - ORT| / max|ORT|: " + ", ".join(f"{k} {v:.2e}" for k, v in worst_rel.items()))
