@@ -322,6 +322,10 @@ def pack_sparse(w: np.ndarray, w_scales=None, bias=None, layout: str = "rows") -
 
     layout="rows": compressed rows (uint16 columns, K <= 65535), int8 or fp32; gathers for
     GEMV, a transposed-activation kernel for GEMM (M >= 4).
+    layout="blocks": float32 only; the 16 x 4 blocks (16 outputs x 4 consecutive K) that hold a
+    nonzero, each multiplied as 4 vector FMAs per activation row, rows read and written in
+    place (no transposes). Fast for block-pruned weights (compressor prune block=(16, 4));
+    unstructured sparsity keeps nearly every block. The int8 twin is pack_bsr.
     layout="windows": int8 only, the gather-free GEMV layout of sparse-gemm.h (16-column
     windows x 8-row groups, byte-shuffle selection).
     layout="bitmask": int8 only, per row and 64 columns a 64-bit mask plus the nonzeros packed
@@ -358,8 +362,12 @@ def pack_sparse(w: np.ndarray, w_scales=None, bias=None, layout: str = "rows") -
             return _faster_gemv(*candidates)
         pack = {"windows": _kernels.spw_pack, "bitmask": _kernels.spb_pack, "permute": _kernels.spp_pack}[layout]
         return pack(w, scales, b)
+    if layout == "blocks":
+        if w.dtype != np.float32:
+            raise TypeError(f"w: the blocks layout needs float32 weights (int8: pack_bsr), got {w.dtype}")
+        return _kernels.f32_bsr_pack(w, _vector(bias, n, np.float32, "bias"))
     if layout != "rows":
-        raise ValueError(f"layout must be 'rows', 'windows', 'bitmask', 'permute' or 'auto', got {layout!r}")
+        raise ValueError(f"layout must be 'rows', 'blocks', 'windows', 'bitmask', 'permute' or 'auto', got {layout!r}")
     return _kernels.sparse_pack(w, _vector(w_scales, n, np.float32, "w_scales"), _vector(bias, n, np.float32, "bias"))
 
 
@@ -441,6 +449,8 @@ def sparse_linear(x: np.ndarray, w: Packed, x_scale=None, x_zero_point=None, rel
             raise ValueError("int8 sparse weights need x_scale and x_zero_point")
         _kernels.sparse_gemm(x2, _per_row(x_scale, m, np.float32, "x_scale"),
                              _per_row(x_zero_point, m, np.int32, "x_zero_point"), w, out, lo, hi)
+    elif kind == "sparse_f32_blocks":
+        _kernels.f32_bsr_gemm(x2, w, out, lo, hi)
     else:
         _kernels.sparse_gemm(x2, None, None, w, out, lo, hi)
     return out[0] if squeeze else out

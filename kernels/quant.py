@@ -232,6 +232,8 @@ def sparse_linear_ref(x, w, x_scale=None, x_zp=None, w_scale=None, bias=None, re
         y += np.asarray(bias, np.float64)
     if relu:
         y = np.maximum(y, 0)
+    if clamp is not None:
+        y = np.clip(y, *clamp)
     return y.astype(np.float32)
 
 

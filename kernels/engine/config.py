@@ -27,7 +27,9 @@ class EngineConfig:
         bsr_max_block_fraction: int8 weights of which at most this fraction of the 16 x 4
             blocks (16 output channels x 4 consecutive K) hold a nonzero weight are also packed
             for the block-sparse kernel (bsr_qs8; any zero points), which skips the zero blocks
-            at any M; 0 disables it. Block-pruned weights (compressor prune, block=(16, 4)).
+            at any M; fp32 weights that take the sparse path run on the fp32 block kernel
+            (bsr_f32) instead of compressed rows; 0 disables both. Block-pruned weights
+            (compressor prune, block=(16, 4)).
         max_cached_shapes: input-shape plans kept per model (least recently used dropped).
     """
 

@@ -373,16 +373,24 @@ HAVE_F32_GEMM = hasattr(_kernels, "f32_gemm")
 
 
 class SparseWeights(Weights):
-    """fp32 weights with enough exact zeros to run on the sparse kernel (bias, clamp fused)."""
+    """fp32 weights with enough exact zeros to run on a sparse kernel (bias, clamp fused): the
+    16 x 4 block kernel (bsr_f32: rows in place, 4 FMAs per block and row) when at most
+    `block_max_fraction` of the blocks hold a nonzero, else compressed rows (whose GEMM
+    transposes activations and outputs). Not timed against dense fp32 on purpose: the kernels
+    sum in different orders, so the choice would change the low bits of the results."""
 
-    backend = "sparse_f32"
-
-    def __init__(self, w, bias):
+    def __init__(self, w, bias, block_max_fraction: float = 0.0):
         super().__init__(w, bias)
-        self.packed = kernels.pack_sparse(self.w, None, self.bias)
+        self.block_max_fraction = block_max_fraction
+        blocks = block_max_fraction > 0 and bsr_block_fraction(self.w) <= block_max_fraction
+        self.backend = "bsr_f32" if blocks else "sparse_f32"
+        self.packed = kernels.pack_sparse(self.w, None, self.bias, layout="blocks" if blocks else "rows")
 
     def steps(self, x2, y2, clamp):
-        return [partial(_kernels.sparse_gemm, x2, None, None, self.packed, y2, F32(clamp[0]), F32(clamp[1]))]
+        lo, hi = F32(clamp[0]), F32(clamp[1])
+        if self.backend == "bsr_f32":
+            return [partial(_kernels.f32_bsr_gemm, x2, self.packed, y2, lo, hi)]
+        return [partial(_kernels.sparse_gemm, x2, None, None, self.packed, y2, lo, hi)]
 
 
 class QbWeights(Weights):

@@ -259,7 +259,7 @@ class Lowerer:
                 return irops.QbWeights(q_u, info.scale.astype(F32), offsets, 4, info.block, bias)
         zeros = float(np.mean(w2 == 0))
         if zeros >= self.config.sparse_min_zero_fraction and k <= SPARSE_MAX_K:
-            return irops.SparseWeights(w2, bias)
+            return irops.SparseWeights(w2, bias, self.config.bsr_max_block_fraction)
         return irops.F32Weights(w2, bias) if irops.HAVE_F32_GEMM else irops.Weights(w2, bias)
 
     def int8_weights(self, info: QuantInfo | None, bias) -> irops.QWeights | None:

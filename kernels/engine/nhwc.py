@@ -79,7 +79,7 @@ class ConvNHWC(IROp):
                 self._kernel_order = irops.QWeights(w.q[:, perm], w.scale, w.zp, w.bias, w.sparse, w.autotune,
                                                     w.bsr_max_fraction)
             elif isinstance(w, irops.SparseWeights):
-                self._kernel_order = irops.SparseWeights(w.w[:, perm], w.bias)
+                self._kernel_order = irops.SparseWeights(w.w[:, perm], w.bias, w.block_max_fraction)
             elif isinstance(w, irops.F32Weights):
                 self._kernel_order = irops.F32Weights(w.w[:, perm], w.bias)
             else:

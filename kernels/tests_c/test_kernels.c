@@ -386,6 +386,34 @@ static void test_f32(const ef_f32_gemm_config* cfg, size_t m, size_t n, size_t k
   free(x); free(w); free(b); free(ref); free(got);
 }
 
+/* 16 x 4 block-sparse f32 against the dense scalar kernel on the same matrix: about
+ * keep_pct % of the blocks kept, one row with an infinity in its first column (a block that
+ * read past the end of the row before it would turn 0 * inf into NaN when K % 4 != 0). */
+static void test_f32_bsr(const ef_f32_gemm_config* cfg, size_t m, size_t n, size_t k, unsigned keep_pct) {
+  float *x = malloc(m * k * 4), *w = calloc(n * k, 4), *b = malloc(n * 4);
+  for (size_t i = 0; i < m * k; i++) x[i] = rnd_f();
+  for (size_t n0 = 0; n0 < n; n0 += EF_F32_NR)
+    for (size_t k0 = 0; k0 < k; k0 += EF_F32_BSR_KB)
+      if (rnd() % 100 < keep_pct)
+        for (size_t j = n0; j < EF_MIN(n, n0 + EF_F32_NR); j++)
+          for (size_t kk = k0; kk < EF_MIN(k, k0 + EF_F32_BSR_KB); kk++) w[j * k + kk] = rnd_f();
+  for (size_t i = 0; i < n; i++) b[i] = rnd_f();
+  if (m > 1) x[(m - 1) * k] = INFINITY;
+  ef_f32_packed pd;
+  ef_f32_bsr_packed pw;
+  if (ef_f32_pack(w, n, k, b, &pd) != 0 || ef_f32_bsr_pack(w, n, k, b, &pw) != 0) { printf("pack failed\n"); exit(2); }
+  float *ref = malloc(m * n * 4), *got = malloc(m * n * 4);
+  ef_f32_gemm(&ef_f32_gemm_config_scalar, m, x, &pd, ref, -INFINITY, INFINITY);
+  ef_f32_bsr_gemm(cfg, m, x, &pw, got, -INFINITY, INFINITY);
+  char what[96];
+  snprintf(what, sizeof what, "f32 bsr %zux%zux%zu keep %u%%", m, n, k, keep_pct);
+  /* the row with the infinity is inf or NaN in both; the others must match */
+  expect_close(what, cfg->isa, got, ref, (m > 1 ? m - 1 : m) * n);
+  ef_f32_packed_free(&pd);
+  ef_f32_bsr_packed_free(&pw);
+  free(x); free(w); free(b); free(ref); free(got);
+}
+
 /* ----------------------------------------------------------------------- conv */
 
 /* extreme: int8 activations and weights only -128 / 127, and x_zp at the given end (the
@@ -683,6 +711,7 @@ int main(void) {
       for (int extreme = 0; extreme < 2; extreme++)
         for (int out8 = 0; out8 < 2; out8++) test_qs8(qs8[c], m, n, k, extreme, out8);
       test_f32(f32[c], m, n, k);
+      for (unsigned keep = 0; keep <= 100; keep += 25) test_f32_bsr(f32[c], m, n, k, keep);
       for (int bits = 2; bits <= 4; bits += 2)
         for (int g = 32; g <= 128; g *= 2) test_qb(qb[c], bits, g, m, n, k);
       for (unsigned keep = 5; keep <= 100; keep += 45) {

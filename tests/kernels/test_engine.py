@@ -108,6 +108,26 @@ def test_mobilenet_matches_onnxruntime(mobilenet, variant, batch):
     _compare(models[variant], variant, np.ascontiguousarray(inputs[:batch]), optimized_int8=False)
 
 
+def test_mobilenet_block_sparse_fp32_on_the_block_kernel(mobilenet):
+    """The 16 x 4 block-pruned fp32 network: its 18 pruned pointwise convolutions and the
+    classifier run on the fp32 block kernel (the 1-channel stem is not pruned and stays
+    dense), on every ISA within the fp32 tolerance of onnxruntime; with the block kernel off
+    they take compressed rows, with the same answer."""
+    models, inputs = mobilenet
+    model = Model(models["sparse-fp32"])
+    kinds = model.op_kinds()
+    assert kinds["conv[bsr_f32]"] == 18 and kinds["dense[bsr_f32]"] == 1 and kinds["conv[f32]"] == 1
+    ref = _ort(models["sparse-fp32"], inputs)
+    scale = np.abs(ref).max()
+    for isa in kernels.available_isas():
+        with kernels.use_isa(isa):
+            np.testing.assert_allclose(model.run({"input": inputs})["logits"], ref, rtol=0, atol=FP32_RTOL * scale,
+                                       err_msg=isa)
+    rows = Model(models["sparse-fp32"], EngineConfig(bsr_max_block_fraction=0.0))
+    assert not rows.op_kinds()["conv[bsr_f32]"] and rows.op_kinds()["conv[sparse_f32]"] == 18
+    np.testing.assert_allclose(rows.run({"input": inputs})["logits"], ref, rtol=0, atol=FP32_RTOL * scale)
+
+
 @pytest.mark.parametrize("variant,autotune", [("int8", True), ("sparse-int8", True), ("sparse-int8", False)])
 def test_mobilenet_int8_bitexact_and_on_kernels(mobilenet, variant, autotune):
     models, inputs = mobilenet

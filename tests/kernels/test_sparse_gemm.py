@@ -45,6 +45,55 @@ def test_int8_bit_exact_and_fp32_close(isa, pattern, m):
 
 
 @pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("pattern", ["block16x4", "unstructured75", "empty_rows"])
+@pytest.mark.parametrize("m,n,k", [(1, 16, 64), (3, 17, 30), (9, 40, 208), (37, 64, 96)])
+def test_fp32_blocks_layout_close(isa, pattern, m, n, k):
+    """float32 16 x 4 block-sparse ("blocks"): within the fp32 tolerance of the float64
+    reference on every ISA, for N off the 16-column grid and K off the 4-column grid (rows
+    padded, so a last block never reads into the next row: the infinity there would make
+    0 * inf = NaN), with bias and ReLU6; stores only the nonzero blocks."""
+    rng = np.random.default_rng(m * 13 + n + k + len(pattern))
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    if pattern == "block16x4":
+        w = np.ascontiguousarray(quant.prune_blocks(np.pad(w, ((0, -n % 16), (0, -k % 4))), 0.75, (16, 4))[:n, :k])
+    else:
+        w = PATTERNS[pattern](w)
+    b = rng.standard_normal(n).astype(np.float32)
+    x = rng.standard_normal((m + 1, k)).astype(np.float32)
+    x[m, 0] = np.inf  # the row after the last one computed below
+    p = kernels.pack_sparse(w, bias=b, layout="blocks")
+    blocks = np.pad(w != 0, ((0, -n % 16), (0, -k % 4))).reshape(-(-n // 16), 16, -1, 4).any(axis=(1, 3)).sum()
+    assert (p.kind, p.n, p.k, p.nnz) == ("sparse_f32_blocks", n, k, blocks * 64)
+    with kernels.use_isa(isa):
+        y = kernels.sparse_linear(x, p, activation="relu6")
+        y1 = kernels.sparse_linear(x[0], p)
+    assert_close(y[:m], quant.sparse_linear_ref(x[:m], w, bias=b, clamp=(0, 6)), quant.FLOAT_SUM_RTOL,
+                 quant.FLOAT_SUM_ATOL, f"{isa} blocks")
+    assert y1.shape == (n,)
+    assert_close(y1, quant.sparse_linear_ref(x[:1], w, bias=b)[0], quant.FLOAT_SUM_RTOL, quant.FLOAT_SUM_ATOL,
+                 f"{isa} blocks GEMV")
+
+
+def test_fp32_blocks_layout_bad_input():
+    w = quant.prune_blocks(np.ones((32, 64), np.float32), 0.75, (16, 4))
+    with pytest.raises(TypeError, match="blocks layout needs float32"):
+        kernels.pack_sparse(w.astype(np.int8), np.ones(32, np.float32), layout="blocks")
+    with pytest.raises(ValueError, match="bias"):
+        kernels.pack_sparse(w, bias=np.ones(31, np.float32), layout="blocks")
+    p = kernels.pack_sparse(w, layout="blocks")
+    assert p.nbytes < 0.3 * w.nbytes
+    with pytest.raises(ValueError):
+        kernels.sparse_linear(np.ones((2, 63), np.float32), p)
+    with pytest.raises(TypeError):
+        kernels.sparse_linear(np.ones((2, 64), np.float64), p)
+    with pytest.raises(ValueError):
+        kernels.sparse_linear(np.ones((4, 128), np.float32)[:, ::2], p)  # not contiguous
+    with pytest.raises(TypeError):
+        kernels._kernels.f32_bsr_gemm(np.ones((2, 64), np.float32), kernels.pack_f32(w), np.empty((2, 32), np.float32),
+                                      -np.inf, np.inf)
+
+
+@pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("pattern", sorted(PATTERNS))
 @pytest.mark.parametrize("m,n,k", [(1, 8, 16), (1, 24, 64), (2, 13, 48), (3, 40, 208)])
 def test_windows_layout_bit_exact(isa, pattern, m, n, k):
@@ -73,7 +122,7 @@ def test_windows_layout_is_smaller_than_dense_at_75_percent():
     assert p.nbytes < 0.85 * w.nbytes
     with pytest.raises(TypeError, match="windows layout needs int8"):
         kernels.pack_sparse(w.astype(np.float32), layout="windows")
-    with pytest.raises(ValueError, match="layout must be 'rows', 'windows', 'bitmask', 'permute' or 'auto'"):
+    with pytest.raises(ValueError, match="layout must be 'rows', 'blocks', 'windows', 'bitmask', 'permute' or 'auto'"):
         kernels.pack_sparse(w, np.ones(256, np.float32), layout="csc")
 
 

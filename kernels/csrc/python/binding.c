@@ -232,7 +232,9 @@ static int is_int8_buffer(PyObject* obj) { return element_code(obj) == 'b'; }
 
 /* ------------------------------------------------------------------ packed weights */
 
-typedef enum { PACKED_QS8 = 1, PACKED_QB, PACKED_SPARSE, PACKED_F32, PACKED_SPW, PACKED_SPB, PACKED_BSR, PACKED_SPP } packed_kind;
+typedef enum {
+  PACKED_QS8 = 1, PACKED_QB, PACKED_SPARSE, PACKED_F32, PACKED_SPW, PACKED_SPB, PACKED_BSR, PACKED_SPP, PACKED_F32_BSR
+} packed_kind;
 
 typedef struct {
   PyObject_HEAD packed_kind kind;
@@ -245,6 +247,7 @@ typedef struct {
     ef_bsr_packed bsr;
     ef_spb_packed spb;
     ef_spp_packed spp;
+    ef_f32_bsr_packed f32_bsr;
   } u;
 } PackedObject;
 
@@ -257,6 +260,7 @@ static void packed_dealloc(PackedObject* self) {
   if (self->kind == PACKED_BSR) ef_bsr_packed_free(&self->u.bsr);
   if (self->kind == PACKED_SPB) ef_spb_packed_free(&self->u.spb);
   if (self->kind == PACKED_SPP) ef_spp_packed_free(&self->u.spp);
+  if (self->kind == PACKED_F32_BSR) ef_f32_bsr_packed_free(&self->u.f32_bsr);
   Py_TYPE(self)->tp_free((PyObject*)self);
 }
 
@@ -270,6 +274,7 @@ static PyObject* packed_get_n(PackedObject* self, void* unused) {
     case PACKED_BSR: return PyLong_FromSize_t(self->u.bsr.n);
     case PACKED_SPB: return PyLong_FromSize_t(self->u.spb.n);
     case PACKED_SPP: return PyLong_FromSize_t(self->u.spp.n);
+    case PACKED_F32_BSR: return PyLong_FromSize_t(self->u.f32_bsr.n);
   }
   Py_RETURN_NONE;
 }
@@ -283,6 +288,7 @@ static PyObject* packed_get_k(PackedObject* self, void* unused) {
     case PACKED_BSR: return PyLong_FromSize_t(self->u.bsr.k);
     case PACKED_SPB: return PyLong_FromSize_t(self->u.spb.k);
     case PACKED_SPP: return PyLong_FromSize_t(self->u.spp.k);
+    case PACKED_F32_BSR: return PyLong_FromSize_t(self->u.f32_bsr.k);
   }
   Py_RETURN_NONE;
 }
@@ -300,6 +306,11 @@ static PyObject* packed_get_nbytes(PackedObject* self, void* unused) {
     }
     case PACKED_SPB: return PyLong_FromSize_t(ef_spb_packed_bytes(&self->u.spb));
     case PACKED_SPP: return PyLong_FromSize_t(ef_spp_packed_bytes(&self->u.spp));
+    case PACKED_F32_BSR: {
+      const ef_f32_bsr_packed* b = &self->u.f32_bsr;
+      return PyLong_FromSize_t(b->nnz_blocks * (EF_F32_BSR_BLOCK_FLOATS * sizeof(float) + 4) + (b->n_groups + 1) * 4 +
+                               b->n_groups * EF_F32_NR * sizeof(float));
+    }
     case PACKED_BSR: {
       const ef_bsr_packed* b = &self->u.bsr;
       return PyLong_FromSize_t(b->nnz_blocks * (EF_BSR_BLOCK_BYTES + 4) + (b->n_groups + 1) * 4 +
@@ -323,6 +334,7 @@ static PyObject* packed_get_kind(PackedObject* self, void* unused) {
     case PACKED_BSR: return PyUnicode_FromString("bsr_qs8");
     case PACKED_SPB: return PyUnicode_FromString("sparse_qs8_bitmask");
     case PACKED_SPP: return PyUnicode_FromString("sparse_qs8_permute");
+    case PACKED_F32_BSR: return PyUnicode_FromString("sparse_f32_blocks");
   }
   Py_RETURN_NONE;
 }
@@ -333,11 +345,12 @@ static PyObject* packed_get_nnz(PackedObject* self, void* unused) {
   if (self->kind == PACKED_BSR) return PyLong_FromSize_t(self->u.bsr.nnz_blocks * EF_BSR_BLOCK_BYTES);
   if (self->kind == PACKED_SPB) return PyLong_FromSize_t(self->u.spb.nnz);
   if (self->kind == PACKED_SPP) return PyLong_FromSize_t(self->u.spp.nnz);
+  if (self->kind == PACKED_F32_BSR) return PyLong_FromSize_t(self->u.f32_bsr.nnz_blocks * EF_F32_BSR_BLOCK_FLOATS);
   Py_RETURN_NONE;
 }
 
 static PyGetSetDef packed_getset[] = {
-    {"nnz", (getter)packed_get_nnz, NULL, "stored nonzeros (sparse formats, bsr: stored blocks x 64; None otherwise)", NULL},
+    {"nnz", (getter)packed_get_nnz, NULL, "stored nonzeros (sparse formats; block formats: stored blocks x 64; None otherwise)", NULL},
     {"n", (getter)packed_get_n, NULL, "output channels (rows of the weight matrix)", NULL},
     {"k", (getter)packed_get_k, NULL, "input channels (columns of the weight matrix)", NULL},
     {"nbytes", (getter)packed_get_nbytes, NULL, "bytes of packed storage", NULL},
@@ -999,6 +1012,55 @@ fail:
   return NULL;
 }
 
+/* f32_bsr_pack(w float32 [N, K], bias|None) -> Packed "sparse_f32_blocks" (16 x 4 blocks) */
+static PyObject* py_f32_bsr_pack(PyObject* self, PyObject* args) {
+  PyObject *w_obj, *bias_obj;
+  if (!PyArg_ParseTuple(args, "OO", &w_obj, &bias_obj)) return NULL;
+  views vs = {.n = 0};
+  Py_buffer *w = views_add(&vs), *bias = views_add(&vs);
+  if (get_array(w_obj, w, "w", 'f', 2, 0)) goto fail;
+  const Py_ssize_t n = dim(w, 0), k = dim(w, 1);
+  if (n == 0 || k == 0) { PyErr_SetString(PyExc_ValueError, "w: shape must be non-empty"); goto fail; }
+  if ((size_t)k > UINT32_MAX / 2) { PyErr_SetString(PyExc_ValueError, "w: K too large for the block format"); goto fail; }
+  if (bias_obj != Py_None && (get_array(bias_obj, bias, "bias", 'f', 1, 0) || expect_dim(bias, 0, n, "bias", "N"))) goto fail;
+  PackedObject* p = PyObject_New(PackedObject, &PackedType);
+  if (p == NULL) goto fail;
+  p->kind = PACKED_F32_BSR;
+  int rc;
+  Py_BEGIN_ALLOW_THREADS rc = ef_f32_bsr_pack(w->buf, (size_t)n, (size_t)k, bias->buf, &p->u.f32_bsr);
+  Py_END_ALLOW_THREADS if (rc != 0) {
+    Py_DECREF(p);
+    PyErr_NoMemory();
+    goto fail;
+  }
+  views_release(&vs);
+  return (PyObject*)p;
+fail:
+  views_release(&vs);
+  return NULL;
+}
+
+static PyObject* py_f32_bsr_gemm(PyObject* self, PyObject* args) {
+  PyObject *x_obj, *packed_obj, *out_obj;
+  float lo, hi;
+  if (!PyArg_ParseTuple(args, "OOOff", &x_obj, &packed_obj, &out_obj, &lo, &hi)) return NULL;
+  PackedObject* pk = packed_arg(packed_obj, PACKED_F32_BSR, "packed");
+  if (pk == NULL) return NULL;
+  const ef_f32_bsr_packed* w = &pk->u.f32_bsr;
+  views vs = {.n = 0};
+  Py_buffer *x, *out;
+  Py_ssize_t m;
+  if (linear_x_out(&vs, x_obj, 'f', out_obj, w->k, w->n, &x, &out, &m)) goto fail;
+  int rc;
+  Py_BEGIN_ALLOW_THREADS rc = ef_f32_bsr_gemm(NULL, (size_t)m, x->buf, w, out->buf, lo, hi);
+  Py_END_ALLOW_THREADS views_release(&vs);
+  if (rc != 0) return PyErr_NoMemory();
+  Py_RETURN_NONE;
+fail:
+  views_release(&vs);
+  return NULL;
+}
+
 /* ------------------------------------------------------------------ convolution */
 
 /* dwconv3x3(x [N,H,W,C], w [3,3,C], bias [C], out [N,OH,OW,C], stride, lo, hi,
@@ -1297,6 +1359,8 @@ static PyMethodDef methods[] = {
      "spp_gemm(x, x_scale, x_zero_point, packed, out, out_min, out_max)"},
     {"f32_pack", py_f32_pack, METH_VARARGS, "f32_pack(w, bias|None) -> Packed"},
     {"f32_gemm", py_f32_gemm, METH_VARARGS, "f32_gemm(x, packed, out, out_min, out_max)"},
+    {"f32_bsr_pack", py_f32_bsr_pack, METH_VARARGS, "f32_bsr_pack(w float32, bias|None) -> Packed (16x4 blocks)"},
+    {"f32_bsr_gemm", py_f32_bsr_gemm, METH_VARARGS, "f32_bsr_gemm(x, packed, out, out_min, out_max)"},
     {"dwconv3x3", py_dwconv3x3, METH_VARARGS, "dwconv3x3(x, w, bias, out, stride, lo, hi, x_scale, x_zp, w_scale, out_scale, out_zp)"},
     {"im2col", py_im2col, METH_VARARGS,
      "im2col(x, kh, kw, sh, sw, pad_top, pad_left, oh, ow, pad_value, out, channel_major=False): NHWC patches, "
