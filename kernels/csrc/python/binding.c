@@ -967,7 +967,9 @@ static PyObject* py_spp_gemm(PyObject* self, PyObject* const* args, Py_ssize_t n
 
 /* ------------------------------------------------------------------ f32 gemm */
 
-static PyObject* py_f32_pack(PyObject* self, PyObject* args) {
+/* f32_pack(w float32 [N, K], bias|None) -> Packed "f32"; f32_bsr_pack: the same, 16 x 4
+ * block-sparse ("sparse_f32_blocks"). One argument path, the format picks the packer. */
+static PyObject* f32_pack_as(PyObject* args, packed_kind kind) {
   PyObject *w_obj, *bias_obj;
   if (!PyArg_ParseTuple(args, "OO", &w_obj, &bias_obj)) return NULL;
   views vs = {.n = 0};
@@ -975,12 +977,14 @@ static PyObject* py_f32_pack(PyObject* self, PyObject* args) {
   if (get_array(w_obj, w, "w", 'f', 2, 0)) goto fail;
   const Py_ssize_t n = dim(w, 0), k = dim(w, 1);
   if (n == 0 || k == 0) { PyErr_SetString(PyExc_ValueError, "w: shape must be non-empty"); goto fail; }
+  if ((size_t)k > UINT32_MAX / 2) { PyErr_SetString(PyExc_ValueError, "w: K too large"); goto fail; }
   if (bias_obj != Py_None && (get_array(bias_obj, bias, "bias", 'f', 1, 0) || expect_dim(bias, 0, n, "bias", "N"))) goto fail;
   PackedObject* p = PyObject_New(PackedObject, &PackedType);
   if (p == NULL) goto fail;
-  p->kind = PACKED_F32;
+  p->kind = kind;
   int rc;
-  Py_BEGIN_ALLOW_THREADS rc = ef_f32_pack(w->buf, (size_t)n, (size_t)k, bias->buf, &p->u.f32);
+  Py_BEGIN_ALLOW_THREADS rc = kind == PACKED_F32 ? ef_f32_pack(w->buf, (size_t)n, (size_t)k, bias->buf, &p->u.f32)
+                                                 : ef_f32_bsr_pack(w->buf, (size_t)n, (size_t)k, bias->buf, &p->u.f32_bsr);
   Py_END_ALLOW_THREADS if (rc != 0) {
     Py_DECREF(p);
     PyErr_NoMemory();
@@ -992,67 +996,25 @@ fail:
   views_release(&vs);
   return NULL;
 }
+static PyObject* py_f32_pack(PyObject* self, PyObject* args) { return f32_pack_as(args, PACKED_F32); }
+static PyObject* py_f32_bsr_pack(PyObject* self, PyObject* args) { return f32_pack_as(args, PACKED_F32_BSR); }
 
-static PyObject* py_f32_gemm(PyObject* self, PyObject* args) {
+/* f32_gemm(x, packed, out, out_min, out_max) and f32_bsr_gemm: x float32 [M, K] or [K]. */
+static PyObject* f32_gemm_as(PyObject* args, packed_kind kind) {
   PyObject *x_obj, *packed_obj, *out_obj;
   float lo, hi;
   if (!PyArg_ParseTuple(args, "OOOff", &x_obj, &packed_obj, &out_obj, &lo, &hi)) return NULL;
-  PackedObject* pk = packed_arg(packed_obj, PACKED_F32, "packed");
+  PackedObject* pk = packed_arg(packed_obj, kind, "packed");
   if (pk == NULL) return NULL;
-  const ef_f32_packed* w = &pk->u.f32;
+  const size_t k = kind == PACKED_F32 ? pk->u.f32.k : pk->u.f32_bsr.k;
+  const size_t n = kind == PACKED_F32 ? pk->u.f32.n : pk->u.f32_bsr.n;
   views vs = {.n = 0};
   Py_buffer *x, *out;
   Py_ssize_t m;
-  if (linear_x_out(&vs, x_obj, 'f', out_obj, w->k, w->n, &x, &out, &m)) goto fail;
-  Py_BEGIN_ALLOW_THREADS ef_f32_gemm(NULL, (size_t)m, x->buf, w, out->buf, lo, hi);
-  Py_END_ALLOW_THREADS views_release(&vs);
-  Py_RETURN_NONE;
-fail:
-  views_release(&vs);
-  return NULL;
-}
-
-/* f32_bsr_pack(w float32 [N, K], bias|None) -> Packed "sparse_f32_blocks" (16 x 4 blocks) */
-static PyObject* py_f32_bsr_pack(PyObject* self, PyObject* args) {
-  PyObject *w_obj, *bias_obj;
-  if (!PyArg_ParseTuple(args, "OO", &w_obj, &bias_obj)) return NULL;
-  views vs = {.n = 0};
-  Py_buffer *w = views_add(&vs), *bias = views_add(&vs);
-  if (get_array(w_obj, w, "w", 'f', 2, 0)) goto fail;
-  const Py_ssize_t n = dim(w, 0), k = dim(w, 1);
-  if (n == 0 || k == 0) { PyErr_SetString(PyExc_ValueError, "w: shape must be non-empty"); goto fail; }
-  if ((size_t)k > UINT32_MAX / 2) { PyErr_SetString(PyExc_ValueError, "w: K too large for the block format"); goto fail; }
-  if (bias_obj != Py_None && (get_array(bias_obj, bias, "bias", 'f', 1, 0) || expect_dim(bias, 0, n, "bias", "N"))) goto fail;
-  PackedObject* p = PyObject_New(PackedObject, &PackedType);
-  if (p == NULL) goto fail;
-  p->kind = PACKED_F32_BSR;
+  if (linear_x_out(&vs, x_obj, 'f', out_obj, k, n, &x, &out, &m)) goto fail;
   int rc;
-  Py_BEGIN_ALLOW_THREADS rc = ef_f32_bsr_pack(w->buf, (size_t)n, (size_t)k, bias->buf, &p->u.f32_bsr);
-  Py_END_ALLOW_THREADS if (rc != 0) {
-    Py_DECREF(p);
-    PyErr_NoMemory();
-    goto fail;
-  }
-  views_release(&vs);
-  return (PyObject*)p;
-fail:
-  views_release(&vs);
-  return NULL;
-}
-
-static PyObject* py_f32_bsr_gemm(PyObject* self, PyObject* args) {
-  PyObject *x_obj, *packed_obj, *out_obj;
-  float lo, hi;
-  if (!PyArg_ParseTuple(args, "OOOff", &x_obj, &packed_obj, &out_obj, &lo, &hi)) return NULL;
-  PackedObject* pk = packed_arg(packed_obj, PACKED_F32_BSR, "packed");
-  if (pk == NULL) return NULL;
-  const ef_f32_bsr_packed* w = &pk->u.f32_bsr;
-  views vs = {.n = 0};
-  Py_buffer *x, *out;
-  Py_ssize_t m;
-  if (linear_x_out(&vs, x_obj, 'f', out_obj, w->k, w->n, &x, &out, &m)) goto fail;
-  int rc;
-  Py_BEGIN_ALLOW_THREADS rc = ef_f32_bsr_gemm(NULL, (size_t)m, x->buf, w, out->buf, lo, hi);
+  Py_BEGIN_ALLOW_THREADS rc = kind == PACKED_F32 ? ef_f32_gemm(NULL, (size_t)m, x->buf, &pk->u.f32, out->buf, lo, hi)
+                                                 : ef_f32_bsr_gemm(NULL, (size_t)m, x->buf, &pk->u.f32_bsr, out->buf, lo, hi);
   Py_END_ALLOW_THREADS views_release(&vs);
   if (rc != 0) return PyErr_NoMemory();
   Py_RETURN_NONE;
@@ -1060,6 +1022,8 @@ fail:
   views_release(&vs);
   return NULL;
 }
+static PyObject* py_f32_gemm(PyObject* self, PyObject* args) { return f32_gemm_as(args, PACKED_F32); }
+static PyObject* py_f32_bsr_gemm(PyObject* self, PyObject* args) { return f32_gemm_as(args, PACKED_F32_BSR); }
 
 /* ------------------------------------------------------------------ convolution */
 
