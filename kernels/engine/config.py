@@ -13,6 +13,11 @@ class EngineConfig:
         sparse_min_zero_fraction: a constant weight matrix with at least this fraction of
             exact zeros runs on the sparse kernels (the kernels break even with dense at about
             50% unstructured sparsity); 1.0 or more disables the sparse path.
+        sparse_f32_min_zero_fraction: fp32 weights that qualify above but are not block-sparse
+            (see bsr_max_block_fraction) take the compressed-rows kernel only from this
+            fraction of zeros, else the dense fp32 GEMM: below ~90% the rows kernel is slower
+            than dense (`python -m benchmarks.kernels_sparse_f32`: 0.3-0.9x at 75% zeros,
+            1.25-2x at 90% but for 4-row batches). Lower it to trade speed for memory.
         int4_kernels: run group-quantized int4/int2 weights (blocked DequantizeLinear with
             groups of 32/64/128 along K) on the qb kernels, which quantize activations to int8
             per row on the fly. False folds them to fp32 weights (bit-for-bit what onnxruntime
@@ -34,6 +39,7 @@ class EngineConfig:
     """
 
     sparse_min_zero_fraction: float = 0.5
+    sparse_f32_min_zero_fraction: float = 0.9
     int4_kernels: bool = True
     int8_kernels: bool = True
     channels_last: bool = True
@@ -44,6 +50,8 @@ class EngineConfig:
     def __post_init__(self):
         if not 0.0 <= self.sparse_min_zero_fraction:
             raise ValueError("sparse_min_zero_fraction must be >= 0")
+        if not 0.0 <= self.sparse_f32_min_zero_fraction:
+            raise ValueError("sparse_f32_min_zero_fraction must be >= 0")
         if not 0.0 <= self.bsr_max_block_fraction <= 1.0:
             raise ValueError("bsr_max_block_fraction must be in [0, 1]")
         if self.max_cached_shapes < 1:

@@ -6,7 +6,8 @@
 2. Lowering, in graph order, with these patterns:
    - Conv / Gemm / MatMul with a constant weight -> Conv / Dense on the best weight form:
      int4/int2 blocked weights -> qb kernels; >= sparse_min_zero_fraction zeros -> sparse
-     kernel; else the fp32 GEMM kernel. A following Relu / Clip is fused.
+     kernel (fp32: the 16 x 4 block kernel when block-sparse, compressed rows only from
+     sparse_f32_min_zero_fraction); else the fp32 GEMM kernel. A following Relu / Clip is fused.
      (int8 weights whose 16 x 4 blocks are mostly zero are also packed for the block-sparse
      kernel, bsr_max_block_fraction; the plan times the packings and keeps the fastest.)
    - QDQ int8: Conv / Gemm / MatMul whose input is DequantizeLinear(dynamic int8) and whose
@@ -259,7 +260,10 @@ class Lowerer:
                 return irops.QbWeights(q_u, info.scale.astype(F32), offsets, 4, info.block, bias)
         zeros = float(np.mean(w2 == 0))
         if zeros >= self.config.sparse_min_zero_fraction and k <= SPARSE_MAX_K:
-            return irops.SparseWeights(w2, bias, self.config.bsr_max_block_fraction)
+            max_blocks = self.config.bsr_max_block_fraction
+            if (zeros >= self.config.sparse_f32_min_zero_fraction
+                    or (max_blocks > 0 and irops.bsr_block_fraction(w2) <= max_blocks)):
+                return irops.SparseWeights(w2, bias, max_blocks)
         return irops.F32Weights(w2, bias) if irops.HAVE_F32_GEMM else irops.Weights(w2, bias)
 
     def int8_weights(self, info: QuantInfo | None, bias) -> irops.QWeights | None:
