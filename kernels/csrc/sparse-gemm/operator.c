@@ -552,9 +552,11 @@ int ef_spp_pack_run(const int8_t* w, size_t n, size_t k, const float* w_scale, c
 }
 
 int ef_spp_pack(const int8_t* w, size_t n, size_t k, const float* w_scale, const float* bias, ef_spp_packed* out) {
-  /* Beyond L1 a step's time follows its 112 bytes; a window is one more 64-byte load from L1
-   * per run. Longer runs load fewer windows but leave more slots empty. The weight of a
-   * window load (a quarter of a block's step) is from kernels_gemm on Zen 4. */
+  /* Beyond L1 a step's time follows its 112 bytes; a window is one more 64-byte load, from
+   * L1, per run, counted here as a quarter of a step. Longer runs load fewer windows but leave
+   * more slots empty. This picks run 2 at 75 % unstructured sparsity and 4 at 50 %; forcing
+   * each run in turn through kernels_gemm on Zen 4, those were as fast as the best within
+   * the VM's noise. */
   size_t best_run = 1;
   double best_cost = -1.0;
   if (n > 0 && k > 0 && k <= EF_SPP_MAX_K)

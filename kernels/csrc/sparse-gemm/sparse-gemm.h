@@ -235,8 +235,9 @@ EF_INLINE void ef_sparse_qs8_out_row(const int32_t* restrict raw, const int32_t*
  * rows per two instructions, no index arithmetic.
  *
  * Why 6-bit columns: beyond L1 the kernel, like the dense int8 GEMV, streams its bytes as fast
- * as the cache delivers them, so time follows bytes. A slot is 1.75 bytes (a byte per column
- * was 2; 128-column windows with 7-bit columns filled no better).
+ * as the cache delivers them, so time follows bytes. A slot is 1.75 bytes. The layout before
+ * stored a byte per column (2 bytes per slot) for 128-column windows (vpermi2b), which
+ * filled the slots no better than 64-column windows that start at any column.
  *
  * Steps come in blocks of 4 (EF_SPP_BLOCK_BYTES = 448, seven cache lines): 192 bytes of
  * columns, then the 4 steps' weights (64 bytes each, slot order). The columns are stored so
