@@ -211,16 +211,18 @@ def qs8_linear(a: np.ndarray, a_scale, a_zero_point, w: Packed, relu: bool = Fal
 
 def _q8_linear(gemm, a, a_scale, a_zero_point, w: Packed, relu, out_scale, out_zero_point, activation):
     """The call qs8_linear and bsr_linear share. Lean on purpose (a 384 x 384 GEMV is ~1.5 us):
-    the binding takes [K] or [M, K] and Python numbers for the scale and zero point, and checks
-    every argument itself."""
+    the binding takes [K] or [M, K] and Python numbers for the scale and zero point, allocates a
+    float32 output when given None, and checks every argument itself."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"a: expected a numpy array, got {type(a).__name__}")
     m = a.shape[0] if a.ndim > 1 else 1
     lo, hi = _NO_CLAMP if activation is None and not relu else _clamp(activation, relu)
-    out = np.empty((m, w.n) if a.ndim > 1 else w.n, dtype=_F32 if out_scale is None else np.int8)
-    gemm(a, _row_scale(a_scale, m, "a_scale"), _row_zp(a_zero_point, m, "a_zero_point"), w, out,
-         lo, hi, 1.0 if out_scale is None else float(out_scale), int(out_zero_point))
-    return out
+    if out_scale is None:  # float32 out: the binding allocates it
+        return gemm(a, _row_scale(a_scale, m, "a_scale"), _row_zp(a_zero_point, m, "a_zero_point"), w, None,
+                    lo, hi, 1.0, 0)
+    out = np.empty((m, w.n) if a.ndim > 1 else w.n, dtype=np.int8)
+    return gemm(a, _row_scale(a_scale, m, "a_scale"), _row_zp(a_zero_point, m, "a_zero_point"), w, out,
+                lo, hi, float(out_scale), int(out_zero_point))
 
 
 def qs8_gemm(a: np.ndarray, a_scale, a_zero_point, w: np.ndarray, w_scales, w_zero_points=None,
@@ -430,15 +432,14 @@ def sparse_linear(x: np.ndarray, w: Packed, x_scale=None, x_zero_point=None, rel
     lo, hi = _NO_CLAMP if activation is None and not relu else _clamp(activation, relu)
     gemm = _SPARSE_QS8_GEMM.get(kind)
     if gemm is not None:
-        # the lean path of qs8_linear: the binding takes [K] or [M, K] and Python numbers
+        # the lean path of qs8_linear: the binding takes [K] or [M, K] and Python numbers, and
+        # allocates the output
         if not isinstance(x, np.ndarray):
             raise TypeError(f"x: expected a numpy array, got {type(x).__name__}")
         if x_scale is None or x_zero_point is None:
             raise ValueError("int8 sparse weights need x_scale and x_zero_point")
         m = x.shape[0] if x.ndim > 1 else 1
-        out = np.empty((m, w.n) if x.ndim > 1 else w.n, _F32)
-        gemm(x, _row_scale(x_scale, m, "x_scale"), _row_zp(x_zero_point, m, "x_zero_point"), w, out, lo, hi)
-        return out
+        return gemm(x, _row_scale(x_scale, m, "x_scale"), _row_zp(x_zero_point, m, "x_zero_point"), w, None, lo, hi)
     x2, squeeze = _as_2d(x, "x")
     if not kind.startswith("sparse"):
         raise TypeError(f"w: expected weights from pack_sparse, got {type(w).__name__}")

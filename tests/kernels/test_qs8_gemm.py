@@ -326,6 +326,45 @@ def test_binding_reads_numpy_arrays_and_other_buffers_alike(packed):
                           f32(-np.inf), f32(np.inf), f32(1), 0)
 
 
+def test_int8_gemm_entries_return_out_and_allocate_it_when_none():
+    """qs8_gemm, bsr_gemm and the int8 sparse GEMVs return their `out`: the caller's array
+    (the same object) or, for out=None, a new float32 array shaped like x's rows x N. No
+    reference is leaked either way, also when out is refused."""
+    import sys
+
+    from kernels import _kernels
+    rng = np.random.default_rng(5)
+    w = quant.prune_unstructured(rng.integers(-128, 128, (24, 64)).astype(np.int8), 0.5)
+    ws = np.ones(24, np.float32)
+    a = rng.integers(-128, 128, (3, 64)).astype(np.int8)
+    calls = {
+        "qs8": lambda x, out: _kernels.qs8_gemm(x, 0.5, 3, kernels.pack_qs8(w, ws), out, -np.inf, np.inf, 1.0, 0),
+        "bsr": lambda x, out: _kernels.bsr_gemm(x, 0.5, 3, kernels.pack_bsr(w, ws), out, -np.inf, np.inf, 1.0, 0),
+        "permute": lambda x, out: _kernels.spp_gemm(x, 0.5, 3, kernels.pack_sparse(w, ws, layout="permute"), out,
+                                                    -np.inf, np.inf),
+        "bitmask": lambda x, out: _kernels.spb_gemm(x, 0.5, 3, kernels.pack_sparse(w, ws, layout="bitmask"), out,
+                                                    -np.inf, np.inf),
+    }
+    want = quant.qs8_gemm_ref(a, 0.5, 3, w, ws)
+    for name, call in calls.items():
+        new = call(a, None)
+        refs = sys.getrefcount(new)  # the name `new` and getrefcount's argument
+        assert new.dtype == np.float32 and new.shape == (3, 24) and refs == 2, name
+        assert_bitexact(new, want, name)
+        row = call(a[0], None)
+        assert row.shape == (24,), name
+        assert_bitexact(row, want[0], name)
+        out = np.empty((3, 24), np.float32)
+        before = sys.getrefcount(out)
+        same = call(a, out) is out
+        assert same and sys.getrefcount(out) == before, name
+        bad = np.empty((2, 24), np.float32)
+        before = sys.getrefcount(bad)
+        with pytest.raises(ValueError, match="out"):
+            call(a, bad)
+        assert sys.getrefcount(bad) == before, name
+
+
 def test_shape_mismatches_raise(packed):
     with pytest.raises(ValueError, match="K of the packed weights"):
         kernels.qs8_linear(np.zeros((2, 15), np.int8), 1.0, 0, packed)

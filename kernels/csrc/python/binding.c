@@ -379,9 +379,10 @@ static PackedObject* packed_arg(PyObject* obj, packed_kind kind, const char* nam
 
 /* What the int8 GEMM entries (qs8_gemm and the int8 sparse gemms) take per call: activations
  * int8 [M, K] or [K] (one row), a per-row scale and zero point (float32 / int32 arrays [M], or a
- * Python number for every row), and out [M, N] (or [N] with one-dimensional activations). A
- * Python number skips the buffer protocol, ~100 ns per argument: a sizeable part of a small GEMV
- * (a 384 x 384 int8 GEMV is ~1.5 us). */
+ * Python number for every row), and out [M, N] (or [N] with one-dimensional activations), or
+ * None for a new float32 array. The call returns out. A Python number skips the buffer
+ * protocol, ~100 ns per argument, and out=None saves the caller an np.empty: a sizeable part
+ * of a small GEMV (a 384 x 384 int8 GEMV is ~1.5 us). */
 typedef struct {
   views vs;
   Py_ssize_t m;
@@ -393,6 +394,7 @@ typedef struct {
   float scale1; /* the Python-number arguments when m == 1 */
   int32_t zp1;
   void* heap; /* the Python-number arguments broadcast over m > 1 rows */
+  PyObject* out_ref; /* a reference to out (the caller's, or a new array), for the call to return */
 } q8_args;
 
 static int is_number(PyObject* o) { return (PyFloat_Check(o) || PyLong_Check(o)) && !PyBool_Check(o); }
@@ -450,7 +452,15 @@ static int q8_args_get(q8_args* c, PyObject* x_obj, PyObject* scale_obj, PyObjec
         return -1;
       }
   }
-  /* out has as many dimensions as x */
+  /* out has as many dimensions as x; None: a new float32 array */
+  if (out_obj == Py_None) {
+    npy_intp dims[2] = {(npy_intp)m, (npy_intp)n};
+    out_obj = one_d ? PyArray_SimpleNew(1, dims + 1, NPY_FLOAT32) : PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    if (out_obj == NULL) return -1;
+  } else {
+    Py_INCREF(out_obj);
+  }
+  c->out_ref = out_obj;
   if (get_array_ex(out_obj, out, "out", out_codes, x->ndim, x->ndim, 1)) return -1;
   if (!one_d && expect_dim(out, 0, m, "out", "M")) return -1;
   if (expect_dim(out, one_d ? 0 : 1, (Py_ssize_t)n, "out", "N")) return -1;
@@ -463,6 +473,15 @@ static void q8_args_release(q8_args* c) {
   views_release(&c->vs);
   PyMem_Free(c->heap);
   c->heap = NULL;
+  Py_CLEAR(c->out_ref);
+}
+
+/* out, for the call to return (the reference moves out of c), after releasing the rest. */
+static PyObject* q8_args_finish(q8_args* c) {
+  PyObject* out = c->out_ref;
+  c->out_ref = NULL;
+  q8_args_release(c);
+  return out;
 }
 
 /* Fast-call argument helpers: the GEMM entries take their arguments as a C array (no tuple,
@@ -606,9 +625,11 @@ static PyObject* q8_gemm_call(const char* name, packed_kind kind, PyObject* cons
     RUN_RELEASING_GIL((size_t)c.m * (p->u.bsr.nnz_blocks + n) * EF_BSR_BLOCK_BYTES,
                       rc = ef_bsr_gemm(NULL, (size_t)c.m, c.x, c.zp, c.scale, &p->u.bsr, c.out, &params));
   }
-  q8_args_release(&c);
-  if (rc != 0) return PyErr_NoMemory();
-  Py_RETURN_NONE;
+  if (rc != 0) {
+    q8_args_release(&c);
+    return PyErr_NoMemory();
+  }
+  return q8_args_finish(&c);
 fail:
   q8_args_release(&c);
   return NULL;
@@ -947,9 +968,11 @@ static PyObject* sparse_q8_gemm(const char* fn, packed_kind kind, PyObject* cons
     case PACKED_SPB: RUN_RELEASING_GIL(m * (nnz + n), rc = ef_spb_gemm(NULL, m, c.x, &pk->u.spb, c.out, &params)); break;
     default: RUN_RELEASING_GIL(m * (nnz + n), rc = ef_spp_gemm(NULL, m, c.x, &pk->u.spp, c.out, &params)); break;
   }
-  q8_args_release(&c);
-  if (rc != 0) return PyErr_NoMemory();
-  Py_RETURN_NONE;
+  if (rc != 0) {
+    q8_args_release(&c);
+    return PyErr_NoMemory();
+  }
+  return q8_args_finish(&c);
 }
 
 /* spp_isa() -> the permute layout's kernel under the current ISA setting ("avx512" or "scalar") */
@@ -1294,7 +1317,7 @@ static PyMethodDef methods[] = {
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Threads per kernel call."},
     {"qs8_pack", py_qs8_pack, METH_VARARGS, "qs8_pack(w, w_scale, w_zero_point|None, bias|None) -> Packed"},
     {"qs8_gemm", (PyCFunction)(void (*)(void))py_qs8_gemm, METH_FASTCALL,
-     "qs8_gemm(a, a_scale, a_zero_point, packed, out, out_min, out_max, out_scale, out_zero_point)"},
+     "qs8_gemm(a, a_scale, a_zero_point, packed, out|None, out_min, out_max, out_scale, out_zero_point) -> out"},
     {"maxpool_qs8", (PyCFunction)(void (*)(void))py_maxpool_qs8, METH_FASTCALL,
      "maxpool_qs8(x int8 [N,H,W,C], out int8 [N,OH,OW,C], kh, kw, stride_h, stride_w, dil_h, dil_w): no padding"},
     {"quantize", (PyCFunction)(void (*)(void))py_quantize, METH_FASTCALL,
@@ -1305,7 +1328,7 @@ static PyMethodDef methods[] = {
      "qadd(a, b, out, a_scale, a_zp, b_scale, b_zp, out_scale, out_zp): int8 out = Q(DQ(a) + DQ(b)), 1-D int8"},
     {"bsr_pack", py_bsr_pack, METH_VARARGS, "bsr_pack(w int8, w_scale, w_zero_point|None, bias|None) -> Packed (16x4 blocks)"},
     {"bsr_gemm", (PyCFunction)(void (*)(void))py_bsr_gemm, METH_FASTCALL,
-     "bsr_gemm(a, a_scale, a_zero_point, packed, out, out_min, out_max, out_scale, out_zero_point)"},
+     "bsr_gemm(a, a_scale, a_zero_point, packed, out|None, out_min, out_max, out_scale, out_zero_point) -> out"},
     {"qb_pack", py_qb_pack, METH_VARARGS, "qb_pack(q, bits, group_size, scales, offsets, bias|None) -> Packed"},
     {"qb_gemm", py_qb_gemm, METH_VARARGS, "qb_gemm(x, packed, out)"},
     {"sparse_pack", py_sparse_pack, METH_VARARGS, "sparse_pack(w int8|float32, w_scale|None, bias|None) -> Packed"},
@@ -1313,14 +1336,14 @@ static PyMethodDef methods[] = {
     {"qd8_gemm", py_qd8_gemm, METH_VARARGS, "qd8_gemm(x, packed, out, out_min, out_max)"},
     {"spw_pack", py_spw_pack, METH_VARARGS, "spw_pack(w int8, w_scale, bias|None) -> Packed (windows layout)"},
     {"spw_gemm", (PyCFunction)(void (*)(void))py_spw_gemm, METH_FASTCALL,
-     "spw_gemm(x, x_scale, x_zero_point, packed, out, out_min, out_max)"},
+     "spw_gemm(x, x_scale, x_zero_point, packed, out|None, out_min, out_max) -> out"},
     {"spb_pack", py_spb_pack, METH_VARARGS, "spb_pack(w int8, w_scale, bias|None) -> Packed (bitmask layout)"},
     {"spb_gemm", (PyCFunction)(void (*)(void))py_spb_gemm, METH_FASTCALL,
-     "spb_gemm(x, x_scale, x_zero_point, packed, out, out_min, out_max)"},
+     "spb_gemm(x, x_scale, x_zero_point, packed, out|None, out_min, out_max) -> out"},
     {"spp_isa", py_spp_isa, METH_NOARGS, "spp_isa() -> kernel of the permute layout now: 'avx512' (VBMI) or 'scalar'"},
     {"spp_pack", py_spp_pack, METH_VARARGS, "spp_pack(w int8, w_scale, bias|None) -> Packed (permute layout)"},
     {"spp_gemm", (PyCFunction)(void (*)(void))py_spp_gemm, METH_FASTCALL,
-     "spp_gemm(x, x_scale, x_zero_point, packed, out, out_min, out_max)"},
+     "spp_gemm(x, x_scale, x_zero_point, packed, out|None, out_min, out_max) -> out"},
     {"f32_pack", py_f32_pack, METH_VARARGS, "f32_pack(w, bias|None) -> Packed"},
     {"f32_gemm", py_f32_gemm, METH_VARARGS, "f32_gemm(x, packed, out, out_min, out_max)"},
     {"f32_bsr_pack", py_f32_bsr_pack, METH_VARARGS, "f32_bsr_pack(w float32, bias|None) -> Packed (16x4 blocks)"},
