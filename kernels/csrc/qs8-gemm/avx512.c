@@ -152,6 +152,7 @@ EF_TARGET_AVX512 void ef_qs8_prepare_rows_u8__avx512(const int8_t* a, size_t m, 
 #endif /* EF_ARCH_X86 */
 
 #if EF_ARCH_X86
+#include "dot-avx512.h"
 #include "qs8-gemm/avx512-epilogue.h"
 
 /* AVX-512 VNNI GEMV on the x4 panel: one 64-byte panel row is 16 columns x 4 K values,
@@ -163,63 +164,109 @@ EF_INLINE EF_TARGET_AVX512 __m512i panel_dot_1row(const uint8_t* a, const uint8_
   __m512i acc0 = _mm512_setzero_si512(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
   for (size_t kk = 0; kk < k16; kk += 16) {
     const uint8_t* wk = wp + kk * EF_QS8_NR;
-    acc0 = _mm512_dpbusd_epi32(acc0, _mm512_set1_epi32(ef_load_i32(a + kk)), _mm512_load_si512(wk));
-    acc1 = _mm512_dpbusd_epi32(acc1, _mm512_set1_epi32(ef_load_i32(a + kk + 4)), _mm512_load_si512(wk + 64));
-    acc2 = _mm512_dpbusd_epi32(acc2, _mm512_set1_epi32(ef_load_i32(a + kk + 8)), _mm512_load_si512(wk + 128));
-    acc3 = _mm512_dpbusd_epi32(acc3, _mm512_set1_epi32(ef_load_i32(a + kk + 12)), _mm512_load_si512(wk + 192));
+    ef_dpbusd_512(&acc0, _mm512_set1_epi32(ef_load_i32(a + kk)), _mm512_load_si512(wk));
+    ef_dpbusd_512(&acc1, _mm512_set1_epi32(ef_load_i32(a + kk + 4)), _mm512_load_si512(wk + 64));
+    ef_dpbusd_512(&acc2, _mm512_set1_epi32(ef_load_i32(a + kk + 8)), _mm512_load_si512(wk + 128));
+    ef_dpbusd_512(&acc3, _mm512_set1_epi32(ef_load_i32(a + kk + 12)), _mm512_load_si512(wk + 192));
   }
   return _mm512_add_epi32(_mm512_add_epi32(acc0, acc1), _mm512_add_epi32(acc2, acc3));
 }
 
-/* Four rows at once (M > 1 on CPUs with AVX-512 VNNI but no AMX: Ice Lake, Zen 4): each
- * panel row is loaded once for the four activation rows, and two K steps in flight give
- * eight independent accumulators. Rows past M are the panel path's padding (a = 0). */
-EF_INLINE EF_TARGET_AVX512 void panel_dot_4rows(const uint8_t* a, size_t a_stride, const uint8_t* wp, size_t k16,
-                                                __m512i out[4]) {
-  __m512i lo[4], hi[4];
-  for (size_t r = 0; r < 4; r++) lo[r] = hi[r] = _mm512_setzero_si512();
-  for (size_t kk = 0; kk < k16; kk += 8) {
-    const __m512i w0 = _mm512_load_si512(wp + kk * EF_QS8_NR);
-    const __m512i w1 = _mm512_load_si512(wp + kk * EF_QS8_NR + 64);
-    for (size_t r = 0; r < 4; r++) {
-      lo[r] = _mm512_dpbusd_epi32(lo[r], _mm512_set1_epi32(ef_load_i32(a + r * a_stride + kk)), w0);
-      hi[r] = _mm512_dpbusd_epi32(hi[r], _mm512_set1_epi32(ef_load_i32(a + r * a_stride + kk + 4)), w1);
-    }
+/* Four rows of two adjacent panels at once (M > 1 on CPUs with AVX-512 VNNI but no AMX: Ice
+ * Lake, Zen 4, Zen 5): a 4 x 32 output tile. Each broadcast of 4 activation bytes feeds two
+ * vpdpbusd (one per panel) and each panel load four, 12 loads per 16 vpdpbusd: Zen 5 runs
+ * two 512-bit loads and two vpdpbusd per cycle, so the 4 x 16 tile before (10 loads per 8)
+ * was bound by its loads at ~0.7 of vpdpbusd's rate. Two K steps in flight give sixteen
+ * independent accumulators (vpdpbusd's latency is ~4 cycles). Rows past M are the panel
+ * path's padding (a = 0). wp1 = NULL: one panel (the last of an odd range). */
+EF_INLINE EF_TARGET_AVX512 void panel_dot_4rows(const uint8_t* a, size_t a_stride, const uint8_t* wp0,
+                                                const uint8_t* wp1, size_t k16, __m512i out0[4], __m512i out1[4]) {
+  const __m512i z = _mm512_setzero_si512();
+  __m512i l0 = z, l1 = z, l2 = z, l3 = z, h0 = z, h1 = z, h2 = z, h3 = z; /* panel 0, K steps 0 / 1 */
+  __m512i m0 = z, m1 = z, m2 = z, m3 = z, n0 = z, n1 = z, n2 = z, n3 = z; /* panel 1 */
+  const uint8_t* a1 = a + a_stride;
+  const uint8_t* a2 = a + 2 * a_stride;
+  const uint8_t* a3 = a + 3 * a_stride;
+#define PANEL_ROW(ar, l, h, m, n)                                      \
+  {                                                                    \
+    const __m512i b0 = _mm512_set1_epi32(ef_load_i32(ar + kk));        \
+    const __m512i b1 = _mm512_set1_epi32(ef_load_i32(ar + kk + 4));    \
+    ef_dpbusd_512(&l, b0, w00);                                        \
+    ef_dpbusd_512(&h, b1, w01);                                        \
+    if (wp1 != NULL) {                                                 \
+      ef_dpbusd_512(&m, b0, w10);                                      \
+      ef_dpbusd_512(&n, b1, w11);                                      \
+    }                                                                  \
   }
-  for (size_t r = 0; r < 4; r++) out[r] = _mm512_add_epi32(lo[r], hi[r]);
+  for (size_t kk = 0; kk < k16; kk += 8) {
+    const __m512i w00 = _mm512_load_si512(wp0 + kk * EF_QS8_NR);
+    const __m512i w01 = _mm512_load_si512(wp0 + kk * EF_QS8_NR + 64);
+    __m512i w10 = z, w11 = z;
+    if (wp1 != NULL) {
+      w10 = _mm512_load_si512(wp1 + kk * EF_QS8_NR);
+      w11 = _mm512_load_si512(wp1 + kk * EF_QS8_NR + 64);
+    }
+    PANEL_ROW(a, l0, h0, m0, n0)
+    PANEL_ROW(a1, l1, h1, m1, n1)
+    PANEL_ROW(a2, l2, h2, m2, n2)
+    PANEL_ROW(a3, l3, h3, m3, n3)
+  }
+#undef PANEL_ROW
+  out0[0] = _mm512_add_epi32(l0, h0), out0[1] = _mm512_add_epi32(l1, h1);
+  out0[2] = _mm512_add_epi32(l2, h2), out0[3] = _mm512_add_epi32(l3, h3);
+  out1[0] = _mm512_add_epi32(m0, n0), out1[1] = _mm512_add_epi32(m1, n1);
+  out1[2] = _mm512_add_epi32(m2, n2), out1[3] = _mm512_add_epi32(m3, n3);
 }
 
-static EF_TARGET_AVX512 void ef_qs8_qc8w_gemm_minmax_ukernel_4x16c4__avx512(const ef_qs8_panel_args* g, size_t b_begin,
-                                                                            size_t b_end) {
+/* The epilogue of one 16-column block for the rows of raw. */
+EF_INLINE EF_TARGET_AVX512 void panel_block_out(const ef_qs8_panel_args* g, size_t b, size_t row0, size_t rows,
+                                                const __m512i* raw, int shared, size_t elem) {
   const ef_qs8_packed* w = g->w;
   const ef_qs8_gemm_params* p = g->params;
-  const size_t elem = p->out_int8 ? 1 : sizeof(float);
-  const size_t k16 = EF_ROUND_UP(w->k, 16); /* <= kp64; zero weights and a = 128 past K */
-  const size_t panel_bytes = w->kp64 * EF_QS8_NR;
-  /* per-tensor activations (every row the same scale and zero point: the CNN plans): the
-   * offset and the scale product are per block, not per row */
-  const int shared = !w->has_w_zp && ef_qs8_rows_share_params(g->a_zp, g->a_scale, 0, g->m);
-  for (size_t b = b_begin; b < b_end; b++) {
-    const uint8_t* wp = w->panel + b * panel_bytes;
-    const size_t n0 = b * EF_QS8_NR;
-    const __mmask16 mask = (__mmask16)((1u << EF_MIN(EF_QS8_NR, w->n - n0)) - 1);
-    const ef_qs8_cols16 cols = ef_qs8_load_cols16__avx512(w->data + b * w->block_bytes, w->has_w_zp, p);
+  const size_t n0 = b * EF_QS8_NR;
+  const __mmask16 mask = (__mmask16)((1u << EF_MIN(EF_QS8_NR, w->n - n0)) - 1);
+  const ef_qs8_cols16 cols = ef_qs8_load_cols16__avx512(w->data + b * w->block_bytes, w->has_w_zp, p);
+  if (shared) { /* per-tensor activations (the CNN plans): offset and scale product once per block */
     const __m512i offset = ef_qs8_offset_16__avx512(g->a_zp[0], &cols);
     const __m512 s = _mm512_mul_ps(_mm512_set1_ps(g->a_scale[0]), cols.w_scale);
+    for (size_t r = 0; r < rows; r++)
+      ef_qs8_finish_16__avx512(_mm512_sub_epi32(raw[r], offset), s, mask, &cols,
+                               (uint8_t*)g->c + ((row0 + r) * w->n + n0) * elem);
+  } else {
+    for (size_t r = 0; r < rows; r++) {
+      const size_t row = row0 + r;
+      ef_qs8_store_16__avx512(raw[r], mask, g->a_zp[row], g->a_scale[row], g->a_rowsum[row], &cols,
+                              (uint8_t*)g->c + (row * w->n + n0) * elem);
+    }
+  }
+}
+
+static EF_TARGET_AVX512 void ef_qs8_qc8w_gemm_minmax_ukernel_4x32c4__avx512(const ef_qs8_panel_args* g, size_t b_begin,
+                                                                            size_t b_end) {
+  const ef_qs8_packed* w = g->w;
+  const size_t elem = g->params->out_int8 ? 1 : sizeof(float);
+  const size_t k16 = EF_ROUND_UP(w->k, 16); /* <= kp64; zero weights and a = 128 past K */
+  const size_t panel_bytes = w->kp64 * EF_QS8_NR;
+  /* per-tensor activations: every row the same scale and zero point */
+  const int shared = !w->has_w_zp && ef_qs8_rows_share_params(g->a_zp, g->a_scale, 0, g->m);
+  for (size_t b = b_begin; b < b_end; b += 2) {
+    const int pair = b + 1 < b_end;
+    const uint8_t* wp0 = w->panel + b * panel_bytes;
+    const uint8_t* wp1 = pair ? wp0 + panel_bytes : NULL;
     for (size_t row0 = 0; row0 < g->m; row0 += 4) {
-      __m512i raw[4];
-      size_t rows = EF_MIN(4, g->m - row0);
-      if (rows == 1) {
-        raw[0] = panel_dot_1row(g->a + row0 * g->a_stride, wp, k16);
+      __m512i raw0[4], raw1[4];
+      const size_t rows = EF_MIN(4, g->m - row0);
+      const uint8_t* a = g->a + row0 * g->a_stride;
+      if (rows == 1) { /* the GEMV: one row, four K steps in flight per panel */
+        raw0[0] = panel_dot_1row(a, wp0, k16);
+        if (pair) raw1[0] = panel_dot_1row(a, wp1, k16);
+      } else if (pair) { /* wp1 spelled out: the inlined copy then drops the NULL checks */
+        panel_dot_4rows(a, g->a_stride, wp0, wp0 + panel_bytes, k16, raw0, raw1);
       } else {
-        panel_dot_4rows(g->a + row0 * g->a_stride, g->a_stride, wp, k16, raw);
+        panel_dot_4rows(a, g->a_stride, wp0, NULL, k16, raw0, raw1);
       }
-      for (size_t r = 0; r < rows; r++) {
-        const size_t row = row0 + r;
-        uint8_t* out = (uint8_t*)g->c + (row * w->n + n0) * elem;
-        if (shared) ef_qs8_finish_16__avx512(_mm512_sub_epi32(raw[r], offset), s, mask, &cols, out);
-        else ef_qs8_store_16__avx512(raw[r], mask, g->a_zp[row], g->a_scale[row], g->a_rowsum[row], &cols, out);
-      }
+      panel_block_out(g, b, row0, rows, raw0, shared, elem);
+      if (pair) panel_block_out(g, b + 1, row0, rows, raw1, shared, elem);
     }
   }
 }
@@ -229,7 +276,7 @@ const ef_qs8_gemm_config ef_qs8_gemm_config_avx512 = {
     .arch_flags = EF_ARCH_X86_AVX2 | EF_ARCH_X86_AVX512,
     .mr = 4,
     .a_u8 = 1,
-    .panel = ef_qs8_qc8w_gemm_minmax_ukernel_4x16c4__avx512,
+    .panel = ef_qs8_qc8w_gemm_minmax_ukernel_4x32c4__avx512,
     .panel_min_m = 1,
     .panel_max_m = 0,
     .panel_row_pad = 4,
