@@ -1,10 +1,12 @@
-"""The gRPC channel to the control plane: keepalive, explicit message limits, optional TLS."""
+"""The gRPC channel to the control plane: keepalive, explicit message limits, optional TLS
+(and a client certificate for mutual TLS)."""
 
 from __future__ import annotations
 
 import grpc
 
 from agent.config import AgentConfig
+from proto.tls import channel_credentials
 
 
 def channel_options(config: AgentConfig) -> list[tuple[str, int]]:
@@ -28,8 +30,7 @@ def make_channel(config: AgentConfig, server: str | None = None) -> grpc.Channel
     options = channel_options(config)
     if config.tls_ca is None:
         return grpc.insecure_channel(target, options=options)
-    with open(config.tls_ca, "rb") as f:
-        creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+    creds = channel_credentials(config.tls_ca, config.tls_cert, config.tls_key)   # TlsError names a bad file
     return grpc.secure_channel(target, creds, options=options)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from proto.tls import check_client_certificate_options
+
 DEFAULT_LOCAL_PORT = 8470
 
 
@@ -29,6 +31,10 @@ class AgentConfig:
         download_deadline: deadline of one Download call; a longer transfer resumes.
         labels: initial device labels sent with enrollment.
         tls_ca: PEM file of the CA that signs the server certificate; None = plaintext.
+        tls_cert / tls_key: this device's client certificate (PEM chain) and its private key, for
+            a server that requires mutual TLS; both or neither, and only with tls_ca. The server
+            binds the device to the certificate's subject CN at enrollment: keep using a
+            certificate with the same CN (a renewed one is fine).
         intra_op_threads: onnxruntime intra-op threads per session.
         engine: inference engine name from agent.engines: "auto" (the default) measures each
             variant on the native engine and onnxruntime when it arrives and serves it on the
@@ -61,6 +67,8 @@ class AgentConfig:
     download_deadline: float = 300.0
     labels: dict[str, str] = field(default_factory=dict)
     tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
     intra_op_threads: int = 1
     engine: str = "auto"
     profile_warmup: int = 2
@@ -94,6 +102,7 @@ class AgentConfig:
             raise ValueError("load_nice must be 0..19")
         if self.intra_op_threads < 1 or self.profile_runs < 1 or self.profile_warmup < 0:
             raise ValueError("intra_op_threads and profile_runs must be >= 1, profile_warmup >= 0")
+        check_client_certificate_options(self.tls_ca, self.tls_cert, self.tls_key)
 
     @property
     def insecure(self) -> bool:

@@ -10,6 +10,7 @@ import sys
 
 from agent.config import DEFAULT_LOCAL_PORT, AgentConfig
 from agent.identity import EnrollmentError
+from proto.tls import TlsError
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -40,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="append", type=_label, default=[], metavar="KEY=VALUE",
                    help="device label sent at enrollment (repeatable)")
     p.add_argument("--tls-ca", default=None, help="CA PEM for a TLS server (default: plaintext)")
+    p.add_argument("--tls-cert", default=None, metavar="PEM",
+                   help="this device's client certificate, for a server that requires mutual TLS "
+                        "(with --tls-key and --tls-ca; keep its subject CN: the device is bound to it)")
+    p.add_argument("--tls-key", default=None, metavar="PEM", help="private key of --tls-cert")
     p.add_argument("--engine", default="auto",
                    help="inference engine: auto (default) serves each variant on the faster of the native "
                         "engine and onnxruntime, measured when it arrives; onnxruntime or native pin one")
@@ -57,6 +62,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
                        sensors=args.sensors, sim_speed=args.sim_speed, sensor_seed=args.sensor_seed,
                        local_host=args.local_host, local_port=args.local_port, metrics_port=args.metrics_port,
                        policy_file=args.policy, labels=dict(args.label), tls_ca=args.tls_ca,
+                       tls_cert=args.tls_cert, tls_key=args.tls_key,
                        engine=args.engine, intra_op_threads=args.threads, batch_max_rows=args.batch_max_rows,
                        heartbeat_interval=args.heartbeat_interval, metrics_interval=args.metrics_interval)
 
@@ -89,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("agent").error("%s", exc)
         print(f"edgefleet agent: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:              # e.g. the local API port is taken
+    except (OSError, TlsError) as exc:  # e.g. the local API port is taken, a TLS file is bad
         logging.getLogger("agent").error("cannot start: %s", exc)
         print(f"edgefleet agent: cannot start: {exc}", file=sys.stderr)
         return 1

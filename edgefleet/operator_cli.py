@@ -5,6 +5,9 @@ Every call but keygen talks to a running server through `server.admin_client.Adm
 Where to find the server and the operator token, first match wins:
   --server / $EDGEFLEET_SERVER / <data-dir>/server.json / 127.0.0.1:50051
   --token  / $EDGEFLEET_OPERATOR_TOKEN / <data-dir>/operator.token
+TLS: --tls-ca / $EDGEFLEET_TLS_CA; a server with mutual TLS also wants the operator's client
+certificate: --tls-cert, --tls-key / $EDGEFLEET_TLS_CLIENT_CERT, $EDGEFLEET_TLS_CLIENT_KEY (not
+$EDGEFLEET_TLS_CERT/KEY: those are the server's own, and may be set on the same host).
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="the server's data directory (to read its address and token)")
     parser.add_argument("--tls-ca", default=os.environ.get("EDGEFLEET_TLS_CA"), metavar="PEM",
                         help="CA of a TLS server's certificate (default $EDGEFLEET_TLS_CA; none = plaintext)")
+    parser.add_argument("--tls-cert", default=os.environ.get("EDGEFLEET_TLS_CLIENT_CERT"), metavar="PEM",
+                        help="operator client certificate for a server that requires mutual TLS "
+                             "(with --tls-key; default $EDGEFLEET_TLS_CLIENT_CERT)")
+    parser.add_argument("--tls-key", default=os.environ.get("EDGEFLEET_TLS_CLIENT_KEY"), metavar="PEM",
+                        help="private key of --tls-cert (default $EDGEFLEET_TLS_CLIENT_KEY)")
 
 
 def resolve_address(args: argparse.Namespace) -> str:
@@ -54,7 +62,8 @@ def resolve_token(args: argparse.Namespace) -> str:
 def _client(args: argparse.Namespace):
     from server.admin_client import AdminClient
 
-    return AdminClient(resolve_address(args), resolve_token(args), tls_ca=args.tls_ca)
+    return AdminClient(resolve_address(args), resolve_token(args), tls_ca=args.tls_ca,
+                       tls_cert=args.tls_cert, tls_key=args.tls_key)
 
 
 def _labels(pairs: list[str]) -> dict[str, str]:
@@ -236,8 +245,13 @@ def _doc(name: str) -> str:
 def main(command: str, argv: list[str]) -> int:
     import grpc
 
+    from proto.tls import TlsError
+
     try:
         return _COMMANDS[command](argv)
     except grpc.RpcError as err:
         print(f"edgefleet {command}: {err.code().name}: {err.details()}", file=sys.stderr)
         return 1
+    except TlsError as err:             # conflicting --tls-* options or a bad PEM file
+        print(f"edgefleet {command}: {err}", file=sys.stderr)
+        return 2

@@ -20,6 +20,7 @@ from typing import Iterator
 import grpc
 
 from proto import fleet_pb2, fleet_pb2_grpc
+from proto.tls import channel_credentials, check_client_certificate_options
 
 UPLOAD_CHUNK_BYTES = 1 << 20          # well under the server's 8 MiB receive limit
 MAX_RECEIVE_BYTES = 64 << 20          # list calls can be large on a big fleet
@@ -40,16 +41,20 @@ def read_server_address(data_dir: str | pathlib.Path) -> str:
 class AdminClient:
     def __init__(self, address: str, operator_token: str, timeout: float = 30.0,
                  upload_timeout: float = 3600.0, channel: grpc.Channel | None = None,
-                 tls_ca: str | pathlib.Path | None = None) -> None:
-        """tls_ca: PEM of the CA that signed a TLS server's certificate; None = plaintext."""
+                 tls_ca: str | pathlib.Path | None = None, tls_cert: str | pathlib.Path | None = None,
+                 tls_key: str | pathlib.Path | None = None) -> None:
+        """tls_ca: PEM of the CA that signed a TLS server's certificate; None = plaintext.
+        tls_cert / tls_key: the operator's client certificate and key, for a server that requires
+        mutual TLS (both or neither, only with tls_ca). proto.tls.TlsError names a bad file."""
         self.address = address
         self.timeout = timeout
         self.upload_timeout = upload_timeout
         self._metadata = (("authorization", f"Bearer {operator_token}"),)
         options = [("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)]
+        check_client_certificate_options(tls_ca, tls_cert, tls_key)
         if channel is None and tls_ca is not None:
-            creds = grpc.ssl_channel_credentials(root_certificates=pathlib.Path(tls_ca).read_bytes())
-            channel = grpc.secure_channel(address, creds, options=options)
+            channel = grpc.secure_channel(address, channel_credentials(tls_ca, tls_cert, tls_key),
+                                          options=options)
         self._channel = channel or grpc.insecure_channel(address, options=options)
         self._stub = fleet_pb2_grpc.AdminServiceStub(self._channel)
 

@@ -14,6 +14,7 @@ import logging
 import os
 import pathlib
 import signal
+import sys
 import threading
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -144,8 +145,7 @@ def serve(config: ServerConfig, registry: CollectorRegistry | None = None) -> Ru
         if tls_credentials is None:
             port = server.add_insecure_port(_bind(config.host, config.port))
         else:
-            port = server.add_secure_port(_bind(config.host, config.port),
-                                          grpc.ssl_server_credentials([tls_credentials]))
+            port = server.add_secure_port(_bind(config.host, config.port), tls_credentials)
         # Start.
         reaper = DeploymentReaper(db, config.reaper_interval_seconds, on_desired_changed=hub.notify_desired)
         reaper.start()
@@ -172,7 +172,8 @@ def serve(config: ServerConfig, registry: CollectorRegistry | None = None) -> Ru
         _write_server_json(config.server_json_path, {
             "pid": os.getpid(), "grpc_port": port, "metrics_port": metrics_port,
             "address": running.address, "tls": config.tls})
-        log.info("edgefleet server on %s%s (metrics %s, db %s)", running.address, " (TLS)" if config.tls else "",
+        transport = " (mutual TLS)" if config.mutual_tls else " (TLS)" if config.tls else ""
+        log.info("edgefleet server on %s%s (metrics %s, db %s)", running.address, transport,
                  metrics_port if metrics_port is not None else "disabled", db.engine.url.render_as_string())
         return running
     except BaseException:
@@ -223,21 +224,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="certificate chain: serve gRPC over TLS (with --tls-key; default $EDGEFLEET_TLS_CERT)")
     p.add_argument("--tls-key", default=os.environ.get("EDGEFLEET_TLS_KEY"), metavar="PEM",
                    help="private key of --tls-cert (default $EDGEFLEET_TLS_KEY)")
+    p.add_argument("--tls-client-ca", default=os.environ.get("EDGEFLEET_TLS_CLIENT_CA"), metavar="PEM",
+                   help="mutual TLS: require client certificates signed by this CA; a device must keep "
+                        "the certificate it enrolled with (default $EDGEFLEET_TLS_CLIENT_CA)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p.parse_args(argv)
+
+
+def _path_or_none(value: str | None) -> pathlib.Path | None:
+    return pathlib.Path(value) if value else None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = ServerConfig(data_dir=pathlib.Path(args.data_dir), host=args.host, port=args.port,
-                          metrics_port=args.metrics_port, db_url=args.db_url,
-                          operator_token=args.operator_token,
-                          trust_key_files=[pathlib.Path(p) for p in args.trust_key],
-                          tls_cert_file=pathlib.Path(args.tls_cert) if args.tls_cert else None,
-                          tls_key_file=pathlib.Path(args.tls_key) if args.tls_key else None)
-    running = serve(config)
+    try:
+        config = ServerConfig(data_dir=pathlib.Path(args.data_dir), host=args.host, port=args.port,
+                              metrics_port=args.metrics_port, db_url=args.db_url,
+                              operator_token=args.operator_token,
+                              trust_key_files=[pathlib.Path(p) for p in args.trust_key],
+                              tls_cert_file=_path_or_none(args.tls_cert), tls_key_file=_path_or_none(args.tls_key),
+                              tls_client_ca_file=_path_or_none(args.tls_client_ca))
+        running = serve(config)
+    except ValueError as exc:          # a bad option or file (TLS, keys, token): say which, no traceback
+        log.error("cannot start: %s", exc)
+        print(f"edgefleet server: {exc}", file=sys.stderr)
+        return 2
     stop = threading.Event()
 
     def _on_signal(signum, _frame):

@@ -16,7 +16,10 @@ import os
 import pathlib
 from dataclasses import dataclass, field
 
+import grpc
+
 from proto.signing import PUBLIC_KEY_BYTES
+from proto.tls import server_credentials
 from server.tokens import new_token
 
 MIB = 1 << 20
@@ -44,6 +47,9 @@ class ServerConfig:
             without a local notification (covers changes made by another server replica).
         tls_cert_file / tls_key_file: PEM certificate chain and private key; both set = gRPC
             over TLS (agents pass the CA with --tls-ca), both None = plaintext.
+        tls_client_ca_file: PEM CA certificate(s); set = mutual TLS: every client (devices and
+            operators) must present a certificate this CA signed, and a device's calls must come
+            with the certificate its id is bound to (server/device_service.py). Needs TLS.
     """
 
     data_dir: pathlib.Path
@@ -68,11 +74,14 @@ class ServerConfig:
     desired_recheck_seconds: float = 10.0
     tls_cert_file: pathlib.Path | None = None
     tls_key_file: pathlib.Path | None = None
+    tls_client_ca_file: pathlib.Path | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = pathlib.Path(self.data_dir)
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("TLS needs both a certificate and a private key (or neither for plaintext)")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("a client CA (mutual TLS) needs the server's own TLS certificate and key too")
         self.trust_key_files = [pathlib.Path(p) for p in self.trust_key_files]
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} out of range")
@@ -103,21 +112,19 @@ class ServerConfig:
     def tls(self) -> bool:
         return self.tls_cert_file is not None
 
-    # -- resolution (touches disk) ----------------------------------------------------
-    def resolved_tls_credentials(self) -> tuple[bytes, bytes] | None:
-        """(private key PEM, certificate chain PEM), read once at start; None for plaintext.
+    @property
+    def mutual_tls(self) -> bool:
+        return self.tls_client_ca_file is not None
 
-        Read and checked here so a wrong path or a non-PEM file stops the start with the file's
-        name, not with grpc's generic "failed to bind"."""
+    # -- resolution (touches disk) ----------------------------------------------------
+    def resolved_tls_credentials(self) -> grpc.ServerCredentials | None:
+        """Server credentials built from the PEM files, read once at start; None for plaintext.
+
+        Read and checked here so a wrong path, a non-PEM file or a key of another certificate
+        stops the start with the file's name, not with grpc's generic "failed to bind"."""
         if not self.tls:
             return None
-        pems = []
-        for what, path in (("private key", self.tls_key_file), ("certificate", self.tls_cert_file)):
-            data = pathlib.Path(path).read_bytes()
-            if b"-----BEGIN " not in data:
-                raise ValueError(f"{path}: not a PEM {what}")
-            pems.append(data)
-        return pems[0], pems[1]
+        return server_credentials(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)
 
     def resolved_db_url(self) -> str:
         if self.db_url:

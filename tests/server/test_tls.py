@@ -1,20 +1,13 @@
 """gRPC over TLS: a real server with a certificate signed by a test CA, the operator client and a
 real agent daemon that trust that CA, and the clients that must be turned away (plaintext, a
-different CA). Certificates are made here with `cryptography`, valid for 127.0.0.1 only."""
+different CA). Certificates come from tests/server/certs.py. Mutual TLS: test_mtls.py."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
-import pathlib
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from agent.config import AgentConfig
 from agent.daemon import Daemon
@@ -22,46 +15,7 @@ from server.admin_client import AdminClient
 from server.app import serve
 from server.config import ServerConfig
 from tests.agent.helpers import wait_for
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _pem_key(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
-def make_ca(folder: pathlib.Path, name: str):
-    """A self-signed CA; returns (key, cert) and writes <name>-ca.pem."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(_name(name)).issuer_name(_name(name))
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .sign(key, hashes.SHA256()))
-    (folder / f"{name}-ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key, cert
-
-
-def make_server_cert(folder: pathlib.Path, ca_key, ca_cert) -> tuple[pathlib.Path, pathlib.Path]:
-    """A leaf certificate for 127.0.0.1 signed by the CA; returns (cert.pem, key.pem)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(_name("edgefleet-server")).issuer_name(ca_cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    cert_path, key_path = folder / "server.pem", folder / "server.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(_pem_key(key))
-    return cert_path, key_path
+from tests.server.certs import make_ca, make_client_cert, make_server_cert
 
 
 @pytest.fixture
@@ -107,6 +61,16 @@ def test_plaintext_and_untrusted_clients_are_refused(tls_server):
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+def test_one_way_tls_ignores_a_client_certificate(tls_server):
+    """Without --tls-client-ca the server does not ask for one: a client that has one still works."""
+    running, folder = tls_server
+    ca_key, ca_cert = make_ca(folder, "devices")
+    cert, key = make_client_cert(folder, ca_key, ca_cert, "ops")
+    with AdminClient(running.address, running.operator_token, tls_ca=folder / "fleet-ca.pem",
+                     tls_cert=cert, tls_key=key) as client:
+        assert client.list_devices() == []
+
+
 def test_tls_needs_both_halves_and_pem_files(tmp_path):
     ca_key, ca_cert = make_ca(tmp_path, "fleet")
     cert, key = make_server_cert(tmp_path, ca_key, ca_cert)
@@ -118,4 +82,9 @@ def test_tls_needs_both_halves_and_pem_files(tmp_path):
                           tls_key_file=garbage)
     with pytest.raises(ValueError, match="not a PEM private key"):
         serve(config)
+    (tmp_path / "other").mkdir()
+    _, other_key = make_server_cert(tmp_path / "other", ca_key, ca_cert)
+    with pytest.raises(ValueError, match="is not the private key of the certificate"):
+        serve(ServerConfig(data_dir=tmp_path / "s", port=0, metrics_port=-1, tls_cert_file=cert,
+                           tls_key_file=other_key))
     assert not (tmp_path / "s" / "server.json").exists()
