@@ -2,8 +2,9 @@
 desired state down. Reconnects with jittered exponential backoff.
 
 Backoff resets once a connection proved healthy (the server answered on it). A rejected
-credential (UNAUTHENTICATED) is logged as such and retried only at the maximum backoff:
-hammering the server will not make the credential valid.
+credential (UNAUTHENTICATED), or a certificate the server does not accept for this device
+(PERMISSION_DENIED, mutual TLS), is logged as such and retried only at the maximum backoff:
+hammering the server will not make either valid.
 """
 
 from __future__ import annotations
@@ -130,6 +131,11 @@ class Connection:
                           "identity.json if this persists", self.config.server, exc.details(),
                           self.config.backoff_max)
                 self.attempts = max(self.attempts, 64)   # pin the backoff at its maximum
+            elif code == grpc.StatusCode.PERMISSION_DENIED:
+                log.error("server %s refused this device (%s); with mutual TLS the device must present "
+                          "a certificate with the subject CN it enrolled with (--tls-cert). Retrying only "
+                          "every %.0fs", self.config.server, exc.details(), self.config.backoff_max)
+                self.attempts = max(self.attempts, 64)
             else:
                 log.warning("connection to %s lost: %s", self.config.server, self.last_error)
         finally:

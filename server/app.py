@@ -130,7 +130,8 @@ def serve(config: ServerConfig, registry: CollectorRegistry | None = None) -> Ru
         # Add servicers.
         fleet_pb2_grpc.add_DeviceServiceServicer_to_server(
             DeviceService(db, store, hub, latest, stats, trusted_keys,
-                          desired_recheck_seconds=config.desired_recheck_seconds), server)
+                          desired_recheck_seconds=config.desired_recheck_seconds,
+                          bind_client_certificates=config.mutual_tls), server)
         fleet_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminService(db, store, hub, operator_token, trusted_keys,
                          heartbeat_timeout_seconds=config.heartbeat_timeout_seconds,

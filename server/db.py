@@ -34,7 +34,8 @@ from proto import fleet_pb2
 from proto.manifest import Manifest
 from server.tokens import new_token
 from server.models import (SCHEMA_VERSION, Artifact, Base, Bundle, BundleArtifact, Deployment,
-                           DeploymentRollback, DeploymentTarget, Device, EnrollmentToken, SchemaInfo)
+                           DeploymentRollback, DeploymentTarget, Device, DeviceCertificate,
+                           EnrollmentToken, SchemaInfo)
 
 Phase = fleet_pb2.ReportedState.Phase
 State = fleet_pb2.Deployment.State
@@ -66,6 +67,10 @@ class InvalidArgument(ValueError):
 
 class EnrollmentRefused(PermissionError):
     """A wrong, expired or already-used enrollment token (message says which)."""
+
+
+class CertificateInUse(PermissionError):
+    """Mutual TLS: the client certificate's name is already bound to another device."""
 
 
 def sha256_hex(text: str) -> str:
@@ -179,8 +184,11 @@ class Database:
         return token, expires
 
     def enroll(self, token: str, hostname: str, labels: dict[str, str], info: bytes,
-               now: float | None = None) -> tuple[str, str]:
-        """Consume `token` and create a device. Returns (device_id, credential)."""
+               now: float | None = None, certificate_name: str | None = None) -> tuple[str, str]:
+        """Consume `token` and create a device. Returns (device_id, credential).
+
+        certificate_name (mutual TLS): the client certificate's common name, bound to the new
+        device; CertificateInUse if another device holds it (the token stays unused)."""
         now = time.time() if now is None else now
         token_hash = sha256_hex(token)
         device_id = "dev-" + secrets.token_hex(6)
@@ -203,7 +211,30 @@ class Database:
             merged = check_labels({**labels, **(row.labels or {})})
             s.add(Device(id=device_id, hostname=hostname[:255], labels=merged, info=info,
                          credential_hash=sha256_hex(secret), enrolled_at=now, last_seen=None))
+            if certificate_name is not None:
+                _claim_certificate(s, device_id, certificate_name, now)
         return device_id, f"{device_id}.{secret}"
+
+    def certificate_name(self, device_id: str) -> str | None:
+        """The client certificate CN `device_id` is bound to (mutual TLS), None if unbound."""
+        with self._read() as s:
+            return s.scalar(select(DeviceCertificate.common_name).where(DeviceCertificate.device_id == device_id))
+
+    def bind_certificate(self, device_id: str, common_name: str, now: float | None = None) -> str:
+        """The certificate name `device_id` is bound to. A device without one (enrolled before
+        mutual TLS was switched on) is bound to `common_name` now, on its first call over
+        mutual TLS; CertificateInUse if another device holds that name. A device that already
+        has a name keeps it: nothing is written, whatever `common_name` is."""
+        bound_name = self.certificate_name(device_id)
+        if bound_name is not None:
+            return bound_name
+        now = time.time() if now is None else now
+        with self._write() as s:
+            bound = s.get(DeviceCertificate, device_id)
+            if bound is not None:            # bound by a concurrent call of the same device
+                return bound.common_name
+            _claim_certificate(s, device_id, common_name, now)
+        return common_name
 
     def authenticate(self, credential: str) -> str | None:
         """The device id a "<device_id>.<secret>" credential belongs to, else None."""
@@ -251,6 +282,7 @@ class Database:
                                        .where(DeploymentTarget.device_id == device_id)).all())
             s.execute(delete(DeploymentTarget).where(DeploymentTarget.device_id == device_id))
             s.execute(delete(DeploymentRollback).where(DeploymentRollback.device_id == device_id))
+            s.execute(delete(DeviceCertificate).where(DeviceCertificate.device_id == device_id))
             open_deps = s.scalars(select(Deployment)
                                   .where(Deployment.id.in_(dep_ids), Deployment.state == IN_PROGRESS)
                                   .order_by(Deployment.id).with_for_update()).all() if dep_ids else []
@@ -547,6 +579,18 @@ class Database:
             by_state = dict(s.execute(select(Deployment.state, func.count())
                                       .group_by(Deployment.state)).all())
         return FleetSnapshot(devices, int(bundles_total), {k: int(v) for k, v in by_state.items()})
+
+
+def _claim_certificate(s: Session, device_id: str, common_name: str, now: float) -> None:
+    owner = s.scalar(select(DeviceCertificate.device_id).where(DeviceCertificate.common_name == common_name))
+    if owner is not None:
+        raise CertificateInUse(f"client certificate CN={common_name!r} is already bound to device {owner}; "
+                               "give this device its own certificate, or remove that device first")
+    s.add(DeviceCertificate(device_id=device_id, common_name=common_name, bound_at=now))
+    try:
+        s.flush()       # a concurrent claim of the same name (PostgreSQL) fails here, on the unique index
+    except IntegrityError:
+        raise CertificateInUse(f"client certificate CN={common_name!r} was just bound to another device") from None
 
 
 def _running_bundle(s: Session, device: Device) -> str | None:

@@ -2,6 +2,13 @@
 
 Device credential: "<device_id>.<secret>" in `authorization: Bearer ...` metadata. The server
 keeps only sha256(secret); see Database.authenticate.
+
+Mutual TLS (bind_client_certificates): the handshake already proved the client holds a
+certificate the client CA signed; what binds it to one device is its subject common name (CN).
+Enroll records the CN of the connection it arrives on for the new device, and from then on
+that device's credential is accepted only over a connection whose certificate has that CN, so a
+stolen credential is useless without the device's certificate too. One CN names one device. A
+device enrolled before mutual TLS was switched on is bound on its first call over it.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import grpc
 
 from proto import fleet_pb2, fleet_pb2_grpc
 from server.artifacts import DIGEST_RE, ArtifactCorrupted, ArtifactStore
-from server.db import ROLLED_BACK, Database, EnrollmentRefused, InvalidArgument
+from server.db import ROLLED_BACK, CertificateInUse, Database, EnrollmentRefused, InvalidArgument
 from server.metrics import LatestDeviceMetrics, ServerStats
 from server.sessions import CLOSE, DESIRED_CHANGED, SessionHub
 
@@ -35,14 +42,22 @@ def bearer_token(context: grpc.ServicerContext) -> str:
     return ""
 
 
+def certificate_common_name(context: grpc.ServicerContext) -> str | None:
+    """Subject CN of the client certificate the connection was made with, None without one."""
+    names = context.auth_context().get("x509_common_name") or []
+    return names[0].decode("utf-8", "replace") if names else None
+
+
 class DeviceService(fleet_pb2_grpc.DeviceServiceServicer):
     def __init__(self, db: Database, store: ArtifactStore, hub: SessionHub,
                  latest: LatestDeviceMetrics, stats: ServerStats, trusted_keys: list[bytes],
-                 desired_recheck_seconds: float = 10.0) -> None:
+                 desired_recheck_seconds: float = 10.0, bind_client_certificates: bool = False) -> None:
+        """bind_client_certificates: the server runs mutual TLS; bind devices to certificates."""
         self.db, self.store, self.hub = db, store, hub
         self.latest, self.stats = latest, stats
         self.trusted_keys = list(trusted_keys)
         self.desired_recheck_seconds = desired_recheck_seconds
+        self.bind_client_certificates = bind_client_certificates
 
     def _authenticate(self, context: grpc.ServicerContext) -> str:
         credential = bearer_token(context)
@@ -53,7 +68,31 @@ class DeviceService(fleet_pb2_grpc.DeviceServiceServicer):
         if device_id is None:
             context.abort(grpc.StatusCode.UNAUTHENTICATED,
                           "unknown device credential; enroll again with a new token")
+        if self.bind_client_certificates:
+            self._check_certificate(device_id, context)
         return device_id
+
+    def _certificate_name(self, context: grpc.ServicerContext) -> str:
+        name = certificate_common_name(context)
+        if not name:
+            # The handshake guarantees a CA-signed certificate; one without a CN cannot be bound.
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          "the client certificate has no subject common name (CN); a device "
+                          "certificate needs one to be bound to the device")
+        return name
+
+    def _check_certificate(self, device_id: str, context: grpc.ServicerContext) -> None:
+        presented = self._certificate_name(context)
+        try:
+            bound = self.db.bind_certificate(device_id, presented)
+        except CertificateInUse as exc:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"device {device_id}: {exc}")
+        if bound != presented:
+            log.warning("device %s credential presented with certificate CN=%r (bound to CN=%r), from %s",
+                        device_id, presented, bound, context.peer())
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"device {device_id} is bound to client certificate CN={bound!r}; this "
+                          f"connection presents CN={presented!r}")
 
     # -- Enroll -----------------------------------------------------------------------
     def Enroll(self, request: fleet_pb2.EnrollRequest, context) -> fleet_pb2.EnrollResponse:
@@ -61,15 +100,19 @@ class DeviceService(fleet_pb2_grpc.DeviceServiceServicer):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "enrollment token missing")
         if len(request.hostname) > MAX_HOSTNAME:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"hostname longer than {MAX_HOSTNAME}")
+        certificate_name = self._certificate_name(context) if self.bind_client_certificates else None
         try:
             device_id, credential = self.db.enroll(
                 request.token, request.hostname, dict(request.labels),
-                request.info.SerializeToString())
+                request.info.SerializeToString(), certificate_name=certificate_name)
         except EnrollmentRefused as exc:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        except CertificateInUse as exc:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         except InvalidArgument as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        log.info("enrolled device %s (%s)", device_id, request.hostname)
+        log.info("enrolled device %s (%s)%s", device_id, request.hostname,
+                 f", bound to certificate CN={certificate_name!r}" if certificate_name else "")
         return fleet_pb2.EnrollResponse(device_id=device_id, credential=credential,
                                         trusted_publisher_keys=self.trusted_keys)
 

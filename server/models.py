@@ -12,7 +12,8 @@ from sqlalchemy import JSON, BigInteger, Double, ForeignKey, Index, Integer, Lar
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # 2: adds deployment_rollbacks (a new table: create_all adds it to a version-1 database)
-SCHEMA_VERSION = 2
+# 3: adds device_certificates (likewise)
+SCHEMA_VERSION = 3
 
 
 class Base(DeclarativeBase):
@@ -40,6 +41,16 @@ class Device(Base):
     desired_deployment_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     reported: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # ReportedState
     reported_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+
+
+class DeviceCertificate(Base):
+    """Mutual TLS: the client certificate subject common name a device is bound to. One name
+    names one device (unique), so a certificate can never speak for two devices."""
+
+    __tablename__ = "device_certificates"
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    common_name: Mapped[str] = mapped_column(String(255), unique=True)
+    bound_at: Mapped[float] = mapped_column(Double)
 
 
 class EnrollmentToken(Base):
