@@ -6,6 +6,7 @@
 #if EF_ARCH_X86
 #include <immintrin.h>
 
+#include "dot-avx512.h"
 #include "qs8-gemm/avx512-epilogue.h"
 
 /* The exact sums of MR rows (1..4, a constant after inlining) against one group's blocks:
@@ -18,7 +19,7 @@ EF_INLINE EF_TARGET_AVX512 void bsr_sums(const size_t MR, size_t nb, const uint3
     const size_t k0 = kofs[b];
     const __m512i wv = _mm512_load_si512((const void*)w);
     for (size_t r = 0; r < MR; r++)
-      accs[r] = _mm512_dpbusd_epi32(accs[r], _mm512_set1_epi32(ef_load_i32(a + r * a_stride + k0)), wv);
+      ef_dpbusd_512(&accs[r], _mm512_set1_epi32(ef_load_i32(a + r * a_stride + k0)), wv);
   }
 }
 

@@ -6,6 +6,7 @@
  * to EF_SPB_MR activation rows. Cost per 64 weights: one expand (port 5) + one vpdpbusd per
  * activation row, whatever the density; the bytes read shrink with it. */
 #include "sparse-gemm.h"
+#include "dot-avx512.h"
 
 #if EF_ARCH_X86
 #include <immintrin.h>
@@ -22,23 +23,16 @@ EF_INLINE SPB_TARGET_AVX512 __m128i hsum4(__m512i a0, __m512i a1, __m512i a2, __
   return _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
 }
 
-/* acc += x (uint8) . w (int8) in place. The intrinsic returns a new value and GCC then copies
- * every accumulator once per iteration (vmovdqa32 pairs around each vpdpbusd); the tied asm
- * operand keeps each accumulator in its register. */
-EF_INLINE SPB_TARGET_AVX512 void spb_dpbusd(__m512i* acc, __m512i x, __m512i w) {
-  __asm__("vpdpbusd %2, %1, %0" : "+v"(*acc) : "v"(x), "v"(w));
-}
-
 /* MR activation rows (1..4, a constant after inlining) against the 4 rows of each group.
  * Named accumulators rather than an array: with acc[MR][4] GCC copied or spilled them every
  * iteration. */
 #define SPB_ROW(r)                                                                        \
   if (MR > r) {                                                                           \
     const __m512i xv = _mm512_loadu_si512(x + r * ldx + c * EF_SPB_CHUNK);                \
-    spb_dpbusd(&a##r##0, xv, w0);                                                     \
-    spb_dpbusd(&a##r##1, xv, w1);                                                     \
-    spb_dpbusd(&a##r##2, xv, w2);                                                     \
-    spb_dpbusd(&a##r##3, xv, w3);                                                     \
+    ef_dpbusd_512(&a##r##0, xv, w0);                                                     \
+    ef_dpbusd_512(&a##r##1, xv, w1);                                                     \
+    ef_dpbusd_512(&a##r##2, xv, w2);                                                     \
+    ef_dpbusd_512(&a##r##3, xv, w3);                                                     \
   }
 #define SPB_OUT(r)                                                                         \
   if (MR > r)                                                                              \
@@ -104,10 +98,6 @@ const ef_spb_config ef_spb_config_avx512 = {
 #define SPP_TARGET_VBMI \
   __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx512vbmi,avx512vbmi2")))
 
-EF_INLINE SPP_TARGET_VBMI void spp_dpbusd(__m512i* acc, __m512i x, __m512i w) {
-  __asm__("vpdpbusd %2, %1, %0" : "+v"(*acc) : "v"(x), "v"(w));
-}
-
 /* Step u of a block: a step that starts a run (u a multiple of RUN) first loads the run's
  * window, 64 activations per row (any column: an unaligned load). vpermb gathers every
  * slot's activation by its 6-bit column, vpdpbusd multiplies them with the step's 64
@@ -121,8 +111,8 @@ EF_INLINE SPP_TARGET_VBMI void spp_dpbusd(__m512i* acc, __m512i x, __m512i w) {
       if (MR > 1) xb = _mm512_loadu_si512(xc + ldx);                                             \
     }                                                                                            \
     const __m512i wv = _mm512_load_si512(block + EF_SPP_COL_BYTES + (u) * 64);                   \
-    spp_dpbusd(&acc0, _mm512_permutexvar_epi8(idx, xa), wv);                                     \
-    if (MR > 1) spp_dpbusd(&acc1, _mm512_permutexvar_epi8(idx, xb), wv);                         \
+    ef_dpbusd_512(&acc0, _mm512_permutexvar_epi8(idx, xa), wv);                                     \
+    if (MR > 1) ef_dpbusd_512(&acc1, _mm512_permutexvar_epi8(idx, xb), wv);                         \
   }
 
 /* MR activation rows (1 or 2) and RUN steps per window (1, 2 or 4): constants after
