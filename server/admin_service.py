@@ -15,7 +15,7 @@ import grpc
 from proto import fleet_pb2, fleet_pb2_grpc
 from proto import signing
 from proto.manifest import Manifest, ManifestError, bundle_id_of
-from server.artifacts import ArtifactMismatch, ArtifactStore, PendingArtifact
+from server.artifacts import ArtifactMismatch, ArtifactMissing, ArtifactStore, PendingArtifact
 from server.db import Database, DeploymentView, InvalidArgument, NotFound
 from server.device_service import bearer_token
 from server.models import Bundle, Device
@@ -197,15 +197,20 @@ class AdminService(fleet_pb2_grpc.AdminServiceServicer):
                     upload.finish()
                 except ArtifactMismatch as exc:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bundle rejected: {exc}")
-            # Every file verified: only now does anything become visible.
-            created_files = [u.digest for u in pending.values() if u.publish()]
+            # Every file verified: only now does anything become visible, inside the transaction
+            # that records the bundle, holding the artifact store lock (server/db.py).
             try:
                 bundle, created = self.db.add_bundle(
                     header.manifest, header.signature, header.publisher_key, manifest,
-                    {d: self.store.relpath(d) for d in sizes})
+                    {d: self.store.relpath(d) for d in sizes},
+                    place_files=lambda: self.store.place(list(pending.values()), set(sizes)))
+            except ArtifactMissing as exc:   # garbage-collected since the check above
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"bundle upload incomplete: {exc}")
             except Exception:
-                for digest in created_files:
-                    self.store.remove(digest)
+                # Files published before the transaction failed are referenced by nothing; they
+                # may only be deleted under the store lock, which the sweep takes.
+                if any(u.published for u in pending.values()):
+                    self._sweep_artifacts()
                 raise
             if created:
                 log.info("stored bundle %s (%s %s, %d bytes)", bundle_id, manifest.model,
@@ -218,6 +223,14 @@ class AdminService(fleet_pb2_grpc.AdminServiceServicer):
     @operator_only
     def ListBundles(self, request, context):
         return fleet_pb2.ListBundlesResponse(bundles=[self._bundle(b) for b in self.db.list_bundles()])
+
+    def _sweep_artifacts(self) -> dict[str, int]:
+        """Best effort: a sweep that fails leaves orphans for the next one, never a bad row."""
+        try:
+            return self.db.sweep_artifacts(self.store.remove_except)
+        except Exception:
+            log.exception("artifact sweep failed; unreferenced files stay until the next sweep")
+            return {}
 
     # -- deployments ------------------------------------------------------------------
     @operator_only

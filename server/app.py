@@ -1,9 +1,9 @@
 """Wiring: `serve(config)` builds and starts the control plane; `main(argv)` runs it as a process.
 
-serve() spells the steps out in order: resolve config -> open the database -> create the
-gRPC server -> add servicers (device, admin, health, reflection) -> add the port -> start ->
-start the reaper and /metrics -> write data_dir/server.json (temp + rename) so other
-processes find the ports.
+serve() spells the steps out in order: resolve config -> open the database (and sweep the
+artifact files no bundle references) -> create the gRPC server -> add servicers (device,
+admin, health, reflection) -> add the port -> start -> start the reaper and /metrics -> write
+data_dir/server.json (temp + rename) so other processes find the ports.
 """
 
 from __future__ import annotations
@@ -117,6 +117,10 @@ def serve(config: ServerConfig, registry: CollectorRegistry | None = None) -> Ru
     db = Database(config.resolved_db_url())
     db.create_schema()
     store = ArtifactStore(config.artifacts_dir)
+    # Files a removal or an upload left unreferenced when the server stopped before its sweep.
+    swept = db.sweep_artifacts(store.remove_except)
+    if swept:
+        log.info("removed %d unreferenced artifact file(s), %d bytes", len(swept), sum(swept.values()))
     hub, latest, stats = SessionHub(), LatestDeviceMetrics(), ServerStats()
 
     # Whatever was started before a failure (port taken, metrics port taken...) is undone.

@@ -5,6 +5,10 @@ expected digest and size, and only then renamed into place (os.replace), so a ha
 upload never appears under its digest. The sidecar records the sha256 of every 256 KiB chunk,
 so serving can notice bit rot or tampering on disk chunk by chunk and refuse to send it,
 instead of streaming bad bytes the agent would only reject at the very end.
+
+Files enter the store (`place`) and leave it (`remove_except`) only while the caller holds the
+database's artifact store lock (server/db.py, "Artifact garbage collection"), so a file is never
+deleted between an upload deciding to reuse it and the upload's rows referencing it.
 """
 
 from __future__ import annotations
@@ -35,6 +39,14 @@ class ArtifactMismatch(ValueError):
     """Uploaded bytes do not match the digest or size the manifest promised."""
 
 
+class ArtifactMissing(LookupError):
+    """A bundle reuses a stored file that is no longer in the store (garbage-collected)."""
+
+    def __init__(self, digests: list[str]) -> None:
+        self.digests = digests
+        super().__init__(f"no data for {', '.join(digests)} (no longer stored; send the file)")
+
+
 def _fsync_dir(path: pathlib.Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -56,6 +68,7 @@ class PendingArtifact:
         self._chunk_hashes: list[str] = []
         self.received = 0
         self.existed_before = False
+        self.published = False
 
     def write(self, data: bytes) -> None:
         if self.received + len(data) > self.size:
@@ -93,7 +106,10 @@ class PendingArtifact:
             self._chunk, self._chunk_len = hashlib.sha256(), 0
 
     def publish(self) -> bool:
-        """Move a finished artifact into place. Returns True if the digest was not stored before."""
+        """Move a finished artifact into place. Returns True if the digest was not stored before.
+        A second call does nothing (a retried database transaction places its files again)."""
+        if self.published:
+            return False
         final = self.store.path(self.digest)
         self.existed_before = final.exists()
         # Sidecar first: a data file is never visible without the hashes that guard it.
@@ -109,6 +125,7 @@ class PendingArtifact:
         os.replace(self.tmp_path, final)
         _fsync_dir(self.store.dir)
         self.store.forget(self.digest)
+        self.published = True
         return not self.existed_before
 
     def commit(self) -> bool:
@@ -162,6 +179,36 @@ class ArtifactStore:
         for p in (self.path(digest), self.sidecar_path(digest)):
             p.unlink(missing_ok=True)
         self.forget(digest)
+
+    def place(self, uploads: list[PendingArtifact], needed: set[str]) -> None:
+        """Publish finished uploads and check that every other digest in `needed` is stored.
+        Raises ArtifactMissing before publishing anything. Call it holding the store lock."""
+        sent = {u.digest for u in uploads}
+        gone = sorted(d for d in needed - sent if not self.has(d))
+        if gone:
+            raise ArtifactMissing(gone)
+        for upload in uploads:
+            upload.publish()
+
+    def remove_except(self, keep: set[str]) -> dict[str, int]:
+        """Delete every stored artifact (data file and sidecar) whose digest is not in `keep`;
+        returns {digest: bytes freed}. Temp files of uploads in flight are left alone. Call it
+        holding the store lock."""
+        removed: dict[str, int] = {}
+        for entry in sorted(self.dir.iterdir()):        # listed first: removal edits the directory
+            hex_part = entry.name.removesuffix(".chunks")
+            digest = "sha256:" + hex_part
+            if entry.name.startswith(_TMP_PREFIX) or not DIGEST_RE.match(digest) or digest in keep:
+                continue
+            if digest not in removed:
+                try:
+                    removed[digest] = self.path(digest).stat().st_size
+                except FileNotFoundError:
+                    removed[digest] = 0          # a sidecar whose data file never arrived
+                self.remove(digest)
+        if removed:
+            _fsync_dir(self.dir)
+        return removed
 
     def forget(self, digest: str) -> None:
         with self._lock:

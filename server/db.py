@@ -11,6 +11,22 @@ Works unchanged on SQLite (the embedded default) and PostgreSQL (several replica
   (`... WHERE used_at IS NULL AND expires_at > now`): whichever transaction changes the row
   wins; everyone else sees rowcount 0.
 
+Artifact garbage collection. Files live outside the database, so no transaction alone can make
+"delete the file" and "a new bundle row references it" exclusive. Every transaction that puts
+files into the artifact store (add_bundle, in its place_files step) or takes them out
+(sweep_artifacts) first locks the one artifact_store_lock row (SELECT ... FOR UPDATE on
+PostgreSQL, so it holds across replicas; on SQLite BEGIN IMMEDIATE already holds the database's
+write lock) and keeps it until it commits. An upload checks that the files it reuses are still
+stored and publishes its own while holding it, and its bundle_artifacts rows commit before it
+lets go; a sweep reads which digests bundle_artifacts references and deletes every other file
+while holding it. So a sweep runs wholly before an upload (which then finds a reused file gone
+and is refused, or publishes its own copy) or wholly after it (and sees its references): a
+bundle row never names a file the sweep deleted. Crashes: bundle rows are deleted in their own,
+earlier transaction (remove_bundle), so a crash before the sweep only leaves unreferenced files,
+which the sweep at start-up (server/app.py) or after the next removal deletes. The sweep deletes
+files before it commits, so a crash there leaves artifact rows of unreferenced digests without
+files: no bundle lists them, uploads check the file itself, and the next sweep deletes the rows.
+
 Methods return ORM rows detached from their session (expire_on_commit=False); callers read
 them, never write through them.
 """
@@ -23,7 +39,7 @@ import secrets
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from sqlalchemy import create_engine, delete, event, func, select, update
 from sqlalchemy.engine import Engine
@@ -33,8 +49,8 @@ from sqlalchemy.orm import Session
 from proto import fleet_pb2
 from proto.manifest import Manifest
 from server.tokens import new_token
-from server.models import (SCHEMA_VERSION, Artifact, Base, Bundle, BundleArtifact, Deployment,
-                           DeploymentRollback, DeploymentTarget, Device, DeviceCertificate,
+from server.models import (SCHEMA_VERSION, Artifact, ArtifactStoreLock, Base, Bundle, BundleArtifact,
+                           Deployment, DeploymentRollback, DeploymentTarget, Device, DeviceCertificate,
                            EnrollmentToken, SchemaInfo)
 
 Phase = fleet_pb2.ReportedState.Phase
@@ -55,6 +71,8 @@ ROLLED_BACK = State.Name(State.ROLLED_BACK)
 MAX_LABELS = 64
 MAX_LABEL_KEY = 63
 MAX_LABEL_VALUE = 253
+
+T = TypeVar("T")
 
 
 class NotFound(LookupError):
@@ -150,14 +168,20 @@ class Database:
         self._read_engine = self.engine.execution_options(edgefleet_read_only=True)
 
     def create_schema(self) -> None:
-        """Create missing tables (idempotent: restarts keep every row)."""
+        """Create missing tables and rows (idempotent: restarts keep every row; a database of an
+        older version gains what it lacks)."""
         Base.metadata.create_all(self.engine)
-        with self._write() as s:
-            info = s.get(SchemaInfo, 1)
-            if info is None:
-                s.add(SchemaInfo(id=1, version=SCHEMA_VERSION))
-            elif info.version < SCHEMA_VERSION:
-                info.version = SCHEMA_VERSION   # every change so far only added tables
+        try:
+            with self._write() as s:
+                info = s.get(SchemaInfo, 1)
+                if info is None:
+                    s.add(SchemaInfo(id=1, version=SCHEMA_VERSION))
+                elif info.version < SCHEMA_VERSION:
+                    info.version = SCHEMA_VERSION   # every change so far only added tables
+                if s.get(ArtifactStoreLock, 1) is None:
+                    s.add(ArtifactStoreLock(id=1))
+        except IntegrityError:
+            pass        # another replica starting at the same time inserted the same rows
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -352,10 +376,14 @@ class Database:
     # -- bundles and artifacts --------------------------------------------------------
     def add_bundle(self, manifest_bytes: bytes, signature: bytes, publisher_key: bytes,
                    manifest: Manifest, artifact_paths: dict[str, str],
-                   now: float | None = None) -> tuple[Bundle, bool]:
-        """Record a verified bundle whose files are already in the artifact store.
+                   now: float | None = None,
+                   place_files: Callable[[], None] = lambda: None) -> tuple[Bundle, bool]:
+        """Record a verified bundle. `place_files` runs in the transaction, holding the artifact
+        store lock, before any row is written: it publishes the upload's files and raises if a
+        file the bundle reuses is gone (nothing is recorded then); see the module docstring.
 
-        Returns (bundle, created); uploading the same bundle again returns created=False.
+        Returns (bundle, created); uploading the same bundle again returns created=False and
+        places nothing.
         """
         from proto.manifest import bundle_id_of
 
@@ -364,9 +392,11 @@ class Database:
         for attempt in range(2):
             try:
                 with self._write() as s:
+                    _lock_artifact_store(s)
                     existing = s.get(Bundle, bundle_id)
                     if existing is not None:
                         return existing, False
+                    place_files()
                     for v in manifest.variants:
                         if s.get(Artifact, v.digest) is None:
                             s.add(Artifact(digest=v.digest, size=v.size_bytes,
@@ -390,6 +420,16 @@ class Database:
     def get_bundle(self, bundle_id: str) -> Bundle | None:
         with self._read() as s:
             return s.get(Bundle, bundle_id)
+
+    def sweep_artifacts(self, remove_files: Callable[[set[str]], T]) -> T:
+        """Garbage-collect the artifact store, holding its lock: delete the artifact rows no
+        bundle references, then call remove_files(referenced digests), which deletes every
+        stored file not among them, and commit last (module docstring). Returns its result."""
+        with self._write() as s:
+            _lock_artifact_store(s)
+            referenced = select(BundleArtifact.digest)
+            s.execute(delete(Artifact).where(Artifact.digest.not_in(referenced)))
+            return remove_files(set(s.scalars(referenced.distinct()).all()))
 
     def list_bundles(self) -> list[Bundle]:
         with self._read() as s:
@@ -591,6 +631,13 @@ def _claim_certificate(s: Session, device_id: str, common_name: str, now: float)
         s.flush()       # a concurrent claim of the same name (PostgreSQL) fails here, on the unique index
     except IntegrityError:
         raise CertificateInUse(f"client certificate CN={common_name!r} was just bound to another device") from None
+
+
+def _lock_artifact_store(s: Session) -> None:
+    """Take the artifact store lock for the rest of this transaction (module docstring)."""
+    if s.scalar(select(ArtifactStoreLock.id).where(ArtifactStoreLock.id == 1).with_for_update()) is None:
+        # FOR UPDATE on no row locks nothing: refuse rather than run unprotected.
+        raise RuntimeError("artifact_store_lock has no row: Database.create_schema() was not run")
 
 
 def _running_bundle(s: Session, device: Device) -> str | None:

@@ -13,7 +13,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # 2: adds deployment_rollbacks (a new table: create_all adds it to a version-1 database)
 # 3: adds device_certificates (likewise)
-SCHEMA_VERSION = 3
+# 4: adds artifact_store_lock (a new table; create_schema inserts its one row)
+SCHEMA_VERSION = 4
 
 
 class Base(DeclarativeBase):
@@ -26,6 +27,15 @@ class SchemaInfo(Base):
     __tablename__ = "schema_info"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version: Mapped[int] = mapped_column(Integer)
+
+
+class ArtifactStoreLock(Base):
+    """One row (id 1), locked by every transaction that puts files into the artifact store or
+    takes them out (uploads and garbage collection), so the two never interleave; see
+    server/db.py, "Artifact garbage collection"."""
+
+    __tablename__ = "artifact_store_lock"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
 
 
 class Device(Base):

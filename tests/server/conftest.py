@@ -180,3 +180,31 @@ def db_url(request, tmp_path):
 @pytest.fixture
 def pg_url():
     yield from _postgres_database()
+
+
+def store_lock_is_free(db_url: str) -> bool:
+    """Whether another session could take the artifact store lock right now; never waits."""
+    if db_url.startswith("sqlite"):
+        import sqlite3
+
+        conn = sqlite3.connect(db_url.removeprefix("sqlite:///"), timeout=0, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")     # what the store lock is on SQLite: the write lock
+            conn.execute("ROLLBACK")
+            return True
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            return False
+        finally:
+            conn.close()
+    import psycopg
+
+    with psycopg.connect(db_url.replace("postgresql+psycopg", "postgresql"), connect_timeout=3) as conn:
+        try:
+            conn.execute("SELECT id FROM artifact_store_lock WHERE id = 1 FOR UPDATE NOWAIT")
+            return True
+        except psycopg.errors.LockNotAvailable:
+            return False
+        finally:
+            conn.rollback()

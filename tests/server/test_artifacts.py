@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from server.artifacts import CHUNK_SIZE, ArtifactCorrupted, ArtifactMismatch, ArtifactStore
+from server.artifacts import CHUNK_SIZE, ArtifactCorrupted, ArtifactMismatch, ArtifactMissing, ArtifactStore
 
 
 def _digest(data: bytes) -> str:
@@ -90,3 +90,35 @@ def test_truncated_file_is_corrupted(store):
         f.truncate(100)
     with pytest.raises(ArtifactCorrupted):
         list(store.read_chunks(digest))
+
+
+def test_place_refuses_before_publishing_when_a_reused_file_is_gone(store):
+    kept = _put(store, os.urandom(1000))
+    data = os.urandom(2000)
+    upload = store.begin(_digest(data), len(data))
+    upload.write(data)
+    upload.finish()
+    gone = _digest(b"collected meanwhile")
+    with pytest.raises(ArtifactMissing) as info:
+        store.place([upload], {kept, upload.digest, gone})
+    assert info.value.digests == [gone]
+    assert not store.has(upload.digest)             # nothing of the refused bundle appeared
+    store.place([upload], {kept, upload.digest})
+    store.place([upload], {kept, upload.digest})     # a retried transaction places it again
+    assert store.has(upload.digest) and store.has(kept)
+
+
+def test_remove_except_keeps_what_is_referenced_and_in_flight(store):
+    kept = _put(store, os.urandom(CHUNK_SIZE + 1))
+    data = os.urandom(3000)
+    orphan = _put(store, data)
+    half = _digest(b"crashed between its sidecar and its data file")
+    store.sidecar_path(half).write_text("{}")
+    in_flight = store.begin(_digest(b"uploading"), 9)
+    in_flight.write(b"uploading")
+    assert store.remove_except({kept}) == {orphan: len(data), half: 0}
+    assert sorted(p.name for p in store.dir.iterdir() if not p.name.startswith(".tmp-")) == \
+        sorted([store.path(kept).name, store.sidecar_path(kept).name])
+    assert in_flight.tmp_path.exists()
+    assert store.remove_except({kept}) == {}
+    in_flight.abort()

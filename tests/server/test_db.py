@@ -11,8 +11,9 @@ from proto import fleet_pb2, signing
 from proto.manifest import Manifest
 from server.db import (FAILED, IN_PROGRESS, ROLLED_BACK, SUCCEEDED, TIMED_OUT, Database, EnrollmentRefused,
                        InvalidArgument, NotFound)
+from server.models import SCHEMA_VERSION, Artifact, ArtifactStoreLock, Base, SchemaInfo
 from server.reaper import DeploymentReaper
-from tests.server.conftest import make_bundle
+from tests.server.conftest import make_bundle, store_lock_is_free
 
 Phase = fleet_pb2.ReportedState.Phase
 
@@ -30,12 +31,13 @@ def _enroll(db, labels=None):
     return db.enroll(token, "host", {}, b"")
 
 
-def _bundle(db, tmp_path, key):
+def _bundle(db, tmp_path, key, place_files=lambda: None):
     folder, manifest, _ = make_bundle(tmp_path / f"b{time.monotonic_ns()}", key)
     raw = (folder / "manifest.json").read_bytes()
     bundle, created = db.add_bundle(raw, (folder / "manifest.sig").read_bytes(),
                                     signing.public_key_bytes(key), Manifest.from_bytes(raw),
-                                    {v.digest: f"sha256/{v.digest[7:]}" for v in manifest.variants})
+                                    {v.digest: f"sha256/{v.digest[7:]}" for v in manifest.variants},
+                                    place_files=place_files)
     assert created
     return bundle, manifest
 
@@ -306,3 +308,50 @@ def test_everything_survives_reopening(db_url, tmp_path, publisher_key):
         assert second.fleet_snapshot().deployments_by_state == {IN_PROGRESS: 1}
     finally:
         second.dispose()
+
+
+def test_upload_places_files_and_sweep_removes_them_holding_the_store_lock(db, db_url, tmp_path,
+                                                                          publisher_key):
+    """Both sides of artifact GC run inside a transaction that holds the store lock, so they can
+    never interleave (server/db.py, "Artifact garbage collection")."""
+    seen = []
+    _, manifest = _bundle(db, tmp_path, publisher_key, place_files=lambda: seen.append(store_lock_is_free(db_url)))
+    assert seen == [False]
+    lock_free, referenced = db.sweep_artifacts(lambda keep: (store_lock_is_free(db_url), keep))
+    assert lock_free is False
+    assert referenced == {v.digest for v in manifest.variants}
+    assert store_lock_is_free(db_url)               # and both let go when they commit
+
+
+def test_sweep_deletes_only_unreferenced_artifact_rows(db, tmp_path, publisher_key):
+    _, manifest = _bundle(db, tmp_path, publisher_key)
+    with db._write() as s:           # a row an interrupted sweep left behind
+        s.add(Artifact(digest="sha256:" + "a" * 64, size=1, path="sha256/" + "a" * 64, created_at=0.0))
+    db.sweep_artifacts(lambda keep: None)
+    assert db.get_artifact("sha256:" + "a" * 64) is None
+    assert all(db.get_artifact(v.digest) is not None for v in manifest.variants)
+
+
+def test_version_3_database_gains_the_store_lock(db_url, tmp_path, publisher_key):
+    """A database the previous release created (no artifact_store_lock, version 3) is upgraded in
+    place by create_schema, keeping its rows, and uploads work on it."""
+    old = Database(db_url)
+    Base.metadata.create_all(old.engine, tables=[t for t in Base.metadata.sorted_tables
+                                                 if t.name != ArtifactStoreLock.__tablename__])
+    with old._write() as s:
+        s.add(SchemaInfo(id=1, version=3))
+    device_id, credential = _enroll(old)
+    old.dispose()
+
+    upgraded = Database(db_url)
+    try:
+        upgraded.create_schema()
+        upgraded.create_schema()
+        with upgraded._read() as s:
+            assert s.get(SchemaInfo, 1).version == SCHEMA_VERSION == 4
+            assert s.get(ArtifactStoreLock, 1) is not None
+        assert upgraded.authenticate(credential) == device_id
+        bundle, _ = _bundle(upgraded, tmp_path, publisher_key)
+        assert [b.id for b in upgraded.list_bundles()] == [bundle.id]
+    finally:
+        upgraded.dispose()
