@@ -391,6 +391,24 @@ class ListBundlesResponse(_message.Message):
     bundles: _containers.RepeatedCompositeFieldContainer[Bundle]
     def __init__(self, bundles: _Optional[_Iterable[_Union[Bundle, _Mapping]]] = ...) -> None: ...
 
+class RemoveBundleRequest(_message.Message):
+    __slots__ = ("bundle_id",)
+    BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    bundle_id: str
+    def __init__(self, bundle_id: _Optional[str] = ...) -> None: ...
+
+class RemoveBundleResponse(_message.Message):
+    __slots__ = ("bundle", "removed_deployment_ids", "removed_digests", "freed_bytes")
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_DEPLOYMENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    FREED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    bundle: Bundle
+    removed_deployment_ids: _containers.RepeatedScalarFieldContainer[str]
+    removed_digests: _containers.RepeatedScalarFieldContainer[str]
+    freed_bytes: int
+    def __init__(self, bundle: _Optional[_Union[Bundle, _Mapping]] = ..., removed_deployment_ids: _Optional[_Iterable[str]] = ..., removed_digests: _Optional[_Iterable[str]] = ..., freed_bytes: _Optional[int] = ...) -> None: ...
+
 class CreateDeploymentRequest(_message.Message):
     __slots__ = ("bundle_id", "device_ids", "label_selector", "timeout_seconds", "rollback_on_failure")
     BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]

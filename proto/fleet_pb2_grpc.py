@@ -250,6 +250,11 @@ class AdminServiceStub:
                 request_serializer=proto_dot_fleet__pb2.ListBundlesRequest.SerializeToString,
                 response_deserializer=proto_dot_fleet__pb2.ListBundlesResponse.FromString,
                 _registered_method=True)
+        self.RemoveBundle = channel.unary_unary(
+                '/edgefleet.v1.AdminService/RemoveBundle',
+                request_serializer=proto_dot_fleet__pb2.RemoveBundleRequest.SerializeToString,
+                response_deserializer=proto_dot_fleet__pb2.RemoveBundleResponse.FromString,
+                _registered_method=True)
         self.CreateDeployment = channel.unary_unary(
                 '/edgefleet.v1.AdminService/CreateDeployment',
                 request_serializer=proto_dot_fleet__pb2.CreateDeploymentRequest.SerializeToString,
@@ -327,6 +332,16 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveBundle(self, request, context):
+        """Delete a bundle with its finished deployments, then every stored file no remaining bundle
+        lists (files it shares with another bundle stay). Refused with FAILED_PRECONDITION, naming
+        what holds it, while it is the desired bundle of a device, the bundle of a deployment in
+        progress, or what a deployment would roll devices back to; NOT_FOUND for an unknown id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateDeployment(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -388,6 +403,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListBundles,
                     request_deserializer=proto_dot_fleet__pb2.ListBundlesRequest.FromString,
                     response_serializer=proto_dot_fleet__pb2.ListBundlesResponse.SerializeToString,
+            ),
+            'RemoveBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveBundle,
+                    request_deserializer=proto_dot_fleet__pb2.RemoveBundleRequest.FromString,
+                    response_serializer=proto_dot_fleet__pb2.RemoveBundleResponse.SerializeToString,
             ),
             'CreateDeployment': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateDeployment,
@@ -603,6 +623,33 @@ class AdminService:
             '/edgefleet.v1.AdminService/ListBundles',
             proto_dot_fleet__pb2.ListBundlesRequest.SerializeToString,
             proto_dot_fleet__pb2.ListBundlesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/RemoveBundle',
+            proto_dot_fleet__pb2.RemoveBundleRequest.SerializeToString,
+            proto_dot_fleet__pb2.RemoveBundleResponse.FromString,
             options,
             channel_credentials,
             insecure,

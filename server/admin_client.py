@@ -110,6 +110,11 @@ class AdminClient:
     def list_bundles(self) -> list[fleet_pb2.Bundle]:
         return list(self._call(self._stub.ListBundles, fleet_pb2.ListBundlesRequest()).bundles)
 
+    def remove_bundle(self, bundle_id: str) -> fleet_pb2.RemoveBundleResponse:
+        """Delete a bundle no device or unfinished deployment needs (FAILED_PRECONDITION names
+        what does) and the stored files no other bundle shares."""
+        return self._call(self._stub.RemoveBundle, fleet_pb2.RemoveBundleRequest(bundle_id=bundle_id))
+
     # -- deployments ------------------------------------------------------------------
     def deploy(self, bundle_id: str, device_ids: list[str] | None = None,
                label_selector: str | None = None, timeout: float | None = None,

@@ -16,7 +16,7 @@ from proto import fleet_pb2, fleet_pb2_grpc
 from proto import signing
 from proto.manifest import Manifest, ManifestError, bundle_id_of
 from server.artifacts import ArtifactMismatch, ArtifactMissing, ArtifactStore, PendingArtifact
-from server.db import Database, DeploymentView, InvalidArgument, NotFound
+from server.db import BundleInUse, Database, DeploymentView, InvalidArgument, NotFound
 from server.device_service import bearer_token
 from server.models import Bundle, Device
 from server.sessions import SessionHub
@@ -223,6 +223,28 @@ class AdminService(fleet_pb2_grpc.AdminServiceServicer):
     @operator_only
     def ListBundles(self, request, context):
         return fleet_pb2.ListBundlesResponse(bundles=[self._bundle(b) for b in self.db.list_bundles()])
+
+    @operator_only
+    def RemoveBundle(self, request, context):
+        if not request.bundle_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bundle_id is required")
+        try:
+            removed = self.db.remove_bundle(request.bundle_id)
+        except NotFound as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except BundleInUse as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        reply = fleet_pb2.RemoveBundleResponse(bundle=self._bundle(removed.bundle),
+                                               removed_deployment_ids=removed.deployment_ids)
+        self._variant_ids.pop(removed.bundle.id, None)
+        # The rows are gone for good; should this sweep fail or the server die first, the files
+        # are only orphans, which the next sweep (next removal or start-up) deletes.
+        freed = self._sweep_artifacts()
+        reply.removed_digests.extend(sorted(freed))
+        reply.freed_bytes = sum(freed.values())
+        log.warning("bundle %s removed (%s %s); freed %d file(s), %d bytes", removed.bundle.id,
+                    removed.bundle.model, removed.bundle.version, len(freed), reply.freed_bytes)
+        return reply
 
     def _sweep_artifacts(self) -> dict[str, int]:
         """Best effort: a sweep that fails leaves orphans for the next one, never a bad row."""

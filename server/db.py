@@ -6,7 +6,8 @@ Works unchanged on SQLite (the embedded default) and PostgreSQL (several replica
   BEGIN IMMEDIATE: writers queue on the database lock up front instead of failing with
   "database is locked" when two deferred transactions both try to upgrade to writing.
 * PostgreSQL rows that decide an outcome are locked with SELECT ... FOR UPDATE, always in
-  the order devices -> deployments (sorted by id) so concurrent writers cannot deadlock.
+  the order bundles -> devices -> deployments (sorted by id) so concurrent writers cannot
+  deadlock.
 * One-time enrollment tokens are consumed by a single conditional UPDATE
   (`... WHERE used_at IS NULL AND expires_at > now`): whichever transaction changes the row
   wins; everyone else sees rowcount 0.
@@ -41,7 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, TypeVar
 
-from sqlalchemy import create_engine, delete, event, func, select, update
+from sqlalchemy import and_, create_engine, delete, event, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -71,6 +72,7 @@ ROLLED_BACK = State.Name(State.ROLLED_BACK)
 MAX_LABELS = 64
 MAX_LABEL_KEY = 63
 MAX_LABEL_VALUE = 253
+MAX_NAMED_HOLDERS = 10     # ids a BundleInUse message names before it says "and N more"
 
 T = TypeVar("T")
 
@@ -81,6 +83,10 @@ class NotFound(LookupError):
 
 class InvalidArgument(ValueError):
     """A request the database refuses as malformed (bad selector, empty target set...)."""
+
+
+class BundleInUse(Exception):
+    """A bundle a device or an unfinished deployment still needs (the message says which)."""
 
 
 class EnrollmentRefused(PermissionError):
@@ -133,6 +139,12 @@ class DeploymentView:
     # rollback_on_failure: device id -> the bundle it goes back to (None: it ran none);
     # None when the deployment was created without rollback
     rollback: dict[str, str | None] | None = None
+
+
+@dataclass
+class RemovedBundle:
+    bundle: Bundle
+    deployment_ids: list[str]      # its finished deployments, deleted with it
 
 
 @dataclass
@@ -421,6 +433,30 @@ class Database:
         with self._read() as s:
             return s.get(Bundle, bundle_id)
 
+    def remove_bundle(self, bundle_id: str) -> RemovedBundle:
+        """Delete a bundle, its file list and its finished deployments (with their targets and
+        rollback records). Its files stay until sweep_artifacts. Raises NotFound, or BundleInUse
+        while a device desires it, a deployment of it is in progress, or a device's deployment
+        may still roll back to it; then nothing changes."""
+        with self._write() as s:
+            # Locked before the checks: create_deployment reads it FOR SHARE, so no deployment
+            # of it can appear between the checks and the delete (PostgreSQL; SQLite writers
+            # are serialized anyway).
+            bundle = s.get(Bundle, bundle_id, with_for_update=True)
+            if bundle is None:
+                raise NotFound(f"unknown bundle {bundle_id!r}")
+            holders = _bundle_holders(s, bundle_id)
+            if holders:
+                raise BundleInUse(f"bundle {bundle_id} is still needed: it is {'; '.join(holders)}")
+            dep_ids = sorted(s.scalars(select(Deployment.id).where(Deployment.bundle_id == bundle_id)).all())
+            if dep_ids:
+                s.execute(delete(DeploymentTarget).where(DeploymentTarget.deployment_id.in_(dep_ids)))
+                s.execute(delete(DeploymentRollback).where(DeploymentRollback.deployment_id.in_(dep_ids)))
+                s.execute(delete(Deployment).where(Deployment.id.in_(dep_ids)))
+            s.execute(delete(BundleArtifact).where(BundleArtifact.bundle_id == bundle_id))
+            s.delete(bundle)
+            return RemovedBundle(bundle, dep_ids)
+
     def sweep_artifacts(self, remove_files: Callable[[set[str]], T]) -> T:
         """Garbage-collect the artifact store, holding its lock: delete the artifact rows no
         bundle references, then call remove_files(referenced digests), which deletes every
@@ -463,7 +499,8 @@ class Database:
             raise InvalidArgument("deployment timeout must be positive")
         wanted = parse_selector(selector) if selector else None
         with self._write() as s:
-            if s.get(Bundle, bundle_id) is None:
+            # FOR SHARE: remove_bundle, which locks it FOR UPDATE, waits for this deployment.
+            if s.get(Bundle, bundle_id, with_for_update={"read": True}) is None:
                 raise NotFound(f"unknown bundle {bundle_id!r}")
             if device_ids:
                 ids = sorted(set(device_ids))
@@ -638,6 +675,37 @@ def _lock_artifact_store(s: Session) -> None:
     if s.scalar(select(ArtifactStoreLock.id).where(ArtifactStoreLock.id == 1).with_for_update()) is None:
         # FOR UPDATE on no row locks nothing: refuse rather than run unprotected.
         raise RuntimeError("artifact_store_lock has no row: Database.create_schema() was not run")
+
+
+def _bundle_holders(s: Session, bundle_id: str) -> list[str]:
+    """What still needs the bundle, as phrases for an error message; empty when nothing does."""
+    # Rollbacks are read before desired bundles: apply_rollbacks moves a device from "desires a
+    # ROLLED_BACK deployment that goes back to this bundle" to "desires this bundle" in one
+    # commit, and with the reads in this order (READ COMMITTED) one of them sees it either way.
+    rollbacks = sorted(set(s.scalars(
+        select(DeploymentRollback.deployment_id)
+        .join(Device, and_(Device.id == DeploymentRollback.device_id,
+                           Device.desired_deployment_id == DeploymentRollback.deployment_id))
+        .join(Deployment, Deployment.id == DeploymentRollback.deployment_id)
+        .where(DeploymentRollback.bundle_id == bundle_id,
+               Deployment.state.in_((IN_PROGRESS, ROLLED_BACK)))).all()))
+    of_bundle = select(Deployment.id).where(Deployment.bundle_id == bundle_id)
+    devices = sorted(s.scalars(select(Device.id).where(
+        or_(Device.desired_bundle_id == bundle_id, Device.desired_deployment_id.in_(of_bundle)))).all())
+    in_progress = sorted(s.scalars(of_bundle.where(Deployment.state == IN_PROGRESS)).all())
+    phrases = []
+    if devices:
+        phrases.append(f"the desired bundle of device(s) {_some(devices)}")
+    if in_progress:
+        phrases.append(f"the bundle of deployment(s) in progress {_some(in_progress)}")
+    if rollbacks:
+        phrases.append(f"where deployment(s) {_some(rollbacks)} roll devices back to on failure")
+    return phrases
+
+
+def _some(ids: list[str]) -> str:
+    shown = ", ".join(ids[:MAX_NAMED_HOLDERS])
+    return shown + (f" and {len(ids) - MAX_NAMED_HOLDERS} more" if len(ids) > MAX_NAMED_HOLDERS else "")
 
 
 def _running_bundle(s: Session, device: Device) -> str | None:

@@ -23,13 +23,15 @@ PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 # -- bundles ---------------------------------------------------------------------------
 def make_bundle(folder: pathlib.Path, key, sizes=(3000, 70_000), model: str = "tiny",
-                version: str | None = None) -> tuple[pathlib.Path, Manifest, dict[str, bytes]]:
-    """Write a signed bundle folder with random *.onnx payloads (the server only checks digests)."""
+                version: str | None = None,
+                payloads: tuple[bytes, ...] | None = None) -> tuple[pathlib.Path, Manifest, dict[str, bytes]]:
+    """Write a signed bundle folder with random *.onnx payloads (the server only checks digests),
+    or with `payloads` as the variants' files (to share a file between bundles)."""
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, bytes] = {}
     variants = []
-    for i, size in enumerate(sizes):
-        data = os.urandom(size)
+    for i, data in enumerate(payloads or [os.urandom(size) for size in sizes]):
+        size = len(data)
         name = f"v{i}.onnx"
         (folder / name).write_bytes(data)
         files[name] = data
