@@ -37,6 +37,7 @@ _OPERATOR = {
     "devices": "list devices",
     "remove-device": "decommission a device: its credential stops working",
     "bundles": "list uploaded bundles",
+    "remove-bundle": "delete a bundle no device needs, and its unshared files",
     "deployments": "list deployments (--targets: per device, with errors)",
 }
 

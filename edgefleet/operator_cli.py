@@ -1,5 +1,5 @@
 """Operator subcommands: keygen, token, upload, deploy, status, devices, remove-device, bundles,
-deployments.
+remove-bundle, deployments.
 
 Every call but keygen talks to a running server through `server.admin_client.AdminClient`.
 Where to find the server and the operator token, first match wins:
@@ -193,6 +193,19 @@ def cmd_bundles(argv: list[str]) -> int:
     return 0
 
 
+def cmd_remove_bundle(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="edgefleet remove-bundle", description=_doc("remove-bundle"))
+    _connection_args(parser)
+    parser.add_argument("bundle_id")
+    args = parser.parse_args(argv)
+    removed = _client(args).remove_bundle(args.bundle_id)
+    b = removed.bundle
+    print(f"removed bundle {b.bundle_id} ({b.model} {b.version}) and "
+          f"{len(removed.removed_deployment_ids)} finished deployment(s); deleted "
+          f"{len(removed.removed_digests)} unshared file(s), {removed.freed_bytes} bytes")
+    return 0
+
+
 def cmd_deployments(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="edgefleet deployments", description=_doc("deployments"))
     _connection_args(parser)
@@ -232,7 +245,7 @@ def _print_devices(devices) -> None:
 _COMMANDS = {
     "keygen": cmd_keygen, "token": cmd_token, "upload": cmd_upload, "deploy": cmd_deploy,
     "status": cmd_status, "devices": cmd_devices, "remove-device": cmd_remove_device,
-    "bundles": cmd_bundles, "deployments": cmd_deployments,
+    "bundles": cmd_bundles, "remove-bundle": cmd_remove_bundle, "deployments": cmd_deployments,
 }
 
 

@@ -1,10 +1,11 @@
-"""The operator commands (`edgefleet upload/bundles/deploy/deployments/remove-device`) against a
-real server over gRPC, with a scripted device stream in the device's place."""
+"""The operator commands (`edgefleet upload/bundles/deploy/deployments/remove-bundle/remove-device`)
+against a real server over gRPC, with a scripted device stream in the device's place."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 from proto import fleet_pb2
 from tests.server.conftest import DeviceStream, enroll
@@ -30,6 +31,9 @@ def test_operator_workflow_with_rollback_and_removal(server, admin, device_chann
 
         deploy = _cli(server, "deploy", bundle_id, "--device", device.device_id, "--rollback-on-failure")
         assert deploy.returncode == 0, deploy.stderr
+        refused = _cli(server, "remove-bundle", bundle_id)
+        assert refused.returncode == 1 and "FAILED_PRECONDITION" in refused.stderr
+        assert device.device_id in refused.stderr
         desired = stream.next("desired")
         stream.send(state=fleet_pb2.ReportedState(target_bundle_id=bundle_id, deployment_id=desired.deployment_id,
                                                   phase=Phase.FAILED, error="model does not load"))
@@ -39,6 +43,16 @@ def test_operator_workflow_with_rollback_and_removal(server, admin, device_chann
         assert "ROLLED_BACK" in shown.stdout and "rollback on failure" in shown.stdout
         assert f"{device.device_id}  FAILED" in shown.stdout and "model does not load" in shown.stdout
         assert "rollback to nothing" in shown.stdout       # the device ran no bundle before
+
+        for _ in range(100):            # the rollback is applied just after the deployment ends
+            if not admin.get_device(device.device_id).desired_bundle_id:
+                break
+            time.sleep(0.05)
+        removed_bundle = _cli(server, "remove-bundle", bundle_id)
+        assert removed_bundle.returncode == 0, removed_bundle.stderr
+        assert f"removed bundle {bundle_id}" in removed_bundle.stdout
+        assert "1 finished deployment(s); deleted 2 unshared file(s)" in removed_bundle.stdout
+        assert _cli(server, "bundles").stdout == ""
 
         removed = _cli(server, "remove-device", device.device_id)
         assert removed.returncode == 0 and "bench-7" in removed.stdout
