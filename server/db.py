@@ -709,11 +709,14 @@ def _some(ids: list[str]) -> str:
 
 
 def _running_bundle(s: Session, device: Device) -> str | None:
-    """The bundle the device last reported active, if this server knows it."""
+    """The bundle the device last reported active, if this server knows it. Read FOR SHARE, like
+    the deployment's own bundle: a concurrent remove_bundle either waits for the rollback record
+    naming it (and is then refused) or has already deleted it (and none is recorded)."""
     if not device.reported:
         return None
     bundle_id = fleet_pb2.ReportedState.FromString(device.reported).bundle_id
-    return bundle_id if bundle_id and s.get(Bundle, bundle_id) is not None else None
+    known = bundle_id and s.get(Bundle, bundle_id, with_for_update={"read": True}) is not None
+    return bundle_id if known else None
 
 
 def _rollback_of(s: Session, deployment_ids: list[str] | None) -> dict[str, dict[str, str | None]]:
