@@ -312,5 +312,6 @@ const ef_spb_config ef_spb_config_avx2 = {
     .isa = "avx2",
     .x_format = EF_SPB_X_S16,
     .ukernel = ef_qs8_spmv_bitmask_ukernel_4x64__avx2,
+    .out_row = ef_sparse_qs8_out_row__generic,
 };
 #endif /* EF_ARCH_X86 */

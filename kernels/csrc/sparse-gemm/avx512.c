@@ -88,7 +88,18 @@ const ef_spb_config ef_spb_config_avx512 = {
     .isa = "avx512",
     .x_format = EF_SPB_X_U8,
     .ukernel = ef_qs8_spmv_bitmask_ukernel_4x64__avx512,
+    .out_row = ef_sparse_qs8_out_row__avx512,
 };
+
+/* The shared epilogue's loop, vectorized by the compiler for AVX-512 (same operations per
+ * output: bit-exact with the generic copy; -ffp-contract=off keeps the multiply and the add
+ * apart). */
+EF_TARGET_AVX512 void ef_sparse_qs8_out_row__avx512(const int32_t* restrict raw, const int32_t* restrict wsum,
+                                                    const float* restrict w_scale, const float* restrict bias,
+                                                    int32_t x_zp, float x_scale, float lo, float hi, size_t n0,
+                                                    size_t n1, float* restrict y) {
+  ef_sparse_qs8_out_row(raw, wsum, w_scale, bias, x_zp, x_scale, lo, hi, n0, n1, y);
+}
 #endif /* EF_ARCH_X86 */
 
 /* ------------------------------------------------------------------ permute layout (VBMI) */
@@ -169,5 +180,6 @@ const ef_spp_config ef_spp_config_avx512vbmi = {
     .isa = "avx512",
     .x_format = EF_SPB_X_U8,
     .ukernel = ef_qs8_spmv_permute_ukernel_2x16x64__avx512vbmi,
+    .out_row = ef_sparse_qs8_out_row__avx512,
 };
 #endif /* EF_ARCH_X86 */

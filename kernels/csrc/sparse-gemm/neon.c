@@ -205,5 +205,6 @@ const ef_spb_config ef_spb_config_neon = {
     .isa = "neon",
     .x_format = EF_SPB_X_S8,
     .ukernel = ef_qs8_spmv_bitmask_ukernel_4x64__neon,
+    .out_row = ef_sparse_qs8_out_row__generic,
 };
 #endif /* EF_ARCH_ARM64 */

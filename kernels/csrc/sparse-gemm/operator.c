@@ -385,7 +385,7 @@ static void spb_range(void* ctx, size_t begin, size_t end) {
   const ef_spb_packed* w = j->w;
   const size_t n1 = EF_MIN(end * EF_SPB_ROWS, w->n);
   for (size_t r = 0; r < j->m; r++)
-    ef_sparse_qs8_out_row(j->raw + r * j->ldr, w->wsum, w->w_scale, w->bias, j->p->x_zp[r], j->p->x_scale[r],
+    j->config->out_row(j->raw + r * j->ldr, w->wsum, w->w_scale, w->bias, j->p->x_zp[r], j->p->x_scale[r],
                           j->p->out_min, j->p->out_max, begin * EF_SPB_ROWS, n1, j->y + r * w->n);
 }
 
@@ -586,7 +586,7 @@ static void spp_range(void* ctx, size_t begin, size_t end) {
     j->config->ukernel(w, begin, end, EF_MIN(EF_SPP_MR, j->m - r), j->x + r * j->ldx, j->ldx, j->raw + r * j->ldr, j->ldr);
   const size_t n1 = EF_MIN(end * EF_SPP_ROWS, w->n);
   for (size_t r = 0; r < j->m; r++)
-    ef_sparse_qs8_out_row(j->raw + r * j->ldr, w->wsum, w->w_scale, w->bias, j->p->x_zp[r], j->p->x_scale[r],
+    j->config->out_row(j->raw + r * j->ldr, w->wsum, w->w_scale, w->bias, j->p->x_zp[r], j->p->x_scale[r],
                           j->p->out_min, j->p->out_max, begin * EF_SPP_ROWS, n1, j->y + r * w->n);
 }
 

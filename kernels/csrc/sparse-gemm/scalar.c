@@ -113,6 +113,7 @@ const ef_spb_config ef_spb_config_scalar = {
     .isa = "scalar",
     .x_format = EF_SPB_X_S8,
     .ukernel = ef_qs8_spmv_bitmask_ukernel_4x64__scalar,
+    .out_row = ef_sparse_qs8_out_row__generic,
 };
 
 /* ------------------------------------------------------------------ permute layout */
@@ -141,4 +142,11 @@ const ef_spp_config ef_spp_config_scalar = {
     .isa = "scalar",
     .x_format = EF_SPB_X_S8,
     .ukernel = ef_qs8_spmv_permute_ukernel_2x16x64__scalar,
+    .out_row = ef_sparse_qs8_out_row__generic,
 };
+
+void ef_sparse_qs8_out_row__generic(const int32_t* restrict raw, const int32_t* restrict wsum,
+                                    const float* restrict w_scale, const float* restrict bias, int32_t x_zp,
+                                    float x_scale, float lo, float hi, size_t n0, size_t n1, float* restrict y) {
+  ef_sparse_qs8_out_row(raw, wsum, w_scale, bias, x_zp, x_scale, lo, hi, n0, n1, y);
+}
