@@ -211,18 +211,30 @@ def qs8_linear(a: np.ndarray, a_scale, a_zero_point, w: Packed, relu: bool = Fal
 
 def _q8_linear(gemm, a, a_scale, a_zero_point, w: Packed, relu, out_scale, out_zero_point, activation):
     """The call qs8_linear and bsr_linear share. Lean on purpose (a 384 x 384 GEMV is ~1.5 us):
-    the binding takes [K] or [M, K] and Python numbers for the scale and zero point, allocates a
-    float32 output when given None, and checks every argument itself."""
+    the binding takes [K] or [M, K], Python numbers or float32 / int32 [M] arrays for the scale
+    and zero point, allocates a float32 output when given None, and checks every argument
+    itself. Other forms of the scale and zero point (numpy scalars, lists, other dtypes, one
+    value for every row) are refused there and normalized by _retry_per_row."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"a: expected a numpy array, got {type(a).__name__}")
-    m = a.shape[0] if a.ndim > 1 else 1
     lo, hi = _NO_CLAMP if activation is None and not relu else _clamp(activation, relu)
     if out_scale is None:  # float32 out: the binding allocates it
-        return gemm(a, _row_scale(a_scale, m, "a_scale"), _row_zp(a_zero_point, m, "a_zero_point"), w, None,
-                    lo, hi, 1.0, 0)
-    out = np.empty((m, w.n) if a.ndim > 1 else w.n, dtype=np.int8)
-    return gemm(a, _row_scale(a_scale, m, "a_scale"), _row_zp(a_zero_point, m, "a_zero_point"), w, out,
-                lo, hi, float(out_scale), int(out_zero_point))
+        tail = (w, None, lo, hi, 1.0, 0)
+    else:
+        out = np.empty((a.shape[0], w.n) if a.ndim > 1 else w.n, dtype=np.int8)
+        tail = (w, out, lo, hi, float(out_scale), int(out_zero_point))
+    try:
+        return gemm(a, a_scale, a_zero_point, *tail)
+    except (TypeError, ValueError):
+        return _retry_per_row(gemm, a, a_scale, a_zero_point, tail, "a")
+
+
+def _retry_per_row(gemm, x, scale, zero_point, tail, xn: str):
+    """The binding refused a call: convert the scale and zero point as _per_row does (which
+    raises the friendly error for a value that is wrong in any form) and call again. An error
+    about anything else (x, K, out, the int8 range) comes back from the second call as is."""
+    m = x.shape[0] if x.ndim > 1 else 1
+    return gemm(x, _row_scale(scale, m, f"{xn}_scale"), _row_zp(zero_point, m, f"{xn}_zero_point"), *tail)
 
 
 def qs8_gemm(a: np.ndarray, a_scale, a_zero_point, w: np.ndarray, w_scales, w_zero_points=None,
@@ -432,14 +444,16 @@ def sparse_linear(x: np.ndarray, w: Packed, x_scale=None, x_zero_point=None, rel
     lo, hi = _NO_CLAMP if activation is None and not relu else _clamp(activation, relu)
     gemm = _SPARSE_QS8_GEMM.get(kind)
     if gemm is not None:
-        # the lean path of qs8_linear: the binding takes [K] or [M, K] and Python numbers, and
+        # the lean path of qs8_linear (_q8_linear): the binding checks every argument and
         # allocates the output
         if not isinstance(x, np.ndarray):
             raise TypeError(f"x: expected a numpy array, got {type(x).__name__}")
         if x_scale is None or x_zero_point is None:
             raise ValueError("int8 sparse weights need x_scale and x_zero_point")
-        m = x.shape[0] if x.ndim > 1 else 1
-        return gemm(x, _row_scale(x_scale, m, "x_scale"), _row_zp(x_zero_point, m, "x_zero_point"), w, None, lo, hi)
+        try:
+            return gemm(x, x_scale, x_zero_point, w, None, lo, hi)
+        except (TypeError, ValueError):
+            return _retry_per_row(gemm, x, x_scale, x_zero_point, (w, None, lo, hi), "x")
     x2, squeeze = _as_2d(x, "x")
     if not kind.startswith("sparse"):
         raise TypeError(f"w: expected weights from pack_sparse, got {type(w).__name__}")
