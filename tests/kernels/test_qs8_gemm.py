@@ -211,6 +211,29 @@ def test_qd8_linear_minilm_shape(isa):
         assert_bitexact(got, quant.qs8_gemm_ref(q, s, z, w, ws, None, b), f"{isa} {n}x{k}")
 
 
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("m,k", [(1, 2000), (1, 2100), (4, 448), (4, 520), (5, 300), (2, 4096)])
+def test_scratch_on_stack_and_heap(isa, m, k):
+    """Panel calls keep their activation scratch on the stack up to 8 KB (M rounded up to the
+    kernel's row padding, times K rounded up to 64) and allocate beyond: shapes on both sides
+    of that line, int8 and fp32 activations, are exact."""
+    rng = np.random.default_rng(m * k)
+    n = 40
+    a = rng.integers(-128, 128, (m, k), dtype=np.int8)
+    a_scale = rng.uniform(0.001, 0.1, m).astype(np.float32)
+    a_zp = rng.integers(-128, 128, m).astype(np.int32)
+    w = rng.integers(-128, 128, (n, k), dtype=np.int8)
+    ws = rng.uniform(1e-3, 1e-2, n).astype(np.float32)
+    packed = kernels.pack_qs8(w, ws)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    q, s, z = quant.quantize_rows_dynamic(x)
+    with kernels.use_isa(isa):
+        got = kernels.qs8_linear(a, a_scale, a_zp, packed)
+        got_qd8 = kernels.qd8_linear(x, packed)
+    assert_bitexact(got, quant.qs8_gemm_ref(a, a_scale, a_zp, w, ws), f"{isa} qs8 {m}x{k}")
+    assert_bitexact(got_qd8, quant.qs8_gemm_ref(q, s, z, w, ws), f"{isa} qd8 {m}x{k}")
+
+
 @settings(max_examples=40, deadline=None)
 @given(m=st.integers(8, 40), n=st.integers(1, 50), k=st.integers(1, 300), seed=st.integers(0, 2**32 - 1),
        extreme=st.booleans(), a_zp=int8s, w_zp=int8s, out_zp=int8s)

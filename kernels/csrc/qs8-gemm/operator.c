@@ -173,33 +173,55 @@ static void panel_run(const ef_qs8_gemm_config* config, size_t m, uint8_t* a_pre
   ef_parallel_for(EF_DIV_UP(w->n_blocks, per), cost, panel_range, &job);
 }
 
-static uint8_t* panel_alloc(size_t m, const ef_qs8_packed* w) {
-  return ef_aligned_alloc(EF_ROUND_UP(m, 16) * w->kp64 + 3 * m * sizeof(int32_t));
+/* The scratch of a panel call: m_pad rows of kp64 activation bytes (M rounded up to the
+ * config's row padding), then per row the rowsum and, for qd8, scale and zero point. Calls
+ * that fit PANEL_STACK_SCRATCH (a GEMV up to K ~ 2000 on AVX-512) use the caller's stack
+ * buffer instead of an aligned malloc and free per call. */
+#define PANEL_STACK_SCRATCH 8192
+typedef struct {
+  uint8_t* a_prep;
+  int32_t* rowsum;
+  float* scale;
+  int32_t* zp;
+  uint8_t* heap; /* NULL: on the stack */
+} panel_scratch;
+
+static int panel_scratch_get(const ef_qs8_gemm_config* config, size_t m, const ef_qs8_packed* w, uint8_t* stack,
+                             panel_scratch* s) {
+  const size_t rows_bytes = EF_ROUND_UP(m, config->panel_row_pad) * w->kp64;
+  const size_t bytes = rows_bytes + 3 * m * sizeof(int32_t);
+  s->heap = bytes <= PANEL_STACK_SCRATCH ? NULL : ef_aligned_alloc(bytes);
+  if (bytes > PANEL_STACK_SCRATCH && s->heap == NULL) return -2;
+  s->a_prep = s->heap != NULL ? s->heap : stack;
+  s->rowsum = (int32_t*)(s->a_prep + rows_bytes);
+  s->scale = (float*)(s->rowsum + m);
+  s->zp = (int32_t*)(s->scale + m);
+  return 0;
 }
 
 static int panel_gemm(const ef_qs8_gemm_config* config, size_t m, const int8_t* a, const int32_t* a_zp,
                       const float* a_scale, const ef_qs8_packed* w, void* c, const ef_qs8_gemm_params* params) {
   const size_t k = w->k, kp64 = w->kp64;
-  uint8_t* a_prep = panel_alloc(m, w);
-  if (a_prep == NULL) return -2;
-  int32_t* rowsum = (int32_t*)(a_prep + EF_ROUND_UP(m, 16) * kp64);
+  _Alignas(64) uint8_t stack[PANEL_STACK_SCRATCH];
+  panel_scratch s;
+  if (panel_scratch_get(config, m, w, stack, &s) != 0) return -2;
 #if EF_ARCH_X86
-  ef_qs8_prepare_rows_u8__avx512(a, m, k, kp64, a_prep, rowsum); /* the panel path is AMX: AVX-512 is there */
+  ef_qs8_prepare_rows_u8__avx512(a, m, k, kp64, s.a_prep, s.rowsum); /* the panel path is AMX: AVX-512 is there */
 #else
   for (size_t r = 0; r < m; r++) {
     const int8_t* src = a + r * k;
-    uint8_t* dst = a_prep + r * kp64;
+    uint8_t* dst = s.a_prep + r * kp64;
     int32_t sum = 0;
     for (size_t kk = 0; kk < k; kk++) {
       dst[kk] = (uint8_t)(src[kk] + 128);
       sum += src[kk];
     }
     memset(dst + k, 128, kp64 - k);
-    rowsum[r] = sum;
+    s.rowsum[r] = sum;
   }
 #endif
-  panel_run(config, m, a_prep, a_zp, a_scale, rowsum, w, c, params);
-  ef_aligned_free(a_prep);
+  panel_run(config, m, s.a_prep, a_zp, a_scale, s.rowsum, w, c, params);
+  ef_aligned_free(s.heap);
   return 0;
 }
 
@@ -262,14 +284,12 @@ int ef_qd8_gemm(const ef_qs8_gemm_config* config, size_t m, const float* x, cons
   if (config == NULL) config = ef_qs8_gemm_select();
   config = resolve(config, m, w);
   if (config->panel != NULL) { /* AMX: quantize straight into the tile layout (AVX-512 with AMX) */
-    uint8_t* a_prep = panel_alloc(m, w);
-    if (a_prep == NULL) return -2;
-    int32_t* rowsum = (int32_t*)(a_prep + EF_ROUND_UP(m, 16) * w->kp64);
-    float* scale = (float*)(rowsum + m);
-    int32_t* zp = (int32_t*)(scale + m);
-    ef_qd8_quantize_rows_u8__avx512(x, m, w->k, w->kp64, a_prep, scale, zp, rowsum);
-    panel_run(config, m, a_prep, zp, scale, rowsum, w, c, params);
-    ef_aligned_free(a_prep);
+    _Alignas(64) uint8_t stack[PANEL_STACK_SCRATCH];
+    panel_scratch s;
+    if (panel_scratch_get(config, m, w, stack, &s) != 0) return -2;
+    ef_qd8_quantize_rows_u8__avx512(x, m, w->k, w->kp64, s.a_prep, s.scale, s.zp, s.rowsum);
+    panel_run(config, m, s.a_prep, s.zp, s.scale, s.rowsum, w, c, params);
+    ef_aligned_free(s.heap);
     return 0;
   }
 #endif
