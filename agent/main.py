@@ -20,6 +20,16 @@ def _label(text: str) -> tuple[str, str]:
     return key, value
 
 
+# The TLS flags' environment defaults: the client names the operator commands and the health
+# check read too, so a systemd EnvironmentFile (deploy/systemd/agent.env.example) can set them.
+TLS_ENVIRONMENT = {"--tls-ca": "EDGEFLEET_TLS_CA", "--tls-cert": "EDGEFLEET_TLS_CLIENT_CERT",
+                   "--tls-key": "EDGEFLEET_TLS_CLIENT_KEY"}
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name) or None      # set but empty (`KEY=` in an EnvironmentFile) = not set
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = AgentConfig.__dataclass_fields__
     p = argparse.ArgumentParser(prog="edgefleet agent", description="edgefleet device agent")
@@ -40,11 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default=None, help="scheduler policy TOML file")
     p.add_argument("--label", action="append", type=_label, default=[], metavar="KEY=VALUE",
                    help="device label sent at enrollment (repeatable)")
-    p.add_argument("--tls-ca", default=None, help="CA PEM for a TLS server (default: plaintext)")
-    p.add_argument("--tls-cert", default=None, metavar="PEM",
+    p.add_argument("--tls-ca", default=_env(TLS_ENVIRONMENT["--tls-ca"]), metavar="PEM",
+                   help="CA PEM for a TLS server (default $EDGEFLEET_TLS_CA; none = plaintext)")
+    p.add_argument("--tls-cert", default=_env(TLS_ENVIRONMENT["--tls-cert"]), metavar="PEM",
                    help="this device's client certificate, for a server that requires mutual TLS "
-                        "(with --tls-key and --tls-ca; keep its subject CN: the device is bound to it)")
-    p.add_argument("--tls-key", default=None, metavar="PEM", help="private key of --tls-cert")
+                        "(with --tls-key and --tls-ca; keep its subject CN: the device is bound to it; "
+                        "default $EDGEFLEET_TLS_CLIENT_CERT)")
+    p.add_argument("--tls-key", default=_env(TLS_ENVIRONMENT["--tls-key"]), metavar="PEM",
+                   help="private key of --tls-cert (default $EDGEFLEET_TLS_CLIENT_KEY)")
     p.add_argument("--engine", default="auto",
                    help="inference engine: auto (default) serves each variant on the faster of the native "
                         "engine and onnxruntime, measured when it arrives; onnxruntime or native pin one")
@@ -74,7 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
     except ValueError as exc:
-        parser.error(str(exc))
+        message = str(exc)
+        if "--tls-" in message:      # say which of the values came from the environment
+            from_env = [f"{flag} from ${name}" for flag, name in TLS_ENVIRONMENT.items()
+                        if _env(name) is not None and getattr(args, flag[2:].replace("-", "_")) == _env(name)]
+            message += f" ({', '.join(from_env)})" if from_env else ""
+        parser.error(message)
 
     from agent.daemon import Daemon      # after arg parsing: --help stays instant
 

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from agent.channel import make_channel
 from agent.config import AgentConfig
 from agent.daemon import Daemon
-from edgefleet import operator_cli
+from edgefleet import operator_cli, processes
 from proto import fleet_pb2
 from proto.tls import TlsError, channel_credentials
 from server import app
@@ -172,6 +172,24 @@ def test_agent_with_its_certificate_enrolls_and_installs_a_deployment(tmp_path, 
         daemon.stop()
         operator.close()
         running.stop(grace=0)
+
+
+def test_agent_takes_its_tls_files_from_the_environment(tmp_path, mtls, pki):
+    """What the systemd unit does: no TLS flags on the command line, the EnvironmentFile's
+    $EDGEFLEET_TLS_CA / $EDGEFLEET_TLS_CLIENT_CERT / $EDGEFLEET_TLS_CLIENT_KEY instead."""
+    cert, key = pki.certs["device-b"]
+    agent = processes.start_agent(tmp_path / "agent", server=mtls.server.address, token=None,
+                                  sensors="sim:mains",
+                                  env={"EDGEFLEET_ENROLL_TOKEN": mtls.operator.create_enrollment_token(60).token,
+                                       "EDGEFLEET_TLS_CA": str(pki.server_ca),
+                                       "EDGEFLEET_TLS_CLIENT_CERT": str(cert), "EDGEFLEET_TLS_CLIENT_KEY": str(key)})
+    try:
+        assert "--tls" not in " ".join(agent.popen.args)
+        device_id = agent.info["device_id"]
+        assert mtls.server.db.certificate_name(device_id) == "device-b"
+        wait_for(lambda: mtls.operator.get_device(device_id).online, 60, "agent online over mutual TLS")
+    finally:
+        agent.stop()
 
 
 # -- per-device binding ------------------------------------------------------------------------
