@@ -322,6 +322,61 @@ def test_systemd_analyze_accepts_the_agent_unit(tmp_path):
     assert exposure <= 2.5, f"hardening regressed: exposure {exposure}\n{result.stdout}"
 
 
+CREDENTIALS_DIRECTORY = f"/run/credentials/{files.AGENT_UNIT.name}"
+
+
+def tls_wiring() -> tuple[dict[str, str], dict[str, str]]:
+    """The commented-out TLS lines: unit LoadCredential id -> source file, and agent.env.example
+    variable -> path."""
+    unit = files.AGENT_UNIT.read_text()
+    credentials = dict(re.findall(r"^#LoadCredential=([\w.-]+):(\S+)$", unit, re.M))
+    example = (files.AGENT_UNIT.parent / "agent.env.example").read_text()
+    variables = dict(re.findall(r"^#(EDGEFLEET_TLS_[A-Z_]+)=(\S+)$", example, re.M))
+    return credentials, variables
+
+
+def test_agent_tls_variables_point_at_the_units_credentials():
+    from agent.main import TLS_ENVIRONMENT
+
+    credentials, variables = tls_wiring()
+    # The example sets exactly the variables the agent reads for --tls-ca/--tls-cert/--tls-key ...
+    assert set(variables) == set(TLS_ENVIRONMENT.values())
+    # ... each to a credential the unit loads, in the directory systemd gives that unit.
+    for name, path in variables.items():
+        directory, _, credential = path.rpartition("/")
+        assert directory == CREDENTIALS_DIRECTORY, name
+        assert credential in credentials, f"{name}: no LoadCredential={credential}:..."
+    assert set(credentials) == {p.rpartition("/")[2] for p in variables.values()}
+    # The sources are root's, under /etc (the dynamic user could not read them there).
+    assert all(source.startswith("/etc/edgefleet/") for source in credentials.values())
+    # TLS stays off until someone uncomments it: no live LoadCredential=, no live TLS variable.
+    assert "LoadCredential" not in dict(parse_unit(files.AGENT_UNIT.read_text())["Service"])
+    example = (files.AGENT_UNIT.parent / "agent.env.example").read_text()
+    assert not re.search(r"^EDGEFLEET_TLS_", example, re.M)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_analyze_accepts_the_agent_unit_with_tls_credentials(tmp_path):
+    fake = tmp_path / "bin" / "edgefleet"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    text = files.AGENT_UNIT.read_text().replace("/opt/edgefleet/bin/edgefleet", str(fake))
+    credentials, _ = tls_wiring()
+    for credential, source in credentials.items():
+        local = tmp_path / "tls" / credential
+        local.parent.mkdir(exist_ok=True)
+        local.write_text("stand-in\n")
+        text = text.replace(f"#LoadCredential={credential}:{source}", f"LoadCredential={credential}:{local}")
+    unit = tmp_path / files.AGENT_UNIT.name
+    unit.write_text(text)
+    assert len([k for k, _ in parse_unit(text)["Service"] if k == "LoadCredential"]) == len(credentials) == 3
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not result.stderr.strip(), result.stderr
+
+
 # -- Kubernetes ------------------------------------------------------------------------------
 
 def by_kind(objs, kind):
