@@ -237,9 +237,11 @@ def _print_devices(devices) -> None:
         s = r.sensors
         battery = f"{s.battery_percent:.0f}%" if s.HasField("battery_percent") else "?"
         temp = f"{s.temperature_celsius:.0f}C" if s.HasField("temperature_celsius") else "?"
+        # mutual TLS: the client certificate CN the device is bound to ("-": none, e.g. no mutual TLS)
+        cert = f"CN={d.certificate_common_name}" if d.certificate_common_name else "-"
         print(f"{d.device_id}  {'online ' if d.online else 'offline'}  {d.hostname:<16} "
               f"bundle {(r.bundle_id or '-')[:12]:<12} {phase:<11} variant {r.active_variant or '-':<12} "
-              f"battery {battery:>4} temp {temp:>4}  {r.switch_reason}")
+              f"battery {battery:>4} temp {temp:>4}  cert {cert:<15}  {r.switch_reason}")
 
 
 _COMMANDS = {

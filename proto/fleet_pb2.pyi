@@ -268,7 +268,7 @@ class EnrollmentToken(_message.Message):
     def __init__(self, token: _Optional[str] = ..., expires_unix: _Optional[float] = ...) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("device_id", "hostname", "labels", "info", "online", "last_seen_unix", "enrolled_unix", "desired_bundle_id", "desired_deployment_id", "reported")
+    __slots__ = ("device_id", "hostname", "labels", "info", "online", "last_seen_unix", "enrolled_unix", "desired_bundle_id", "desired_deployment_id", "reported", "certificate_common_name")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -286,6 +286,7 @@ class Device(_message.Message):
     DESIRED_BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
     DESIRED_DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     REPORTED_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_COMMON_NAME_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     hostname: str
     labels: _containers.ScalarMap[str, str]
@@ -296,7 +297,8 @@ class Device(_message.Message):
     desired_bundle_id: str
     desired_deployment_id: str
     reported: ReportedState
-    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., info: _Optional[_Union[DeviceInfo, _Mapping]] = ..., online: _Optional[bool] = ..., last_seen_unix: _Optional[float] = ..., enrolled_unix: _Optional[float] = ..., desired_bundle_id: _Optional[str] = ..., desired_deployment_id: _Optional[str] = ..., reported: _Optional[_Union[ReportedState, _Mapping]] = ...) -> None: ...
+    certificate_common_name: str
+    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., info: _Optional[_Union[DeviceInfo, _Mapping]] = ..., online: _Optional[bool] = ..., last_seen_unix: _Optional[float] = ..., enrolled_unix: _Optional[float] = ..., desired_bundle_id: _Optional[str] = ..., desired_deployment_id: _Optional[str] = ..., reported: _Optional[_Union[ReportedState, _Mapping]] = ..., certificate_common_name: _Optional[str] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
     __slots__ = ("label_selector",)

@@ -41,12 +41,16 @@ def operator_only(method):
     return wrapped
 
 
-def device_to_proto(d: Device, now: float, heartbeat_timeout: float) -> fleet_pb2.Device:
+def device_to_proto(d: Device, now: float, heartbeat_timeout: float,
+                    certificate_common_name: str | None = None) -> fleet_pb2.Device:
+    """certificate_common_name: the client certificate CN the device is bound to (mutual TLS,
+    DeviceCertificate), None = not bound."""
     msg = fleet_pb2.Device(
         device_id=d.id, hostname=d.hostname or "", labels=d.labels or {},
         online=d.last_seen is not None and now - d.last_seen <= heartbeat_timeout,
         last_seen_unix=d.last_seen or 0.0, enrolled_unix=d.enrolled_at,
-        desired_bundle_id=d.desired_bundle_id or "", desired_deployment_id=d.desired_deployment_id or "")
+        desired_bundle_id=d.desired_bundle_id or "", desired_deployment_id=d.desired_deployment_id or "",
+        certificate_common_name=certificate_common_name or "")
     if d.info:
         msg.info.ParseFromString(d.info)
     if d.reported:
@@ -81,8 +85,12 @@ class AdminService(fleet_pb2_grpc.AdminServiceServicer):
         self.max_bundle_bytes = max_bundle_bytes
         self._variant_ids: dict[str, list[str]] = {}    # bundle id -> variant ids (immutable)
 
-    def _device(self, d: Device) -> fleet_pb2.Device:
-        return device_to_proto(d, time.time(), self.heartbeat_timeout_seconds)
+    def _device(self, d: Device, certificate_name: str | None = None) -> fleet_pb2.Device:
+        return device_to_proto(d, time.time(), self.heartbeat_timeout_seconds, certificate_name)
+
+    def _devices(self, devices: list[Device]) -> list[fleet_pb2.Device]:
+        names = self.db.certificate_names() if devices else {}
+        return [self._device(d, names.get(d.id)) for d in devices]
 
     def _bundle(self, b: Bundle) -> fleet_pb2.Bundle:
         if b.id not in self._variant_ids:
@@ -109,14 +117,14 @@ class AdminService(fleet_pb2_grpc.AdminServiceServicer):
             devices = self.db.list_devices(request.label_selector)
         except InvalidArgument as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        return fleet_pb2.ListDevicesResponse(devices=[self._device(d) for d in devices])
+        return fleet_pb2.ListDevicesResponse(devices=self._devices(devices))
 
     @operator_only
     def GetDevice(self, request, context):
         device = self.db.get_device(request.device_id)
         if device is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"unknown device {request.device_id!r}")
-        return self._device(device)
+        return self._device(device, self.db.certificate_name(device.id))
 
     @operator_only
     def SetDeviceLabels(self, request, context):
@@ -126,10 +134,11 @@ class AdminService(fleet_pb2_grpc.AdminServiceServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except InvalidArgument as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        return self._device(device)
+        return self._device(device, self.db.certificate_name(device.id))
 
     @operator_only
     def RemoveDevice(self, request, context):
+        certificate_name = self.db.certificate_name(request.device_id)    # the removal unbinds it
         try:
             device, ended = self.db.remove_device(request.device_id)
         except NotFound as exc:
@@ -137,7 +146,7 @@ class AdminService(fleet_pb2_grpc.AdminServiceServicer):
         self.hub.disconnect(device.id)   # other replicas end its stream at their next recheck
         log.warning("device %s removed%s", device.id,
                     f"; ended deployment(s) {', '.join(ended)}" if ended else "")
-        return self._device(device)
+        return self._device(device, certificate_name)
 
     # -- bundles ----------------------------------------------------------------------
     @operator_only
@@ -288,7 +297,7 @@ class AdminService(fleet_pb2_grpc.AdminServiceServicer):
     @operator_only
     def GetFleetStatus(self, request, context):
         snap = self.db.fleet_snapshot()
-        devices = [self._device(d) for d in snap.devices]
+        devices = self._devices(snap.devices)
         return fleet_pb2.FleetStatus(
             devices_total=len(devices), devices_online=sum(d.online for d in devices),
             bundles_total=snap.bundles_total,

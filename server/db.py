@@ -256,6 +256,12 @@ class Database:
         with self._read() as s:
             return s.scalar(select(DeviceCertificate.common_name).where(DeviceCertificate.device_id == device_id))
 
+    def certificate_names(self) -> dict[str, str]:
+        """device id -> the client certificate CN it is bound to, for every bound device (one
+        query, for the admin API's device listings)."""
+        with self._read() as s:
+            return dict(s.execute(select(DeviceCertificate.device_id, DeviceCertificate.common_name)).all())
+
     def bind_certificate(self, device_id: str, common_name: str, now: float | None = None) -> str:
         """The certificate name `device_id` is bound to. A device without one (enrolled before
         mutual TLS was switched on) is bound to `common_name` now, on its first call over

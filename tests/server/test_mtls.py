@@ -267,6 +267,63 @@ def test_a_device_enrolled_before_mutual_tls_is_bound_on_its_first_call(tmp_path
         running.stop(grace=0)
 
 
+# -- what operators see: the bound CN in the device listing ------------------------------------
+
+def test_device_listing_shows_the_bound_certificate_name(tmp_path, pki, publisher_key, capsys):
+    """A device enrolled before mutual TLS has no binding (empty CN) until its first call; one
+    enrolled over mutual TLS shows its certificate's CN, in every admin call that returns devices
+    and in `edgefleet devices` / `edgefleet status`."""
+    data_dir = tmp_path / "server"
+    one_way = start_server(data_dir, publisher_key, **tls_settings(pki, mutual=False))
+    try:
+        with AdminClient(one_way.address, one_way.operator_token, tls_ca=pki.server_ca) as operator:
+            token = operator.create_enrollment_token(60).token
+        with grpc.secure_channel(one_way.address, channel_credentials(pki.server_ca)) as channel:
+            enrolled = _enroll(channel, token)
+        early = enrolled.device_id
+    finally:
+        one_way.stop(grace=0)
+
+    running = start_server(data_dir, publisher_key, **tls_settings(pki))
+    operator_cert, operator_key = pki.certs["operator"]
+    operator = AdminClient(running.address, running.operator_token, timeout=10, tls_ca=pki.server_ca,
+                           tls_cert=operator_cert, tls_key=operator_key)
+    cli_args = ["--server", running.address, "--token", running.operator_token, "--tls-ca", str(pki.server_ca),
+                "--tls-cert", str(operator_cert), "--tls-key", str(operator_key)]
+
+    def cli_lines(command: str) -> dict[str, str]:
+        assert operator_cli.main(command, cli_args) == 0
+        return {line.split()[0]: line for line in capsys.readouterr().out.splitlines()
+                if line.split() and line.split()[0] in (early, late)}
+
+    try:
+        with grpc.secure_channel(running.address, channel_credentials(pki.server_ca, *pki.certs["device-a"])) as ch:
+            late = _enroll(ch, operator.create_enrollment_token(60).token).device_id
+        names = {d.device_id: d.certificate_common_name for d in operator.list_devices()}
+        assert names == {early: "", late: "device-a"}
+        assert operator.get_device(late).certificate_common_name == "device-a"
+        assert operator.get_device(early).certificate_common_name == ""
+        assert {d.device_id: d.certificate_common_name for d in operator.fleet_status().devices} == names
+        assert operator.set_labels(late, {"site": "lab"}).certificate_common_name == "device-a"
+        for command in ("devices", "status"):
+            lines = cli_lines(command)
+            assert "cert CN=device-a " in lines[late], lines
+            assert "cert - " in lines[early] and "CN=" not in lines[early], lines
+
+        # The early device's first call over mutual TLS binds it; the listing follows.
+        with grpc.secure_channel(running.address, channel_credentials(pki.server_ca, *pki.certs["device-b"])) as ch:
+            assert _heartbeat_acked(ch, enrolled.credential)
+        assert {d.device_id: d.certificate_common_name for d in operator.list_devices()} == \
+            {early: "device-b", late: "device-a"}
+        assert "cert CN=device-b " in cli_lines("devices")[early]
+        # RemoveDevice answers with the device as it was, binding included.
+        assert operator.remove_device(late).certificate_common_name == "device-a"
+        assert [d.certificate_common_name for d in operator.list_devices()] == ["device-b"]
+    finally:
+        operator.close()
+        running.stop(grace=0)
+
+
 # -- bad configuration: errors that name the option or the file --------------------------------
 
 def test_server_refuses_to_start_with_bad_mutual_tls_files(tmp_path, pki, capsys):
