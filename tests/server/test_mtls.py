@@ -241,16 +241,22 @@ def test_a_certificate_without_a_common_name_cannot_enroll(mtls):
     assert mtls.operator.list_devices() == []
 
 
-def test_a_device_enrolled_before_mutual_tls_is_bound_on_its_first_call(tmp_path, pki, publisher_key):
-    data_dir = tmp_path / "server"
+def _enroll_under_one_way_tls(data_dir, pki, publisher_key):
+    """Enroll one device on a server in data_dir that serves one-way TLS (no client
+    certificates), then stop it: the device has no certificate binding yet."""
     one_way = start_server(data_dir, publisher_key, **tls_settings(pki, mutual=False))
     try:
         with AdminClient(one_way.address, one_way.operator_token, tls_ca=pki.server_ca) as operator:
             token = operator.create_enrollment_token(60).token
         with grpc.secure_channel(one_way.address, channel_credentials(pki.server_ca)) as channel:
-            device = _enroll(channel, token)
+            return _enroll(channel, token)
     finally:
         one_way.stop(grace=0)
+
+
+def test_a_device_enrolled_before_mutual_tls_is_bound_on_its_first_call(tmp_path, pki, publisher_key):
+    data_dir = tmp_path / "server"
+    device = _enroll_under_one_way_tls(data_dir, pki, publisher_key)
 
     running = start_server(data_dir, publisher_key, **tls_settings(pki))
     try:
@@ -274,15 +280,8 @@ def test_device_listing_shows_the_bound_certificate_name(tmp_path, pki, publishe
     enrolled over mutual TLS shows its certificate's CN, in every admin call that returns devices
     and in `edgefleet devices` / `edgefleet status`."""
     data_dir = tmp_path / "server"
-    one_way = start_server(data_dir, publisher_key, **tls_settings(pki, mutual=False))
-    try:
-        with AdminClient(one_way.address, one_way.operator_token, tls_ca=pki.server_ca) as operator:
-            token = operator.create_enrollment_token(60).token
-        with grpc.secure_channel(one_way.address, channel_credentials(pki.server_ca)) as channel:
-            enrolled = _enroll(channel, token)
-        early = enrolled.device_id
-    finally:
-        one_way.stop(grace=0)
+    enrolled = _enroll_under_one_way_tls(data_dir, pki, publisher_key)
+    early = enrolled.device_id
 
     running = start_server(data_dir, publisher_key, **tls_settings(pki))
     operator_cert, operator_key = pki.certs["operator"]
