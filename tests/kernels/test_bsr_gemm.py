@@ -12,7 +12,8 @@ from kernels import quant
 from .tester import assert_bitexact, assert_per_tensor_bitexact, isa_params
 
 SHAPES = [(1, 1, 1), (1, 16, 4), (1, 17, 33), (2, 31, 7), (3, 5, 64), (4, 16, 2), (5, 33, 129), (7, 48, 31),
-          (9, 100, 257), (64, 24, 96), (256, 96, 16)]
+          (9, 100, 257), (64, 24, 96), (256, 96, 16),
+          (128, 40, 100), (2, 20, 4500)]  # the last two: activation scratch past the 8 KB on the stack
 
 
 def block_pruned(rng, n: int, k: int, keep: float) -> np.ndarray:
