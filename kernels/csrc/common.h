@@ -79,3 +79,15 @@ EF_INLINE uint64_t ef_load_u64(const void* p) { uint64_t v; memcpy(&v, p, sizeof
  * loads never split lines in the hot loops). */
 void* ef_aligned_alloc(size_t bytes);
 void ef_aligned_free(void* p);
+
+/* Scratch for one kernel call: the caller's stack buffer when `bytes` fit in it, else an
+ * aligned allocation (NULL if that fails); ef_scratch_free frees only the latter. Small calls
+ * (a GEMV, the layers of a small CNN) then skip a malloc and free that cost a sizeable part
+ * of a sub-microsecond call. */
+#define EF_STACK_SCRATCH 8192
+EF_INLINE void* ef_scratch(size_t bytes, void* stack, size_t stack_bytes) {
+  return bytes <= stack_bytes ? stack : ef_aligned_alloc(bytes);
+}
+EF_INLINE void ef_scratch_free(void* p, const void* stack) {
+  if (p != stack) ef_aligned_free(p);
+}

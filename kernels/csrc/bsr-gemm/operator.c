@@ -7,8 +7,6 @@
 #include "bsr-gemm/bsr-gemm.h"
 #include "threadpool.h"
 
-#define BSR_STACK_SCRATCH 8192
-
 const ef_bsr_config* ef_bsr_select(void) {
   const uint32_t flags = ef_arch_flags();
 #if EF_ARCH_X86
@@ -142,10 +140,9 @@ int ef_bsr_gemm(const ef_bsr_config* config, size_t m, const int8_t* a, const in
   const size_t a_bytes = EF_ROUND_UP(m * kp * a_elem, 64), bytes = a_bytes + m * sizeof(int32_t);
   /* the small layers of a CNN plan (a few KB of activations) prepare on the stack: an aligned
    * malloc and free per call were a sizeable part of a sub-microsecond layer */
-  _Alignas(64) uint8_t stack[BSR_STACK_SCRATCH];
-  uint8_t* heap = bytes <= sizeof stack ? NULL : ef_aligned_alloc(bytes);
-  if (bytes > sizeof stack && heap == NULL) return -2;
-  uint8_t* a_prep = heap != NULL ? heap : stack;
+  _Alignas(64) uint8_t stack[EF_STACK_SCRATCH];
+  uint8_t* a_prep = ef_scratch(bytes, stack, sizeof stack);
+  if (a_prep == NULL) return -2;
   int32_t* rowsum = (int32_t*)(a_prep + a_bytes);
 #if EF_ARCH_X86
   if (config->a_u8 && (ef_arch_flags() & EF_ARCH_X86_AVX512))
@@ -156,6 +153,6 @@ int ef_bsr_gemm(const ef_bsr_config* config, size_t m, const int8_t* a, const in
   bsr_job job = {config, m, a_prep, a_zp, a_scale, rowsum, w, c, params->out_int8 ? 1 : sizeof(float), params};
   const size_t per_group = m * EF_BSR_BLOCK_BYTES * EF_MAX(w->nnz_blocks / EF_MAX(w->n_groups, 1), 1);
   ef_parallel_for(w->n_groups, per_group, bsr_range, &job);
-  ef_aligned_free(heap);
+  ef_scratch_free(a_prep, stack);
   return 0;
 }

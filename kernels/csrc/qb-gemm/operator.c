@@ -173,7 +173,7 @@ int ef_qb_gemm(const ef_qb_gemm_config* config, size_t m, const float* x, const 
   /* One scratch area: int8 rows (padded), per-group sums, per-row scales. */
   const size_t scratch = EF_ROUND_UP(m * kp, 64) + m * w->groups * sizeof(float) + m * sizeof(float);
   _Alignas(64) int8_t stack[QB_STACK_SCRATCH];
-  int8_t* xq = scratch <= sizeof stack ? stack : ef_aligned_alloc(scratch);
+  int8_t* xq = ef_scratch(scratch, stack, sizeof stack);
   if (xq == NULL) return -2;
   float* xsum = (float*)(xq + EF_ROUND_UP(m * kp, 64));
   float* sx = (float*)(xsum + m * w->groups);
@@ -187,6 +187,6 @@ int ef_qb_gemm(const ef_qb_gemm_config* config, size_t m, const float* x, const 
   } else {
     ef_parallel_for(w->n, m * kp, qb_range, &job);
   }
-  if (xq != stack) ef_aligned_free(xq);
+  ef_scratch_free(xq, stack);
   return 0;
 }

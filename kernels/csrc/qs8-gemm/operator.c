@@ -174,25 +174,20 @@ static void panel_run(const ef_qs8_gemm_config* config, size_t m, uint8_t* a_pre
 }
 
 /* The scratch of a panel call: m_pad rows of kp64 activation bytes (M rounded up to the
- * config's row padding), then per row the rowsum and, for qd8, scale and zero point. Calls
- * that fit PANEL_STACK_SCRATCH (a GEMV up to K ~ 2000 on AVX-512) use the caller's stack
- * buffer instead of an aligned malloc and free per call. */
-#define PANEL_STACK_SCRATCH 8192
+ * config's row padding), then per row the rowsum and, for qd8, scale and zero point; on the
+ * caller's stack when it fits (ef_scratch: a GEMV up to K ~ 2000 on AVX-512). */
 typedef struct {
   uint8_t* a_prep;
   int32_t* rowsum;
   float* scale;
   int32_t* zp;
-  uint8_t* heap; /* NULL: on the stack */
 } panel_scratch;
 
 static int panel_scratch_get(const ef_qs8_gemm_config* config, size_t m, const ef_qs8_packed* w, uint8_t* stack,
-                             panel_scratch* s) {
+                             size_t stack_bytes, panel_scratch* s) {
   const size_t rows_bytes = EF_ROUND_UP(m, config->panel_row_pad) * w->kp64;
-  const size_t bytes = rows_bytes + 3 * m * sizeof(int32_t);
-  s->heap = bytes <= PANEL_STACK_SCRATCH ? NULL : ef_aligned_alloc(bytes);
-  if (bytes > PANEL_STACK_SCRATCH && s->heap == NULL) return -2;
-  s->a_prep = s->heap != NULL ? s->heap : stack;
+  s->a_prep = ef_scratch(rows_bytes + 3 * m * sizeof(int32_t), stack, stack_bytes);
+  if (s->a_prep == NULL) return -2;
   s->rowsum = (int32_t*)(s->a_prep + rows_bytes);
   s->scale = (float*)(s->rowsum + m);
   s->zp = (int32_t*)(s->scale + m);
@@ -202,9 +197,9 @@ static int panel_scratch_get(const ef_qs8_gemm_config* config, size_t m, const e
 static int panel_gemm(const ef_qs8_gemm_config* config, size_t m, const int8_t* a, const int32_t* a_zp,
                       const float* a_scale, const ef_qs8_packed* w, void* c, const ef_qs8_gemm_params* params) {
   const size_t k = w->k, kp64 = w->kp64;
-  _Alignas(64) uint8_t stack[PANEL_STACK_SCRATCH];
+  _Alignas(64) uint8_t stack[EF_STACK_SCRATCH];
   panel_scratch s;
-  if (panel_scratch_get(config, m, w, stack, &s) != 0) return -2;
+  if (panel_scratch_get(config, m, w, stack, sizeof stack, &s) != 0) return -2;
 #if EF_ARCH_X86
   ef_qs8_prepare_rows_u8__avx512(a, m, k, kp64, s.a_prep, s.rowsum); /* the panel path is AMX: AVX-512 is there */
 #else
@@ -221,7 +216,7 @@ static int panel_gemm(const ef_qs8_gemm_config* config, size_t m, const int8_t* 
   }
 #endif
   panel_run(config, m, s.a_prep, a_zp, a_scale, s.rowsum, w, c, params);
-  ef_aligned_free(s.heap);
+  ef_scratch_free(s.a_prep, stack);
   return 0;
 }
 
@@ -245,13 +240,14 @@ int ef_qs8_gemm(const ef_qs8_gemm_config* config, size_t m, const int8_t* a, con
    * int16 for kernels that multiply int16 pairs, or offset to uint8 (a + 128) for the VNNI
    * kernels; the row sums come for free. Padding past K multiplies zero weights. */
   const size_t a_elem = config->a_u8 ? 1 : sizeof(int16_t);
-  uint8_t* a_prep = ef_aligned_alloc(EF_ROUND_UP(m * kp * a_elem, 4) + m * sizeof(int32_t));
+  _Alignas(64) uint8_t stack[EF_STACK_SCRATCH];
+  uint8_t* a_prep = ef_scratch(EF_ROUND_UP(m * kp * a_elem, 4) + m * sizeof(int32_t), stack, sizeof stack);
   if (a_prep == NULL) return -2;
   int32_t* rowsum = (int32_t*)(a_prep + EF_ROUND_UP(m * kp * a_elem, 4));
   ef_qs8_prepare_activations(a, m, k, kp, config->a_u8, a_prep, rowsum);
   gemm_job job = {config, m, a_prep, a_zp, a_scale, rowsum, w, c, params->out_int8 ? 1 : sizeof(float), params};
   ef_parallel_for(w->n_blocks, m * kp * EF_QS8_NR, gemm_range, &job);
-  ef_aligned_free(a_prep);
+  ef_scratch_free(a_prep, stack);
   return 0;
 }
 
@@ -284,16 +280,17 @@ int ef_qd8_gemm(const ef_qs8_gemm_config* config, size_t m, const float* x, cons
   if (config == NULL) config = ef_qs8_gemm_select();
   config = resolve(config, m, w);
   if (config->panel != NULL) { /* AMX: quantize straight into the tile layout (AVX-512 with AMX) */
-    _Alignas(64) uint8_t stack[PANEL_STACK_SCRATCH];
+    _Alignas(64) uint8_t stack[EF_STACK_SCRATCH];
     panel_scratch s;
-    if (panel_scratch_get(config, m, w, stack, &s) != 0) return -2;
+    if (panel_scratch_get(config, m, w, stack, sizeof stack, &s) != 0) return -2;
     ef_qd8_quantize_rows_u8__avx512(x, m, w->k, w->kp64, s.a_prep, s.scale, s.zp, s.rowsum);
     panel_run(config, m, s.a_prep, s.zp, s.scale, s.rowsum, w, c, params);
-    ef_aligned_free(s.heap);
+    ef_scratch_free(s.a_prep, stack);
     return 0;
   }
 #endif
-  int8_t* q = ef_aligned_alloc(m * w->k + m * (sizeof(float) + sizeof(int32_t)) + 64);
+  _Alignas(64) int8_t stack[EF_STACK_SCRATCH];
+  int8_t* q = ef_scratch(m * w->k + m * (sizeof(float) + sizeof(int32_t)) + 64, stack, sizeof stack);
   if (q == NULL) return -2;
   float* scale = (float*)(q + EF_ROUND_UP(m * w->k, 4));
   int32_t* zp = (int32_t*)(scale + m);
@@ -303,6 +300,6 @@ int ef_qd8_gemm(const ef_qs8_gemm_config* config, size_t m, const float* x, cons
 #endif
     ef_qd8_quantize_rows_asym(x, m, w->k, q, scale, zp);
   const int rc = ef_qs8_gemm(config, m, q, zp, scale, w, c, params);
-  ef_aligned_free(q);
+  ef_scratch_free(q, stack);
   return rc;
 }

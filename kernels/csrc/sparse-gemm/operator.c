@@ -8,7 +8,6 @@
 
 /* Scratch at or below this size lives on the stack: a small GEMV is ~1 us, and malloc/free of
  * its activation buffer is a measurable part of that. */
-#define SPARSE_STACK_SCRATCH 8192
 
 const ef_sparse_config* ef_sparse_select(void) {
   const uint32_t flags = ef_arch_flags();
@@ -396,8 +395,8 @@ int ef_spb_gemm(const ef_spb_config* config, size_t m, const int8_t* x, const ef
   const size_t ldx = w->chunks * EF_SPB_CHUNK, ldr = w->groups * EF_SPB_ROWS, k = w->k;
   const size_t elem = config->x_format == EF_SPB_X_S16 ? 2 : 1;
   const size_t bytes = EF_ROUND_UP(m * ldx * elem, 64) + m * ldr * sizeof(int32_t);
-  _Alignas(64) uint8_t stack[SPARSE_STACK_SCRATCH]; /* small GEMVs: no malloc per call */
-  uint8_t* buf = bytes <= sizeof stack ? stack : ef_aligned_alloc(bytes);
+  _Alignas(64) uint8_t stack[EF_STACK_SCRATCH];
+  uint8_t* buf = ef_scratch(bytes, stack, sizeof stack);
   if (buf == NULL) return -2;
   int32_t* raw = (int32_t*)(buf + EF_ROUND_UP(m * ldx * elem, 64));
   for (size_t r = 0; r < m; r++) {
@@ -423,7 +422,7 @@ int ef_spb_gemm(const ef_spb_config* config, size_t m, const int8_t* x, const ef
   }
   spb_job job = {config, w, m, buf, ldx, elem, raw, ldr, y, p};
   ef_parallel_for(w->groups, m * w->chunks * EF_SPB_CHUNK, spb_range, &job);
-  if (buf != stack) ef_aligned_free(buf);
+  ef_scratch_free(buf, stack);
   return 0;
 }
 
@@ -598,8 +597,8 @@ int ef_spp_gemm(const ef_spp_config* config, size_t m, const int8_t* x, const ef
   const size_t k = w->k, ldx = EF_ROUND_UP(k + EF_SPP_WINDOW, 64);
   const size_t ldr = w->groups * EF_SPP_ROWS;
   const size_t xbytes = EF_ROUND_UP(m * ldx, 64), bytes = xbytes + m * ldr * sizeof(int32_t);
-  _Alignas(64) uint8_t stack[SPARSE_STACK_SCRATCH];
-  uint8_t* buf = bytes <= sizeof stack ? stack : ef_aligned_alloc(bytes);
+  _Alignas(64) uint8_t stack[EF_STACK_SCRATCH];
+  uint8_t* buf = ef_scratch(bytes, stack, sizeof stack);
   if (buf == NULL) return -2;
   for (size_t r = 0; r < m; r++) {
     const int8_t* xr = x + r * k;
@@ -614,6 +613,6 @@ int ef_spp_gemm(const ef_spp_config* config, size_t m, const int8_t* x, const ef
   }
   spp_job job = {config, w, m, buf, ldx, (int32_t*)(buf + xbytes), ldr, y, p};
   ef_parallel_for(w->groups, m * (w->steps / w->groups + 1) * EF_SPP_ROWS * EF_SPP_SLOTS, spp_range, &job);
-  if (buf != stack) ef_aligned_free(buf);
+  ef_scratch_free(buf, stack);
   return 0;
 }
