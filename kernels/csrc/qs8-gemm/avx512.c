@@ -226,7 +226,9 @@ EF_INLINE EF_TARGET_AVX512 void panel_block_out(const ef_qs8_panel_args* g, size
   const size_t n0 = b * EF_QS8_NR;
   const __mmask16 mask = (__mmask16)((1u << EF_MIN(EF_QS8_NR, w->n - n0)) - 1);
   const ef_qs8_cols16 cols = ef_qs8_load_cols16__avx512(w->data + b * w->block_bytes, w->has_w_zp, p);
-  if (shared) { /* per-tensor activations (the CNN plans): offset and scale product once per block */
+  if (shared) { /* per-tensor activations (the CNN plans): one offset and scale product for the tile's rows
+                 (set up per tile, not hoisted per block: holding two blocks' constants across the row loop
+                 spilled registers and measured slower) */
     const __m512i offset = ef_qs8_offset_16__avx512(g->a_zp[0], &cols);
     const __m512 s = _mm512_mul_ps(_mm512_set1_ps(g->a_scale[0]), cols.w_scale);
     for (size_t r = 0; r < rows; r++)
