@@ -143,7 +143,7 @@ class AdminService(fleet_pb2_grpc.AdminServiceServicer):
             device, ended = self.db.remove_device(request.device_id)
         except NotFound as exc:
             context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        self.hub.disconnect(device.id)   # other replicas end its stream at their next recheck
+        self.hub.disconnect(device.id)   # here, and on other replicas through NOTIFY (PostgreSQL)
         log.warning("device %s removed%s", device.id,
                     f"; ended deployment(s) {', '.join(ended)}" if ended else "")
         return self._device(device, certificate_name)

@@ -1,7 +1,8 @@
 """Wiring: `serve(config)` builds and starts the control plane; `main(argv)` runs it as a process.
 
 serve() spells the steps out in order: resolve config -> open the database (and sweep the
-artifact files no bundle references) -> create the gRPC server -> add servicers (device,
+artifact files no bundle references) -> on PostgreSQL, the cross-replica notifications (NOTIFY
+sender and listener, server/notify.py) -> create the gRPC server -> add servicers (device,
 admin, health, reflection) -> add the port -> start -> start the reaper and /metrics -> write
 data_dir/server.json (temp + rename) so other processes find the ports.
 """
@@ -33,6 +34,7 @@ from server.device_service import DeviceService
 from server.interceptors import RequestCountingInterceptor
 from server.metrics import (FleetCollector, LatestDeviceMetrics, ServerStats,
                             register_fleet_collector, start_metrics_server)
+from server.notify import NotifyListener, NotifySender, listener_conninfo, new_replica_id
 from server.reaper import DeploymentReaper
 from server.sessions import SessionHub
 
@@ -82,6 +84,7 @@ class RunningServer:
     registry: CollectorRegistry
     health: health.HealthServicer
     reaper: DeploymentReaper
+    notify_listener: NotifyListener | None = None     # None on SQLite (one process)
     _metrics_httpd: object = None
     _stopped: threading.Event = field(default_factory=threading.Event)
 
@@ -95,6 +98,8 @@ class RunningServer:
         self.hub.close_all()
         done.wait()
         self.reaper.stop()
+        if self.notify_listener is not None:
+            self.notify_listener.stop()
         if self._metrics_httpd is not None:
             self._metrics_httpd.shutdown()
             self._metrics_httpd.server_close()
@@ -121,11 +126,19 @@ def serve(config: ServerConfig, registry: CollectorRegistry | None = None) -> Ru
     swept = db.sweep_artifacts(store.remove_except)
     if swept:
         log.info("removed %d unreferenced artifact file(s), %d bytes", len(swept), sum(swept.values()))
-    hub, latest, stats = SessionHub(), LatestDeviceMetrics(), ServerStats()
+    latest, stats = LatestDeviceMetrics(), ServerStats()
+    # PostgreSQL may be shared by several replicas: changes made here are NOTIFYed to them and
+    # theirs LISTENed for. SQLite is one process: the hub alone reaches every stream.
+    replica_id = new_replica_id()
+    hub = SessionHub(peers=None if db.is_sqlite else NotifySender(db.engine, replica_id))
+    notify_listener = None if db.is_sqlite else NotifyListener(listener_conninfo(db.url), hub, replica_id)
 
     # Whatever was started before a failure (port taken, metrics port taken...) is undone.
     undo: list = [db.dispose]
     try:
+        if notify_listener is not None:
+            notify_listener.start()
+            undo.append(notify_listener.stop)
         # Create.
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers,
                                                         thread_name_prefix="grpc"),
@@ -173,7 +186,8 @@ def serve(config: ServerConfig, registry: CollectorRegistry | None = None) -> Ru
                                 address=_address(config.host, port), operator_token=operator_token,
                                 trusted_keys=trusted_keys, db=db, store=store, hub=hub,
                                 latest_metrics=latest, stats=stats, registry=registry,
-                                health=health_servicer, reaper=reaper, _metrics_httpd=httpd)
+                                health=health_servicer, reaper=reaper,
+                                notify_listener=notify_listener, _metrics_httpd=httpd)
         _write_server_json(config.server_json_path, {
             "pid": os.getpid(), "grpc_port": port, "metrics_port": metrics_port,
             "address": running.address, "tls": config.tls})

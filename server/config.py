@@ -44,7 +44,9 @@ class ServerConfig:
         max_workers: gRPC worker threads; every connected device stream holds one.
         reaper_interval_seconds: how often deployments past their deadline are timed out.
         desired_recheck_seconds: a connected stream re-reads its desired state this often even
-            without a local notification (covers changes made by another server replica).
+            without a notification. On PostgreSQL changes made by another replica arrive at once
+            through LISTEN/NOTIFY (server/notify.py); this recheck is the safety net for a
+            notification lost while a replica died or its listener was reconnecting.
         tls_cert_file / tls_key_file: PEM certificate chain and private key; both set = gRPC
             over TLS (agents pass the CA with --tls-ca), both None = plaintext.
         tls_client_ca_file: PEM CA certificate(s); set = mutual TLS: every client (devices and

@@ -145,8 +145,9 @@ class DeviceService(fleet_pb2_grpc.DeviceServiceServicer):
                 if item == CLOSE:
                     break
                 if item == DESIRED_CHANGED or time.monotonic() >= next_recheck:
-                    # The periodic re-read covers changes made through another server replica,
-                    # a removal among them: the stream ends and the credential no longer works.
+                    # The periodic re-read is the safety net for a change made through another
+                    # replica whose NOTIFY never arrived (server/notify.py), a removal among them:
+                    # the stream ends and the credential no longer works.
                     if self.db.get_device(device_id) is None:
                         log.info("device %s was removed: ending its stream", device_id)
                         break

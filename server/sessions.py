@@ -4,12 +4,16 @@ The database stays the source of truth; a session only holds "something changed,
 your desired state" notifications and heartbeat acks waiting to be sent. A second stream
 from the same device closes the first (the newest connection is the real one, e.g. after a
 NAT rebinding the old TCP connection may linger half-open for minutes).
+
+With several replicas (PostgreSQL) the hub's `peers` (server/notify.py NotifySender) carry
+notify_desired and disconnect to the other replicas, whose listeners call the *_here methods.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+from typing import Iterable, Protocol
 
 from proto import fleet_pb2
 
@@ -38,10 +42,20 @@ class DeviceSession:
             self.outbox.put(CLOSE)
 
 
+class Peers(Protocol):
+    """The other server replicas, told of what changed here."""
+
+    def desired_changed(self, device_ids: list[str]) -> None: ...
+
+    def removed(self, device_id: str) -> None: ...
+
+
 class SessionHub:
-    def __init__(self) -> None:
+    def __init__(self, peers: Peers | None = None) -> None:
+        """peers: None when this process is the only replica (SQLite)."""
         self._lock = threading.Lock()
         self._sessions: dict[str, DeviceSession] = {}
+        self.peers = peers
 
     def register(self, device_id: str) -> DeviceSession:
         session = DeviceSession(device_id)
@@ -58,14 +72,34 @@ class SessionHub:
                 del self._sessions[session.device_id]
         session.close()
 
-    def notify_desired(self, device_ids) -> None:
+    def notify_desired(self, device_ids: Iterable[str]) -> None:
+        """The devices' desired state changed (committed): their streams here and on every
+        other replica re-read it."""
+        device_ids = list(device_ids)
+        self.notify_desired_here(device_ids)
+        if self.peers is not None and device_ids:
+            self.peers.desired_changed(device_ids)
+
+    def disconnect(self, device_id: str) -> None:
+        """The device was removed (committed): end its stream here and on every other replica."""
+        self.disconnect_here(device_id)
+        if self.peers is not None:
+            self.peers.removed(device_id)
+
+    def notify_desired_here(self, device_ids: Iterable[str]) -> None:
         with self._lock:
             sessions = [self._sessions[d] for d in device_ids if d in self._sessions]
         for s in sessions:
             s.notify_desired()
 
-    def disconnect(self, device_id: str) -> None:
-        """End the device's stream on this replica (it was removed)."""
+    def notify_all_here(self) -> None:
+        """Every stream on this replica re-reads (changes may have been missed)."""
+        with self._lock:
+            sessions = list(self._sessions.values())
+        for s in sessions:
+            s.notify_desired()
+
+    def disconnect_here(self, device_id: str) -> None:
         with self._lock:
             session = self._sessions.pop(device_id, None)
         if session is not None:
