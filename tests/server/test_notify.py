@@ -1,0 +1,219 @@
+"""Cross-replica notifications (server/notify.py): two real server replicas on one PostgreSQL
+database, a device stream on replica B, changes made through replica A's admin API.
+
+Both replicas re-read desired state only every hour (desired_recheck_seconds=3600), so whatever
+reaches the stream on B within the hang-guard deadline came through LISTEN/NOTIFY.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+import grpc
+import psycopg
+import pytest
+
+from server.admin_client import AdminClient
+from server.notify import (ALL, MAX_NOTIFICATIONS, MAX_PAYLOAD_BYTES, NotifyListener,
+                           NotifySender, decode, encode, listener_conninfo)
+from server.sessions import DESIRED_CHANGED, SessionHub
+from tests.server.conftest import DeviceStream, enroll, make_bundle, start_server
+
+DEADLINE = 30.0          # hang guard, not a speed assertion
+NO_RECHECK = 3600.0
+
+
+def wait_until(predicate, what: str, timeout: float = DEADLINE) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise TimeoutError(f"{what} not within {timeout} s")
+        time.sleep(0.05)
+
+
+def listener_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "pg-notify-listener"]
+
+
+# -- payloads (no database) ------------------------------------------------------------
+def test_many_device_ids_are_split_under_the_payload_limit():
+    ids = [f"dev-{i:032d}" for i in range(600)]
+    payloads = encode("r1", "desired", ids)
+    assert len(payloads) > 1
+    assert all(len(p.encode()) <= MAX_PAYLOAD_BYTES for p in payloads)
+    received = [decode(p) for p in payloads]
+    assert [d for change in received for d in change.desired] == ids
+    assert all(c.sender == "r1" and not c.everything for c in received)
+
+
+def test_a_change_too_large_to_split_becomes_everything():
+    ids = [f"dev-{i:032d}" for i in range(MAX_NOTIFICATIONS * 300)]
+    (payload,) = encode("r1", "desired", ids)
+    assert json.loads(payload) == {"from": "r1", ALL: True}
+    assert decode(payload).everything
+    (payload,) = encode("r1", "removed", ["x" * 10_000])      # one id beyond the limit
+    assert decode(payload).everything
+
+
+@pytest.mark.parametrize("payload", ["", "not json", "[1, 2]", '{"desired": "dev-1"}',
+                                     '{"from": 7}', '{"removed": [1]}'])
+def test_an_unreadable_payload_means_everything_changed(payload):
+    change = decode(payload)
+    assert change.everything and not change.desired and not change.removed
+
+
+def test_a_failing_notify_is_logged_not_raised(caplog):
+    from sqlalchemy import create_engine
+
+    engine = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/nothing?connect_timeout=2")
+    with caplog.at_level(logging.WARNING, logger="server.notify"):
+        NotifySender(engine, "r1").desired_changed(["dev-1"])
+    assert "NOTIFY on" in caplog.text
+    engine.dispose()
+
+
+def test_sqlite_starts_no_listener(server):
+    assert server.notify_listener is None
+    assert server.hub.peers is None
+    assert listener_threads() == []
+
+
+# -- listener against a real PostgreSQL --------------------------------------------------
+class Recorder:
+    """A hub stand-in that records what the listener hands it."""
+
+    def __init__(self) -> None:
+        self.desired: list[str] = []
+        self.removed: list[str] = []
+        self.everything = 0
+
+    def notify_desired_here(self, ids) -> None:
+        self.desired += list(ids)
+
+    def disconnect_here(self, device_id) -> None:
+        self.removed.append(device_id)
+
+    def notify_all_here(self) -> None:
+        self.everything += 1
+
+
+@pytest.mark.postgres
+def test_listener_receives_split_payloads_and_skips_its_own(pg_url):
+    from sqlalchemy import create_engine
+
+    recorder = Recorder()
+    listener = NotifyListener(listener_conninfo(pg_url), recorder, replica_id="b")
+    listener.start()
+    engine = create_engine(pg_url)
+    try:
+        assert listener.listening.is_set()
+        assert recorder.everything == 1          # on (re)connect every local stream re-reads
+        ids = [f"dev-{i:032d}" for i in range(600)]
+        NotifySender(engine, "b").desired_changed(["own-change"])   # B's own: skipped
+        NotifySender(engine, "a").desired_changed(ids)
+        NotifySender(engine, "a").removed("gone-1")
+        wait_until(lambda: recorder.removed == ["gone-1"], "the removal")
+        assert recorder.desired == ids
+    finally:
+        listener.stop()
+        engine.dispose()
+    assert not listener._thread.is_alive()
+
+
+def test_an_unreachable_database_is_retried_and_stops_cleanly(caplog):
+    listener = NotifyListener("postgresql://postgres@127.0.0.1:1/nothing", Recorder(), "r1",
+                              initial_backoff_seconds=0.05)
+    with caplog.at_level(logging.WARNING, logger="server.notify"):
+        listener.start(wait_seconds=0.5)
+        wait_until(lambda: caplog.text.count("reconnecting in") >= 2, "two failed attempts")
+        listener.stop()
+    assert not listener.listening.is_set()
+    assert not listener._thread.is_alive()
+
+
+# -- two replicas --------------------------------------------------------------------------
+@pytest.fixture
+def replicas(tmp_path, publisher_key, pg_url):
+    a = start_server(tmp_path / "a", publisher_key, db_url=pg_url, desired_recheck_seconds=NO_RECHECK,
+                     operator_token="operator")
+    b = start_server(tmp_path / "b", publisher_key, db_url=pg_url, desired_recheck_seconds=NO_RECHECK,
+                     operator_token="operator")
+    admin_a = AdminClient(a.address, a.operator_token, timeout=10)
+    channel_b = grpc.insecure_channel(b.address)
+    yield a, b, admin_a, channel_b
+    channel_b.close()
+    admin_a.close()
+    a.stop(grace=0)
+    b.stop(grace=0)
+    assert listener_threads() == []          # shutdown leaves no listener behind
+
+
+def connect_on_b(b, admin_a, channel_b) -> tuple[str, DeviceStream]:
+    """A device enrolled and streaming on B, past its first desired-state read."""
+    enrolled = enroll(admin_a, channel_b)
+    stream = DeviceStream(channel_b, enrolled.credential)
+    wait_until(lambda: enrolled.device_id in b.hub.connected(), "the stream on B")
+    # The ack comes through the stream's loop, i.e. after its first read of the desired state:
+    # a deployment made from now on can reach the stream only through a notification.
+    stream.send(heartbeat={"sequence": 1})
+    assert stream.next("ack", timeout=DEADLINE).sequence == 1
+    return enrolled.device_id, stream
+
+
+def deploy_on_a(admin_a, tmp_path, publisher_key, device_id: str, name: str):
+    folder, _manifest, _files = make_bundle(tmp_path / name, publisher_key)
+    bundle = admin_a.upload_bundle(folder)
+    admin_a.deploy(bundle.bundle_id, device_ids=[device_id])
+    return bundle
+
+
+@pytest.mark.postgres
+def test_deployment_on_a_reaches_the_stream_on_b(replicas, tmp_path, publisher_key):
+    a, b, admin_a, channel_b = replicas
+    assert a.notify_listener.listening.is_set() and b.notify_listener.listening.is_set()
+    device_id, stream = connect_on_b(b, admin_a, channel_b)
+    try:
+        bundle = deploy_on_a(admin_a, tmp_path, publisher_key, device_id, "bundle")
+        assert stream.next("desired", timeout=DEADLINE).bundle_id == bundle.bundle_id
+    finally:
+        stream.close()
+
+
+@pytest.mark.postgres
+def test_removing_the_device_on_a_ends_its_stream_on_b(replicas):
+    a, b, admin_a, channel_b = replicas
+    device_id, stream = connect_on_b(b, admin_a, channel_b)
+    try:
+        admin_a.remove_device(device_id)
+        assert stream.ended.wait(DEADLINE)
+        assert device_id not in b.hub.connected()
+    finally:
+        stream.close()
+
+
+@pytest.mark.postgres
+def test_a_killed_listener_reconnects_and_still_delivers(replicas, tmp_path, publisher_key, pg_url, caplog):
+    a, b, admin_a, channel_b = replicas
+    device_id, stream = connect_on_b(b, admin_a, channel_b)
+    try:
+        killed = b.notify_listener.backend_pid
+        with caplog.at_level(logging.INFO, logger="server.notify"), \
+                psycopg.connect(listener_conninfo(pg_url), autocommit=True) as conn:
+            assert conn.execute("SELECT pg_terminate_backend(%s)", (killed,)).fetchone()[0]
+            wait_until(lambda: b.notify_listener.listening.is_set()
+                       and b.notify_listener.backend_pid != killed, "the listener's reconnect")
+        assert "notify listener connection failed" in caplog.text
+        bundle = deploy_on_a(admin_a, tmp_path, publisher_key, device_id, "after-reconnect")
+        assert stream.next("desired", timeout=DEADLINE).bundle_id == bundle.bundle_id
+    finally:
+        stream.close()
+
+
+def test_a_reconnect_makes_every_local_stream_reread():
+    hub = SessionHub()
+    sessions = [hub.register(f"dev-{i}") for i in range(3)]
+    hub.notify_all_here()
+    assert all(s.outbox.get_nowait() == DESIRED_CHANGED for s in sessions)
