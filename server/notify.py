@@ -170,6 +170,7 @@ class NotifyListener:
 
     def _run(self) -> None:
         backoff = self.initial_backoff_seconds
+        connected_before = False
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5,
@@ -178,7 +179,10 @@ class NotifyListener:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
                     self.backend_pid = conn.info.backend_pid
                     self.listening.set()
-                    log.info("notify listener on channel %s (backend pid %d)", CHANNEL, self.backend_pid)
+                    log.info("notify listener %s on channel %s (backend pid %d)%s",
+                             "reconnected" if connected_before else "connected", CHANNEL,
+                             self.backend_pid, "; every local stream re-reads" if connected_before else "")
+                    connected_before = True
                     self.hub.notify_all_here()
                     backoff = self.initial_backoff_seconds
                     while not self._stop.is_set():
@@ -195,6 +199,12 @@ class NotifyListener:
         self.listening.clear()
 
     def _deliver(self, change: Change) -> None:
+        try:
+            self._hand_to_hub(change)
+        except Exception:       # a bug here must not end the listener for good
+            log.exception("notify listener: handling a notification failed")
+
+    def _hand_to_hub(self, change: Change) -> None:
         if change.sender == self.replica_id:
             return                  # this replica's own change: its hub was told directly
         if change.everything:
