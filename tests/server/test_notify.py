@@ -206,6 +206,7 @@ def test_a_killed_listener_reconnects_and_still_delivers(replicas, tmp_path, pub
             wait_until(lambda: b.notify_listener.listening.is_set()
                        and b.notify_listener.backend_pid != killed, "the listener's reconnect")
         assert "notify listener connection failed" in caplog.text
+        assert "notify listener reconnected" in caplog.text
         bundle = deploy_on_a(admin_a, tmp_path, publisher_key, device_id, "after-reconnect")
         assert stream.next("desired", timeout=DEADLINE).bundle_id == bundle.bundle_id
     finally:
@@ -217,3 +218,35 @@ def test_a_reconnect_makes_every_local_stream_reread():
     sessions = [hub.register(f"dev-{i}") for i in range(3)]
     hub.notify_all_here()
     assert all(s.outbox.get_nowait() == DESIRED_CHANGED for s in sessions)
+
+
+@pytest.mark.postgres
+def test_a_rollback_decided_on_a_reaches_the_stream_on_b(replicas, tmp_path, publisher_key):
+    """A device on A fails a rollback_on_failure deployment; A applies the rollback (device
+    service path) and the other target, streaming on B, is sent its old bundle again."""
+    from proto import fleet_pb2
+
+    a, b, admin_a, channel_b = replicas
+    Phase = fleet_pb2.ReportedState.Phase
+    old = admin_a.upload_bundle(make_bundle(tmp_path / "old", publisher_key)[0]).bundle_id
+    new = admin_a.upload_bundle(make_bundle(tmp_path / "new", publisher_key)[0]).bundle_id
+    channel_a = grpc.insecure_channel(a.address)
+    on_b, stream_b = connect_on_b(b, admin_a, channel_b)
+    enrolled_a = enroll(admin_a, channel_a, hostname="on-a")
+    stream_a = DeviceStream(channel_a, enrolled_a.credential)
+    try:
+        for stream in (stream_a, stream_b):
+            stream.send(state=fleet_pb2.ReportedState(bundle_id=old, phase=Phase.IDLE))
+        for device_id in (on_b, enrolled_a.device_id):
+            wait_until(lambda: admin_a.get_device(device_id).reported.bundle_id == old, "the IDLE report")
+        admin_a.deploy(new, device_ids=[on_b, enrolled_a.device_id], rollback_on_failure=True)
+        assert stream_b.next("desired", timeout=DEADLINE).bundle_id == new
+        desired_a = stream_a.next("desired", timeout=DEADLINE)
+        stream_a.send(state=fleet_pb2.ReportedState(target_bundle_id=new, deployment_id=desired_a.deployment_id,
+                                                    phase=Phase.FAILED, error="model does not load"))
+        back = stream_b.next("desired", timeout=DEADLINE)
+        assert (back.bundle_id, back.deployment_id) == (old, "")
+    finally:
+        stream_a.close()
+        stream_b.close()
+        channel_a.close()
