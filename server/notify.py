@@ -48,10 +48,17 @@ def encode(replica_id: str, kind: str, device_ids: Iterable[str]) -> list[str]:
     """JSON payloads naming `device_ids` under `kind`, each under MAX_PAYLOAD_BYTES."""
     payloads: list[str] = []
     batch: list[str] = []
+    # Sizes add up (compact separators, ASCII escapes): the empty payload, then each id's JSON
+    # string and, after the first, a comma. Counting them keeps a large change linear instead
+    # of re-encoding the growing batch for every id.
+    empty = len(_payload(replica_id, kind, []))
+    size = empty
     for device_id in device_ids:
-        if batch and len(_payload(replica_id, kind, batch + [device_id]).encode()) > MAX_PAYLOAD_BYTES:
+        item = len(json.dumps(device_id))
+        if batch and size + 1 + item > MAX_PAYLOAD_BYTES:
             payloads.append(_payload(replica_id, kind, batch))
-            batch = []
+            batch, size = [], empty
+        size += item + (1 if batch else 0)
         batch.append(device_id)
     if batch:
         payloads.append(_payload(replica_id, kind, batch))
