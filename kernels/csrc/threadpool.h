@@ -1,6 +1,7 @@
 /* A small persistent thread pool: ef_parallel_for splits [0, count) into one contiguous
- * range per thread; the calling thread runs the first range itself. Kernels split work
- * over output columns (N), so threads never write the same output. */
+ * share per thread; the calling thread runs the first share itself, and a thread that is
+ * done takes what is left of a late one's (threadpool.c). Kernels split work over output
+ * columns (N), so threads never write the same output. */
 #pragma once
 #include <stddef.h>
 

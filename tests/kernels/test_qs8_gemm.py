@@ -88,6 +88,26 @@ def test_threads_do_not_change_results():
     assert_bitexact(one, two, "1 vs 2 threads")
 
 
+def test_every_share_of_the_pool_runs_whatever_the_thread_count():
+    """The pool cuts a job's chunks into one share per thread, each claimed by its owner first
+    and by the others once theirs are done (threadpool.c). With more threads than this
+    machine's CPUs some workers come late or not at all, and their shares must still run
+    (a missed chunk leaves np.empty garbage in the output); shrinking the count leaves
+    workers whose slot the job no longer has, which must stay out."""
+    rng = np.random.default_rng(5)
+    a, a_scale, a_zp, w, w_scale, wz, b = _case(rng, 1, 3000, 700, True, True)
+    packed = kernels.pack_qs8(w, w_scale, wz, b)
+    want = quant.qs8_gemm_ref(a, a_scale, a_zp, w, w_scale, wz, b)
+    before = kernels.get_num_threads()
+    try:
+        for threads in (5, 3, 8, 2, 1):
+            kernels.set_num_threads(threads)
+            for _ in range(20):
+                assert_bitexact(kernels.qs8_linear(a, a_scale, a_zp, packed), want, f"{threads} threads")
+    finally:
+        kernels.set_num_threads(before)
+
+
 def test_dynamic_rows_end_to_end_close_to_float():
     rng = np.random.default_rng(11)
     x = rng.standard_normal((4, 96)).astype(np.float32)
