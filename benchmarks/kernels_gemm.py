@@ -15,8 +15,9 @@ For every M in {1, 32, 128}, N and K in {384, 1536, 4096}, and 1 and 2 threads, 
         each size is printed), against our dense int8 GEMM (kernels.qs8_linear) on the same symmetric int8 input;
         both called with the same arguments (int8 [M, K], float32 [M] scales, zero point 0)
 with times (fastest of repeated calls, as timeit does; see best_time), ratio theirs/ours (> 1 means we are faster), and the
-fraction of this CPU's peak multiply-adds per cycle (cpu_peak: AMD Zen 3 to 5 by family, else the issue's Zen 3 figures)
-at the clock read from /proc/cpuinfo. Ends with the issue-4 goals and whether they hold.
+fraction of this CPU's peak multiply-adds per cycle (cpu_peak: AMD Zen 3 to 5, Intel AVX-512 VNNI / AMX Xeons, else the
+issue's Zen 3 figures) at the core clock measured by kernels._kernels.core_ghz() (/proc/cpuinfo's where it cannot be).
+Ends with the issue-4 goals and whether they hold.
 """
 
 from __future__ import annotations
@@ -43,23 +44,30 @@ GROUP = 32  # int4 group / MatMulNBits block size
 
 @dataclass(frozen=True)
 class Peak:
-    """Multiply-adds per cycle per core of the CPU's widest units, for the % columns."""
+    """Multiply-adds per cycle per core of the CPU's widest units, for the % columns.
+    int8_mac_tiles: AMX's rate, which the int8 GEMM (M > 1) uses where the kernels run AMX."""
     int8_mac: int
     fp32_fma: int
     what: str
+    int8_mac_tiles: int | None = None
 
 
 # Per core and cycle, from published descriptions of the cores (two vector multiply pipes
 # on each of these): Zen 3, AVX2 without VNNI: 2 x 8-wide FMA, 2 x vpmaddwd (16 pairs), the
 # issue's figures; Zen 4: AVX-512 on 256-bit pipes (2 x 8 FMA, 2 x 32 vpdpbusd bytes);
-# Zen 5 (server parts): full 512-bit pipes (2 x 16 FMA, 2 x 64 vpdpbusd bytes).
+# Zen 5 (server parts): full 512-bit pipes (2 x 16 FMA, 2 x 64 vpdpbusd bytes). Intel Xeons
+# with AVX-512 VNNI (Cascade Lake on; the Gold and Platinum parts have two 512-bit FMA pipes,
+# and vpdpbusd zmm issues on both: 2 per cycle measured on the session-10 Xeon), plus AMX
+# where present: one 16 x 16 x 64 tdpbusd per 16 cycles, 1024 int8 multiply-adds per cycle.
 ZEN3 = Peak(32, 16, "Zen 3 (the issue's figures)")
 _AMD_PEAKS = {(25, False): ZEN3, (25, True): Peak(64, 16, "Zen 4"), (26, True): Peak(128, 32, "Zen 5")}
+_INTEL_AVX512_VNNI = Peak(128, 32, "Intel Xeon, AVX-512 VNNI on two 512-bit pipes (Gold/Platinum parts)")
+_INTEL_AMX = Peak(128, 32, "Intel Xeon, AVX-512 VNNI on two 512-bit pipes; AMX tiles for int8 GEMM", 1024)
 
 
 def cpu_peak() -> Peak:
-    """The peak of this CPU where its family is known (AMD Zen 3 to 5), else the issue's Zen 3
-    figures, said so in the header."""
+    """The peak of this CPU where its kind is known (AMD Zen 3 to 5, Intel Xeons with AVX-512
+    VNNI or AMX), else the issue's Zen 3 figures, said so in the header."""
     info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
@@ -72,6 +80,9 @@ def cpu_peak() -> Peak:
         known = _AMD_PEAKS.get((int(info["cpu family"]), "avx512f" in info.get("flags", "").split()))
         if known is not None:
             return known
+    flags = info.get("flags", "").split()
+    if info.get("vendor_id") == "GenuineIntel" and "avx512_vnni" in flags:
+        return _INTEL_AMX if "amx_int8" in flags else _INTEL_AVX512_VNNI
     return Peak(ZEN3.int8_mac, ZEN3.fp32_fma, "not known for this CPU: the issue's Zen 3 figures")
 
 
@@ -269,9 +280,10 @@ def peak_fraction(macs: float, us: float, per_cycle: int, threads: int, ghz: flo
     return macs / (us * 1e-6) / (per_cycle * threads * ghz * 1e9)
 
 
-def print_row(r: Row, ghz: float, peak: Peak) -> None:
+def print_row(r: Row, ghz: float, peak: Peak, tiles: bool) -> None:
     t, macs = r.times_us, r.m * r.n * r.k
-    p8 = peak_fraction(macs, t["ours_int8"], peak.int8_mac, r.threads, ghz)
+    int8_peak = peak.int8_mac_tiles if tiles and r.m > 1 and peak.int8_mac_tiles else peak.int8_mac
+    p8 = peak_fraction(macs, t["ours_int8"], int8_peak, r.threads, ghz)
     pf = peak_fraction(macs, t["ours_fp32"], peak.fp32_fma, r.threads, ghz)
     print(f"{r.m:4d} {r.n:5d} {r.k:5d} {r.threads:2d} |"
           f" {t['ours_int8']:9.1f} {t['ort_int8']:9.1f} {r.ratio('ort_int8', 'ours_int8'):5.2f} {100 * p8:5.1f}% |"
@@ -312,17 +324,22 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the raw numbers here")
     args = ap.parse_args(argv)
 
-    ghz = cpu_clock_ghz()
+    # the running clock, measured (a dependent multiply chain in the kernels); /proc/cpuinfo's
+    # figure is often the nominal one, below the boost clock the cores run at
+    measured = kernels._kernels.core_ghz()
+    ghz, clock_source = (measured, "measured") if measured > 0 else (cpu_clock_ghz(), "/proc/cpuinfo")
     rng = np.random.default_rng(0)
     sizes = [384, 1536, 4096]
     nk = [(s, s) for s in sizes] if args.quick else [(n, k) for n in sizes for k in sizes]
     feats = kernels.cpu_features()
-    print(f"CPU: {cpu_model()}, {ghz:.2f} GHz (/proc/cpuinfo), {os.cpu_count()} CPUs, load average "
+    print(f"CPU: {cpu_model()}, {ghz:.2f} GHz ({clock_source}), {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f} (other work on the machine inflates every time), kernels ISA {feats['isa']},"
           f" onnxruntime {ort.__version__}")
     peak = cpu_peak()
-    print(f"peak used for %: {peak.int8_mac} int8 MAC and {peak.fp32_fma} fp32 FMA per cycle per core ({peak.what}),"
-          " at the clock above (a boost clock above it shows as more than 100 %)")
+    tiles = feats["isa"] == "amx"
+    tile_note = f" ({peak.int8_mac_tiles} for int8 M > 1: AMX tiles)" if tiles and peak.int8_mac_tiles else ""
+    print(f"peak used for %: {peak.int8_mac} int8 MAC{tile_note} and {peak.fp32_fma} fp32 FMA per cycle per core"
+          f" ({peak.what}), at the clock above")
     print("times in microseconds (fastest call); ratio = theirs / ours, > 1 means ours is faster;"
           " int4 ORT column suffix = MatMulNBits accuracy_level used (faster of 0 and 4)")
     print(f"{'M':>4} {'N':>5} {'K':>5} {'T':>2} | {'int8 ours':>9} {'ORT':>9} {'ratio':>5} {'peak':>6} |"
@@ -340,7 +357,7 @@ def main(argv=None) -> int:
                 for threads in args.threads:
                     row = bench_shape(m, wts, threads, rng, args.budget)
                     rows.append(row)
-                    print_row(row, ghz, peak)
+                    print_row(row, ghz, peak, tiles)
     kernels.set_num_threads(0)
 
     print("\nM=1 weight stream, GB/s (bytes a GEMV reads / its time; dense int8 reads 1 byte per weight):"

@@ -62,6 +62,10 @@ uint32_t ef_arch_flags_detected(void);
  * CPU (or this build) cannot run it. */
 int ef_set_isa(const char* name);
 const char* ef_isa_name(void); /* name of the best ISA in the current mask */
+/* The clock this core runs at now, in GHz, measured (0 where not implemented): the
+ * benchmarks' peak fractions need the running clock, which /proc/cpuinfo's nominal "cpu
+ * MHz" often is not (a VM reports its base clock; cores boost well above it). */
+double ef_core_ghz(void);
 
 /* Activation clamp shared by every epilogue: ReLU is [0, inf], ReLU6 [0, 6], none
  * [-inf, inf]. Written as compares so NaN maps to lo, exactly like AVX2 max_ps(y, lo) and

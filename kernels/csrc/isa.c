@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #if defined(__linux__) && (defined(__x86_64__) || defined(__i386__))
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -133,3 +134,31 @@ void* ef_aligned_alloc(size_t bytes) {
 }
 
 void ef_aligned_free(void* p) { free(p); }
+
+#if EF_ARCH_X86
+/* A chain of dependent 64-bit multiplies: imul r64 takes 3 cycles on every x86-64 core we
+ * target (Intel since Nehalem, AMD Zen 1 to 5), and a chain of them cannot overlap, so the
+ * chain's length over its time is the clock. (A chain of adds would not do: recent Intel
+ * cores fold small immediate adds at rename, and they run several per cycle.) */
+static double imul_chain_ns(long n) {
+  struct timespec t0, t1;
+  uint64_t a = 3;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  for (long i = 0; i < n; i++) __asm__ volatile("imul %0, %0\n\timul %0, %0\n\timul %0, %0\n\timul %0, %0" : "+r"(a));
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  return (double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec);
+}
+
+double ef_core_ghz(void) {
+  const long n = 1000000; /* 12 M cycles: ~3-5 ms per round */
+  double best = 1e30;
+  (void)imul_chain_ns(n / 10); /* let the core leave any idle clock */
+  for (int round = 0; round < 5; round++) {
+    const double t = imul_chain_ns(n);
+    if (t > 0 && t < best) best = t;
+  }
+  return best < 1e30 ? (double)n * 4 * 3 / best : 0.0;
+}
+#else
+double ef_core_ghz(void) { return 0.0; }
+#endif

@@ -449,6 +449,15 @@ def test_nbytes_counts_the_panel_copy():
 # ------------------------------------------------------------------ dispatch
 
 
+def test_core_clock_is_measured_on_x86_and_unknown_elsewhere():
+    """benchmarks/kernels_gemm.py divides by this clock for its peak fractions."""
+    ghz = kernels._kernels.core_ghz()
+    if kernels.cpu_features()["machine"] == "x86_64":
+        assert 0.5 < ghz < 8.0, ghz   # a chain of 3-cycle multiplies: any real x86 core lands here
+    else:
+        assert ghz == 0.0
+
+
 def test_set_isa_scalar_and_back():
     assert "scalar" in kernels.available_isas()
     with kernels.use_isa("scalar"):

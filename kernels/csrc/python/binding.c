@@ -1289,6 +1289,16 @@ static PyObject* py_cpu_features(PyObject* self, PyObject* unused) {
                        "isa", ef_isa_name(), "threads", ef_get_num_threads());
 }
 
+/* core_ghz() -> this core's running clock in GHz, measured over ~20 ms (0.0 where not
+ * implemented: non-x86). For the benchmarks' peak fractions. */
+static PyObject* py_core_ghz(PyObject* self, PyObject* unused) {
+  double ghz;
+  Py_BEGIN_ALLOW_THREADS
+  ghz = ef_core_ghz();
+  Py_END_ALLOW_THREADS
+  return PyFloat_FromDouble(ghz);
+}
+
 static PyObject* py_set_isa(PyObject* self, PyObject* args) {
   const char* name;
   if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
@@ -1313,6 +1323,7 @@ static PyMethodDef methods[] = {
     {"cpu_features", py_cpu_features, METH_NOARGS, "Detected CPU features and the active ISA."},
     {"set_isa", py_set_isa, METH_VARARGS, "set_isa(name): 'auto', 'scalar', 'avx2' or 'neon'."},
     {"get_isa", py_get_isa, METH_NOARGS, "Name of the ISA the dispatcher uses now."},
+    {"core_ghz", py_core_ghz, METH_NOARGS, "core_ghz() -> the running core clock in GHz, measured (0.0: unknown)."},
     {"set_num_threads", py_set_num_threads, METH_VARARGS, "Threads per kernel call (<= 0: one per CPU)."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Threads per kernel call."},
     {"qs8_pack", py_qs8_pack, METH_VARARGS, "qs8_pack(w, w_scale, w_zero_point|None, bias|None) -> Packed"},
