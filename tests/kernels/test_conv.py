@@ -58,7 +58,10 @@ def test_general_conv(isa, k, stride, pad, c):
 
 
 @pytest.mark.parametrize("isa", isa_params())
-@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 17, 33), (3, 16, 64), (5, 48, 300), (33, 20, 7)])
+# the AVX-512 wide tile (two 16-column blocks, up to 12 rows): exact pairs, a pair plus one
+# block, pairs with 1 and 8 columns in the second block, and row tails of every size
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 17, 33), (3, 16, 64), (5, 48, 300), (33, 20, 7),
+                                   (12, 32, 40), (13, 49, 19), (25, 33, 100), (40, 70, 130), (7, 24, 1)])
 def test_f32_linear(isa, m, n, k):
     rng = np.random.default_rng(m + n + k)
     x = rng.standard_normal((m, k)).astype(np.float32)

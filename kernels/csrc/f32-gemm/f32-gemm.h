@@ -27,6 +27,16 @@ typedef struct ef_f32_packed {
 
 typedef void (*ef_f32_gemm_ukernel_fn)(size_t mr, size_t nc, size_t k, const float* x, size_t x_stride, const float* block,
                                        float* c, size_t c_stride, float out_min, float out_max);
+/* The wide tile: mr rows x two adjacent blocks (32 columns; nc in 17..32), the second block
+ * at block + block_floats. Two weight vectors per k share each activation broadcast, so a k
+ * step loads 2 + mr values for 2 * mr FMAs instead of 1 + mr for mr: the narrow AVX-512 tile
+ * (9 loads per 8 FMAs) is bound by loads on cores that sustain fewer than two 512-bit loads
+ * per cycle. On the session-10 Xeon (C timing, M = 128, N = K = 1536, one thread) the 8 x 16
+ * tile ran at 65 % of the FMA peak and a 12 x 32 one at 85 %. */
+#define EF_F32_WIDE_MR_MAX 12
+typedef void (*ef_f32_gemm_wide_ukernel_fn)(size_t mr, size_t nc, size_t k, const float* x, size_t x_stride,
+                                            const float* block, size_t block_floats, float* c, size_t c_stride,
+                                            float out_min, float out_max);
 
 /* 16 x 4 block-sparse weights. Per 16-column group g: its blocks are
  * [group_ptr[g], group_ptr[g + 1]); block b covers K kofs[b] .. kofs[b] + 3 (a multiple of 4,
@@ -52,6 +62,9 @@ typedef struct ef_f32_gemm_config {
   size_t mr;
   ef_f32_gemm_ukernel_fn ukernel[EF_F32_MR_MAX];
   ef_f32_bsr_ukernel_fn bsr[EF_F32_MR_MAX];
+  /* optional (NULL: blocks one at a time): wide[mr - 1] for mr <= mr_wide */
+  size_t mr_wide;
+  ef_f32_gemm_wide_ukernel_fn wide[EF_F32_WIDE_MR_MAX];
 } ef_f32_gemm_config;
 
 extern const ef_f32_gemm_config ef_f32_gemm_config_scalar;

@@ -52,16 +52,29 @@ typedef struct {
   float lo, hi;
 } f32_job;
 
+/* Items are blocks, or pairs of adjacent blocks where the config has the wide tile (the last
+ * pair may hold one block). Every row tile of an item reuses its weights from L1 / L2. */
 static void f32_range(void* ctx, size_t begin, size_t end) {
   const f32_job* j = ctx;
-  const size_t mr_max = j->config->mr;
-  for (size_t b = begin; b < end; b++) {
-    const float* block = j->w->data + b * j->w->block_floats;
-    const size_t n0 = b * EF_F32_NR, nc = EF_MIN(EF_F32_NR, j->w->n - n0);
+  const ef_f32_packed* w = j->w;
+  const size_t per_item = j->config->mr_wide ? 2 : 1;
+  for (size_t b = begin * per_item; b < EF_MIN(end * per_item, w->n_blocks); b += per_item) {
+    const float* block = w->data + b * w->block_floats;
+    const size_t n0 = b * EF_F32_NR;
+    if (per_item == 2 && b + 1 < w->n_blocks) {
+      const size_t nc = EF_MIN(2 * EF_F32_NR, w->n - n0), mr_max = j->config->mr_wide;
+      for (size_t m0 = 0; m0 < j->m; m0 += mr_max) {
+        const size_t mr = EF_MIN(mr_max, j->m - m0);
+        j->config->wide[mr - 1](mr, nc, w->k, j->x + m0 * w->k, w->k, block, w->block_floats, j->c + m0 * w->n + n0,
+                                w->n, j->lo, j->hi);
+      }
+      continue;
+    }
+    const size_t nc = EF_MIN(EF_F32_NR, w->n - n0), mr_max = j->config->mr;
     for (size_t m0 = 0; m0 < j->m; m0 += mr_max) {
       const size_t mr = EF_MIN(mr_max, j->m - m0);
-      j->config->ukernel[mr - 1](mr, nc, j->w->k, j->x + m0 * j->w->k, j->w->k, block, j->c + m0 * j->w->n + n0,
-                                 j->w->n, j->lo, j->hi);
+      j->config->ukernel[mr - 1](mr, nc, w->k, j->x + m0 * w->k, w->k, block, j->c + m0 * w->n + n0, w->n, j->lo,
+                                 j->hi);
     }
   }
 }
@@ -71,7 +84,8 @@ int ef_f32_gemm(const ef_f32_gemm_config* config, size_t m, const float* x, cons
   if (config == NULL) config = ef_f32_gemm_select();
   if (m == 0) return 0;
   f32_job job = {config, m, x, w, c, out_min, out_max};
-  ef_parallel_for(w->n_blocks, m * w->k * EF_F32_NR, f32_range, &job);
+  const size_t per_item = config->mr_wide ? 2 : 1;
+  ef_parallel_for(EF_DIV_UP(w->n_blocks, per_item), m * w->k * EF_F32_NR * per_item, f32_range, &job);
   return 0;
 }
 
