@@ -3,9 +3,12 @@
     python healthcheck.py [--tls-ca PEM [--tls-cert PEM --tls-key PEM] [--tls-server-name NAME]]
                           HOST:PORT [SERVICE]
 
-Exits 0 when the server answers SERVING, 1 otherwise (not serving, unreachable, refused the
-TLS handshake, or too slow), 2 when the probe's own arguments or TLS files are wrong. The empty
-service name asks about the server as a whole, which is what Docker and Kubernetes probes ask too.
+Exits 0 when the server answers SERVING and 1 on every failure: the server is not serving,
+unreachable, refused the TLS handshake or was too slow ("unhealthy: ..." on stderr), or the
+probe's own arguments or TLS files are wrong ("healthcheck: bad configuration: ..."). Docker
+defines only 0 (healthy) and 1 (unhealthy) and reserves 2, so the stderr line, not the status,
+tells the two kinds of failure apart. The empty service name asks about the server as a whole,
+which is what Docker and Kubernetes probes ask too.
 
 TLS, for a server started with --tls-cert/--tls-key: --tls-ca (default $EDGEFLEET_TLS_CA) is the
 CA that signed the server's certificate. Mutual TLS (a server with --tls-client-ca) also wants a
@@ -37,7 +40,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 # a health check is as good as down for the orchestrator.
 TIMEOUT_SECONDS = 3.0
 
-HEALTHY, UNHEALTHY, USAGE = 0, 1, 2
+# Docker's HEALTHCHECK defines these two statuses only (2 is reserved): a bad configuration
+# exits UNHEALTHY too, with a "bad configuration" message instead of an "unhealthy" one.
+HEALTHY, UNHEALTHY = 0, 1
+CONFIG_ERROR_PREFIX = "healthcheck: bad configuration: "
 
 
 class TlsError(ValueError):
@@ -142,9 +148,17 @@ def _env(name: str) -> str | None:
     return os.environ.get(name) or None      # set but empty = not set, as in a compose file
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a usage error; the probe exits 1, saying it is bad configuration."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(UNHEALTHY, f"{CONFIG_ERROR_PREFIX}{message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="healthcheck.py", description="gRPC health probe of an edgefleet server; "
-                                "exit 0 SERVING, 1 unhealthy, 2 bad arguments or TLS files")
+    p = _Parser(prog="healthcheck.py", description="gRPC health probe of an edgefleet server; exit 0 SERVING, "
+                "1 on any failure (stderr says 'unhealthy: ...' or 'healthcheck: bad configuration: ...')")
     p.add_argument("target", metavar="HOST:PORT", help="the server's gRPC address")
     p.add_argument("service", metavar="SERVICE", nargs="?", default="",
                    help="service name to ask about (default: the server as a whole)")
@@ -165,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """argv without the program name."""
     parser = build_parser()
-    args = parser.parse_args(argv)          # exits 2 on a usage error
+    args = parser.parse_args(argv)          # exits 1 on a usage error (_Parser.error)
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
     if args.tls_server_name and not args.tls_ca:
@@ -173,8 +187,8 @@ def main(argv: list[str]) -> int:
     try:
         credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
     except TlsError as exc:
-        print(f"healthcheck: {exc}", file=sys.stderr)
-        return USAGE
+        print(f"{CONFIG_ERROR_PREFIX}{exc}", file=sys.stderr)
+        return UNHEALTHY
     healthy = check(args.target, args.service, args.timeout, credentials, args.tls_server_name,
                     mutual=args.tls_cert is not None)
     return HEALTHY if healthy else UNHEALTHY

@@ -55,7 +55,7 @@ def test_not_serving_server_is_unhealthy(health_server):
     servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     result = subprocess.run([sys.executable, str(SCRIPT), target], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
-    assert "NOT_SERVING" in result.stderr
+    assert "NOT_SERVING" in result.stderr and "bad configuration" not in result.stderr
 
 
 def test_unknown_service_and_unreachable_server_are_unhealthy(health_server):
@@ -63,11 +63,26 @@ def test_unknown_service_and_unreachable_server_are_unhealthy(health_server):
     check = load_healthcheck().check
     assert check(target, "edgefleet.NoSuchService", timeout=5.0) is False      # NOT_FOUND
     assert check(f"127.0.0.1:{free_port()}", timeout=2.0) is False              # nothing listens
+    nowhere = f"127.0.0.1:{free_port()}"
+    result = subprocess.run([sys.executable, str(SCRIPT), "--timeout", "2", nowhere], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"unhealthy: {nowhere}: UNAVAILABLE" in result.stderr and "bad configuration" not in result.stderr
 
 
-def test_usage_error_exits_2():
-    result = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and "HOST:PORT" in result.stderr
+@pytest.mark.parametrize("args, message", [
+    ((), "the following arguments are required: HOST:PORT"),
+    (("--timeout", "0", "127.0.0.1:1"), "--timeout must be positive"),
+    (("--timeout", "soon", "127.0.0.1:1"), "argument --timeout: invalid float value: 'soon'"),
+    (("--no-such-flag", "127.0.0.1:1"), "unrecognized arguments: --no-such-flag"),
+    (("127.0.0.1:1", "svc", "extra"), "unrecognized arguments: extra"),
+])
+def test_usage_errors_exit_1_as_bad_configuration(args, message):
+    """Docker defines only 0 and 1 (2 is reserved): argparse's usual 2 must not leak out."""
+    result = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert f"healthcheck: bad configuration: {message}" in result.stderr, result.stderr
+    assert "usage: healthcheck.py" in result.stderr and "unhealthy" not in result.stderr
 
 
 # -- TLS and mutual TLS, against the real edgefleet server over loopback ----------------------
@@ -142,6 +157,7 @@ def test_tls_server_is_unhealthy_to_a_plaintext_probe_or_a_foreign_ca(tls_server
     assert result.returncode == 1
     assert f"unhealthy: {tls_server}: UNAVAILABLE" in result.stderr
     assert "if the server speaks TLS, give --tls-ca or $EDGEFLEET_TLS_CA" in result.stderr
+    assert "bad configuration" not in result.stderr     # a refused handshake is the server's verdict
     result = probe("--tls-ca", pki.other_ca, tls_server)
     assert result.returncode == 1
     assert f"unhealthy: {tls_server}: UNAVAILABLE" in result.stderr
@@ -202,7 +218,7 @@ def test_an_empty_environment_variable_counts_as_unset(health_server, monkeypatc
     assert status == 0, err
 
 
-# -- bad options and files: exit 2, a message naming the option or the file -------------------
+# -- bad options and files: exit 1, a "bad configuration" message naming the option or the file --
 
 def _encrypted_copy(key_path: pathlib.Path, folder: pathlib.Path) -> pathlib.Path:
     key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
@@ -231,21 +247,24 @@ def bad_tls_options(pki) -> list[tuple[tuple, str]]:
     ]
 
 
-def test_bad_tls_options_and_files_exit_2_naming_the_file(pki, capsys, no_tls_env):
+def test_bad_tls_options_and_files_exit_1_naming_the_file(pki, capsys, no_tls_env):
     target = f"127.0.0.1:{free_port()}"              # never dialled: the files are checked first
     for (ca, cert, key), message in bad_tls_options(pki):
         args = [*(["--tls-ca", ca] if ca else []), *(["--tls-cert", cert] if cert else []),
                 *(["--tls-key", key] if key else []), target]
         status, err = run_main(capsys, *args)
-        assert status == 2, (args, err)
-        assert err.startswith("healthcheck: ") and message in err, (args, err)
+        assert status == 1, (args, err)
+        assert err.startswith("healthcheck: bad configuration: ") and message in err, (args, err)
         assert "unhealthy" not in err, err
     result = probe("--tls-ca", pki.folder / "missing.pem", target)
-    assert result.returncode == 2 and "missing.pem: cannot read the CA certificate" in result.stderr
+    assert result.returncode == 1
+    assert "healthcheck: bad configuration: " in result.stderr
+    assert "missing.pem: cannot read the CA certificate" in result.stderr
     with pytest.raises(SystemExit) as info:
         load_healthcheck().main(["--tls-server-name", "localhost", target])
-    assert info.value.code == 2
-    assert "--tls-server-name needs --tls-ca" in capsys.readouterr().err
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "healthcheck: bad configuration: --tls-server-name needs --tls-ca" in err
 
 
 def test_the_file_checks_say_what_proto_tls_says(pki):
