@@ -9,22 +9,41 @@ instead of streaming bad bytes the agent would only reject at the very end.
 Files enter the store (`place`) and leave it (`remove_except`) only while the caller holds the
 database's artifact store lock (server/db.py, "Artifact garbage collection"), so a file is never
 deleted between an upload deciding to reuse it and the upload's rows referencing it.
+
+Temp files and shared volumes. Several replicas may share one store directory (PostgreSQL, a
+ReadWriteMany volume), so a temp file in it may be the live upload of another process, which no
+replica can ask about. An upload therefore keeps the modification time of each of its temp files
+fresh while it lives (a keeper thread touches them every TEMP_TOUCH_SECONDS, also while the
+upload waits for the bundle's other files, for the client or for the store lock), and a temp
+file untouched for TEMP_ABANDONED_SECONDS counts as abandoned: its server died mid-upload.
+Opening the store (server start-up) and every remove_except delete only abandoned temp files.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import pathlib
 import re
 import secrets
 import threading
+import time
 from typing import Iterator
+
+log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 256 * 1024
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _TMP_PREFIX = ".tmp-"
+# How often a live upload's temp files are touched (ArtifactStore's keeper thread).
+TEMP_TOUCH_SECONDS = 60.0
+# A temp file untouched this long is abandoned and may be deleted. 60 touch intervals: a keeper
+# delayed by a slow or briefly hung shared filesystem, or replicas whose clocks (and the file
+# server's, which stamps the times) are minutes apart, never make a live upload look abandoned;
+# a crashed upload's leftover costs only its disk space for this long.
+TEMP_ABANDONED_SECONDS = 3600.0
 
 
 class ArtifactCorrupted(Exception):
@@ -69,6 +88,7 @@ class PendingArtifact:
         self.received = 0
         self.existed_before = False
         self.published = False
+        store._adopt(self)
 
     def write(self, data: bytes) -> None:
         if self.received + len(data) > self.size:
@@ -85,6 +105,16 @@ class PendingArtifact:
                 self._chunk_hashes.append(self._chunk.hexdigest())
                 self._chunk, self._chunk_len = hashlib.sha256(), 0
         self.received += len(data)
+
+    def touch(self) -> None:
+        """Mark the temp file as belonging to a live upload (module docstring)."""
+        try:
+            os.utime(self.tmp_path)
+        except FileNotFoundError:
+            if not self.published and self.store._owns(self):
+                log.warning("upload temp file %s vanished; this upload of %s will fail", self.tmp_path, self.digest)
+        except OSError as exc:
+            log.warning("cannot touch upload temp file %s: %s", self.tmp_path, exc)
 
     @property
     def complete(self) -> bool:
@@ -122,6 +152,7 @@ class PendingArtifact:
             os.fsync(f.fileno())
         os.replace(side_tmp, self.store.sidecar_path(self.digest))
         # Replacing an existing copy is harmless (same bytes) and repairs a corrupted one.
+        self.store._release(self)            # from here on its keeper has nothing to touch
         os.replace(self.tmp_path, final)
         _fsync_dir(self.store.dir)
         self.store.forget(self.digest)
@@ -133,6 +164,7 @@ class PendingArtifact:
         return self.publish()
 
     def abort(self) -> None:
+        self.store._release(self)
         if not self._file.closed:
             self._file.close()
         for p in (self.tmp_path, self.tmp_path.with_name(self.tmp_path.name + ".chunks")):
@@ -143,15 +175,69 @@ class PendingArtifact:
 
 
 class ArtifactStore:
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, touch_interval_seconds: float = TEMP_TOUCH_SECONDS) -> None:
         self.root = pathlib.Path(root)
         self.dir = self.root / "sha256"
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.touch_interval_seconds = touch_interval_seconds
         self._sidecars: dict[str, dict] = {}
         self._lock = threading.Lock()
-        # Temp files of uploads cut short by a crash are garbage: nothing refers to them.
-        for stale in self.dir.glob(_TMP_PREFIX + "*"):
-            stale.unlink(missing_ok=True)
+        self._live: set[PendingArtifact] = set()        # uploads whose temp files the keeper touches
+        self._live_lock = threading.Lock()
+        self._keeper: threading.Thread | None = None    # runs while _live is not empty
+        # Temp files of uploads cut short by a crash are garbage: nothing refers to them. Those of
+        # uploads other replicas are writing into a shared directory are not (module docstring).
+        self.remove_abandoned_temp_files()
+
+    # -- temp files of uploads in progress ----------------------------------------------
+    def _adopt(self, upload: PendingArtifact) -> None:
+        with self._live_lock:
+            self._live.add(upload)
+            if self._keeper is None:
+                self._keeper = threading.Thread(target=self._keep_fresh, name="artifact-temp-keeper",
+                                                daemon=True)
+                self._keeper.start()
+
+    def _release(self, upload: PendingArtifact) -> None:
+        with self._live_lock:
+            self._live.discard(upload)
+
+    def _owns(self, upload: PendingArtifact) -> bool:
+        with self._live_lock:
+            return upload in self._live
+
+    def _keep_fresh(self) -> None:
+        """Touch every live upload's temp file each interval; end once none is left."""
+        while True:
+            time.sleep(self.touch_interval_seconds)
+            with self._live_lock:
+                live = list(self._live)
+                if not live:
+                    self._keeper = None      # the next upload starts a new keeper
+                    return
+            for upload in live:
+                upload.touch()
+
+    def remove_abandoned_temp_files(self, now: float | None = None) -> list[str]:
+        """Delete the temp files no upload touched for TEMP_ABANDONED_SECONDS (never this store's
+        own live ones); returns their names."""
+        now = time.time() if now is None else now
+        with self._live_lock:
+            own = {u.tmp_path.name for u in self._live}
+        removed = []
+        for temp in sorted(self.dir.glob(_TMP_PREFIX + "*")):
+            if temp.name.removesuffix(".chunks") in own:
+                continue
+            try:
+                if now - temp.stat().st_mtime < TEMP_ABANDONED_SECONDS:
+                    continue
+                temp.unlink()
+            except FileNotFoundError:
+                continue                      # finished or removed meanwhile
+            removed.append(temp.name)
+        if removed:
+            log.info("removed %d abandoned upload temp file(s): %s", len(removed), ", ".join(removed))
+        return removed
 
     @staticmethod
     def _hex(digest: str) -> str:
@@ -192,8 +278,9 @@ class ArtifactStore:
 
     def remove_except(self, keep: set[str]) -> dict[str, int]:
         """Delete every stored artifact (data file and sidecar) whose digest is not in `keep`;
-        returns {digest: bytes freed}. Temp files of uploads in flight are left alone. Call it
-        holding the store lock."""
+        returns {digest: bytes freed}. Temp files of uploads in flight are left alone, abandoned
+        ones deleted (not counted in the result). Call it holding the store lock."""
+        self.remove_abandoned_temp_files()
         removed: dict[str, int] = {}
         for entry in sorted(self.dir.iterdir()):        # listed first: removal edits the directory
             hex_part = entry.name.removesuffix(".chunks")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import grpc
 import pytest
@@ -13,6 +14,7 @@ from sqlalchemy import select
 from proto import fleet_pb2, fleet_pb2_grpc
 from proto.manifest import Manifest, sha256_digest
 from server.admin_client import AdminClient
+from server.artifacts import TEMP_ABANDONED_SECONDS
 from server.models import BundleArtifact
 from tests.server.conftest import DeviceStream, auth, enroll, make_bundle, start_server, store_lock_is_free
 
@@ -226,6 +228,21 @@ def test_removal_during_an_upload_that_reuses_its_file(server, admin, db_url, tm
     assert _dangling(server) == [] and shared in _stored(server)
 
 
+def _age(path, seconds: float) -> None:
+    """Make `path` look untouched for `seconds`."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def wait_until(predicate, what: str, timeout: float = 30.0) -> None:
+    """Wait for an event, with a hang guard (not a speed assertion)."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise TimeoutError(f"{what} not within {timeout} s")
+        time.sleep(0.02)
+
+
 def _leave_orphans(server) -> set[str]:
     """What a server killed mid-way leaves: a published file whose upload never committed, and
     a sidecar whose data file never arrived."""
@@ -265,3 +282,101 @@ def test_next_removal_sweeps_earlier_orphans(server, admin, bundle, tmp_path, pu
     assert set(removed.removed_digests) == orphans | {v.digest for v in bundle[1].variants}
     assert [x.bundle_id for x in admin.list_bundles()] == [keep] and _dangling(server) == []
     assert len(_stored(server)) == 2
+
+
+# -- two replicas sharing one artifact volume ------------------------------------------------
+PIECE = 1000              # bytes per upload message: many messages, so the client can stop half-way
+
+
+class PausedUpload:
+    """UploadBundle of `folder` from a thread, whose client stops half-way through the bundle's
+    last file until `go` is set."""
+
+    def __init__(self, server, folder, manifest) -> None:
+        self.paused, self.go = threading.Event(), threading.Event()
+        self.result: object = None
+        header = fleet_pb2.BundleHeader(manifest=(folder / "manifest.json").read_bytes(),
+                                        signature=(folder / "manifest.sig").read_bytes(),
+                                        publisher_key=(folder / "publisher.pub").read_bytes())
+        self._before, self._after = [fleet_pb2.UploadBundleRequest(header=header)], []
+        for i, v in enumerate(manifest.variants):
+            data = (folder / v.file).read_bytes()
+            pieces = [fleet_pb2.UploadBundleRequest(chunk=fleet_pb2.FileChunk(digest=v.digest, data=data[j:j + PIECE]))
+                      for j in range(0, len(data), PIECE)]
+            if i < len(manifest.variants) - 1:
+                self._before += pieces
+            else:
+                self._before += pieces[:len(pieces) // 2]
+                self._after = pieces[len(pieces) // 2:]
+        self._server = server
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _messages(self):
+        yield from self._before
+        self.paused.set()
+        if not self.go.wait(60):
+            raise TimeoutError("the test never let the upload go on")
+        yield from self._after
+
+    def _run(self) -> None:
+        with grpc.insecure_channel(self._server.address) as channel:
+            try:
+                self.result = fleet_pb2_grpc.AdminServiceStub(channel).UploadBundle(
+                    self._messages(), timeout=120, metadata=auth(self._server.operator_token))
+            except grpc.RpcError as exc:
+                self.result = exc
+
+    def finish(self):
+        self.go.set()
+        self._thread.join(120)
+        assert not self._thread.is_alive()
+        return self.result
+
+
+def _temp_files(store) -> list:
+    return sorted(p for p in store.dir.iterdir() if p.name.startswith(".tmp-"))
+
+
+@pytest.mark.postgres
+def test_an_upload_on_one_replica_survives_another_replicas_start_up(tmp_path, publisher_key, pg_url):
+    """Replicas A and B share PostgreSQL and the data dir (one ReadWriteMany volume, as in
+    deploy/k8s). B starts while A is receiving a two-file bundle whose first file arrived
+    "two hours ago": B's start-up sweep deletes a crashed upload's old leftovers, leaves A's temp
+    files alone, and A's upload completes with the right bytes."""
+    data_dir = tmp_path / "shared"
+    a = start_server(data_dir, publisher_key, db_url=pg_url)
+    b = None
+    a.store.touch_interval_seconds = 0.05       # A's keeper touches its uploads' temp files this often
+    folder, manifest, files = make_bundle(tmp_path / "bundle", publisher_key, sizes=(30_000, 20_000))
+    leftovers = [a.store.dir / ".tmp-0123456789ab-crashed", a.store.dir / ".tmp-0123456789ab-crashed.chunks"]
+    for leftover in leftovers:                  # what a replica killed mid-upload an hour ago left
+        leftover.write_bytes(b"half an upload")
+        _age(leftover, TEMP_ABANDONED_SECONDS + 60)
+    upload = PausedUpload(a, folder, manifest)
+    try:
+        assert upload.paused.wait(60)
+        # The server has begun the second file, so the whole first one is in its temp file.
+        wait_until(lambda: len([p for p in _temp_files(a.store) if p not in leftovers]) == 2,
+                   "A's temp files of both variants")
+        live = [p for p in _temp_files(a.store) if p not in leftovers]
+        for path in live:                       # an upload running for two hours: only the keeper
+            _age(path, 2 * TEMP_ABANDONED_SECONDS)   # has touched the first file since
+        wait_until(lambda: all(time.time() - p.stat().st_mtime < TEMP_ABANDONED_SECONDS for p in live),
+                   "A's keeper touching its temp files")
+
+        b = start_server(data_dir, publisher_key, db_url=pg_url)
+        assert not any(p.exists() for p in leftovers)
+        assert all(p.exists() for p in live)
+
+        result = upload.finish()
+        assert isinstance(result, fleet_pb2.Bundle), result
+        assert [x.id for x in b.db.list_bundles()] == [result.bundle_id]
+        for v in manifest.variants:             # B serves the bytes A received
+            assert b"".join(d for _, d in b.store.read_chunks(v.digest)) == files[v.file]
+        assert _temp_files(a.store) == [] and _dangling(b) == []
+    finally:
+        upload.go.set()
+        for running in (a, b):
+            if running is not None:
+                running.stop(grace=0)
