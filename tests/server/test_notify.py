@@ -1,5 +1,6 @@
 """Cross-replica notifications (server/notify.py): two real server replicas on one PostgreSQL
-database, a device stream on replica B, changes made through replica A's admin API.
+database, a device stream on replica B, changes made on replica A (its admin API, its device
+service, its deployment reaper).
 
 Both replicas re-read desired state only every hour (desired_recheck_seconds=3600), so whatever
 reaches the stream on B within the hang-guard deadline came through LISTEN/NOTIFY.
@@ -250,3 +251,52 @@ def test_a_rollback_decided_on_a_reaches_the_stream_on_b(replicas, tmp_path, pub
         stream_a.close()
         stream_b.close()
         channel_a.close()
+
+
+@pytest.mark.postgres
+def test_a_rollback_the_reaper_finishes_on_a_reaches_the_stream_on_b(tmp_path, publisher_key, pg_url, caplog):
+    """A rollback the reaper drives: device Y fails a rollback_on_failure deployment through a
+    replica C that dies right after recording the failure (ROLLED_BACK committed, nobody moved
+    yet). A's reaper moves the targets back; the other target, streaming on B, is sent its old
+    bundle again. B's own reaper and recheck wait an hour, so only A's NOTIFY can deliver."""
+    from proto import fleet_pb2
+    from server.db import ROLLED_BACK, Database
+
+    Phase = fleet_pb2.ReportedState.Phase
+    a = start_server(tmp_path / "a", publisher_key, db_url=pg_url, desired_recheck_seconds=NO_RECHECK,
+                     operator_token="operator", reaper_interval_seconds=0.2)
+    b = start_server(tmp_path / "b", publisher_key, db_url=pg_url, desired_recheck_seconds=NO_RECHECK,
+                     operator_token="operator", reaper_interval_seconds=NO_RECHECK)
+    admin_a = AdminClient(a.address, a.operator_token, timeout=10)
+    channel_b = grpc.insecure_channel(b.address)
+    replica_c = Database(pg_url)                 # what C's device service wrote with before it died
+    stream_b = None
+    try:
+        old = admin_a.upload_bundle(make_bundle(tmp_path / "old", publisher_key)[0]).bundle_id
+        new = admin_a.upload_bundle(make_bundle(tmp_path / "new", publisher_key)[0]).bundle_id
+        on_b, stream_b = connect_on_b(b, admin_a, channel_b)
+        failing = enroll(admin_a, channel_b, hostname="fails-on-c").device_id
+        stream_b.send(state=fleet_pb2.ReportedState(bundle_id=old, phase=Phase.IDLE))
+        wait_until(lambda: admin_a.get_device(on_b).reported.bundle_id == old, "the IDLE report")
+        dep = admin_a.deploy(new, device_ids=[on_b, failing], rollback_on_failure=True)
+        assert stream_b.next("desired", timeout=DEADLINE).bundle_id == new
+
+        with caplog.at_level(logging.WARNING, logger="server.reaper"):
+            ended = replica_c.record_report(failing, fleet_pb2.ReportedState(
+                deployment_id=dep.deployment_id, target_bundle_id=new, phase=Phase.FAILED,
+                error="model does not load"))
+            assert ended == (dep.deployment_id, ROLLED_BACK)     # decided; C dies before applying it
+            back = stream_b.next("desired", timeout=DEADLINE)
+        assert (back.bundle_id, back.deployment_id) == (old, "")
+        assert "rolled back 2 device(s) left on a rolled-back deployment" in caplog.text
+        assert admin_a.get_device(failing).desired_bundle_id == ""    # it ran nothing before
+        assert admin_a.get_deployment(dep.deployment_id).state == fleet_pb2.Deployment.State.ROLLED_BACK
+    finally:
+        if stream_b is not None:
+            stream_b.close()
+        replica_c.dispose()
+        channel_b.close()
+        admin_a.close()
+        a.stop(grace=0)
+        b.stop(grace=0)
+    assert listener_threads() == []
