@@ -119,17 +119,17 @@ EF_TARGET_AVX512 void ef_sparse_qs8_out_row__avx512(const int32_t* restrict raw,
     if ((u) % RUN == 0) {                                                                        \
       const uint8_t* xc = x + run_col[(u) / RUN];                                                \
       xa = _mm512_loadu_si512(xc);                                                               \
-      if (MR > 1) xb = _mm512_loadu_si512(xc + ldx);                                             \
+      xb = _mm512_loadu_si512(xc + ldx);                                                         \
     }                                                                                            \
     const __m512i wv = _mm512_load_si512(block + EF_SPP_COL_BYTES + (u) * 64);                   \
     ef_dpbusd_512(&acc0, _mm512_permutexvar_epi8(idx, xa), wv);                                     \
-    if (MR > 1) ef_dpbusd_512(&acc1, _mm512_permutexvar_epi8(idx, xb), wv);                         \
+    ef_dpbusd_512(&acc1, _mm512_permutexvar_epi8(idx, xb), wv);                                     \
   }
 
-/* MR activation rows (1 or 2) and RUN steps per window (1, 2 or 4): constants after
- * inlining, so the window loads resolve at compile time. */
-EF_INLINE SPP_TARGET_VBMI void spp_groups(const size_t MR, const size_t RUN, const ef_spp_packed* w, size_t g0,
-                                          size_t g1, const uint8_t* x, size_t ldx, int32_t* raw, size_t ldr) {
+/* Two activation rows (one row: spp_groups_1 below), RUN steps per window (1, 2 or 4): a
+ * constant after inlining, so the window loads resolve at compile time. */
+EF_INLINE SPP_TARGET_VBMI void spp_groups_2(const size_t RUN, const ef_spp_packed* w, size_t g0, size_t g1,
+                                            const uint8_t* x, size_t ldx, int32_t* raw, size_t ldr) {
   /* vpmultishiftqb controls: byte j of each qword takes the 8 bits from bit 6j (steps 0-2,
    * after the shifts below) or 16 + 6j (step 3); vpermb ignores the top two */
   const __m512i lo = _mm512_set1_epi64(0x2a241e18120c0600LL), hi = _mm512_set1_epi64(0x3a342e28221c1610LL);
@@ -152,27 +152,81 @@ EF_INLINE SPP_TARGET_VBMI void spp_groups(const size_t MR, const size_t RUN, con
     const __m512i corr = _mm512_slli_epi32(_mm512_loadu_si512(w->wsum + g * EF_SPP_ROWS), 7);
     const __m512i ra = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
     _mm512_storeu_si512(raw + g * EF_SPP_ROWS, _mm512_sub_epi32(ra, corr));
-    if (MR > 1) {
-      const __m512i rb = _mm512_add_epi32(_mm512_add_epi32(b0, b1), _mm512_add_epi32(b2, b3));
-      _mm512_storeu_si512(raw + ldr + g * EF_SPP_ROWS, _mm512_sub_epi32(rb, corr));
-    }
+    const __m512i rb = _mm512_add_epi32(_mm512_add_epi32(b0, b1), _mm512_add_epi32(b2, b3));
+    _mm512_storeu_si512(raw + ldr + g * EF_SPP_ROWS, _mm512_sub_epi32(rb, corr));
   }
 }
 
-#define SPP_RUNS(MR)                                                 \
-  switch (w->run) {                                                  \
-    case 1: spp_groups(MR, 1, w, g0, g1, x, ldx, raw, ldr); break;   \
-    case 2: spp_groups(MR, 2, w, g0, g1, x, ldx, raw, ldr); break;   \
-    default: spp_groups(MR, 4, w, g0, g1, x, ldx, raw, ldr); break;  \
+/* One activation row: the block's four steps in one asm statement. GCC 12 copied two of the
+ * four accumulators in and out of a scratch register around every vpdpbusd of this loop
+ * (tied asm or intrinsics alike), which costs two vector uops per block on the ports the
+ * permutes need. w0..w3: the windows of steps 0..3 (the same register for steps of one run). */
+EF_INLINE SPP_TARGET_VBMI void spp_block_1(const uint8_t* block, __m512i w0, __m512i w1, __m512i w2, __m512i w3,
+                                           __m512i lo, __m512i hi, __m512i* a0, __m512i* a1, __m512i* a2,
+                                           __m512i* a3) {
+  __m512i v0, v1, v2, t;
+  __asm__(
+      "vmovdqa64 (%[b]), %[v0]\n\t"
+      "vmovdqa64 64(%[b]), %[v1]\n\t"
+      "vmovdqa64 128(%[b]), %[v2]\n\t"
+      "vpmultishiftqb %[v0], %[lo], %[t]\n\t"
+      "vpermb %[w0], %[t], %[t]\n\t"
+      "vpdpbusd 192(%[b]), %[t], %[a0]\n\t"
+      "vpshrdq $48, %[v1], %[v0], %[t]\n\t"
+      "vpmultishiftqb %[t], %[lo], %[t]\n\t"
+      "vpermb %[w1], %[t], %[t]\n\t"
+      "vpdpbusd 256(%[b]), %[t], %[a1]\n\t"
+      "vpshrdq $32, %[v2], %[v1], %[t]\n\t"
+      "vpmultishiftqb %[t], %[lo], %[t]\n\t"
+      "vpermb %[w2], %[t], %[t]\n\t"
+      "vpdpbusd 320(%[b]), %[t], %[a2]\n\t"
+      "vpmultishiftqb %[v2], %[hi], %[t]\n\t"
+      "vpermb %[w3], %[t], %[t]\n\t"
+      "vpdpbusd 384(%[b]), %[t], %[a3]\n\t"
+      : [a0] "+v"(*a0), [a1] "+v"(*a1), [a2] "+v"(*a2), [a3] "+v"(*a3), [v0] "=&v"(v0), [v1] "=&v"(v1),
+        [v2] "=&v"(v2), [t] "=&v"(t)
+      : [b] "r"(block), [w0] "v"(w0), [w1] "v"(w1), [w2] "v"(w2), [w3] "v"(w3), [lo] "v"(lo), [hi] "v"(hi)
+      : "memory");
+}
+
+EF_INLINE SPP_TARGET_VBMI void spp_groups_1(const size_t RUN, const ef_spp_packed* w, size_t g0, size_t g1,
+                                            const uint8_t* x, int32_t* raw) {
+  const __m512i lo = _mm512_set1_epi64(0x2a241e18120c0600LL), hi = _mm512_set1_epi64(0x3a342e28221c1610LL);
+  for (size_t g = g0; g < g1; g++) {
+    const __m512i z = _mm512_setzero_si512();
+    __m512i a0 = z, a1 = z, a2 = z, a3 = z;
+    const size_t s0 = w->group_step[g], s1 = w->group_step[g + 1];
+    const uint8_t* block = w->blocks + s0 / EF_SPP_BLOCK * EF_SPP_BLOCK_BYTES;
+    const uint32_t* run_col = w->run_col + s0 / RUN;
+    for (size_t s = s0; s < s1; s += EF_SPP_BLOCK, block += EF_SPP_BLOCK_BYTES, run_col += EF_SPP_BLOCK / RUN) {
+      const __m512i x0 = _mm512_loadu_si512(x + run_col[0]);
+      /* the windows of steps 0..3: one per run */
+      const __m512i x1 = RUN == 1 ? _mm512_loadu_si512(x + run_col[1]) : x0;
+      const __m512i x2 = RUN == 1 ? _mm512_loadu_si512(x + run_col[2]) : RUN == 2 ? _mm512_loadu_si512(x + run_col[1]) : x0;
+      const __m512i x3 = RUN == 1 ? _mm512_loadu_si512(x + run_col[3]) : RUN == 2 ? x2 : x0;
+      spp_block_1(block, x0, x1, x2, x3, lo, hi, &a0, &a1, &a2, &a3);
+    }
+    const __m512i corr = _mm512_slli_epi32(_mm512_loadu_si512(w->wsum + g * EF_SPP_ROWS), 7);
+    const __m512i ra = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
+    _mm512_storeu_si512(raw + g * EF_SPP_ROWS, _mm512_sub_epi32(ra, corr));
   }
+}
 
 static SPP_TARGET_VBMI void ef_qs8_spmv_permute_ukernel_2x16x64__avx512vbmi(const ef_spp_packed* w, size_t g0,
                                                                              size_t g1, size_t mr, const uint8_t* x,
                                                                              size_t ldx, int32_t* raw, size_t ldr) {
   if (mr >= 2) {
-    SPP_RUNS(2)
+    switch (w->run) {
+      case 1: spp_groups_2(1, w, g0, g1, x, ldx, raw, ldr); break;
+      case 2: spp_groups_2(2, w, g0, g1, x, ldx, raw, ldr); break;
+      default: spp_groups_2(4, w, g0, g1, x, ldx, raw, ldr); break;
+    }
   } else {
-    SPP_RUNS(1)
+    switch (w->run) {
+      case 1: spp_groups_1(1, w, g0, g1, x, raw); break;
+      case 2: spp_groups_1(2, w, g0, g1, x, raw); break;
+      default: spp_groups_1(4, w, g0, g1, x, raw); break;
+    }
   }
 }
 
