@@ -152,9 +152,6 @@ class DWConvNHWC(IROp):
                         F32(1), 0)]
 
 
-HAVE_MAXPOOL_QS8 = hasattr(_kernels, "maxpool_qs8")
-
-
 class MaxPoolNHWC(IROp):
     kind = "maxpool@nhwc"
 
@@ -172,10 +169,12 @@ class MaxPoolNHWC(IROp):
         begin, end, strides, dil, out_hw = conv_geometry(node, x.shape[1:3], kernel)
         if any(begin) or any(end) or node.attrs.get("ceil_mode", 0):
             return super().bind(ins, outs)
-        if HAVE_MAXPOOL_QS8 and x.dtype == np.int8 and x.flags.c_contiguous and y.flags.c_contiguous:
-            # the max of int8 codes is exact: one C pass (numpy below takes a call per tap)
-            return [partial(_kernels.maxpool_qs8, x, y, int(kernel[0]), int(kernel[1]), int(strides[0]),
-                            int(strides[1]), int(dil[0]), int(dil[1]))]
+        native = {np.dtype(np.int8): _kernels.maxpool_qs8, np.dtype(np.float32): _kernels.maxpool_f32}.get(x.dtype)
+        if native is not None and x.flags.c_contiguous and y.flags.c_contiguous:
+            # one C pass (numpy below takes a call per tap): the max of int8 codes is exact,
+            # and the fp32 kernel takes the taps in numpy's order with numpy's NaN rule
+            return [partial(native, x, y, int(kernel[0]), int(kernel[1]), int(strides[0]), int(strides[1]),
+                            int(dil[0]), int(dil[1]))]
         sn, sh, sw, sc = x.strides
         taps = [np.lib.stride_tricks.as_strided(
             x[:, i * dil[0]:, j * dil[1]:, :], (x.shape[0], out_hw[0], out_hw[1], x.shape[3]),

@@ -619,6 +619,18 @@ static void test_maxpool(uint32_t flags) {
         snprintf(what, sizeof what, "maxpool %zux%zu s%zu d%zu c%zu%s", p.kh, p.kw, p.sh, p.dh, c, extreme ? " extreme" : "");
         expect_same_bytes(what, "avx2", got, ref, p.oh * p.ow * c);
         free(x); free(ref); free(got);
+        /* fp32: the same geometry, with NaNs (two payloads), signed zeros and infinities */
+        float* xf = malloc(h * w * c * sizeof(float));
+        float *reff = malloc(p.oh * p.ow * c * sizeof(float)), *gotf = malloc(p.oh * p.ow * c * sizeof(float));
+        for (size_t i = 0; i < h * w * c; i++) {
+          const int r = rnd_i8(extreme);
+          xf[i] = r == 127 ? NAN : r == -128 ? -NAN : r == 0 ? (i % 2 ? 0.0f : -0.0f) : r == 1 ? INFINITY : (float)r / 7;
+        }
+        ef_maxpool_f32__scalar(xf, reff, &p);
+        ef_maxpool_f32__avx2(xf, gotf, &p);
+        snprintf(what, sizeof what, "maxpool f32 %zux%zu s%zu d%zu c%zu%s", p.kh, p.kw, p.sh, p.dh, c, extreme ? " extreme" : "");
+        expect_same_bytes(what, "avx2", gotf, reff, p.oh * p.ow * c * sizeof(float));
+        free(xf); free(reff); free(gotf);
       }
 #else
   (void)flags;

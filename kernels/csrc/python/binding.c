@@ -647,25 +647,25 @@ static PyObject* py_bsr_gemm(PyObject* self, PyObject* const* args, Py_ssize_t n
   return q8_gemm_call("bsr_gemm", PACKED_BSR, args, nargs);
 }
 
-/* ------------------------------------------------------------------ maxpool (int8, NHWC) */
+/* ------------------------------------------------------------------ maxpool (int8 / fp32, NHWC) */
 
-/* maxpool_qs8(x int8 [N,H,W,C], out int8 [N,OH,OW,C], kh, kw, stride_h, stride_w, dil_h, dil_w):
- * max over each window, no padding (maxpool.h). */
-static PyObject* py_maxpool_qs8(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
-  if (!nargs_ok("maxpool_qs8", nargs, 8)) return NULL;
+/* maxpool_qs8 / maxpool_f32(x [N,H,W,C], out [N,OH,OW,C], kh, kw, stride_h, stride_w, dil_h,
+ * dil_w): max over each window, no padding (maxpool.h); x and out int8 ('b') or float32 ('f'). */
+static PyObject* maxpool(const char* fn, char code, PyObject* const* args, Py_ssize_t nargs) {
+  if (!nargs_ok(fn, nargs, 8)) return NULL;
   int geo[6]; /* kh, kw, sh, sw, dh, dw */
   for (int i = 0; i < 6; i++) {
     if (int_arg(args[2 + i], &geo[i])) return NULL;
-    if (geo[i] < 1) return PyErr_Format(PyExc_ValueError, "maxpool_qs8: kernel, stride and dilation must be >= 1");
+    if (geo[i] < 1) return PyErr_Format(PyExc_ValueError, "%s: kernel, stride and dilation must be >= 1", fn);
   }
   views vs = {.n = 0};
   Py_buffer *x = views_add(&vs), *out = views_add(&vs);
-  if (get_array(args[0], x, "x", 'b', 4, 0) || get_array(args[1], out, "out", 'b', 4, 1)) goto fail;
+  if (get_array(args[0], x, "x", code, 4, 0) || get_array(args[1], out, "out", code, 4, 1)) goto fail;
   const Py_ssize_t nb = dim(x, 0), h = dim(x, 1), w = dim(x, 2), c = dim(x, 3);
   const Py_ssize_t span_h = (Py_ssize_t)geo[4] * (geo[0] - 1) + 1, span_w = (Py_ssize_t)geo[5] * (geo[1] - 1) + 1;
   if (span_h > h || span_w > w || c == 0) {
-    PyErr_Format(PyExc_ValueError, "maxpool_qs8: a %zdx%zd window (with dilation) does not fit x of shape (%zd, %zd, %zd, %zd)",
-                 span_h, span_w, nb, h, w, c);
+    PyErr_Format(PyExc_ValueError, "%s: a %zdx%zd window (with dilation) does not fit x of shape (%zd, %zd, %zd, %zd)",
+                 fn, span_h, span_w, nb, h, w, c);
     goto fail;
   }
   const Py_ssize_t oh = (h - span_h) / geo[2] + 1, ow = (w - span_w) / geo[3] + 1;
@@ -674,14 +674,29 @@ static PyObject* py_maxpool_qs8(PyObject* self, PyObject* const* args, Py_ssize_
     goto fail;
   const ef_maxpool_params p = {(size_t)h, (size_t)w, (size_t)c, (size_t)oh, (size_t)ow, (size_t)geo[0], (size_t)geo[1],
                                (size_t)geo[2], (size_t)geo[3], (size_t)geo[4], (size_t)geo[5]};
-  RUN_RELEASING_GIL((size_t)(nb * oh * ow * c) * (size_t)(geo[0] * geo[1]),
-                    for (Py_ssize_t i = 0; i < nb; i++)
-                        ef_maxpool_qs8((const int8_t*)x->buf + i * h * w * c, (int8_t*)out->buf + i * oh * ow * c, &p));
+  const size_t in_image = (size_t)(h * w * c), out_image = (size_t)(oh * ow * c);
+  if (code == 'f') {
+    RUN_RELEASING_GIL(out_image * (size_t)nb * (size_t)(geo[0] * geo[1]),
+                      for (Py_ssize_t i = 0; i < nb; i++)
+                          ef_maxpool_f32((const float*)x->buf + i * in_image, (float*)out->buf + i * out_image, &p));
+  } else {
+    RUN_RELEASING_GIL(out_image * (size_t)nb * (size_t)(geo[0] * geo[1]),
+                      for (Py_ssize_t i = 0; i < nb; i++)
+                          ef_maxpool_qs8((const int8_t*)x->buf + i * in_image, (int8_t*)out->buf + i * out_image, &p));
+  }
   views_release(&vs);
   Py_RETURN_NONE;
 fail:
   views_release(&vs);
   return NULL;
+}
+
+static PyObject* py_maxpool_qs8(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  return maxpool("maxpool_qs8", 'b', args, nargs);
+}
+
+static PyObject* py_maxpool_f32(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  return maxpool("maxpool_f32", 'f', args, nargs);
 }
 
 /* ------------------------------------------------------------------ qconvert (float32 <-> int8) */
@@ -1331,6 +1346,8 @@ static PyMethodDef methods[] = {
      "qs8_gemm(a, a_scale, a_zero_point, packed, out|None, out_min, out_max, out_scale, out_zero_point) -> out"},
     {"maxpool_qs8", (PyCFunction)(void (*)(void))py_maxpool_qs8, METH_FASTCALL,
      "maxpool_qs8(x int8 [N,H,W,C], out int8 [N,OH,OW,C], kh, kw, stride_h, stride_w, dil_h, dil_w): no padding"},
+    {"maxpool_f32", (PyCFunction)(void (*)(void))py_maxpool_f32, METH_FASTCALL,
+     "maxpool_f32(x float32 [N,H,W,C], out float32 [N,OH,OW,C], kh, kw, stride_h, stride_w, dil_h, dil_w): no padding"},
     {"quantize", (PyCFunction)(void (*)(void))py_quantize, METH_FASTCALL,
      "quantize(x float32 [n], out int8 [n], scale, zero_point): clamp(round_half_even(x * (1/scale)) + zp)"},
     {"dequantize", (PyCFunction)(void (*)(void))py_dequantize, METH_FASTCALL,
