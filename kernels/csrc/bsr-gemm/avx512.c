@@ -11,16 +11,26 @@
 
 /* The exact sums of MR rows (1..4, a constant after inlining) against one group's blocks:
  * per block one 16 x 4 weight vector and one vpdpbusd per row with that row's 4 activations
- * at the block's K offset, broadcast. */
+ * at the block's K offset, broadcast. The sums live in named registers and reach accs once at
+ * the end: accumulating into accs[r] made GCC 12 store every accumulator to the stack after
+ * each vpdpbusd (the array stays in memory for the caller's loop over a variable row). */
+#define BSR_ROW(r)                                                                            \
+  if (MR > r) ef_dpbusd_512(&s##r, _mm512_set1_epi32(ef_load_i32(a + r * a_stride + k0)), wv);
 EF_INLINE EF_TARGET_AVX512 void bsr_sums(const size_t MR, size_t nb, const uint32_t* kofs, const int8_t* w,
                                          const uint8_t* a, size_t a_stride, __m512i accs[EF_BSR_MR_MAX]) {
-  for (size_t r = 0; r < MR; r++) accs[r] = _mm512_setzero_si512();
+  __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
   for (size_t b = 0; b < nb; b++, w += EF_BSR_BLOCK_BYTES) {
     const size_t k0 = kofs[b];
     const __m512i wv = _mm512_load_si512((const void*)w);
-    for (size_t r = 0; r < MR; r++)
-      ef_dpbusd_512(&accs[r], _mm512_set1_epi32(ef_load_i32(a + r * a_stride + k0)), wv);
+    BSR_ROW(0)
+    BSR_ROW(1)
+    BSR_ROW(2)
+    BSR_ROW(3)
   }
+  accs[0] = s0;
+  if (MR > 1) accs[1] = s1;
+  if (MR > 2) accs[2] = s2;
+  if (MR > 3) accs[3] = s3;
 }
 
 /* Every row of one group: the epilogue constants (the block header has the qs8 header's
