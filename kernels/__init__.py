@@ -301,15 +301,16 @@ def pack_qb(q: np.ndarray, scales, offsets, bits: int, group_size: int, bias=Non
                             _vector(bias, n, np.float32, "bias"))
 
 
-def qb_linear(x: np.ndarray, w: Packed) -> np.ndarray:
-    """y = x @ dequant(w)^T + bias for fp32 x [M, K] or [K]. The activations are quantized
-    per row to int8 inside (dynamic quantization), then multiplied exactly with the 4/2-bit
-    quants; see quant.qb_linear_ref for the definition."""
+def qb_linear(x: np.ndarray, w: Packed, relu: bool = False, activation=None) -> np.ndarray:
+    """y = clamp(x @ dequant(w)^T + bias) for fp32 x [M, K] or [K]. The activations are
+    quantized per row to int8 inside (dynamic quantization), then multiplied exactly with the
+    4/2-bit quants; see quant.qb_linear_ref for the definition. The clamp (relu, relu6 or
+    (lo, hi)) is fused: each output tile is clamped as soon as it is written."""
     x2, squeeze = _as_2d(x, "x")
     if not isinstance(w, Packed) or not w.kind.startswith(("q4_", "q2_")):
         raise TypeError(f"w: expected weights from pack_qb, got {type(w).__name__}")
     out = np.empty((x2.shape[0], w.n), np.float32)
-    _kernels.qb_gemm(x2, w, out)
+    _kernels.qb_gemm(x2, w, out, *_clamp(activation, relu))
     return out[0] if squeeze else out
 
 

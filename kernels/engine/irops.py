@@ -408,7 +408,7 @@ class QbWeights(Weights):
         return clamp_ref(y, clamp)
 
     def steps(self, x2, y2, clamp):
-        return [partial(_kernels.qb_gemm, x2, self.packed, y2)] + clamp_steps(y2, clamp)
+        return [partial(_kernels.qb_gemm, x2, self.packed, y2, *clamp)]       # clamp fused
 
 
 class QD8Weights(Weights):

@@ -146,8 +146,8 @@ static void test_qb_layout(const ef_qb_gemm_config* cfg, int layout, int bits, i
       ef_qb_pack_layout(q, n, k, bits, group, d, mn, bias, layout, &pw) != 0) { printf("pack failed\n"); exit(2); }
   float *ref = malloc(m * n * 4), *got = malloc((m * n + 1) * 4);
   got[m * n] = 12345.0f; /* a guard after the output: partial panels must not write past N */
-  ef_qb_gemm(&ef_qb_gemm_config_scalar, m, x, &pref, ref);
-  ef_qb_gemm(cfg, m, x, &pw, got);
+  ef_qb_gemm(&ef_qb_gemm_config_scalar, m, x, &pref, ref, -INFINITY, INFINITY);
+  ef_qb_gemm(cfg, m, x, &pw, got, -INFINITY, INFINITY);
   char what[96];
   snprintf(what, sizeof what, "q%d_g%d %s %zux%zux%zu", bits, group, layout == EF_QB_LAYOUT_P16 ? "p16" : "rows", m, n, k);
   expect_close(what, cfg->isa, got, ref, m * n);

@@ -52,6 +52,27 @@ def test_extreme_quants_and_activations(isa, bits):
     assert got[0, 0] == pytest.approx(((1 << bits) - 1) * float(x.sum()), rel=1e-6)
 
 
+@pytest.mark.parametrize("isa", isa_params())
+@pytest.mark.parametrize("bits", [4, 2])
+@pytest.mark.parametrize("m,n", [(1, 70), (5, 33), (9, 130)])
+def test_fused_activation_is_the_clamp_of_the_plain_output(isa, bits, m, n):
+    """The clamp runs on each tile as the kernel writes it: bit for bit the clamp of the
+    unclamped result, on every ISA, tile and tail (n past the 16-column panels)."""
+    rng = np.random.default_rng(bits + m + n)
+    k, group = 96, 32
+    q, d, o = quant.quantize_groups(rng.standard_normal((n, k)).astype(np.float32), bits, group)
+    x = (3 * rng.standard_normal((m, k))).astype(np.float32)
+    with kernels.use_isa(isa):
+        p = kernels.pack_qb(q, d, o, bits=bits, group_size=group, bias=rng.standard_normal(n).astype(np.float32))
+        plain = kernels.qb_linear(x, p)
+        for activation, (lo, hi) in (("relu", (0.0, np.inf)), ("relu6", (0.0, 6.0)), ((-1.5, 0.25), (-1.5, 0.25))):
+            got = kernels.qb_linear(x, p, activation=activation)
+            want = np.minimum(np.maximum(plain, np.float32(lo)), np.float32(hi))
+            assert (got < plain).any() or (got > plain).any(), "the clamp changed nothing: a weak case"
+            np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32), err_msg=f"{isa} {activation}")
+        np.testing.assert_array_equal(kernels.qb_linear(x, p, relu=True), np.maximum(plain, 0))
+
+
 def test_group_quantization_roundtrip_error_is_bounded():
     rng = np.random.default_rng(0)
     w = rng.standard_normal((8, 200)).astype(np.float32)
@@ -129,6 +150,10 @@ def test_bad_input():
         kernels.qb_linear(np.ones((1, 128), np.float32)[:, ::2], p)
     with pytest.raises(TypeError, match="pack_qb"):
         kernels.qb_linear(np.ones((1, 64), np.float32), kernels.pack_qs8(np.zeros((4, 64), np.int8), np.ones(4)))
+    with pytest.raises(ValueError, match="lo <= hi"):
+        kernels.qb_linear(np.ones((1, 64), np.float32), p, activation=(1.0, 0.0))
+    with pytest.raises(ValueError, match="out_min must be <= out_max"):
+        kernels._kernels.qb_gemm(np.ones((1, 64), np.float32), p, np.empty((1, 4), np.float32), 1.0, float("nan"))
 
 
 @pytest.mark.parametrize("isa", isa_params())

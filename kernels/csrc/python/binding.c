@@ -813,9 +813,12 @@ fail:
   return NULL;
 }
 
+/* qb_gemm(x, packed, out, out_min=-inf, out_max=inf): the clamp is the fused activation. */
 static PyObject* py_qb_gemm(PyObject* self, PyObject* args) {
   PyObject *x_obj, *packed_obj, *out_obj;
-  if (!PyArg_ParseTuple(args, "OOO", &x_obj, &packed_obj, &out_obj)) return NULL;
+  float lo = -INFINITY, hi = INFINITY;
+  if (!PyArg_ParseTuple(args, "OOO|ff", &x_obj, &packed_obj, &out_obj, &lo, &hi)) return NULL;
+  if (!(lo <= hi)) return PyErr_Format(PyExc_ValueError, "qb_gemm: out_min must be <= out_max (got %g, %g)", lo, hi);
   PackedObject* p = packed_arg(packed_obj, PACKED_QB, "packed");
   if (p == NULL) return NULL;
   const ef_qb_packed* w = &p->u.qb;
@@ -824,7 +827,7 @@ static PyObject* py_qb_gemm(PyObject* self, PyObject* args) {
   Py_ssize_t m;
   if (linear_x_out(&vs, x_obj, 'f', out_obj, w->k, w->n, &x, &out, &m)) goto fail;
   int rc;
-  Py_BEGIN_ALLOW_THREADS rc = ef_qb_gemm(NULL, (size_t)m, x->buf, w, out->buf);
+  Py_BEGIN_ALLOW_THREADS rc = ef_qb_gemm(NULL, (size_t)m, x->buf, w, out->buf, lo, hi);
   Py_END_ALLOW_THREADS views_release(&vs);
   if (rc != 0) return PyErr_NoMemory();
   Py_RETURN_NONE;
@@ -1358,7 +1361,7 @@ static PyMethodDef methods[] = {
     {"bsr_gemm", (PyCFunction)(void (*)(void))py_bsr_gemm, METH_FASTCALL,
      "bsr_gemm(a, a_scale, a_zero_point, packed, out|None, out_min, out_max, out_scale, out_zero_point) -> out"},
     {"qb_pack", py_qb_pack, METH_VARARGS, "qb_pack(q, bits, group_size, scales, offsets, bias|None) -> Packed"},
-    {"qb_gemm", py_qb_gemm, METH_VARARGS, "qb_gemm(x, packed, out)"},
+    {"qb_gemm", py_qb_gemm, METH_VARARGS, "qb_gemm(x, packed, out, out_min=-inf, out_max=inf)"},
     {"sparse_pack", py_sparse_pack, METH_VARARGS, "sparse_pack(w int8|float32, w_scale|None, bias|None) -> Packed"},
     {"sparse_gemm", py_sparse_gemm, METH_VARARGS, "sparse_gemm(x, x_scale|None, x_zero_point|None, packed, out, out_min, out_max)"},
     {"qd8_gemm", py_qd8_gemm, METH_VARARGS, "qd8_gemm(x, packed, out, out_min, out_max)"},

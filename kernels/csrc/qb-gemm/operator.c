@@ -113,7 +113,18 @@ typedef struct {
   const float* sx;
   const ef_qb_packed* w;
   float* c;
+  float lo, hi; /* output clamp; (-inf, inf) for none */
 } qb_job;
+
+/* The fused activation of a tile the kernel just wrote (rows [m0, m0 + mr), columns
+ * [col, col + nc)): the same ef_clamp as every other family's epilogue. */
+static void clamp_tile(const qb_job* j, size_t m0, size_t mr, size_t col, size_t nc) {
+  if (j->lo == -INFINITY && j->hi == INFINITY) return;
+  for (size_t r = m0; r < m0 + mr; r++) {
+    float* y = j->c + r * j->w->n + col;
+    for (size_t i = 0; i < nc; i++) y[i] = ef_clamp(y[i], j->lo, j->hi);
+  }
+}
 
 static void qb_range(void* ctx, size_t begin, size_t end) {
   const qb_job* j = ctx;
@@ -126,6 +137,7 @@ static void qb_range(void* ctx, size_t begin, size_t end) {
       const size_t nc = EF_MIN(nr, end - col);
       kernels[mr - 1](mr, nc, w->groups, (size_t)w->group, j->xq + m0 * j->kp, j->kp, j->xsum + m0 * w->groups,
                       j->sx + m0, w->data + col * w->row_bytes, w->row_bytes, w->bias + col, j->c + m0 * w->n + col, w->n);
+      clamp_tile(j, m0, mr, col, nc);
     }
   }
 }
@@ -147,6 +159,7 @@ static void qb_range_p16(void* ctx, size_t begin, size_t end) {
       kernels[mr - 1](mr, np, w->n - col, w->groups, (size_t)w->group, j->xq + m0 * j->kp, j->kp,
                       j->xsum + m0 * w->groups, j->sx + m0, w->data + p * w->panel_bytes, w->panel_bytes,
                       w->bias + col, j->c + m0 * w->n + col, w->n);
+      clamp_tile(j, m0, mr, col, EF_MIN(np * EF_QB_PANEL, w->n - col));
     }
   }
 }
@@ -164,7 +177,8 @@ static const ef_qb_gemm_config* config_for_layout(const ef_qb_gemm_config* confi
  * skip malloc/free (the workers are done with it before ef_qb_gemm returns). */
 #define QB_STACK_SCRATCH 16384
 
-int ef_qb_gemm(const ef_qb_gemm_config* config, size_t m, const float* x, const ef_qb_packed* w, float* c) {
+int ef_qb_gemm(const ef_qb_gemm_config* config, size_t m, const float* x, const ef_qb_packed* w, float* c,
+               float out_min, float out_max) {
   if (config == NULL) config = ef_qb_gemm_select();
   if (m == 0) return 0;
   const ef_qd8_quantize_fn quantize = config->quantize ? config->quantize : ef_qd8_quantize_row;
@@ -179,7 +193,7 @@ int ef_qb_gemm(const ef_qb_gemm_config* config, size_t m, const float* x, const 
   float* sx = (float*)(xsum + m * w->groups);
   for (size_t r = 0; r < m; r++)
     sx[r] = quantize(x + r * w->k, w->k, kp, (size_t)w->group, xq + r * kp, xsum + r * w->groups);
-  qb_job job = {config, m, kp, xq, xsum, sx, w, c};
+  qb_job job = {config, m, kp, xq, xsum, sx, w, c, out_min, out_max};
   if (w->layout == EF_QB_LAYOUT_P16) {
     const size_t unit = config->np[0];
     /* cost per item: multiply-adds of `unit` panels */

@@ -114,7 +114,10 @@ int ef_qb_pack_layout(const uint8_t* q, size_t n, size_t k, int bits, int group,
 int ef_qb_pack(const uint8_t* q, size_t n, size_t k, int bits, int group, const float* d, const float* m,
                const float* bias, ef_qb_packed* out);
 void ef_qb_packed_free(ef_qb_packed* p);
-int ef_qb_gemm(const ef_qb_gemm_config* config, size_t m, const float* x, const ef_qb_packed* w, float* c);
+/* c [m, n] = clamp(x [m, k] dequant(w)^T + bias, out_min, out_max) (ef_clamp: NaN -> out_min);
+ * the clamp runs on each tile as soon as a kernel has written it, while it is in L1. */
+int ef_qb_gemm(const ef_qb_gemm_config* config, size_t m, const float* x, const ef_qb_packed* w, float* c,
+               float out_min, float out_max);
 
 /* Shared dynamic quantization of one activation row: symmetric int8, zero padded to kp.
  * Returns the scale; fills xsum per group. Every ISA computes exactly this (the AVX-512
