@@ -412,21 +412,23 @@ class RemoveBundleResponse(_message.Message):
     def __init__(self, bundle: _Optional[_Union[Bundle, _Mapping]] = ..., removed_deployment_ids: _Optional[_Iterable[str]] = ..., removed_digests: _Optional[_Iterable[str]] = ..., freed_bytes: _Optional[int] = ...) -> None: ...
 
 class CreateDeploymentRequest(_message.Message):
-    __slots__ = ("bundle_id", "device_ids", "label_selector", "timeout_seconds", "rollback_on_failure")
+    __slots__ = ("bundle_id", "device_ids", "label_selector", "timeout_seconds", "rollback_on_failure", "rollback_on_timeout")
     BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_IDS_FIELD_NUMBER: _ClassVar[int]
     LABEL_SELECTOR_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ROLLBACK_ON_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_ON_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     bundle_id: str
     device_ids: _containers.RepeatedScalarFieldContainer[str]
     label_selector: str
     timeout_seconds: float
     rollback_on_failure: bool
-    def __init__(self, bundle_id: _Optional[str] = ..., device_ids: _Optional[_Iterable[str]] = ..., label_selector: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., rollback_on_failure: _Optional[bool] = ...) -> None: ...
+    rollback_on_timeout: bool
+    def __init__(self, bundle_id: _Optional[str] = ..., device_ids: _Optional[_Iterable[str]] = ..., label_selector: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., rollback_on_failure: _Optional[bool] = ..., rollback_on_timeout: _Optional[bool] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("deployment_id", "bundle_id", "state", "created_unix", "deadline_unix", "finished_unix", "targets", "rollback_on_failure")
+    __slots__ = ("deployment_id", "bundle_id", "state", "created_unix", "deadline_unix", "finished_unix", "targets", "rollback_on_failure", "rollback_on_timeout", "rollback_reason")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Deployment.State]
@@ -449,6 +451,8 @@ class Deployment(_message.Message):
     FINISHED_UNIX_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     ROLLBACK_ON_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_ON_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     bundle_id: str
     state: Deployment.State
@@ -457,7 +461,9 @@ class Deployment(_message.Message):
     finished_unix: float
     targets: _containers.RepeatedCompositeFieldContainer[DeploymentTarget]
     rollback_on_failure: bool
-    def __init__(self, deployment_id: _Optional[str] = ..., bundle_id: _Optional[str] = ..., state: _Optional[_Union[Deployment.State, str]] = ..., created_unix: _Optional[float] = ..., deadline_unix: _Optional[float] = ..., finished_unix: _Optional[float] = ..., targets: _Optional[_Iterable[_Union[DeploymentTarget, _Mapping]]] = ..., rollback_on_failure: _Optional[bool] = ...) -> None: ...
+    rollback_on_timeout: bool
+    rollback_reason: str
+    def __init__(self, deployment_id: _Optional[str] = ..., bundle_id: _Optional[str] = ..., state: _Optional[_Union[Deployment.State, str]] = ..., created_unix: _Optional[float] = ..., deadline_unix: _Optional[float] = ..., finished_unix: _Optional[float] = ..., targets: _Optional[_Iterable[_Union[DeploymentTarget, _Mapping]]] = ..., rollback_on_failure: _Optional[bool] = ..., rollback_on_timeout: _Optional[bool] = ..., rollback_reason: _Optional[str] = ...) -> None: ...
 
 class DeploymentTarget(_message.Message):
     __slots__ = ("device_id", "phase", "error", "rollback_bundle_id")
