@@ -42,17 +42,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, TypeVar
 
-from sqlalchemy import and_, create_engine, delete, event, func, or_, select, update
+from sqlalchemy import and_, create_engine, delete, event, func, or_, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.schema import CreateColumn
 
 from proto import fleet_pb2
 from proto.manifest import Manifest
 from server.tokens import new_token
-from server.models import (SCHEMA_VERSION, Artifact, ArtifactStoreLock, Base, Bundle, BundleArtifact,
-                           Deployment, DeploymentRollback, DeploymentTarget, Device, DeviceCertificate,
-                           EnrollmentToken, SchemaInfo)
+from server.models import (SCHEMA_VERSION, UPGRADE_COLUMNS, Artifact, ArtifactStoreLock, Base, Bundle,
+                           BundleArtifact, Deployment, DeploymentRollback, DeploymentTarget, Device,
+                           DeviceCertificate, EnrollmentToken, SchemaInfo)
 
 Phase = fleet_pb2.ReportedState.Phase
 State = fleet_pb2.Deployment.State
@@ -68,6 +69,10 @@ SUCCEEDED = State.Name(State.SUCCEEDED)
 FAILED = State.Name(State.FAILED)
 TIMED_OUT = State.Name(State.TIMED_OUT)
 ROLLED_BACK = State.Name(State.ROLLED_BACK)
+
+# The rollback_reason create_schema gives deployments that rolled back before version 5 (which
+# did not record one; the failing target's own error still says what went wrong).
+ROLLBACK_REASON_BEFORE_5 = "a target reported FAILED"
 
 MAX_LABELS = 64
 MAX_LABEL_KEY = 63
@@ -181,15 +186,19 @@ class Database:
 
     def create_schema(self) -> None:
         """Create missing tables and rows (idempotent: restarts keep every row; a database of an
-        older version gains what it lacks)."""
+        older version gains what it lacks, in one transaction with the version bump)."""
         Base.metadata.create_all(self.engine)
         try:
             with self._write() as s:
-                info = s.get(SchemaInfo, 1)
+                # FOR UPDATE: replicas starting together upgrade one after the other, and the
+                # second reads the version the first committed (SQLite: BEGIN IMMEDIATE already
+                # serializes them).
+                info = s.get(SchemaInfo, 1, with_for_update=True)
                 if info is None:
                     s.add(SchemaInfo(id=1, version=SCHEMA_VERSION))
                 elif info.version < SCHEMA_VERSION:
-                    info.version = SCHEMA_VERSION   # every change so far only added tables
+                    _upgrade(s, info.version)
+                    info.version = SCHEMA_VERSION
                 if s.get(ArtifactStoreLock, 1) is None:
                     s.add(ArtifactStoreLock(id=1))
         except IntegrityError:
@@ -662,6 +671,22 @@ class Database:
             by_state = dict(s.execute(select(Deployment.state, func.count())
                                       .group_by(Deployment.state)).all())
         return FleetSnapshot(devices, int(bundles_total), {k: int(v) for k, v in by_state.items()})
+
+
+def _upgrade(s: Session, from_version: int) -> None:
+    """Bring a database of `from_version` up to SCHEMA_VERSION in the caller's transaction (DDL is
+    transactional on both SQLite and PostgreSQL, so a crash leaves the old version whole).
+    Tables added since were created by create_all; columns added to existing tables are added
+    here from their model definitions, their server defaults filling the rows already there."""
+    dialect = s.get_bind().dialect
+    for version in sorted(v for v in UPGRADE_COLUMNS if v > from_version):
+        for table, column in UPGRADE_COLUMNS[version]:
+            definition = CreateColumn(Base.metadata.tables[table].c[column]).compile(dialect=dialect)
+            s.execute(text(f"ALTER TABLE {table} ADD COLUMN {definition}"))
+    if from_version < 5:
+        # Before version 5 only a FAILED report could roll a deployment back.
+        s.execute(update(Deployment).where(Deployment.state == ROLLED_BACK)
+                  .values(rollback_reason=ROLLBACK_REASON_BEFORE_5))
 
 
 def _claim_certificate(s: Session, device_id: str, common_name: str, now: float) -> None:

@@ -8,13 +8,17 @@ the proto enum *names* (e.g. "INSTALLED", "IN_PROGRESS") so the rows read well i
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Double, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import (JSON, BigInteger, Boolean, Double, ForeignKey, Index, Integer, LargeBinary, String,
+                        Text, false)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # 2: adds deployment_rollbacks (a new table: create_all adds it to a version-1 database)
 # 3: adds device_certificates (likewise)
 # 4: adds artifact_store_lock (a new table; create_schema inserts its one row)
-SCHEMA_VERSION = 4
+# 5: adds deployments.rollback_on_timeout and deployments.rollback_reason (new columns on an
+#    existing table, which create_all does not add: Database.create_schema ALTERs a version-4
+#    database, see UPGRADE_COLUMNS)
+SCHEMA_VERSION = 5
 
 
 class Base(DeclarativeBase):
@@ -110,7 +114,19 @@ class Deployment(Base):
     created_at: Mapped[float] = mapped_column(Double)
     deadline: Mapped[float] = mapped_column(Double)
     finished_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+    # Version 5. Server-side defaults, so rows written before the upgrade (and by a replica still
+    # on version 4 while others upgrade) read as "no rollback on timeout, no reason".
+    rollback_on_timeout: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # ROLLED_BACK only: why ("<device> reported FAILED: ..." or "timed out after ..."); "" otherwise
+    rollback_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
     __table_args__ = (Index("ix_deployments_state_deadline", "state", "deadline"),)
+
+
+# Columns added to existing tables, by the version that added them: create_schema ALTERs a
+# database older than that version to add them (create_all only creates missing tables).
+UPGRADE_COLUMNS: dict[int, list[tuple[str, str]]] = {
+    5: [("deployments", "rollback_on_timeout"), ("deployments", "rollback_reason")],
+}
 
 
 class DeploymentTarget(Base):

@@ -5,13 +5,17 @@ from __future__ import annotations
 import threading
 import time
 
+import psycopg
 import pytest
+from sqlalchemy import inspect, text, update
 
 from proto import fleet_pb2, signing
 from proto.manifest import Manifest
-from server.db import (FAILED, IN_PROGRESS, ROLLED_BACK, SUCCEEDED, TIMED_OUT, Database, EnrollmentRefused,
-                       InvalidArgument, NotFound)
-from server.models import SCHEMA_VERSION, Artifact, ArtifactStoreLock, Base, SchemaInfo
+from server.db import (FAILED, IN_PROGRESS, PHASE_FAILED, PHASE_PENDING, ROLLBACK_REASON_BEFORE_5, ROLLED_BACK,
+                       SUCCEEDED, TIMED_OUT, Database, EnrollmentRefused, InvalidArgument, NotFound)
+from server.models import (SCHEMA_VERSION, UPGRADE_COLUMNS, Artifact, ArtifactStoreLock, Base, DeploymentRollback,
+                           DeploymentTarget, Device, SchemaInfo)
+from server.notify import listener_conninfo
 from server.reaper import DeploymentReaper
 from tests.server.conftest import make_bundle, store_lock_is_free
 
@@ -332,14 +336,33 @@ def test_sweep_deletes_only_unreferenced_artifact_rows(db, tmp_path, publisher_k
     assert all(db.get_artifact(v.digest) is not None for v in manifest.variants)
 
 
+def _create_old_schema(database: Database, version: int) -> None:
+    """The tables a release at schema `version` (3 or 4) created, with their one-row tables: today's
+    tables without those added later (artifact_store_lock in 4), and without the columns later
+    versions added to existing tables (models.UPGRADE_COLUMNS)."""
+    tables = [t for t in Base.metadata.sorted_tables if version >= 4 or t.name != ArtifactStoreLock.__tablename__]
+    Base.metadata.create_all(database.engine, tables=tables)
+    later = [(table, column) for v, columns in UPGRADE_COLUMNS.items() if v > version for table, column in columns]
+    with database.engine.begin() as conn:
+        for table, column in later:
+            conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+    with database._write() as s:
+        s.add(SchemaInfo(id=1, version=version))
+        if version >= 4:
+            s.add(ArtifactStoreLock(id=1))
+    names = {c["name"] for c in inspect(database.engine).get_columns("deployments")}
+    assert names.isdisjoint(c for _, c in later)        # what the upgrade must add is really missing
+
+
+def _columns(database: Database, table: str) -> list[str]:
+    return [c["name"] for c in inspect(database.engine).get_columns(table)]
+
+
 def test_version_3_database_gains_the_store_lock(db_url, tmp_path, publisher_key):
     """A database the previous release created (no artifact_store_lock, version 3) is upgraded in
     place by create_schema, keeping its rows, and uploads work on it."""
     old = Database(db_url)
-    Base.metadata.create_all(old.engine, tables=[t for t in Base.metadata.sorted_tables
-                                                 if t.name != ArtifactStoreLock.__tablename__])
-    with old._write() as s:
-        s.add(SchemaInfo(id=1, version=3))
+    _create_old_schema(old, 3)
     device_id, credential = _enroll(old)
     old.dispose()
 
@@ -348,10 +371,129 @@ def test_version_3_database_gains_the_store_lock(db_url, tmp_path, publisher_key
         upgraded.create_schema()
         upgraded.create_schema()
         with upgraded._read() as s:
-            assert s.get(SchemaInfo, 1).version == SCHEMA_VERSION == 4
+            assert s.get(SchemaInfo, 1).version == SCHEMA_VERSION == 5
             assert s.get(ArtifactStoreLock, 1) is not None
         assert upgraded.authenticate(credential) == device_id
         bundle, _ = _bundle(upgraded, tmp_path, publisher_key)
         assert [b.id for b in upgraded.list_bundles()] == [bundle.id]
     finally:
         upgraded.dispose()
+
+
+def test_version_4_database_keeps_its_rows_and_gains_rollback_on_timeout(db_url, tmp_path, publisher_key):
+    """A version-4 database (deployments without rollback_on_timeout and rollback_reason) is upgraded
+    in place by create_schema: every row stays, the new columns read false and "" (but a deployment
+    that rolled back then did so because a target failed: the only cause there was), and its
+    deployments time out as before."""
+    old = Database(db_url)
+    _create_old_schema(old, 4)
+    a, credential = _enroll(old)
+    b, _ = _enroll(old)
+    bundle, _ = _bundle(old, tmp_path, publisher_key)
+    prev, _ = _bundle(old, tmp_path, publisher_key)
+    now = time.time()
+    rows = {"dep-open": (IN_PROGRESS, now - 60, now - 30, None),      # past its deadline
+            "dep-back": (ROLLED_BACK, now - 600, now + 300, now - 500),
+            "dep-late": (TIMED_OUT, now - 900, now - 800, now - 799)}
+    with old.engine.begin() as conn:            # the columns version 4 had, no more
+        for dep_id, (state, created, deadline, finished) in rows.items():
+            conn.execute(text("INSERT INTO deployments (id, bundle_id, state, created_at, deadline, finished_at) "
+                              "VALUES (:id, :bundle, :state, :created, :deadline, :finished)"),
+                         dict(id=dep_id, bundle=bundle.id, state=state, created=created, deadline=deadline,
+                              finished=finished))
+    with old._write() as s:
+        s.add_all([DeploymentTarget(deployment_id="dep-open", device_id=a, phase="DOWNLOADING", error="",
+                                    updated_at=now),
+                   DeploymentTarget(deployment_id="dep-back", device_id=b, phase=PHASE_FAILED, error="disk full",
+                                    updated_at=now),
+                   DeploymentTarget(deployment_id="dep-late", device_id=b, phase=PHASE_PENDING,
+                                    error="deployment timed out (device was at PHASE_UNSPECIFIED)", updated_at=now),
+                   DeploymentRollback(deployment_id="dep-open", device_id=a, bundle_id=prev.id),
+                   DeploymentRollback(deployment_id="dep-back", device_id=b, bundle_id=prev.id)])
+        s.execute(update(Device).where(Device.id == a).values(desired_bundle_id=bundle.id,
+                                                                desired_deployment_id="dep-open"))
+    old.dispose()
+
+    upgraded = Database(db_url)
+    try:
+        upgraded.create_schema()
+        upgraded.create_schema()                # finds version 5: adds nothing twice
+        with upgraded._read() as s:
+            assert s.get(SchemaInfo, 1).version == SCHEMA_VERSION == 5
+        assert _columns(upgraded, "deployments").count("rollback_on_timeout") == 1
+        assert upgraded.authenticate(credential) == a
+        views = {v.deployment.id: v for v in upgraded.list_deployments()}
+        assert {i: (v.deployment.state, v.deployment.created_at, v.deployment.deadline, v.deployment.finished_at)
+                for i, v in views.items()} == rows
+        assert all(v.deployment.rollback_on_timeout is False for v in views.values())
+        assert {i: v.deployment.rollback_reason for i, v in views.items()} == {
+            "dep-open": "", "dep-back": ROLLBACK_REASON_BEFORE_5, "dep-late": ""}
+        assert {i: [(t.device_id, t.phase, t.error) for t in v.targets] for i, v in views.items()} == {
+            "dep-open": [(a, "DOWNLOADING", "")], "dep-back": [(b, PHASE_FAILED, "disk full")],
+            "dep-late": [(b, PHASE_PENDING, "deployment timed out (device was at PHASE_UNSPECIFIED)")]}
+        assert {i: v.rollback for i, v in views.items()} == {
+            "dep-open": {a: prev.id}, "dep-back": {b: prev.id}, "dep-late": None}
+
+        # rollback_on_failure without the new option, as every version-4 deployment: times out, moves nobody
+        moved = []
+        assert DeploymentReaper(upgraded, on_desired_changed=moved.extend).reap_once() == ["dep-open"]
+        assert moved == [] and upgraded.desired_state(a).bundle_id == bundle.id
+        assert upgraded.get_deployment("dep-open").deployment.state == TIMED_OUT
+    finally:
+        upgraded.dispose()
+
+
+@pytest.mark.postgres
+def test_replicas_upgrading_at_once_add_the_columns_once(pg_url):
+    """Two replicas start on one version-4 PostgreSQL together. The first is held inside its upgrade
+    (its ALTER TABLE waits on a lock another session holds on deployments); the second must wait
+    for the first's schema_info row lock and then find version 5, not add the columns again."""
+    old = Database(pg_url)
+    _create_old_schema(old, 4)
+    old.dispose()
+    replicas = [Database(pg_url), Database(pg_url)]
+    errors: list[BaseException] = []
+
+    def start(database):
+        try:
+            database.create_schema()
+        except BaseException as exc:        # noqa: BLE001 - handed to the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(r,)) for r in replicas]
+    blocker = psycopg.connect(listener_conninfo(pg_url), connect_timeout=3)
+    watcher = psycopg.connect(listener_conninfo(pg_url), autocommit=True, connect_timeout=3)
+
+    def waiting(pattern: str) -> bool:
+        return watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                               "AND wait_event_type = 'Lock' AND query ILIKE %s", (pattern,)).fetchone()[0] > 0
+
+    try:
+        blocker.execute("LOCK TABLE deployments IN ACCESS EXCLUSIVE MODE")
+        threads[0].start()
+        _wait_for(lambda: waiting("ALTER TABLE deployments%"), "the first replica's ALTER TABLE to wait")
+        threads[1].start()
+        _wait_for(lambda: waiting("%FROM schema_info%FOR UPDATE%"), "the second replica to wait for the first")
+        blocker.rollback()
+        for t in threads:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in threads) and errors == []
+        with replicas[1]._read() as s:
+            assert s.get(SchemaInfo, 1).version == SCHEMA_VERSION
+        assert _columns(replicas[1], "deployments").count("rollback_reason") == 1
+    finally:
+        blocker.close()
+        watcher.close()
+        for t in threads:
+            t.join(timeout=60)
+        for r in replicas:
+            r.dispose()
+
+
+def _wait_for(predicate, what: str, timeout: float = 30.0) -> None:
+    """Wait for an event (a hang guard, not a speed assertion)."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise TimeoutError(f"{what}: not within {timeout} s")
+        time.sleep(0.05)
