@@ -64,6 +64,7 @@ def deployment_to_proto(view: DeploymentView) -> fleet_pb2.Deployment:
         deployment_id=dep.id, bundle_id=dep.bundle_id, state=State.Value(dep.state),
         created_unix=dep.created_at, deadline_unix=dep.deadline, finished_unix=dep.finished_at or 0.0,
         rollback_on_failure=view.rollback is not None,
+        rollback_on_timeout=dep.rollback_on_timeout, rollback_reason=dep.rollback_reason or "",
         targets=[fleet_pb2.DeploymentTarget(device_id=t.device_id, phase=Phase.Value(t.phase),
                                             error=t.error or "",
                                             rollback_bundle_id=(view.rollback or {}).get(t.device_id) or "")
@@ -272,7 +273,8 @@ class AdminService(fleet_pb2_grpc.AdminServiceServicer):
             view = self.db.create_deployment(
                 request.bundle_id, list(request.device_ids), request.label_selector,
                 request.timeout_seconds or self.deployment_timeout_seconds,
-                rollback_on_failure=request.rollback_on_failure)
+                rollback_on_failure=request.rollback_on_failure,
+                rollback_on_timeout=request.rollback_on_timeout)
         except NotFound as exc:
             context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except InvalidArgument as exc:

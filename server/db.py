@@ -397,7 +397,7 @@ class Database:
             s.flush()
             ended = self._settle(s, dep, now)
             if ended and dep.state == FAILED and self._decide_rollback(s, dep, device_id, now):
-                dep.state = ROLLED_BACK
+                dep.state, dep.rollback_reason = ROLLED_BACK, f"{device_id} reported FAILED: {error}"
             return (dep.id, dep.state) if ended else None
 
     # -- bundles and artifacts --------------------------------------------------------
@@ -503,13 +503,20 @@ class Database:
     # -- deployments ------------------------------------------------------------------
     def create_deployment(self, bundle_id: str, device_ids: list[str] | None = None,
                           selector: str = "", timeout_seconds: float = 900.0,
-                          now: float | None = None, rollback_on_failure: bool = False) -> DeploymentView:
+                          now: float | None = None, rollback_on_failure: bool = False,
+                          rollback_on_timeout: bool = False) -> DeploymentView:
         """Point every target device at `bundle_id`; supersede their older deployments.
         With `rollback_on_failure`, remember the bundle each device runs now (see
-        apply_rollbacks)."""
+        apply_rollbacks); `rollback_on_timeout` (which needs it) also rolls back when the
+        deadline passes (time_out_expired)."""
         now = time.time() if now is None else now
         if device_ids and selector:
             raise InvalidArgument("give either device ids or a label selector, not both")
+        if rollback_on_timeout and not rollback_on_failure:
+            # Required rather than implied: proto3 cannot tell an explicit rollback_on_failure=false
+            # from an unset one, so implying it would override a caller who said "no rollback".
+            raise InvalidArgument("rollback_on_timeout needs rollback_on_failure: a timeout rolls back "
+                                  "the way a failure does, so ask for both")
         if timeout_seconds <= 0:
             raise InvalidArgument("deployment timeout must be positive")
         wanted = parse_selector(selector) if selector else None
@@ -537,7 +544,8 @@ class Database:
                     raise InvalidArgument(f"label selector {selector!r} matches no device")
 
             dep = Deployment(id="dep-" + secrets.token_hex(6), bundle_id=bundle_id,
-                             state=IN_PROGRESS, created_at=now, deadline=now + timeout_seconds)
+                             state=IN_PROGRESS, created_at=now, deadline=now + timeout_seconds,
+                             rollback_on_timeout=rollback_on_timeout, rollback_reason="")
             s.add(dep)
             old_ids = sorted({d.desired_deployment_id for d in devices if d.desired_deployment_id})
             old_deps = s.scalars(select(Deployment).where(Deployment.id.in_(old_ids))
@@ -589,8 +597,10 @@ class Database:
             by_dep.setdefault(t.deployment_id, []).append(t)
         return [DeploymentView(d, by_dep.get(d.id, []), rollbacks.get(d.id)) for d in deps]
 
-    def time_out_expired(self, now: float | None = None) -> list[str]:
-        """Mark IN_PROGRESS deployments past their deadline TIMED_OUT; return their ids."""
+    def time_out_expired(self, now: float | None = None) -> dict[str, str]:
+        """End the IN_PROGRESS deployments past their deadline: TIMED_OUT, which moves no device,
+        or, when created with rollback_on_timeout, ROLLED_BACK like a failure (apply_rollbacks then
+        moves the devices). Returns {deployment id: TIMED_OUT or ROLLED_BACK}."""
         now = time.time() if now is None else now
         with self._write() as s:
             expired = s.scalars(select(Deployment)
@@ -598,20 +608,30 @@ class Database:
                                 .order_by(Deployment.id)
                                 .with_for_update(skip_locked=True)).all()
             for dep in expired:
-                dep.state, dep.finished_at = TIMED_OUT, now
-                for t in s.scalars(select(DeploymentTarget)
-                                   .where(DeploymentTarget.deployment_id == dep.id)).all():
+                targets = s.scalars(select(DeploymentTarget).where(DeploymentTarget.deployment_id == dep.id)
+                                    .order_by(DeploymentTarget.device_id)).all()
+                late = [t for t in targets if t.phase not in _TERMINAL_PHASES]
+                # No rollback rows left (their devices were removed): nothing to roll back to.
+                roll_back = dep.rollback_on_timeout and _has_rollback(s, dep.id)
+                for t in targets:
                     if t.phase not in _TERMINAL_PHASES:
-                        t.error = f"deployment timed out (device was at {t.phase})"
+                        t.error = (f"{'rolled back: the ' if roll_back else ''}deployment timed out "
+                                   f"(device was at {t.phase})")
                         t.updated_at = now
-            return [d.id for d in expired]
+                    elif roll_back:        # installed in time; goes back with the others
+                        t.error, t.updated_at = "rolled back: the deployment timed out", now
+                if roll_back:
+                    dep.state, dep.rollback_reason = ROLLED_BACK, _timeout_reason(dep, late, len(targets))
+                else:
+                    dep.state = TIMED_OUT
+                dep.finished_at = now
+            return {d.id: d.state for d in expired}
 
     @staticmethod
     def _decide_rollback(s: Session, dep: Deployment, failed_device: str, now: float) -> bool:
         """A device's failure just ended `dep`: if it was created with rollback_on_failure, mark
         every other target's row with why (apply_rollbacks moves the devices) and say so."""
-        if s.scalar(select(func.count()).select_from(DeploymentRollback)
-                    .where(DeploymentRollback.deployment_id == dep.id)) == 0:
+        if not _has_rollback(s, dep.id):
             return False
         for t in s.scalars(select(DeploymentTarget).where(DeploymentTarget.deployment_id == dep.id)).all():
             if t.phase != PHASE_FAILED:
@@ -748,6 +768,19 @@ def _running_bundle(s: Session, device: Device) -> str | None:
     bundle_id = fleet_pb2.ReportedState.FromString(device.reported).bundle_id
     known = bundle_id and s.get(Bundle, bundle_id, with_for_update={"read": True}) is not None
     return bundle_id if known else None
+
+
+def _has_rollback(s: Session, deployment_id: str) -> bool:
+    """Whether the deployment was created with rollback_on_failure (and has a target left)."""
+    return bool(s.scalar(select(func.count()).select_from(DeploymentRollback)
+                         .where(DeploymentRollback.deployment_id == deployment_id)))
+
+
+def _timeout_reason(dep: Deployment, late: list[DeploymentTarget], targets_total: int) -> str:
+    """The rollback_reason of a deployment whose deadline rolled it back."""
+    where = [f"{t.device_id} at {'PENDING' if t.phase == PHASE_PENDING else t.phase}" for t in late]
+    return (f"timed out after {dep.deadline - dep.created_at:g} s: {len(late)} of {targets_total} "
+            f"target(s) had not installed by the deadline ({_some(where)})")
 
 
 def _rollback_of(s: Session, deployment_ids: list[str] | None) -> dict[str, dict[str, str | None]]:

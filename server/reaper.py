@@ -1,5 +1,7 @@
-"""The deployment reaper: ends every deployment that is past its deadline as TIMED_OUT, and
-finishes rollbacks a server stopped in the middle of (Database.apply_rollbacks).
+"""The deployment reaper: ends every deployment that is past its deadline as TIMED_OUT (or
+ROLLED_BACK, when it was created with rollback_on_timeout), and moves the devices of every
+ROLLED_BACK deployment back (Database.apply_rollbacks): those it just timed out, and those a
+server stopped in the middle of rolling back.
 
 It runs once at start (so deployments whose deadline passed while the server was down end
 right after a restart) and then every `interval` seconds. Safe with several replicas: the
@@ -12,7 +14,7 @@ import logging
 import threading
 from typing import Callable, Iterable
 
-from server.db import Database
+from server.db import ROLLED_BACK, Database
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +29,21 @@ class DeploymentReaper:
         self._thread = threading.Thread(target=self._run, name="deployment-reaper", daemon=True)
 
     def reap_once(self) -> list[str]:
+        """One pass; returns the ids of the deployments it timed out (rolled back or not)."""
         timed_out = self.db.time_out_expired()
-        for dep_id in timed_out:
-            log.warning("deployment %s timed out", dep_id)
+        for dep_id, state in timed_out.items():
+            if state == ROLLED_BACK:
+                log.warning("deployment %s timed out; rolling its targets back (rollback_on_timeout)", dep_id)
+            else:
+                log.warning("deployment %s timed out", dep_id)
+        # The same path as a rollback a FAILED report decided: the devices move, then the streams
+        # here and (PostgreSQL) on every other replica are told through on_desired_changed.
         moved = self.db.apply_rollbacks()
         if moved:
             log.warning("rolled back %d device(s) left on a rolled-back deployment", len(moved))
             if self.on_desired_changed is not None:
                 self.on_desired_changed(moved)
-        return timed_out
+        return list(timed_out)
 
     def start(self) -> None:
         self.reap_once()

@@ -11,7 +11,7 @@ import pytest
 
 from proto import fleet_pb2, fleet_pb2_grpc, signing
 from server.admin_client import AdminClient
-from tests.server.conftest import DeviceStream, enroll, make_bundle
+from tests.server.conftest import DeviceStream, enroll, make_bundle, start_server
 
 Code = grpc.StatusCode
 Phase = fleet_pb2.ReportedState.Phase
@@ -255,3 +255,77 @@ def test_deadline_passed_means_timed_out(server, admin, device_channel, bundle):
     done = admin.wait_deployment(deployment.deployment_id, timeout=30, poll_seconds=0.1)
     assert done.state == State.TIMED_OUT and done.finished_unix >= done.deadline_unix
     assert "timed out" in done.targets[0].error
+
+
+def _report_running(admin, stream, device_id: str, bundle_id: str) -> None:
+    """The device reports it runs `bundle_id`; returns once the server has stored it."""
+    stream.send(state=fleet_pb2.ReportedState(bundle_id=bundle_id, phase=Phase.IDLE))
+    for _ in range(200):
+        if admin.get_device(device_id).reported.bundle_id == bundle_id:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{device_id}'s report of {bundle_id} not stored")
+
+
+def test_timeout_with_rollback_on_timeout_sends_the_device_back(tmp_path, publisher_key):
+    """Over real gRPC with the server's own reaper: a device runs `old`; `new` goes out with
+    rollback_on_failure and rollback_on_timeout and a 1 s deadline; the device never reports
+    success. The deployment ends ROLLED_BACK, says it timed out, and the stream is sent `old`.
+    The streams re-read the database only hourly here, so `old` arrives because the reaper told
+    the stream, not through the periodic recheck."""
+    server = start_server(tmp_path / "server", publisher_key, desired_recheck_seconds=3600.0)
+    admin = AdminClient(server.address, server.operator_token, timeout=10)
+    device_channel = grpc.insecure_channel(server.address)
+    old = admin.upload_bundle(make_bundle(tmp_path / "old", publisher_key)[0]).bundle_id
+    new = admin.upload_bundle(make_bundle(tmp_path / "new", publisher_key)[0]).bundle_id
+    device = enroll(admin, device_channel)
+    stream = DeviceStream(device_channel, device.credential)
+    try:
+        _report_running(admin, stream, device.device_id, old)
+        deployment = admin.deploy(new, device_ids=[device.device_id], timeout=1.0, rollback_on_failure=True,
+                                  rollback_on_timeout=True)
+        assert deployment.rollback_on_failure and deployment.rollback_on_timeout
+        done = admin.wait_deployment(deployment.deployment_id, timeout=30, poll_seconds=0.1)
+        assert done.state == State.ROLLED_BACK and done.rollback_on_timeout
+        assert done.rollback_reason == (f"timed out after 1 s: 1 of 1 target(s) had not installed by the "
+                                        f"deadline ({device.device_id} at PENDING)")
+        assert done.targets[0].error == "rolled back: the deployment timed out (device was at PHASE_UNSPECIFIED)"
+        # The stream sees `new` (unless the rollback came first), then `old` with no deployment.
+        while (desired := stream.next("desired", timeout=30)).bundle_id != old:
+            assert desired.bundle_id in ("", new)
+        assert desired.deployment_id == ""
+        assert admin.get_device(device.device_id).desired_bundle_id == old
+    finally:
+        stream.close()
+        device_channel.close()
+        admin.close()
+        server.stop(grace=0)
+
+
+def test_timeout_without_rollback_on_timeout_moves_nobody(server, admin, device_channel, bundle, tmp_path,
+                                                          publisher_key):
+    """rollback_on_failure alone: the deadline passing ends the deployment TIMED_OUT and the
+    device stays asked for `new` (a timeout is not a failure unless asked)."""
+    old = admin.upload_bundle(bundle[0]).bundle_id
+    new = admin.upload_bundle(make_bundle(tmp_path / "new", publisher_key)[0]).bundle_id
+    device = enroll(admin, device_channel)
+    stream = DeviceStream(device_channel, device.credential)
+    try:
+        _report_running(admin, stream, device.device_id, old)
+        deployment = admin.deploy(new, device_ids=[device.device_id], timeout=0.5, rollback_on_failure=True)
+        assert not deployment.rollback_on_timeout
+        done = admin.wait_deployment(deployment.deployment_id, timeout=30, poll_seconds=0.1)
+        assert done.state == State.TIMED_OUT and done.rollback_reason == ""
+        server.reaper.reap_once()       # one whole reaper pass after it ended, whatever the timing
+        assert admin.get_device(device.device_id).desired_bundle_id == new
+    finally:
+        stream.close()
+
+
+def test_rollback_on_timeout_without_rollback_on_failure_is_refused(server, admin, device_channel, bundle):
+    uploaded = admin.upload_bundle(bundle[0])
+    device = enroll(admin, device_channel)
+    code, details = _error(lambda: admin.deploy(uploaded.bundle_id, device_ids=[device.device_id],
+                                                rollback_on_timeout=True))
+    assert code == Code.INVALID_ARGUMENT and "rollback_on_timeout needs rollback_on_failure" in details
+    assert admin.list_deployments() == [] and admin.get_device(device.device_id).desired_bundle_id == ""

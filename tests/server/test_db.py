@@ -183,6 +183,7 @@ def test_failure_rolls_every_target_back_when_asked(db, tmp_path, publisher_key)
     view = db.get_deployment(dep_id)
     errors = {t.device_id: t.error for t in view.targets}
     assert errors[b] == "disk full" and errors[a] == errors[c] == f"rolled back: the deployment failed on {b}"
+    assert view.deployment.rollback_reason == f"{b} reported FAILED: disk full"
     assert view.rollback == {a: old.id, b: old.id, c: None}
     # A late report about the rolled-back deployment changes nothing.
     assert db.record_report(c, fleet_pb2.ReportedState(deployment_id=dep_id, target_bundle_id=new.id,
@@ -288,11 +289,93 @@ def test_reaper_times_out_past_deadline(db, tmp_path, publisher_key):
     a, _ = _enroll(db)
     now = time.time()
     dep_id = db.create_deployment(bundle.id, device_ids=[a], timeout_seconds=5, now=now).deployment.id
-    assert db.time_out_expired(now + 1) == []
-    assert db.time_out_expired(now + 6) == [dep_id]
+    assert db.time_out_expired(now + 1) == {}
+    assert db.time_out_expired(now + 6) == {dep_id: TIMED_OUT}
     view = db.get_deployment(dep_id)
     assert view.deployment.state == TIMED_OUT and "timed out" in view.targets[0].error
-    assert db.time_out_expired(now + 7) == []                 # ended once
+    assert db.time_out_expired(now + 7) == {}                 # ended once
+
+
+def test_timeout_rolls_every_target_back_with_rollback_on_timeout(db, tmp_path, publisher_key):
+    """The reaper ends a rollback_on_timeout deployment whose targets did not all install by the
+    deadline ROLLED_BACK, says why, and sends every target back as after a FAILED report."""
+    old, _ = _bundle(db, tmp_path, publisher_key)
+    new, _ = _bundle(db, tmp_path, publisher_key)
+    a, _ = _enroll(db)
+    b, _ = _enroll(db)
+    c, _ = _enroll(db)                    # runs nothing yet, never reports
+    _running(db, a, old.id)
+    _running(db, b, old.id)
+    now = time.time() - 60                # created a minute ago with a 5 s deadline
+    dep_id = db.create_deployment(new.id, device_ids=[a, b, c], timeout_seconds=5, now=now,
+                                  rollback_on_failure=True, rollback_on_timeout=True).deployment.id
+    assert db.get_deployment(dep_id).deployment.rollback_on_timeout is True
+    db.record_report(a, fleet_pb2.ReportedState(bundle_id=new.id, deployment_id=dep_id, phase=Phase.INSTALLED))
+    db.record_report(b, fleet_pb2.ReportedState(bundle_id=old.id, deployment_id=dep_id, target_bundle_id=new.id,
+                                                phase=Phase.DOWNLOADING))
+    assert db.time_out_expired(now + 1) == {}                 # not before the deadline
+
+    moved = []
+    assert DeploymentReaper(db, on_desired_changed=moved.extend).reap_once() == [dep_id]
+    assert sorted(moved) == sorted([a, b, c])
+    for device in (a, b):
+        desired = db.desired_state(device)
+        assert (desired.bundle_id, desired.deployment_id) == (old.id, "")
+    assert db.desired_state(c) is None    # ran nothing: is sent nothing more
+    view = db.get_deployment(dep_id)
+    assert view.deployment.state == ROLLED_BACK
+    late = ", ".join(f"{d} at {phase}" for d, phase in sorted([(b, "DOWNLOADING"), (c, "PENDING")]))
+    assert view.deployment.rollback_reason == (
+        f"timed out after 5 s: 2 of 3 target(s) had not installed by the deadline ({late})")
+    errors = {t.device_id: t.error for t in view.targets}
+    assert errors == {a: "rolled back: the deployment timed out",
+                      b: "rolled back: the deployment timed out (device was at DOWNLOADING)",
+                      c: "rolled back: the deployment timed out (device was at PHASE_UNSPECIFIED)"}
+    # once: a later pass and a late report change nothing
+    moved.clear()
+    assert DeploymentReaper(db, on_desired_changed=moved.extend).reap_once() == [] and moved == []
+    assert db.record_report(b, fleet_pb2.ReportedState(bundle_id=new.id, deployment_id=dep_id,
+                                                       phase=Phase.INSTALLED)) is None
+    assert db.get_deployment(dep_id).deployment.state == ROLLED_BACK
+
+
+def test_timeout_without_rollback_on_timeout_moves_nobody(db, tmp_path, publisher_key):
+    """rollback_on_failure alone keeps its documented meaning: a timeout is not a failure."""
+    old, _ = _bundle(db, tmp_path, publisher_key)
+    new, _ = _bundle(db, tmp_path, publisher_key)
+    a, _ = _enroll(db)
+    _running(db, a, old.id)
+    dep_id = db.create_deployment(new.id, device_ids=[a], timeout_seconds=5, now=time.time() - 60,
+                                  rollback_on_failure=True).deployment.id
+    moved = []
+    assert DeploymentReaper(db, on_desired_changed=moved.extend).reap_once() == [dep_id]
+    assert moved == []
+    view = db.get_deployment(dep_id)
+    assert view.deployment.state == TIMED_OUT
+    assert view.deployment.rollback_on_timeout is False and view.deployment.rollback_reason == ""
+    assert view.targets[0].error == "deployment timed out (device was at PHASE_UNSPECIFIED)"
+    assert db.desired_state(a).bundle_id == new.id             # still asked to install it
+
+
+def test_a_failure_under_rollback_on_timeout_rolls_back_as_a_failure(db, tmp_path, publisher_key):
+    old, _ = _bundle(db, tmp_path, publisher_key)
+    new, _ = _bundle(db, tmp_path, publisher_key)
+    a, _ = _enroll(db)
+    _running(db, a, old.id)
+    dep_id = db.create_deployment(new.id, device_ids=[a], timeout_seconds=60, rollback_on_failure=True,
+                                  rollback_on_timeout=True).deployment.id
+    assert db.record_report(a, fleet_pb2.ReportedState(deployment_id=dep_id, target_bundle_id=new.id,
+                                                       phase=Phase.FAILED, error="disk full")) == (dep_id, ROLLED_BACK)
+    assert db.get_deployment(dep_id).deployment.rollback_reason == f"{a} reported FAILED: disk full"
+    assert db.apply_rollbacks(dep_id) == [a] and db.desired_state(a).bundle_id == old.id
+
+
+def test_rollback_on_timeout_needs_rollback_on_failure(db, tmp_path, publisher_key):
+    bundle, _ = _bundle(db, tmp_path, publisher_key)
+    a, _ = _enroll(db)
+    with pytest.raises(InvalidArgument, match="rollback_on_timeout needs rollback_on_failure"):
+        db.create_deployment(bundle.id, device_ids=[a], rollback_on_timeout=True)
+    assert db.list_deployments() == [] and db.desired_state(a) is None
 
 
 def test_everything_survives_reopening(db_url, tmp_path, publisher_key):
@@ -383,8 +466,8 @@ def test_version_3_database_gains_the_store_lock(db_url, tmp_path, publisher_key
 def test_version_4_database_keeps_its_rows_and_gains_rollback_on_timeout(db_url, tmp_path, publisher_key):
     """A version-4 database (deployments without rollback_on_timeout and rollback_reason) is upgraded
     in place by create_schema: every row stays, the new columns read false and "" (but a deployment
-    that rolled back then did so because a target failed: the only cause there was), and its
-    deployments time out as before."""
+    that rolled back then did so because a target failed: the only cause there was), its deployments
+    time out as before, and new ones can use the option."""
     old = Database(db_url)
     _create_old_schema(old, 4)
     a, credential = _enroll(old)
@@ -439,6 +522,9 @@ def test_version_4_database_keeps_its_rows_and_gains_rollback_on_timeout(db_url,
         assert DeploymentReaper(upgraded, on_desired_changed=moved.extend).reap_once() == ["dep-open"]
         assert moved == [] and upgraded.desired_state(a).bundle_id == bundle.id
         assert upgraded.get_deployment("dep-open").deployment.state == TIMED_OUT
+        dep = upgraded.create_deployment(bundle.id, device_ids=[b], rollback_on_failure=True,
+                                         rollback_on_timeout=True).deployment.id
+        assert upgraded.get_deployment(dep).deployment.rollback_on_timeout is True
     finally:
         upgraded.dispose()
 

@@ -300,3 +300,48 @@ def test_a_rollback_the_reaper_finishes_on_a_reaches_the_stream_on_b(tmp_path, p
         a.stop(grace=0)
         b.stop(grace=0)
     assert listener_threads() == []
+
+
+@pytest.mark.postgres
+def test_a_timeout_the_reaper_on_a_rolls_back_reaches_the_stream_on_b(tmp_path, publisher_key, pg_url, caplog):
+    """rollback_on_timeout across replicas: the target streams on B and never reports success;
+    A's reaper ends the deployment ROLLED_BACK at its deadline and moves the target back, and the
+    stream on B is sent the old bundle again. B's own reaper and recheck wait an hour, so only
+    A's NOTIFY can deliver."""
+    from proto import fleet_pb2
+
+    Phase = fleet_pb2.ReportedState.Phase
+    a = start_server(tmp_path / "a", publisher_key, db_url=pg_url, desired_recheck_seconds=NO_RECHECK,
+                     operator_token="operator", reaper_interval_seconds=0.2)
+    b = start_server(tmp_path / "b", publisher_key, db_url=pg_url, desired_recheck_seconds=NO_RECHECK,
+                     operator_token="operator", reaper_interval_seconds=NO_RECHECK)
+    admin_a = AdminClient(a.address, a.operator_token, timeout=10)
+    channel_b = grpc.insecure_channel(b.address)
+    stream_b = None
+    try:
+        old = admin_a.upload_bundle(make_bundle(tmp_path / "old", publisher_key)[0]).bundle_id
+        new = admin_a.upload_bundle(make_bundle(tmp_path / "new", publisher_key)[0]).bundle_id
+        on_b, stream_b = connect_on_b(b, admin_a, channel_b)
+        stream_b.send(state=fleet_pb2.ReportedState(bundle_id=old, phase=Phase.IDLE))
+        wait_until(lambda: admin_a.get_device(on_b).reported.bundle_id == old, "the IDLE report")
+
+        with caplog.at_level(logging.WARNING, logger="server.reaper"):
+            dep = admin_a.deploy(new, device_ids=[on_b], timeout=1.0, rollback_on_failure=True,
+                                 rollback_on_timeout=True)
+            # `new` first (unless the rollback came before B's stream read it), then `old`
+            while (desired := stream_b.next("desired", timeout=DEADLINE)).bundle_id != old:
+                assert desired.bundle_id == new
+        assert desired.deployment_id == ""
+        assert f"deployment {dep.deployment_id} timed out; rolling its targets back" in caplog.text
+        done = admin_a.get_deployment(dep.deployment_id)
+        assert done.state == fleet_pb2.Deployment.State.ROLLED_BACK
+        assert done.rollback_reason.startswith("timed out after 1 s: 1 of 1 target(s)")
+        assert admin_a.get_device(on_b).desired_bundle_id == old
+    finally:
+        if stream_b is not None:
+            stream_b.close()
+        channel_b.close()
+        admin_a.close()
+        a.stop(grace=0)
+        b.stop(grace=0)
+    assert listener_threads() == []
