@@ -19,6 +19,7 @@ import sys
 import time
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+WAIT_MARGIN_SECONDS = 60.0     # deploy --wait: how long past the deadline to wait for the server to end it
 
 
 def _connection_args(parser: argparse.ArgumentParser) -> None:
@@ -127,6 +128,9 @@ def cmd_deploy(argv: list[str]) -> int:
     parser.add_argument("--timeout", type=float, default=0.0, help="deployment deadline in seconds")
     parser.add_argument("--rollback-on-failure", action="store_true",
                         help="when a device fails, send every target back to the bundle it ran before")
+    parser.add_argument("--rollback-on-timeout", action="store_true",
+                        help="with --rollback-on-failure: roll back the same way when the deadline "
+                             "passes before every target installed (ROLLED_BACK instead of TIMED_OUT)")
     parser.add_argument("--wait", action="store_true", help="wait until the deployment ends")
     args = parser.parse_args(argv)
     if not args.device and not args.selector:
@@ -134,14 +138,19 @@ def cmd_deploy(argv: list[str]) -> int:
     client = _client(args)
     deployment = client.deploy(args.bundle_id, device_ids=args.device or None,
                                label_selector=args.selector or None, timeout=args.timeout or None,
-                               rollback_on_failure=args.rollback_on_failure)
+                               rollback_on_failure=args.rollback_on_failure,
+                               rollback_on_timeout=args.rollback_on_timeout)
     print(f"deployment {deployment.deployment_id}: {len(deployment.targets)} device(s)")
     if args.wait:
-        deployment = client.wait_deployment(deployment.deployment_id, timeout=args.timeout or 900.0)
+        # The server's reaper ends the deployment at its deadline (the server's default when no
+        # --timeout was given) within a pass of its interval: wait for that, not just the deadline.
+        deadline = deployment.deadline_unix - deployment.created_unix
+        deployment = client.wait_deployment(deployment.deployment_id, timeout=deadline + WAIT_MARGIN_SECONDS)
         from proto import fleet_pb2
 
         state = fleet_pb2.Deployment.State.Name(deployment.state)
-        print(f"deployment {deployment.deployment_id}: {state}")
+        print(f"deployment {deployment.deployment_id}: {state}"
+              + (f" ({deployment.rollback_reason})" if deployment.rollback_reason else ""))
         return 0 if deployment.state == fleet_pb2.Deployment.SUCCEEDED else 1
     return 0
 
@@ -219,13 +228,20 @@ def cmd_deployments(argv: list[str]) -> int:
         done = sum(1 for t in d.targets if t.phase == fleet_pb2.ReportedState.INSTALLED)
         print(f"{d.deployment_id}  {fleet_pb2.Deployment.State.Name(d.state):<12} bundle {d.bundle_id[:12]}  "
               f"{done}/{len(d.targets)} installed  created {time.strftime('%F %T', time.localtime(d.created_unix))}"
-              + ("  rollback on failure" if d.rollback_on_failure else ""))
+              + _rollback_policy(d)
+              + (f"  rolled back: {d.rollback_reason}" if d.rollback_reason else ""))
         if args.targets:
             for t in d.targets:
                 back = f"  rollback to {t.rollback_bundle_id[:12] or 'nothing'}" if d.rollback_on_failure else ""
                 print(f"    {t.device_id}  {phase(t.phase) if t.phase else 'PENDING':<12}{back}"
                       + (f"  {t.error}" if t.error else ""))
     return 0
+
+
+def _rollback_policy(d) -> str:
+    if not d.rollback_on_failure:
+        return ""
+    return "  rollback on failure" + (" and timeout" if d.rollback_on_timeout else "")
 
 
 def _print_devices(devices) -> None:

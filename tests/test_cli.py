@@ -50,6 +50,7 @@ def test_operator_command_without_token_says_how_to_give_one(monkeypatch):
     assert "operator token" in result.stderr
 
 
-def test_deploy_offers_rollback_on_failure():
+def test_deploy_offers_rollback_on_failure_and_on_timeout():
     result = _run("deploy", "--help")
     assert result.returncode == 0 and "--rollback-on-failure" in result.stdout
+    assert "--rollback-on-timeout" in result.stdout

@@ -61,3 +61,31 @@ def test_operator_workflow_with_rollback_and_removal(server, admin, device_chann
         assert device.device_id not in _cli(server, "devices").stdout
     finally:
         stream.close()
+
+
+def test_deploy_with_rollback_on_timeout_and_what_the_listing_says(server, admin, device_channel, bundle):
+    """`deploy --rollback-on-failure --rollback-on-timeout --wait` on a device that never reports:
+    the command waits for the reaper, exits 1 and says the deployment rolled back because it timed
+    out; `deployments` shows the policy and the reason. --rollback-on-timeout alone is refused."""
+    folder, _, _ = bundle
+    device = enroll(admin, device_channel, hostname="bench-8")
+    stream = DeviceStream(device_channel, device.credential)
+    try:
+        bundle_id = admin.upload_bundle(folder).bundle_id
+        refused = _cli(server, "deploy", bundle_id, "--device", device.device_id, "--rollback-on-timeout")
+        assert refused.returncode == 1 and "INVALID_ARGUMENT" in refused.stderr
+        assert "rollback_on_timeout needs rollback_on_failure" in refused.stderr
+        assert admin.list_deployments() == []
+
+        deploy = _cli(server, "deploy", bundle_id, "--device", device.device_id, "--rollback-on-failure",
+                      "--rollback-on-timeout", "--timeout", "1", "--wait")
+        assert deploy.returncode == 1, deploy.stderr           # it did not succeed
+        (dep,) = admin.list_deployments()
+        reason = f"timed out after 1 s: 1 of 1 target(s) had not installed by the deadline ({device.device_id} at PENDING)"
+        assert f"deployment {dep.deployment_id}: ROLLED_BACK ({reason})" in deploy.stdout
+        shown = _cli(server, "deployments", "--targets")
+        assert shown.returncode == 0, shown.stderr
+        assert f"rollback on failure and timeout  rolled back: {reason}" in shown.stdout
+        assert "rolled back: the deployment timed out (device was at PHASE_UNSPECIFIED)" in shown.stdout
+    finally:
+        stream.close()
