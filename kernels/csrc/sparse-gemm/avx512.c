@@ -185,8 +185,8 @@ EF_INLINE SPP_TARGET_VBMI void spp_block_1(const uint8_t* block, __m512i w0, __m
       "vpdpbusd 384(%[b]), %[t], %[a3]\n\t"
       : [a0] "+v"(*a0), [a1] "+v"(*a1), [a2] "+v"(*a2), [a3] "+v"(*a3), [v0] "=&v"(v0), [v1] "=&v"(v1),
         [v2] "=&v"(v2), [t] "=&v"(t)
-      : [b] "r"(block), [w0] "v"(w0), [w1] "v"(w1), [w2] "v"(w2), [w3] "v"(w3), [lo] "v"(lo), [hi] "v"(hi)
-      : "memory");
+      : [b] "r"(block), "m"(*(const uint8_t(*)[EF_SPP_BLOCK_BYTES])block), /* the block the asm reads */
+        [w0] "v"(w0), [w1] "v"(w1), [w2] "v"(w2), [w3] "v"(w3), [lo] "v"(lo), [hi] "v"(hi));
 }
 
 EF_INLINE SPP_TARGET_VBMI void spp_groups_1(const size_t RUN, const ef_spp_packed* w, size_t g0, size_t g1,
