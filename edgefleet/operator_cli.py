@@ -131,16 +131,23 @@ def cmd_deploy(argv: list[str]) -> int:
     parser.add_argument("--rollback-on-timeout", action="store_true",
                         help="with --rollback-on-failure: roll back the same way when the deadline "
                              "passes before every target installed (ROLLED_BACK instead of TIMED_OUT)")
+    parser.add_argument("--max-in-flight", type=int, default=0, metavar="N",
+                        help="phased rollout: at most N targets released and not yet installed at a "
+                             "time, released in device id order; the next one starts when one installs, "
+                             "none after a failure (default 0: every target at once)")
     parser.add_argument("--wait", action="store_true", help="wait until the deployment ends")
     args = parser.parse_args(argv)
     if not args.device and not args.selector:
         raise SystemExit("edgefleet: give --device ID (repeatable) or --selector key=value")
+    if args.max_in_flight < 0:
+        raise SystemExit("edgefleet: --max-in-flight must be 0 (every target at once) or more")
     client = _client(args)
     deployment = client.deploy(args.bundle_id, device_ids=args.device or None,
                                label_selector=args.selector or None, timeout=args.timeout or None,
                                rollback_on_failure=args.rollback_on_failure,
-                               rollback_on_timeout=args.rollback_on_timeout)
-    print(f"deployment {deployment.deployment_id}: {len(deployment.targets)} device(s)")
+                               rollback_on_timeout=args.rollback_on_timeout,
+                               max_in_flight=args.max_in_flight)
+    print(f"deployment {deployment.deployment_id}: {len(deployment.targets)} device(s)" + _phased(deployment))
     if args.wait:
         # The server's reaper ends the deployment at its deadline (the server's default when no
         # --timeout was given) within a pass of its interval: wait for that, not just the deadline.
@@ -228,14 +235,38 @@ def cmd_deployments(argv: list[str]) -> int:
         done = sum(1 for t in d.targets if t.phase == fleet_pb2.ReportedState.INSTALLED)
         print(f"{d.deployment_id}  {fleet_pb2.Deployment.State.Name(d.state):<12} bundle {d.bundle_id[:12]}  "
               f"{done}/{len(d.targets)} installed  created {time.strftime('%F %T', time.localtime(d.created_unix))}"
-              + _rollback_policy(d)
+              + _phased(d) + _rollback_policy(d)
               + (f"  rolled back: {d.rollback_reason}" if d.rollback_reason else ""))
         if args.targets:
             for t in d.targets:
                 back = f"  rollback to {t.rollback_bundle_id[:12] or 'nothing'}" if d.rollback_on_failure else ""
-                print(f"    {t.device_id}  {phase(t.phase) if t.phase else 'PENDING':<12}{back}"
+                print(f"    {t.device_id}  {_target_state(t, phase):<12}{back}"
                       + (f"  {t.error}" if t.error else ""))
     return 0
+
+
+def _phased(d) -> str:
+    """A phased rollout's limit and how many targets wait for (or never got) their turn."""
+    if not d.max_in_flight:
+        return ""
+    from proto import fleet_pb2
+
+    release = fleet_pb2.DeploymentTarget.Release
+    waiting = sum(1 for t in d.targets if t.release == release.WAITING)
+    not_started = sum(1 for t in d.targets if t.release == release.NOT_STARTED)
+    return (f"  max {d.max_in_flight} in flight, {waiting} waiting"
+            + (f", {not_started} not started" if not_started else ""))
+
+
+def _target_state(t, phase) -> str:
+    """The phase the device reported, or, for a target a phased rollout has not released,
+    WAITING / NOT_STARTED (such a device was never asked, so it has no phase of its own)."""
+    from proto import fleet_pb2
+
+    release = fleet_pb2.DeploymentTarget.Release
+    if t.release in (release.WAITING, release.NOT_STARTED):
+        return release.Name(t.release)
+    return phase(t.phase) if t.phase else "PENDING"
 
 
 def _rollback_policy(d) -> str:

@@ -412,23 +412,25 @@ class RemoveBundleResponse(_message.Message):
     def __init__(self, bundle: _Optional[_Union[Bundle, _Mapping]] = ..., removed_deployment_ids: _Optional[_Iterable[str]] = ..., removed_digests: _Optional[_Iterable[str]] = ..., freed_bytes: _Optional[int] = ...) -> None: ...
 
 class CreateDeploymentRequest(_message.Message):
-    __slots__ = ("bundle_id", "device_ids", "label_selector", "timeout_seconds", "rollback_on_failure", "rollback_on_timeout")
+    __slots__ = ("bundle_id", "device_ids", "label_selector", "timeout_seconds", "rollback_on_failure", "rollback_on_timeout", "max_in_flight")
     BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_IDS_FIELD_NUMBER: _ClassVar[int]
     LABEL_SELECTOR_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ROLLBACK_ON_FAILURE_FIELD_NUMBER: _ClassVar[int]
     ROLLBACK_ON_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     bundle_id: str
     device_ids: _containers.RepeatedScalarFieldContainer[str]
     label_selector: str
     timeout_seconds: float
     rollback_on_failure: bool
     rollback_on_timeout: bool
-    def __init__(self, bundle_id: _Optional[str] = ..., device_ids: _Optional[_Iterable[str]] = ..., label_selector: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., rollback_on_failure: _Optional[bool] = ..., rollback_on_timeout: _Optional[bool] = ...) -> None: ...
+    max_in_flight: int
+    def __init__(self, bundle_id: _Optional[str] = ..., device_ids: _Optional[_Iterable[str]] = ..., label_selector: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., rollback_on_failure: _Optional[bool] = ..., rollback_on_timeout: _Optional[bool] = ..., max_in_flight: _Optional[int] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("deployment_id", "bundle_id", "state", "created_unix", "deadline_unix", "finished_unix", "targets", "rollback_on_failure", "rollback_on_timeout", "rollback_reason")
+    __slots__ = ("deployment_id", "bundle_id", "state", "created_unix", "deadline_unix", "finished_unix", "targets", "rollback_on_failure", "rollback_on_timeout", "rollback_reason", "max_in_flight")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Deployment.State]
@@ -453,6 +455,7 @@ class Deployment(_message.Message):
     ROLLBACK_ON_FAILURE_FIELD_NUMBER: _ClassVar[int]
     ROLLBACK_ON_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     ROLLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
+    MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     bundle_id: str
     state: Deployment.State
@@ -463,19 +466,32 @@ class Deployment(_message.Message):
     rollback_on_failure: bool
     rollback_on_timeout: bool
     rollback_reason: str
-    def __init__(self, deployment_id: _Optional[str] = ..., bundle_id: _Optional[str] = ..., state: _Optional[_Union[Deployment.State, str]] = ..., created_unix: _Optional[float] = ..., deadline_unix: _Optional[float] = ..., finished_unix: _Optional[float] = ..., targets: _Optional[_Iterable[_Union[DeploymentTarget, _Mapping]]] = ..., rollback_on_failure: _Optional[bool] = ..., rollback_on_timeout: _Optional[bool] = ..., rollback_reason: _Optional[str] = ...) -> None: ...
+    max_in_flight: int
+    def __init__(self, deployment_id: _Optional[str] = ..., bundle_id: _Optional[str] = ..., state: _Optional[_Union[Deployment.State, str]] = ..., created_unix: _Optional[float] = ..., deadline_unix: _Optional[float] = ..., finished_unix: _Optional[float] = ..., targets: _Optional[_Iterable[_Union[DeploymentTarget, _Mapping]]] = ..., rollback_on_failure: _Optional[bool] = ..., rollback_on_timeout: _Optional[bool] = ..., rollback_reason: _Optional[str] = ..., max_in_flight: _Optional[int] = ...) -> None: ...
 
 class DeploymentTarget(_message.Message):
-    __slots__ = ("device_id", "phase", "error", "rollback_bundle_id")
+    __slots__ = ("device_id", "phase", "error", "rollback_bundle_id", "release")
+    class Release(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        RELEASE_UNSPECIFIED: _ClassVar[DeploymentTarget.Release]
+        RELEASED: _ClassVar[DeploymentTarget.Release]
+        WAITING: _ClassVar[DeploymentTarget.Release]
+        NOT_STARTED: _ClassVar[DeploymentTarget.Release]
+    RELEASE_UNSPECIFIED: DeploymentTarget.Release
+    RELEASED: DeploymentTarget.Release
+    WAITING: DeploymentTarget.Release
+    NOT_STARTED: DeploymentTarget.Release
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ROLLBACK_BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     phase: ReportedState.Phase
     error: str
     rollback_bundle_id: str
-    def __init__(self, device_id: _Optional[str] = ..., phase: _Optional[_Union[ReportedState.Phase, str]] = ..., error: _Optional[str] = ..., rollback_bundle_id: _Optional[str] = ...) -> None: ...
+    release: DeploymentTarget.Release
+    def __init__(self, device_id: _Optional[str] = ..., phase: _Optional[_Union[ReportedState.Phase, str]] = ..., error: _Optional[str] = ..., rollback_bundle_id: _Optional[str] = ..., release: _Optional[_Union[DeploymentTarget.Release, str]] = ...) -> None: ...
 
 class GetDeploymentRequest(_message.Message):
     __slots__ = ("deployment_id",)

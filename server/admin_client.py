@@ -119,17 +119,19 @@ class AdminClient:
     def deploy(self, bundle_id: str, device_ids: list[str] | None = None,
                label_selector: str | None = None, timeout: float | None = None,
                rollback_on_failure: bool = False,
-               rollback_on_timeout: bool = False) -> fleet_pb2.Deployment:
+               rollback_on_timeout: bool = False, max_in_flight: int = 0) -> fleet_pb2.Deployment:
         """Deploy to explicit devices or to those matching "key=value"; timeout in seconds
         until the deployment counts as TIMED_OUT (None = server default, 15 minutes).
         rollback_on_failure: when a device reports FAILED, every target goes back to the bundle
         it ran before and the deployment ends ROLLED_BACK. rollback_on_timeout (only with
         rollback_on_failure, else INVALID_ARGUMENT): a timeout rolls back the same way, and the
-        deployment ends ROLLED_BACK instead of TIMED_OUT (its rollback_reason says which)."""
+        deployment ends ROLLED_BACK instead of TIMED_OUT (its rollback_reason says which).
+        max_in_flight > 0: a phased rollout, at most that many targets released and not yet
+        installed at once, released in device id order (0 = all at once)."""
         return self._call(self._stub.CreateDeployment, fleet_pb2.CreateDeploymentRequest(
             bundle_id=bundle_id, device_ids=device_ids or [], label_selector=label_selector or "",
             timeout_seconds=timeout or 0.0, rollback_on_failure=rollback_on_failure,
-            rollback_on_timeout=rollback_on_timeout))
+            rollback_on_timeout=rollback_on_timeout, max_in_flight=max_in_flight))
 
     def get_deployment(self, deployment_id: str) -> fleet_pb2.Deployment:
         return self._call(self._stub.GetDeployment,

@@ -18,13 +18,14 @@ from proto.manifest import Manifest, ManifestError, bundle_id_of
 from server.artifacts import ArtifactMismatch, ArtifactMissing, ArtifactStore, PendingArtifact
 from server.db import BundleInUse, Database, DeploymentView, InvalidArgument, NotFound
 from server.device_service import bearer_token
-from server.models import Bundle, Device
+from server.models import RELEASED, Bundle, Device
 from server.sessions import SessionHub
 
 log = logging.getLogger(__name__)
 
 Phase = fleet_pb2.ReportedState.Phase
 State = fleet_pb2.Deployment.State
+Release = fleet_pb2.DeploymentTarget.Release
 
 
 def operator_only(method):
@@ -65,9 +66,11 @@ def deployment_to_proto(view: DeploymentView) -> fleet_pb2.Deployment:
         created_unix=dep.created_at, deadline_unix=dep.deadline, finished_unix=dep.finished_at or 0.0,
         rollback_on_failure=view.rollback is not None,
         rollback_on_timeout=dep.rollback_on_timeout, rollback_reason=dep.rollback_reason or "",
+        max_in_flight=dep.max_in_flight or 0,
         targets=[fleet_pb2.DeploymentTarget(device_id=t.device_id, phase=Phase.Value(t.phase),
                                             error=t.error or "",
-                                            rollback_bundle_id=(view.rollback or {}).get(t.device_id) or "")
+                                            rollback_bundle_id=(view.rollback or {}).get(t.device_id) or "",
+                                            release=Release.Value(t.release))
                  for t in view.targets])
 
 
@@ -274,14 +277,18 @@ class AdminService(fleet_pb2_grpc.AdminServiceServicer):
                 request.bundle_id, list(request.device_ids), request.label_selector,
                 request.timeout_seconds or self.deployment_timeout_seconds,
                 rollback_on_failure=request.rollback_on_failure,
-                rollback_on_timeout=request.rollback_on_timeout)
+                rollback_on_timeout=request.rollback_on_timeout,
+                max_in_flight=request.max_in_flight)
         except NotFound as exc:
             context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except InvalidArgument as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        self.hub.notify_desired([t.device_id for t in view.targets])
-        log.info("deployment %s: bundle %s to %d device(s)", view.deployment.id, request.bundle_id,
-                 len(view.targets))
+        # Only the released targets' desired state changed (phased rollout: the others wait).
+        released = [t.device_id for t in view.targets if t.release == RELEASED]
+        self.hub.notify_desired(released)
+        log.info("deployment %s: bundle %s to %d device(s)%s", view.deployment.id, request.bundle_id,
+                 len(view.targets), f", {len(released)} released (max_in_flight {request.max_in_flight})"
+                 if request.max_in_flight else "")
         return deployment_to_proto(view)
 
     @operator_only

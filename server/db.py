@@ -51,9 +51,9 @@ from sqlalchemy.schema import CreateColumn
 from proto import fleet_pb2
 from proto.manifest import Manifest
 from server.tokens import new_token
-from server.models import (SCHEMA_VERSION, UPGRADE_COLUMNS, Artifact, ArtifactStoreLock, Base, Bundle,
-                           BundleArtifact, Deployment, DeploymentRollback, DeploymentTarget, Device,
-                           DeviceCertificate, EnrollmentToken, SchemaInfo)
+from server.models import (NOT_STARTED, RELEASED, SCHEMA_VERSION, UPGRADE_COLUMNS, WAITING, Artifact,
+                           ArtifactStoreLock, Base, Bundle, BundleArtifact, Deployment, DeploymentRollback,
+                           DeploymentTarget, Device, DeviceCertificate, EnrollmentToken, SchemaInfo)
 
 Phase = fleet_pb2.ReportedState.Phase
 State = fleet_pb2.Deployment.State
@@ -144,6 +144,14 @@ class DeploymentView:
     # rollback_on_failure: device id -> the bundle it goes back to (None: it ran none);
     # None when the deployment was created without rollback
     rollback: dict[str, str | None] | None = None
+
+
+@dataclass
+class ReportOutcome:
+    """What one device report changed beyond the device's own row."""
+
+    ended: tuple[str, str] | None = None     # (deployment id, its new state) when it ended one
+    released: list[str] | None = None        # phased rollout: devices whose desired state it moved
 
 
 @dataclass
@@ -373,32 +381,43 @@ class Database:
 
         Returns (deployment_id, new deployment state) when this report ended a deployment.
         """
+        return self.apply_report(device_id, report, now).ended
+
+    def apply_report(self, device_id: str, report: fleet_pb2.ReportedState,
+                     now: float | None = None) -> ReportOutcome:
+        """record_report, also saying which devices a phased rollout released because of it (in
+        the same transaction: an INSTALLED report frees a slot of its deployment's max_in_flight).
+        The caller wakes their streams."""
         now = time.time() if now is None else now
         with self._write() as s:
             device = s.get(Device, device_id, with_for_update=True)
             if device is None:
-                return None
+                return ReportOutcome()
             device.reported = report.SerializeToString()
             device.reported_at = now
             device.last_seen = now
             dep_id = device.desired_deployment_id
             if not dep_id:
-                return None
+                return ReportOutcome()
+            # The deployment's row lock serializes every report (and release pass) of one rollout:
+            # the second of two concurrent INSTALLED reports counts the slots after the first's
+            # release committed, so the rollout never has more than max_in_flight in flight.
             dep = s.get(Deployment, dep_id, with_for_update=True)
             if dep is None or dep.state != IN_PROGRESS:
-                return None
+                return ReportOutcome()
             target = s.get(DeploymentTarget, (dep_id, device_id))
             if target is None or target.phase in _TERMINAL_PHASES:
-                return None
+                return ReportOutcome()
             new_phase, error = _phase_from_report(report, dep)
             if new_phase is None:
-                return None
+                return ReportOutcome()
             target.phase, target.error, target.updated_at = new_phase, error, now
             s.flush()
             ended = self._settle(s, dep, now)
             if ended and dep.state == FAILED and self._decide_rollback(s, dep, device_id, now):
                 dep.state, dep.rollback_reason = ROLLED_BACK, f"{device_id} reported FAILED: {error}"
-            return (dep.id, dep.state) if ended else None
+            released = self._release_next(s, dep, now) if new_phase == PHASE_INSTALLED else []
+            return ReportOutcome((dep.id, dep.state) if ended else None, released)
 
     # -- bundles and artifacts --------------------------------------------------------
     def add_bundle(self, manifest_bytes: bytes, signature: bytes, publisher_key: bytes,
@@ -504,12 +523,20 @@ class Database:
     def create_deployment(self, bundle_id: str, device_ids: list[str] | None = None,
                           selector: str = "", timeout_seconds: float = 900.0,
                           now: float | None = None, rollback_on_failure: bool = False,
-                          rollback_on_timeout: bool = False) -> DeploymentView:
+                          rollback_on_timeout: bool = False, max_in_flight: int = 0) -> DeploymentView:
         """Point every target device at `bundle_id`; supersede their older deployments.
         With `rollback_on_failure`, remember the bundle each device runs now (see
         apply_rollbacks); `rollback_on_timeout` (which needs it) also rolls back when the
-        deadline passes (time_out_expired)."""
+        deadline passes (time_out_expired).
+
+        max_in_flight > 0 (phased rollout): only the first that many targets in device id order
+        are released (pointed at the bundle, their older deployments superseded); the others are
+        WAITING and keep their desired state until a released one installs (apply_report) or the
+        reaper finds a free slot (release_waiting). The view's RELEASED targets are the devices
+        whose desired state changed."""
         now = time.time() if now is None else now
+        if max_in_flight < 0:
+            raise InvalidArgument("max_in_flight must not be negative (0 = every target at once)")
         if device_ids and selector:
             raise InvalidArgument("give either device ids or a label selector, not both")
         if rollback_on_timeout and not rollback_on_failure:
@@ -545,31 +572,44 @@ class Database:
 
             dep = Deployment(id="dep-" + secrets.token_hex(6), bundle_id=bundle_id,
                              state=IN_PROGRESS, created_at=now, deadline=now + timeout_seconds,
-                             rollback_on_timeout=rollback_on_timeout, rollback_reason="")
+                             rollback_on_timeout=rollback_on_timeout, rollback_reason="",
+                             max_in_flight=max_in_flight)
             s.add(dep)
-            old_ids = sorted({d.desired_deployment_id for d in devices if d.desired_deployment_id})
+            # Older deployments: those the devices desire, and phased ones still holding one of
+            # them WAITING (else that rollout would release it later, over this deployment).
+            waiting_in = set(s.scalars(
+                select(DeploymentTarget.deployment_id)
+                .join(Deployment, Deployment.id == DeploymentTarget.deployment_id)
+                .where(DeploymentTarget.device_id.in_(ids), DeploymentTarget.release == WAITING,
+                       Deployment.state == IN_PROGRESS)).all())
+            old_ids = sorted({d.desired_deployment_id for d in devices if d.desired_deployment_id} | waiting_in)
             old_deps = s.scalars(select(Deployment).where(Deployment.id.in_(old_ids))
                                  .order_by(Deployment.id).with_for_update()).all() if old_ids else []
             for old in old_deps:
                 if old.state != IN_PROGRESS:
                     continue
                 for d in devices:
-                    if d.desired_deployment_id != old.id:
-                        continue
                     target = s.get(DeploymentTarget, (old.id, d.id))
-                    if target is not None and target.phase not in _TERMINAL_PHASES:
-                        target.phase = PHASE_FAILED
-                        target.error = f"superseded by deployment {dep.id}"
-                        target.updated_at = now
+                    if target is None:
+                        continue
+                    if target.release == WAITING:
+                        target.release = NOT_STARTED
+                    elif d.desired_deployment_id != old.id or target.phase in _TERMINAL_PHASES:
+                        continue
+                    target.phase = PHASE_FAILED
+                    target.error = f"superseded by deployment {dep.id}"
+                    target.updated_at = now
                 s.flush()
                 self._settle(s, old, now)
             rollback = {d.id: _running_bundle(s, d) for d in devices} if rollback_on_failure else None
             targets = []
-            for d in devices:
-                d.desired_bundle_id = bundle_id
-                d.desired_deployment_id = dep.id
-                targets.append(DeploymentTarget(deployment_id=dep.id, device_id=d.id,
-                                                phase=PHASE_PENDING, error="", updated_at=now))
+            for i, d in enumerate(devices):      # sorted by id: the release order
+                release = RELEASED if not max_in_flight or i < max_in_flight else WAITING
+                if release == RELEASED:
+                    d.desired_bundle_id = bundle_id
+                    d.desired_deployment_id = dep.id
+                targets.append(DeploymentTarget(deployment_id=dep.id, device_id=d.id, phase=PHASE_PENDING,
+                                                error="", updated_at=now, release=release))
             s.add_all(targets)
             if rollback is not None:
                 s.add_all(DeploymentRollback(deployment_id=dep.id, device_id=d, bundle_id=b)
@@ -614,7 +654,10 @@ class Database:
                 # No rollback rows left (their devices were removed): nothing to roll back to.
                 roll_back = dep.rollback_on_timeout and _has_rollback(s, dep.id)
                 for t in targets:
-                    if t.phase not in _TERMINAL_PHASES:
+                    if t.release == WAITING:       # never moved: nothing to roll back either
+                        t.release, t.updated_at = NOT_STARTED, now
+                        t.error = "not started: the deployment timed out before releasing it"
+                    elif t.phase not in _TERMINAL_PHASES:
                         t.error = (f"{'rolled back: the ' if roll_back else ''}deployment timed out "
                                    f"(device was at {t.phase})")
                         t.updated_at = now
@@ -634,7 +677,7 @@ class Database:
         if not _has_rollback(s, dep.id):
             return False
         for t in s.scalars(select(DeploymentTarget).where(DeploymentTarget.deployment_id == dep.id)).all():
-            if t.phase != PHASE_FAILED:
+            if t.phase != PHASE_FAILED and t.release != NOT_STARTED:   # those were never moved
                 t.error, t.updated_at = f"rolled back: the deployment failed on {failed_device}", now
         return True
 
@@ -676,12 +719,57 @@ class Database:
                            .where(DeploymentTarget.deployment_id == dep.id)).all()
         if any(p == PHASE_FAILED for p in phases):
             dep.state = FAILED          # every target must install, so one failure decides it
+            _stop_waiting(s, dep, now)
         elif phases and all(p == PHASE_INSTALLED for p in phases):
             dep.state = SUCCEEDED
         else:
             return False
         dep.finished_at = now
         return True
+
+    def release_waiting(self, now: float | None = None) -> list[str]:
+        """Fill every phased rollout's free slots (the safety net behind apply_report: a slot a
+        removed device freed, a release skipped because the next device's row was locked);
+        returns the devices released, whose streams the caller wakes."""
+        now = time.time() if now is None else now
+        with self._write() as s:
+            deps = s.scalars(select(Deployment)
+                             .where(Deployment.state == IN_PROGRESS, Deployment.max_in_flight > 0)
+                             .order_by(Deployment.id).with_for_update(skip_locked=True)).all()
+            released: list[str] = []
+            for dep in deps:
+                released += self._release_next(s, dep, now)
+            return released
+
+    @staticmethod
+    def _release_next(s: Session, dep: Deployment, now: float) -> list[str]:
+        """Release WAITING targets of a phased rollout, in device id order, while fewer than
+        max_in_flight released targets have not installed; the caller holds the deployment's row
+        lock. Returns the device ids released.
+
+        The devices are taken with SKIP LOCKED: everywhere else a device is locked before its
+        deployments, so waiting here for a device while holding the deployment could deadlock
+        (with a deployment or removal of that device). A locked next device ends this round
+        (keeping the order); the reaper's release_waiting fills the slot on its next pass."""
+        if dep.state != IN_PROGRESS or not dep.max_in_flight:
+            return []
+        targets = s.scalars(select(DeploymentTarget).where(DeploymentTarget.deployment_id == dep.id)
+                            .order_by(DeploymentTarget.device_id)).all()
+        in_flight = sum(1 for t in targets if t.release == RELEASED and t.phase != PHASE_INSTALLED)
+        waiting = [t for t in targets if t.release == WAITING]
+        released = []
+        for t in waiting[:max(0, dep.max_in_flight - in_flight)]:
+            device = s.scalar(select(Device).where(Device.id == t.device_id)
+                              .with_for_update(skip_locked=True))
+            if device is None:
+                break
+            rollback = s.get(DeploymentRollback, (dep.id, device.id))
+            if rollback is not None:       # what it runs now is what it goes back to
+                rollback.bundle_id = _running_bundle(s, device)
+            device.desired_bundle_id, device.desired_deployment_id = dep.bundle_id, dep.id
+            t.release, t.updated_at = RELEASED, now
+            released.append(device.id)
+        return released
 
     # -- fleet ------------------------------------------------------------------------
     def fleet_snapshot(self) -> FleetSnapshot:
@@ -776,9 +864,24 @@ def _has_rollback(s: Session, deployment_id: str) -> bool:
                          .where(DeploymentRollback.deployment_id == deployment_id)))
 
 
+def _stop_waiting(s: Session, dep: Deployment, now: float) -> None:
+    """A phased rollout failed: its WAITING targets will never be released; say so on each."""
+    waiting = s.scalars(select(DeploymentTarget).where(DeploymentTarget.deployment_id == dep.id,
+                                                       DeploymentTarget.release == WAITING)).all()
+    if not waiting:
+        return
+    failed = sorted(s.scalars(select(DeploymentTarget.device_id)
+                              .where(DeploymentTarget.deployment_id == dep.id,
+                                     DeploymentTarget.phase == PHASE_FAILED)).all())
+    for t in waiting:
+        t.release, t.updated_at = NOT_STARTED, now
+        t.error = f"not started: the deployment failed on {_some(failed)}"
+
+
 def _timeout_reason(dep: Deployment, late: list[DeploymentTarget], targets_total: int) -> str:
     """The rollback_reason of a deployment whose deadline rolled it back."""
-    where = [f"{t.device_id} at {'PENDING' if t.phase == PHASE_PENDING else t.phase}" for t in late]
+    where = [f"{t.device_id} at {'WAITING' if t.release != RELEASED else 'PENDING' if t.phase == PHASE_PENDING else t.phase}"
+             for t in late]
     return (f"timed out after {dep.deadline - dep.created_at:g} s: {len(late)} of {targets_total} "
             f"target(s) had not installed by the deadline ({_some(where)})")
 

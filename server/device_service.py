@@ -188,12 +188,15 @@ class DeviceService(fleet_pb2_grpc.DeviceServiceServicer):
                         session.send(fleet_pb2.ServerMessage(ack=fleet_pb2.HeartbeatAck(
                             sequence=message.heartbeat.sequence, server_unix=now)))
                     elif kind == "state":
-                        ended = self.db.record_report(device_id, message.state, now)
+                        outcome = self.db.apply_report(device_id, message.state, now)
                         last_touch = time.monotonic()
-                        if ended:
-                            log.info("deployment %s ended %s", *ended)
-                            if ended[1] == ROLLED_BACK:
-                                self.hub.notify_desired(self.db.apply_rollbacks(ended[0]))
+                        if outcome.released:       # phased rollout: the next target(s), here and on peers
+                            log.info("device %s installed; released %s", device_id, ", ".join(outcome.released))
+                            self.hub.notify_desired(outcome.released)
+                        if outcome.ended:
+                            log.info("deployment %s ended %s", *outcome.ended)
+                            if outcome.ended[1] == ROLLED_BACK:
+                                self.hub.notify_desired(self.db.apply_rollbacks(outcome.ended[0]))
                     elif kind == "metrics":
                         self.latest.put(device_id, message.metrics)
                     if time.monotonic() - last_touch >= TOUCH_INTERVAL_SECONDS:

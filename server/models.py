@@ -18,7 +18,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 # 5: adds deployments.rollback_on_timeout and deployments.rollback_reason (new columns on an
 #    existing table, which create_all does not add: Database.create_schema ALTERs a version-4
 #    database, see UPGRADE_COLUMNS)
-SCHEMA_VERSION = 5
+# 6: adds deployments.max_in_flight and deployment_targets.release_state (phased rollouts; likewise
+#    ALTERed in, their server defaults making every older deployment unlimited and every older
+#    target released, which is what they were)
+SCHEMA_VERSION = 6
 
 
 class Base(DeclarativeBase):
@@ -119,6 +122,9 @@ class Deployment(Base):
     rollback_on_timeout: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # ROLLED_BACK only: why ("<device> reported FAILED: ..." or "timed out after ..."); "" otherwise
     rollback_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # Version 6. Phased rollout: at most this many targets released and not yet INSTALLED; 0 = all
+    # at once (and what every deployment written before the upgrade was).
+    max_in_flight: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     __table_args__ = (Index("ix_deployments_state_deadline", "state", "deadline"),)
 
 
@@ -126,7 +132,11 @@ class Deployment(Base):
 # database older than that version to add them (create_all only creates missing tables).
 UPGRADE_COLUMNS: dict[int, list[tuple[str, str]]] = {
     5: [("deployments", "rollback_on_timeout"), ("deployments", "rollback_reason")],
+    6: [("deployments", "max_in_flight"), ("deployment_targets", "release_state")],
 }
+
+# DeploymentTarget.release values (the proto's DeploymentTarget.Release names)
+RELEASED, WAITING, NOT_STARTED = "RELEASED", "WAITING", "NOT_STARTED"
 
 
 class DeploymentTarget(Base):
@@ -136,6 +146,10 @@ class DeploymentTarget(Base):
     phase: Mapped[str] = mapped_column(String(32))                         # ReportedState.Phase name
     error: Mapped[str] = mapped_column(Text, default="")
     updated_at: Mapped[float] = mapped_column(Double)
+    # Version 6: RELEASED (the device's desired bundle is this deployment's), WAITING (phased
+    # rollout, not released yet: the device keeps its old desired state) or NOT_STARTED (the
+    # deployment ended before releasing it). Rows from before the upgrade were all released.
+    release: Mapped[str] = mapped_column("release_state", String(16), default=RELEASED, server_default=RELEASED)
 
 
 class DeploymentRollback(Base):

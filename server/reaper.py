@@ -1,7 +1,8 @@
 """The deployment reaper: ends every deployment that is past its deadline as TIMED_OUT (or
 ROLLED_BACK, when it was created with rollback_on_timeout), and moves the devices of every
 ROLLED_BACK deployment back (Database.apply_rollbacks): those it just timed out, and those a
-server stopped in the middle of rolling back.
+server stopped in the middle of rolling back. It also releases waiting targets of phased rollouts
+into slots no report filled (Database.release_waiting).
 
 It runs once at start (so deployments whose deadline passed while the server was down end
 right after a restart) and then every `interval` seconds. Safe with several replicas: the
@@ -43,6 +44,12 @@ class DeploymentReaper:
             log.warning("rolled back %d device(s) left on a rolled-back deployment", len(moved))
             if self.on_desired_changed is not None:
                 self.on_desired_changed(moved)
+        # Phased rollouts: slots a report could not fill (a removed target, a locked device row).
+        released = self.db.release_waiting()
+        if released:
+            log.info("released %d waiting target(s) of phased rollouts: %s", len(released), ", ".join(released))
+            if self.on_desired_changed is not None:
+                self.on_desired_changed(released)
         return list(timed_out)
 
     def start(self) -> None:

@@ -454,7 +454,7 @@ def test_version_3_database_gains_the_store_lock(db_url, tmp_path, publisher_key
         upgraded.create_schema()
         upgraded.create_schema()
         with upgraded._read() as s:
-            assert s.get(SchemaInfo, 1).version == SCHEMA_VERSION == 5
+            assert s.get(SchemaInfo, 1).version == SCHEMA_VERSION == 6
             assert s.get(ArtifactStoreLock, 1) is not None
         assert upgraded.authenticate(credential) == device_id
         bundle, _ = _bundle(upgraded, tmp_path, publisher_key)
@@ -484,14 +484,14 @@ def test_version_4_database_keeps_its_rows_and_gains_rollback_on_timeout(db_url,
                               "VALUES (:id, :bundle, :state, :created, :deadline, :finished)"),
                          dict(id=dep_id, bundle=bundle.id, state=state, created=created, deadline=deadline,
                               finished=finished))
+        for dep_id, device_id, phase, error in [
+                ("dep-open", a, "DOWNLOADING", ""), ("dep-back", b, PHASE_FAILED, "disk full"),
+                ("dep-late", b, PHASE_PENDING, "deployment timed out (device was at PHASE_UNSPECIFIED)")]:
+            conn.execute(text("INSERT INTO deployment_targets (deployment_id, device_id, phase, error, updated_at) "
+                              "VALUES (:dep, :device, :phase, :error, :now)"),
+                         dict(dep=dep_id, device=device_id, phase=phase, error=error, now=now))
     with old._write() as s:
-        s.add_all([DeploymentTarget(deployment_id="dep-open", device_id=a, phase="DOWNLOADING", error="",
-                                    updated_at=now),
-                   DeploymentTarget(deployment_id="dep-back", device_id=b, phase=PHASE_FAILED, error="disk full",
-                                    updated_at=now),
-                   DeploymentTarget(deployment_id="dep-late", device_id=b, phase=PHASE_PENDING,
-                                    error="deployment timed out (device was at PHASE_UNSPECIFIED)", updated_at=now),
-                   DeploymentRollback(deployment_id="dep-open", device_id=a, bundle_id=prev.id),
+        s.add_all([DeploymentRollback(deployment_id="dep-open", device_id=a, bundle_id=prev.id),
                    DeploymentRollback(deployment_id="dep-back", device_id=b, bundle_id=prev.id)])
         s.execute(update(Device).where(Device.id == a).values(desired_bundle_id=bundle.id,
                                                                 desired_deployment_id="dep-open"))
@@ -500,9 +500,9 @@ def test_version_4_database_keeps_its_rows_and_gains_rollback_on_timeout(db_url,
     upgraded = Database(db_url)
     try:
         upgraded.create_schema()
-        upgraded.create_schema()                # finds version 5: adds nothing twice
+        upgraded.create_schema()                # finds version 6: adds nothing twice
         with upgraded._read() as s:
-            assert s.get(SchemaInfo, 1).version == SCHEMA_VERSION == 5
+            assert s.get(SchemaInfo, 1).version == SCHEMA_VERSION == 6
         assert _columns(upgraded, "deployments").count("rollback_on_timeout") == 1
         assert upgraded.authenticate(credential) == a
         views = {v.deployment.id: v for v in upgraded.list_deployments()}
