@@ -39,7 +39,7 @@ import hmac
 import secrets
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, TypeVar
 
 from sqlalchemy import and_, create_engine, delete, event, func, or_, select, text, update
@@ -151,7 +151,7 @@ class ReportOutcome:
     """What one device report changed beyond the device's own row."""
 
     ended: tuple[str, str] | None = None     # (deployment id, its new state) when it ended one
-    released: list[str] | None = None        # phased rollout: devices whose desired state it moved
+    released: list[str] = field(default_factory=list)   # phased rollout: devices whose desired state it moved
 
 
 @dataclass
