@@ -420,7 +420,7 @@ def test_sweep_deletes_only_unreferenced_artifact_rows(db, tmp_path, publisher_k
 
 
 def _create_old_schema(database: Database, version: int) -> None:
-    """The tables a release at schema `version` (3 or 4) created, with their one-row tables: today's
+    """The tables a release at schema `version` (3, 4 or 5) created, with their one-row tables: today's
     tables without those added later (artifact_store_lock in 4), and without the columns later
     versions added to existing tables (models.UPGRADE_COLUMNS)."""
     tables = [t for t in Base.metadata.sorted_tables if version >= 4 or t.name != ArtifactStoreLock.__tablename__]
@@ -525,6 +525,68 @@ def test_version_4_database_keeps_its_rows_and_gains_rollback_on_timeout(db_url,
         dep = upgraded.create_deployment(bundle.id, device_ids=[b], rollback_on_failure=True,
                                          rollback_on_timeout=True).deployment.id
         assert upgraded.get_deployment(dep).deployment.rollback_on_timeout is True
+    finally:
+        upgraded.dispose()
+
+
+def test_version_5_database_keeps_its_rows_and_gains_phased_rollouts(db_url, tmp_path, publisher_key):
+    """A version-5 database (no deployments.max_in_flight, no deployment_targets.release_state) is
+    upgraded in place: every row stays, every deployment reads unlimited and every target
+    released (what they were), its deployment in progress still ends on a report, and new
+    deployments can be phased."""
+    old = Database(db_url)
+    _create_old_schema(old, 5)
+    assert "release_state" not in _columns(old, "deployment_targets")
+    a, credential = _enroll(old)
+    b, _ = _enroll(old)
+    bundle, _ = _bundle(old, tmp_path, publisher_key)
+    prev, _ = _bundle(old, tmp_path, publisher_key)
+    now = time.time()
+    deps = {"dep-open": (IN_PROGRESS, now + 600, False, ""),
+            "dep-back": (ROLLED_BACK, now - 100, True, f"{b} reported FAILED: disk full")}
+    targets = {("dep-open", a): (PHASE_PENDING, ""), ("dep-open", b): ("INSTALLED", ""),
+               ("dep-back", b): (PHASE_FAILED, "disk full")}
+    with old.engine.begin() as conn:            # the columns version 5 had, no more
+        for dep_id, (state, deadline, on_timeout, reason) in deps.items():
+            conn.execute(text("INSERT INTO deployments (id, bundle_id, state, created_at, deadline, finished_at, "
+                              "rollback_on_timeout, rollback_reason) VALUES (:id, :bundle, :state, :created, "
+                              ":deadline, NULL, :on_timeout, :reason)"),
+                         dict(id=dep_id, bundle=bundle.id, state=state, created=now - 200, deadline=deadline,
+                              on_timeout=on_timeout, reason=reason))
+        for (dep_id, device_id), (phase, error) in targets.items():
+            conn.execute(text("INSERT INTO deployment_targets (deployment_id, device_id, phase, error, updated_at) "
+                              "VALUES (:dep, :device, :phase, :error, :now)"),
+                         dict(dep=dep_id, device=device_id, phase=phase, error=error, now=now))
+    with old._write() as s:
+        s.add(DeploymentRollback(deployment_id="dep-back", device_id=b, bundle_id=prev.id))
+        s.execute(update(Device).where(Device.id == a).values(desired_bundle_id=bundle.id,
+                                                                desired_deployment_id="dep-open"))
+    old.dispose()
+
+    upgraded = Database(db_url)
+    try:
+        upgraded.create_schema()
+        upgraded.create_schema()                # finds version 6: adds nothing twice
+        with upgraded._read() as s:
+            assert s.get(SchemaInfo, 1).version == SCHEMA_VERSION == 6
+        assert _columns(upgraded, "deployments").count("max_in_flight") == 1
+        assert _columns(upgraded, "deployment_targets").count("release_state") == 1
+        assert upgraded.authenticate(credential) == a
+        views = {v.deployment.id: v for v in upgraded.list_deployments()}
+        assert {i: (v.deployment.state, v.deployment.deadline, v.deployment.rollback_on_timeout,
+                    v.deployment.rollback_reason) for i, v in views.items()} == deps
+        assert {i: v.deployment.max_in_flight for i, v in views.items()} == {"dep-open": 0, "dep-back": 0}
+        assert {(t.deployment_id, t.device_id): (t.phase, t.error) for v in views.values()
+                for t in v.targets} == targets
+        assert {t.release for v in views.values() for t in v.targets} == {"RELEASED"}
+        assert views["dep-back"].rollback == {b: prev.id}
+
+        outcome = upgraded.apply_report(a, fleet_pb2.ReportedState(bundle_id=bundle.id, deployment_id="dep-open",
+                                                                   phase=Phase.INSTALLED))
+        assert (outcome.ended, outcome.released) == (("dep-open", SUCCEEDED), [])
+        phased = upgraded.create_deployment(prev.id, device_ids=[a, b], max_in_flight=1)
+        assert [t.release for t in phased.targets] == ["RELEASED", "WAITING"]
+        assert upgraded.get_deployment(phased.deployment.id).deployment.max_in_flight == 1
     finally:
         upgraded.dispose()
 

@@ -345,3 +345,37 @@ def test_a_timeout_the_reaper_on_a_rolls_back_reaches_the_stream_on_b(tmp_path, 
         a.stop(grace=0)
         b.stop(grace=0)
     assert listener_threads() == []
+
+
+@pytest.mark.postgres
+def test_a_phased_rollout_release_decided_on_a_reaches_the_next_target_on_b(replicas, tmp_path, publisher_key):
+    """max_in_flight=1 over two devices: the first in id order streams on A, the second on B. The
+    first's INSTALLED report arrives on A, whose transaction releases the second; B's stream is
+    sent the new bundle, which (no recheck for an hour) only the NOTIFY can have told it."""
+    from proto import fleet_pb2
+
+    a, b, admin_a, channel_b = replicas
+    channel_a = grpc.insecure_channel(a.address)
+    first, second = sorted((enroll(admin_a, channel_a, hostname=f"phased-{i}") for i in range(2)),
+                           key=lambda e: e.device_id)
+    stream_a = DeviceStream(channel_a, first.credential)
+    stream_b = DeviceStream(channel_b, second.credential)
+    try:
+        wait_until(lambda: first.device_id in a.hub.connected() and second.device_id in b.hub.connected(),
+                   "the streams on A and B")
+        stream_b.send(heartbeat={"sequence": 1})          # B's stream is past its first read
+        assert stream_b.next("ack", timeout=DEADLINE).sequence == 1
+        bundle = admin_a.upload_bundle(make_bundle(tmp_path / "phased", publisher_key)[0]).bundle_id
+        dep = admin_a.deploy(bundle, device_ids=[first.device_id, second.device_id], max_in_flight=1)
+        Release = fleet_pb2.DeploymentTarget.Release
+        assert [t.release for t in dep.targets] == [Release.RELEASED, Release.WAITING]
+        assert stream_a.next("desired", timeout=DEADLINE).bundle_id == bundle
+        stream_a.send(state=fleet_pb2.ReportedState(bundle_id=bundle, deployment_id=dep.deployment_id,
+                                                    phase=fleet_pb2.ReportedState.INSTALLED))
+        desired = stream_b.next("desired", timeout=DEADLINE)
+        assert (desired.bundle_id, desired.deployment_id) == (bundle, dep.deployment_id)
+        assert [t.release for t in admin_a.get_deployment(dep.deployment_id).targets] == [Release.RELEASED] * 2
+    finally:
+        stream_a.close()
+        stream_b.close()
+        channel_a.close()
