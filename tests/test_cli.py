@@ -54,3 +54,4 @@ def test_deploy_offers_rollback_on_failure_and_on_timeout():
     result = _run("deploy", "--help")
     assert result.returncode == 0 and "--rollback-on-failure" in result.stdout
     assert "--rollback-on-timeout" in result.stdout
+    assert "--max-in-flight" in result.stdout

@@ -89,3 +89,40 @@ def test_deploy_with_rollback_on_timeout_and_what_the_listing_says(server, admin
         assert "rolled back: the deployment timed out (device was at PHASE_UNSPECIFIED)" in shown.stdout
     finally:
         stream.close()
+
+
+def test_deploy_with_max_in_flight_and_what_the_listing_says(server, admin, device_channel, bundle):
+    """`deploy --max-in-flight 1` to two devices: the listing shows the limit and one target
+    WAITING; after the first fails, the other shows NOT_STARTED. A negative limit is refused."""
+    folder, _, _ = bundle
+    devices = sorted((enroll(admin, device_channel, hostname=f"bench-{i}") for i in range(2)),
+                     key=lambda e: e.device_id)
+    stream = DeviceStream(device_channel, devices[0].credential)
+    try:
+        bundle_id = admin.upload_bundle(folder).bundle_id
+        targets = [arg for d in devices for arg in ("--device", d.device_id)]
+        refused = _cli(server, "deploy", bundle_id, *targets, "--max-in-flight", "-1")
+        assert refused.returncode != 0 and "--max-in-flight must be 0" in refused.stderr
+        assert admin.list_deployments() == []
+
+        deploy = _cli(server, "deploy", bundle_id, *targets, "--max-in-flight", "1")
+        assert deploy.returncode == 0, deploy.stderr
+        assert "2 device(s)  max 1 in flight, 1 waiting" in deploy.stdout
+        shown = _cli(server, "deployments", "--targets")
+        assert shown.returncode == 0, shown.stderr
+        assert "0/2 installed" in shown.stdout and "max 1 in flight, 1 waiting" in shown.stdout
+        assert f"    {devices[1].device_id}  WAITING" in shown.stdout
+
+        (dep,) = admin.list_deployments()
+        stream.send(state=fleet_pb2.ReportedState(deployment_id=dep.deployment_id, target_bundle_id=bundle_id,
+                                                  phase=Phase.FAILED, error="no space"))
+        end = time.monotonic() + 30
+        while admin.get_deployment(dep.deployment_id).state == fleet_pb2.Deployment.IN_PROGRESS:
+            assert time.monotonic() < end, "the FAILED report was not recorded"
+            time.sleep(0.05)
+        shown = _cli(server, "deployments", "--targets")
+        assert "FAILED" in shown.stdout and "max 1 in flight, 0 waiting, 1 not started" in shown.stdout
+        assert (f"    {devices[1].device_id}  NOT_STARTED   not started: the deployment failed on "
+                f"{devices[0].device_id}") in shown.stdout
+    finally:
+        stream.close()
