@@ -441,6 +441,26 @@ def _columns(database: Database, table: str) -> list[str]:
     return [c["name"] for c in inspect(database.engine).get_columns(table)]
 
 
+def _upgrade(db_url: str) -> Database:
+    """Open an old database and upgrade it, twice (the second finds the current version and
+    adds nothing); the caller disposes of it."""
+    upgraded = Database(db_url)
+    upgraded.create_schema()
+    upgraded.create_schema()
+    with upgraded._read() as s:
+        assert s.get(SchemaInfo, 1).version == SCHEMA_VERSION == 6
+    return upgraded
+
+
+def _insert_targets(conn, rows) -> None:
+    """deployment_targets rows with the columns every version since 3 has, no more (the ORM
+    would also write columns the old schema lacks): (deployment, device, phase, error, time)."""
+    for dep_id, device_id, phase, error, now in rows:
+        conn.execute(text("INSERT INTO deployment_targets (deployment_id, device_id, phase, error, updated_at) "
+                          "VALUES (:dep, :device, :phase, :error, :now)"),
+                     dict(dep=dep_id, device=device_id, phase=phase, error=error, now=now))
+
+
 def test_version_3_database_gains_the_store_lock(db_url, tmp_path, publisher_key):
     """A database the previous release created (no artifact_store_lock, version 3) is upgraded in
     place by create_schema, keeping its rows, and uploads work on it."""
@@ -449,12 +469,9 @@ def test_version_3_database_gains_the_store_lock(db_url, tmp_path, publisher_key
     device_id, credential = _enroll(old)
     old.dispose()
 
-    upgraded = Database(db_url)
+    upgraded = _upgrade(db_url)
     try:
-        upgraded.create_schema()
-        upgraded.create_schema()
         with upgraded._read() as s:
-            assert s.get(SchemaInfo, 1).version == SCHEMA_VERSION == 6
             assert s.get(ArtifactStoreLock, 1) is not None
         assert upgraded.authenticate(credential) == device_id
         bundle, _ = _bundle(upgraded, tmp_path, publisher_key)
@@ -484,12 +501,9 @@ def test_version_4_database_keeps_its_rows_and_gains_rollback_on_timeout(db_url,
                               "VALUES (:id, :bundle, :state, :created, :deadline, :finished)"),
                          dict(id=dep_id, bundle=bundle.id, state=state, created=created, deadline=deadline,
                               finished=finished))
-        for dep_id, device_id, phase, error in [
-                ("dep-open", a, "DOWNLOADING", ""), ("dep-back", b, PHASE_FAILED, "disk full"),
-                ("dep-late", b, PHASE_PENDING, "deployment timed out (device was at PHASE_UNSPECIFIED)")]:
-            conn.execute(text("INSERT INTO deployment_targets (deployment_id, device_id, phase, error, updated_at) "
-                              "VALUES (:dep, :device, :phase, :error, :now)"),
-                         dict(dep=dep_id, device=device_id, phase=phase, error=error, now=now))
+        _insert_targets(conn, [
+            ("dep-open", a, "DOWNLOADING", "", now), ("dep-back", b, PHASE_FAILED, "disk full", now),
+            ("dep-late", b, PHASE_PENDING, "deployment timed out (device was at PHASE_UNSPECIFIED)", now)])
     with old._write() as s:
         s.add_all([DeploymentRollback(deployment_id="dep-open", device_id=a, bundle_id=prev.id),
                    DeploymentRollback(deployment_id="dep-back", device_id=b, bundle_id=prev.id)])
@@ -497,12 +511,8 @@ def test_version_4_database_keeps_its_rows_and_gains_rollback_on_timeout(db_url,
                                                                 desired_deployment_id="dep-open"))
     old.dispose()
 
-    upgraded = Database(db_url)
+    upgraded = _upgrade(db_url)
     try:
-        upgraded.create_schema()
-        upgraded.create_schema()                # finds version 6: adds nothing twice
-        with upgraded._read() as s:
-            assert s.get(SchemaInfo, 1).version == SCHEMA_VERSION == 6
         assert _columns(upgraded, "deployments").count("rollback_on_timeout") == 1
         assert upgraded.authenticate(credential) == a
         views = {v.deployment.id: v for v in upgraded.list_deployments()}
@@ -553,22 +563,16 @@ def test_version_5_database_keeps_its_rows_and_gains_phased_rollouts(db_url, tmp
                               ":deadline, NULL, :on_timeout, :reason)"),
                          dict(id=dep_id, bundle=bundle.id, state=state, created=now - 200, deadline=deadline,
                               on_timeout=on_timeout, reason=reason))
-        for (dep_id, device_id), (phase, error) in targets.items():
-            conn.execute(text("INSERT INTO deployment_targets (deployment_id, device_id, phase, error, updated_at) "
-                              "VALUES (:dep, :device, :phase, :error, :now)"),
-                         dict(dep=dep_id, device=device_id, phase=phase, error=error, now=now))
+        _insert_targets(conn, [(dep_id, device_id, phase, error, now)
+                               for (dep_id, device_id), (phase, error) in targets.items()])
     with old._write() as s:
         s.add(DeploymentRollback(deployment_id="dep-back", device_id=b, bundle_id=prev.id))
         s.execute(update(Device).where(Device.id == a).values(desired_bundle_id=bundle.id,
                                                                 desired_deployment_id="dep-open"))
     old.dispose()
 
-    upgraded = Database(db_url)
+    upgraded = _upgrade(db_url)
     try:
-        upgraded.create_schema()
-        upgraded.create_schema()                # finds version 6: adds nothing twice
-        with upgraded._read() as s:
-            assert s.get(SchemaInfo, 1).version == SCHEMA_VERSION == 6
         assert _columns(upgraded, "deployments").count("max_in_flight") == 1
         assert _columns(upgraded, "deployment_targets").count("release_state") == 1
         assert upgraded.authenticate(credential) == a

@@ -136,12 +136,13 @@ def test_an_unreachable_database_is_retried_and_stops_cleanly(caplog):
 
 
 # -- two replicas --------------------------------------------------------------------------
-@pytest.fixture
-def replicas(tmp_path, publisher_key, pg_url):
+def _two_replicas(tmp_path, publisher_key, pg_url, **a_options):
+    """Replicas A and B on one PostgreSQL, desired-state rechecks an hour apart and B's reaper
+    idle for an hour (so only a notification can deliver to B); a_options go to A's server."""
     a = start_server(tmp_path / "a", publisher_key, db_url=pg_url, desired_recheck_seconds=NO_RECHECK,
-                     operator_token="operator")
+                     operator_token="operator", **a_options)
     b = start_server(tmp_path / "b", publisher_key, db_url=pg_url, desired_recheck_seconds=NO_RECHECK,
-                     operator_token="operator")
+                     operator_token="operator", reaper_interval_seconds=NO_RECHECK)
     admin_a = AdminClient(a.address, a.operator_token, timeout=10)
     channel_b = grpc.insecure_channel(b.address)
     yield a, b, admin_a, channel_b
@@ -150,6 +151,17 @@ def replicas(tmp_path, publisher_key, pg_url):
     a.stop(grace=0)
     b.stop(grace=0)
     assert listener_threads() == []          # shutdown leaves no listener behind
+
+
+@pytest.fixture
+def replicas(tmp_path, publisher_key, pg_url):
+    yield from _two_replicas(tmp_path, publisher_key, pg_url)
+
+
+@pytest.fixture
+def reaping_replicas(tmp_path, publisher_key, pg_url):
+    """The replicas with A's reaper running every 0.2 s (B's waits an hour)."""
+    yield from _two_replicas(tmp_path, publisher_key, pg_url, reaper_interval_seconds=0.2)
 
 
 def connect_on_b(b, admin_a, channel_b) -> tuple[str, DeviceStream]:
@@ -254,7 +266,8 @@ def test_a_rollback_decided_on_a_reaches_the_stream_on_b(replicas, tmp_path, pub
 
 
 @pytest.mark.postgres
-def test_a_rollback_the_reaper_finishes_on_a_reaches_the_stream_on_b(tmp_path, publisher_key, pg_url, caplog):
+def test_a_rollback_the_reaper_finishes_on_a_reaches_the_stream_on_b(reaping_replicas, tmp_path, publisher_key,
+                                                                    pg_url, caplog):
     """A rollback the reaper drives: device Y fails a rollback_on_failure deployment through a
     replica C that dies right after recording the failure (ROLLED_BACK committed, nobody moved
     yet). A's reaper moves the targets back; the other target, streaming on B, is sent its old
@@ -263,12 +276,7 @@ def test_a_rollback_the_reaper_finishes_on_a_reaches_the_stream_on_b(tmp_path, p
     from server.db import ROLLED_BACK, Database
 
     Phase = fleet_pb2.ReportedState.Phase
-    a = start_server(tmp_path / "a", publisher_key, db_url=pg_url, desired_recheck_seconds=NO_RECHECK,
-                     operator_token="operator", reaper_interval_seconds=0.2)
-    b = start_server(tmp_path / "b", publisher_key, db_url=pg_url, desired_recheck_seconds=NO_RECHECK,
-                     operator_token="operator", reaper_interval_seconds=NO_RECHECK)
-    admin_a = AdminClient(a.address, a.operator_token, timeout=10)
-    channel_b = grpc.insecure_channel(b.address)
+    a, b, admin_a, channel_b = reaping_replicas
     replica_c = Database(pg_url)                 # what C's device service wrote with before it died
     stream_b = None
     try:
@@ -295,15 +303,11 @@ def test_a_rollback_the_reaper_finishes_on_a_reaches_the_stream_on_b(tmp_path, p
         if stream_b is not None:
             stream_b.close()
         replica_c.dispose()
-        channel_b.close()
-        admin_a.close()
-        a.stop(grace=0)
-        b.stop(grace=0)
-    assert listener_threads() == []
 
 
 @pytest.mark.postgres
-def test_a_timeout_the_reaper_on_a_rolls_back_reaches_the_stream_on_b(tmp_path, publisher_key, pg_url, caplog):
+def test_a_timeout_the_reaper_on_a_rolls_back_reaches_the_stream_on_b(reaping_replicas, tmp_path, publisher_key,
+                                                                     caplog):
     """rollback_on_timeout across replicas: the target streams on B and never reports success;
     A's reaper ends the deployment ROLLED_BACK at its deadline and moves the target back, and the
     stream on B is sent the old bundle again. B's own reaper and recheck wait an hour, so only
@@ -311,12 +315,7 @@ def test_a_timeout_the_reaper_on_a_rolls_back_reaches_the_stream_on_b(tmp_path, 
     from proto import fleet_pb2
 
     Phase = fleet_pb2.ReportedState.Phase
-    a = start_server(tmp_path / "a", publisher_key, db_url=pg_url, desired_recheck_seconds=NO_RECHECK,
-                     operator_token="operator", reaper_interval_seconds=0.2)
-    b = start_server(tmp_path / "b", publisher_key, db_url=pg_url, desired_recheck_seconds=NO_RECHECK,
-                     operator_token="operator", reaper_interval_seconds=NO_RECHECK)
-    admin_a = AdminClient(a.address, a.operator_token, timeout=10)
-    channel_b = grpc.insecure_channel(b.address)
+    a, b, admin_a, channel_b = reaping_replicas
     stream_b = None
     try:
         old = admin_a.upload_bundle(make_bundle(tmp_path / "old", publisher_key)[0]).bundle_id
@@ -340,11 +339,6 @@ def test_a_timeout_the_reaper_on_a_rolls_back_reaches_the_stream_on_b(tmp_path, 
     finally:
         if stream_b is not None:
             stream_b.close()
-        channel_b.close()
-        admin_a.close()
-        a.stop(grace=0)
-        b.stop(grace=0)
-    assert listener_threads() == []
 
 
 @pytest.mark.postgres
