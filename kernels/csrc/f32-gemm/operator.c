@@ -50,14 +50,15 @@ typedef struct {
   const ef_f32_packed* w;
   float* c;
   float lo, hi;
+  size_t per_item; /* blocks per work item: 2 (the wide tile's pair) or 1 */
 } f32_job;
 
-/* Items are blocks, or pairs of adjacent blocks where the config has the wide tile (the last
- * pair may hold one block). Every row tile of an item reuses its weights from L1 / L2. */
+/* Items are blocks, or pairs of adjacent blocks for the wide tile (the last pair may hold one
+ * block). Every row tile of an item reuses its weights from L1 / L2. */
 static void f32_range(void* ctx, size_t begin, size_t end) {
   const f32_job* j = ctx;
   const ef_f32_packed* w = j->w;
-  const size_t per_item = j->config->mr_wide ? 2 : 1;
+  const size_t per_item = j->per_item;
   for (size_t b = begin * per_item; b < EF_MIN(end * per_item, w->n_blocks); b += per_item) {
     const float* block = w->data + b * w->block_floats;
     const size_t n0 = b * EF_F32_NR;
@@ -83,8 +84,10 @@ int ef_f32_gemm(const ef_f32_gemm_config* config, size_t m, const float* x, cons
                 float out_min, float out_max) {
   if (config == NULL) config = ef_f32_gemm_select();
   if (m == 0) return 0;
-  f32_job job = {config, m, x, w, c, out_min, out_max};
-  const size_t per_item = config->mr_wide ? 2 : 1;
+  /* Pairs where the config has the wide tile and they leave every thread an item: threads
+   * split the columns only, so pairing the 2 blocks of N = 32 would leave a thread idle. */
+  const size_t per_item = config->mr_wide && w->n_blocks >= 2 * (size_t)ef_get_num_threads() ? 2 : 1;
+  f32_job job = {config, m, x, w, c, out_min, out_max, per_item};
   ef_parallel_for(EF_DIV_UP(w->n_blocks, per_item), m * w->k * EF_F32_NR * per_item, f32_range, &job);
   return 0;
 }
