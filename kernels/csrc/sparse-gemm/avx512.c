@@ -109,50 +109,82 @@ EF_TARGET_AVX512 void ef_sparse_qs8_out_row__avx512(const int32_t* restrict raw,
 #define SPP_TARGET_VBMI \
   __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx512vbmi,avx512vbmi2")))
 
-/* Step u of a block: a step that starts a run (u a multiple of RUN) first loads the run's
- * window, 64 activations per row (any column: an unaligned load). vpermb gathers every
- * slot's activation by its 6-bit column, vpdpbusd multiplies them with the step's 64
- * weights. One accumulator per step of the block: vpdpbusd's latency is ~4-5 cycles and a
- * step issues in ~1.5, so one chain would stall. */
-#define SPP_STEP(u, idx, acc0, acc1)                                                             \
-  {                                                                                              \
-    if ((u) % RUN == 0) {                                                                        \
-      const uint8_t* xc = x + run_col[(u) / RUN];                                                \
-      xa = _mm512_loadu_si512(xc);                                                               \
-      xb = _mm512_loadu_si512(xc + ldx);                                                         \
-    }                                                                                            \
-    const __m512i wv = _mm512_load_si512(block + EF_SPP_COL_BYTES + (u) * 64);                   \
-    ef_dpbusd_512(&acc0, _mm512_permutexvar_epi8(idx, xa), wv);                                     \
-    ef_dpbusd_512(&acc1, _mm512_permutexvar_epi8(idx, xb), wv);                                     \
-  }
+/* Two activation rows: the block's four steps in one asm statement, as for one row below
+ * (the same copies around vpdpbusd otherwise). Each step's columns are unpacked once and serve
+ * both rows; the step's weights are loaded once into a register. xa*, xb*: the windows of the
+ * two rows for steps 0..3. */
+EF_INLINE SPP_TARGET_VBMI void spp_block_2(const uint8_t* block, __m512i xa0, __m512i xa1, __m512i xa2,
+                                           __m512i xa3, __m512i xb0, __m512i xb1, __m512i xb2, __m512i xb3,
+                                           __m512i lo, __m512i hi, __m512i* a, __m512i* b) {
+  __m512i v0, v1, v2, t, u, wv;
+#define SPP2_STEP(XA, XB, W, N)                         \
+  "vpermb %[" XA "], %[t], %[u]\n\t"                    \
+  "vmovdqa64 " W "(%[blk]), %[wv]\n\t"                  \
+  "vpdpbusd %[wv], %[u], %[a" N "]\n\t"                 \
+  "vpermb %[" XB "], %[t], %[u]\n\t"                    \
+  "vpdpbusd %[wv], %[u], %[b" N "]\n\t"
+  /* two statements (steps 0-1, 2-3): one would need more than GCC's 30 asm operands */
+  __asm__(
+      "vmovdqa64 (%[blk]), %[v0]\n\t"
+      "vmovdqa64 64(%[blk]), %[v1]\n\t"
+      "vmovdqa64 128(%[blk]), %[v2]\n\t"
+      "vpmultishiftqb %[v0], %[lo], %[t]\n\t"
+      SPP2_STEP("xa0", "xb0", "192", "0")
+      "vpshrdq $48, %[v1], %[v0], %[t]\n\t"
+      "vpmultishiftqb %[t], %[lo], %[t]\n\t"
+      SPP2_STEP("xa1", "xb1", "256", "1")
+      : [a0] "+v"(a[0]), [a1] "+v"(a[1]), [b0] "+v"(b[0]), [b1] "+v"(b[1]), [v0] "=&v"(v0), [v1] "=&v"(v1),
+        [v2] "=&v"(v2), [t] "=&v"(t), [u] "=&v"(u), [wv] "=&v"(wv)
+      : [blk] "r"(block), "m"(*(const uint8_t(*)[EF_SPP_BLOCK_BYTES])block), [xa0] "v"(xa0), [xa1] "v"(xa1),
+        [xb0] "v"(xb0), [xb1] "v"(xb1), [lo] "v"(lo));
+  __asm__(
+      "vpshrdq $32, %[v2], %[v1], %[t]\n\t"
+      "vpmultishiftqb %[t], %[lo], %[t]\n\t"
+      SPP2_STEP("xa2", "xb2", "320", "2")
+      "vpmultishiftqb %[v2], %[hi], %[t]\n\t"
+      SPP2_STEP("xa3", "xb3", "384", "3")
+      : [a2] "+v"(a[2]), [a3] "+v"(a[3]), [b2] "+v"(b[2]), [b3] "+v"(b[3]), [t] "=&v"(t), [u] "=&v"(u),
+        [wv] "=&v"(wv)
+      : [blk] "r"(block), "m"(*(const uint8_t(*)[EF_SPP_BLOCK_BYTES])block), [v1] "v"(v1), [v2] "v"(v2),
+        [xa2] "v"(xa2), [xa3] "v"(xa3), [xb2] "v"(xb2), [xb3] "v"(xb3), [lo] "v"(lo), [hi] "v"(hi));
+#undef SPP2_STEP
+}
+
+/* vpmultishiftqb controls: byte j of each qword takes the 8 bits from bit 6j (steps 0-2, after
+ * the vpshrdq shifts) or 16 + 6j (step 3); vpermb ignores the top two */
+#define SPP_MULTISHIFT_LO 0x2a241e18120c0600LL
+#define SPP_MULTISHIFT_HI 0x3a342e28221c1610LL
+
+/* The windows of steps 0..3 of a block for one activation row at x: one per run, each an
+ * unaligned load of 64 activations at the run's first column. RUN is a constant. */
+#define SPP_WINDOWS(RUN, x, run_col, w0, w1, w2, w3)                                                                \
+  const __m512i w0 = _mm512_loadu_si512((x) + (run_col)[0]);                                                       \
+  const __m512i w1 = (RUN) == 1 ? _mm512_loadu_si512((x) + (run_col)[1]) : w0;                                     \
+  const __m512i w2 = (RUN) == 1 ? _mm512_loadu_si512((x) + (run_col)[2])                                           \
+                     : (RUN) == 2 ? _mm512_loadu_si512((x) + (run_col)[1]) : w0;                                   \
+  const __m512i w3 = (RUN) == 1 ? _mm512_loadu_si512((x) + (run_col)[3]) : (RUN) == 2 ? w2 : w0;
 
 /* Two activation rows (one row: spp_groups_1 below), RUN steps per window (1, 2 or 4): a
  * constant after inlining, so the window loads resolve at compile time. */
 EF_INLINE SPP_TARGET_VBMI void spp_groups_2(const size_t RUN, const ef_spp_packed* w, size_t g0, size_t g1,
                                             const uint8_t* x, size_t ldx, int32_t* raw, size_t ldr) {
-  /* vpmultishiftqb controls: byte j of each qword takes the 8 bits from bit 6j (steps 0-2,
-   * after the shifts below) or 16 + 6j (step 3); vpermb ignores the top two */
-  const __m512i lo = _mm512_set1_epi64(0x2a241e18120c0600LL), hi = _mm512_set1_epi64(0x3a342e28221c1610LL);
+  const __m512i lo = _mm512_set1_epi64(SPP_MULTISHIFT_LO), hi = _mm512_set1_epi64(SPP_MULTISHIFT_HI);
   for (size_t g = g0; g < g1; g++) {
     const __m512i z = _mm512_setzero_si512();
-    __m512i a0 = z, a1 = z, a2 = z, a3 = z, b0 = z, b1 = z, b2 = z, b3 = z;
-    __m512i xa = z, xb = z; /* the current window of each activation row */
+    __m512i a[4] = {z, z, z, z}, b[4] = {z, z, z, z};
     const size_t s0 = w->group_step[g], s1 = w->group_step[g + 1];
     const uint8_t* block = w->blocks + s0 / EF_SPP_BLOCK * EF_SPP_BLOCK_BYTES;
     const uint32_t* run_col = w->run_col + s0 / RUN;
     for (size_t s = s0; s < s1; s += EF_SPP_BLOCK, block += EF_SPP_BLOCK_BYTES, run_col += EF_SPP_BLOCK / RUN) {
-      const __m512i v0 = _mm512_load_si512(block), v1 = _mm512_load_si512(block + 64);
-      const __m512i v2 = _mm512_load_si512(block + 128);
-      SPP_STEP(0, _mm512_multishift_epi64_epi8(lo, v0), a0, b0)
-      SPP_STEP(1, _mm512_multishift_epi64_epi8(lo, _mm512_shrdi_epi64(v0, v1, 48)), a1, b1)
-      SPP_STEP(2, _mm512_multishift_epi64_epi8(lo, _mm512_shrdi_epi64(v1, v2, 32)), a2, b2)
-      SPP_STEP(3, _mm512_multishift_epi64_epi8(hi, v2), a3, b3)
+      SPP_WINDOWS(RUN, x, run_col, xa0, xa1, xa2, xa3)
+      SPP_WINDOWS(RUN, x + ldx, run_col, xb0, xb1, xb2, xb3)
+      spp_block_2(block, xa0, xa1, xa2, xa3, xb0, xb1, xb2, xb3, lo, hi, a, b);
     }
     /* sum x*w = sum (x + 128) * w - 128 * wsum */
     const __m512i corr = _mm512_slli_epi32(_mm512_loadu_si512(w->wsum + g * EF_SPP_ROWS), 7);
-    const __m512i ra = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
+    const __m512i ra = _mm512_add_epi32(_mm512_add_epi32(a[0], a[1]), _mm512_add_epi32(a[2], a[3]));
     _mm512_storeu_si512(raw + g * EF_SPP_ROWS, _mm512_sub_epi32(ra, corr));
-    const __m512i rb = _mm512_add_epi32(_mm512_add_epi32(b0, b1), _mm512_add_epi32(b2, b3));
+    const __m512i rb = _mm512_add_epi32(_mm512_add_epi32(b[0], b[1]), _mm512_add_epi32(b[2], b[3]));
     _mm512_storeu_si512(raw + ldr + g * EF_SPP_ROWS, _mm512_sub_epi32(rb, corr));
   }
 }
@@ -191,7 +223,7 @@ EF_INLINE SPP_TARGET_VBMI void spp_block_1(const uint8_t* block, __m512i w0, __m
 
 EF_INLINE SPP_TARGET_VBMI void spp_groups_1(const size_t RUN, const ef_spp_packed* w, size_t g0, size_t g1,
                                             const uint8_t* x, int32_t* raw) {
-  const __m512i lo = _mm512_set1_epi64(0x2a241e18120c0600LL), hi = _mm512_set1_epi64(0x3a342e28221c1610LL);
+  const __m512i lo = _mm512_set1_epi64(SPP_MULTISHIFT_LO), hi = _mm512_set1_epi64(SPP_MULTISHIFT_HI);
   for (size_t g = g0; g < g1; g++) {
     const __m512i z = _mm512_setzero_si512();
     __m512i a0 = z, a1 = z, a2 = z, a3 = z;
@@ -199,11 +231,7 @@ EF_INLINE SPP_TARGET_VBMI void spp_groups_1(const size_t RUN, const ef_spp_packe
     const uint8_t* block = w->blocks + s0 / EF_SPP_BLOCK * EF_SPP_BLOCK_BYTES;
     const uint32_t* run_col = w->run_col + s0 / RUN;
     for (size_t s = s0; s < s1; s += EF_SPP_BLOCK, block += EF_SPP_BLOCK_BYTES, run_col += EF_SPP_BLOCK / RUN) {
-      const __m512i x0 = _mm512_loadu_si512(x + run_col[0]);
-      /* the windows of steps 0..3: one per run */
-      const __m512i x1 = RUN == 1 ? _mm512_loadu_si512(x + run_col[1]) : x0;
-      const __m512i x2 = RUN == 1 ? _mm512_loadu_si512(x + run_col[2]) : RUN == 2 ? _mm512_loadu_si512(x + run_col[1]) : x0;
-      const __m512i x3 = RUN == 1 ? _mm512_loadu_si512(x + run_col[3]) : RUN == 2 ? x2 : x0;
+      SPP_WINDOWS(RUN, x, run_col, x0, x1, x2, x3)
       spp_block_1(block, x0, x1, x2, x3, lo, hi, &a0, &a1, &a2, &a3);
     }
     const __m512i corr = _mm512_slli_epi32(_mm512_loadu_si512(w->wsum + g * EF_SPP_ROWS), 7);
