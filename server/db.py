@@ -176,6 +176,7 @@ class FleetSnapshot:
     devices: list[Device]
     bundles_total: int
     deployments_by_state: dict[str, int]
+    targets_waiting: int = 0        # targets of in-progress phased rollouts not yet released
 
 
 class Database:
@@ -778,7 +779,10 @@ class Database:
             bundles_total = s.scalar(select(func.count()).select_from(Bundle)) or 0
             by_state = dict(s.execute(select(Deployment.state, func.count())
                                       .group_by(Deployment.state)).all())
-        return FleetSnapshot(devices, int(bundles_total), {k: int(v) for k, v in by_state.items()})
+            waiting = s.scalar(select(func.count()).select_from(DeploymentTarget)
+                               .join(Deployment, Deployment.id == DeploymentTarget.deployment_id)
+                               .where(DeploymentTarget.release == WAITING, Deployment.state == IN_PROGRESS)) or 0
+        return FleetSnapshot(devices, int(bundles_total), {k: int(v) for k, v in by_state.items()}, int(waiting))
 
 
 def _upgrade(s: Session, from_version: int) -> None:

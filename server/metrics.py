@@ -216,6 +216,9 @@ class FleetCollector:
                                         labels=["state"])
         for state in _DEPLOYMENT_STATES:
             deployments.add_metric([state.lower()], float(snap.deployments_by_state.get(state, 0)))
+        waiting = GaugeMetricFamily("edgefleet_deployment_targets_waiting",
+                                    "Targets of in-progress phased rollouts (max_in_flight) not released yet.",
+                                    value=float(snap.targets_waiting))
         streams = GaugeMetricFamily("edgefleet_device_streams",
                                     "Device streams connected to this server process.",
                                     value=float(len(self.connected())))
@@ -228,7 +231,7 @@ class FleetCollector:
                                      "Artifact bytes streamed to devices.", value=float(bytes_served))
 
         yield from (devices, up, last_seen, battery, plugged, temperature, cpu, memory, active,
-                    inferences, errors, busy, latency, switches, bundles, deployments, streams,
+                    inferences, errors, busy, latency, switches, bundles, deployments, waiting, streams,
                     grpc_requests, served)
 
 

@@ -23,12 +23,13 @@ METRICS: dict[str, tuple[str, ...]] = {
     "edgefleet_device_variant_switches_total": ("device_id", "reason"),
     "edgefleet_bundles": (),
     "edgefleet_deployments": ("state",),
+    "edgefleet_deployment_targets_waiting": (),            # phased rollouts: not released yet
     "edgefleet_grpc_requests_total": ("service", "method", "code"),
     "edgefleet_artifact_bytes_served_total": (),
 }
 
 # Deployment states the server exports (lower-cased Deployment.State names, each from
-# start at 0); the EdgefleetDeploymentFailed rule matches failed|timed_out.
+# start at 0); the EdgefleetDeploymentFailed rule matches failed|timed_out|rolled_back.
 DEPLOYMENT_STATES = ("in_progress", "succeeded", "failed", "rolled_back", "timed_out")
 
 # Labels Prometheus itself attaches to every scraped series.

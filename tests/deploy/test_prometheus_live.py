@@ -78,6 +78,7 @@ class FleetLikeCollector:
         fam["edgefleet_grpc_requests_total"].add_metric(["edgefleet.Device", "Connect", "OK"], n)
         yield from fam.values()
         yield GaugeMetricFamily("edgefleet_bundles", "synthetic", value=2.0)
+        yield GaugeMetricFamily("edgefleet_deployment_targets_waiting", "synthetic", value=3.0)
         yield CounterMetricFamily("edgefleet_artifact_bytes_served_total", "synthetic", value=4096.0 * n)
 
 
@@ -253,9 +254,10 @@ def test_real_server_metrics_match_what_rules_and_dashboard_expect(server, serve
     assert set(DEPLOYMENT_STATES) <= set(deployments), deployments
     assert all(v == 0.0 for v in deployments.values())
     assert float(prom.query("edgefleet_bundles")[0]["value"][1]) == 0.0
+    assert float(prom.query("edgefleet_deployment_targets_waiting")[0]["value"][1]) == 0.0
 
     exported = {r["metric"]["__name__"] for r in prom.query('count by (__name__) ({__name__=~"edgefleet_.+"})')}
-    assert {"edgefleet_devices", "edgefleet_bundles", "edgefleet_deployments",
+    assert {"edgefleet_devices", "edgefleet_bundles", "edgefleet_deployments", "edgefleet_deployment_targets_waiting",
             "edgefleet_artifact_bytes_served_total"} <= exported
     # Every series the contract names and the server exports here has the contract's labels.
     for name in exported & set(METRICS):

@@ -108,6 +108,7 @@ def test_metrics_after_device_pushes(server, admin, device_channel, bundle):
         assert m[("edgefleet_bundles", ())] == 1
         assert m[("edgefleet_deployments", (("state", "succeeded"),))] == 1
         assert m[("edgefleet_deployments", (("state", "timed_out"),))] == 0
+        assert m[("edgefleet_deployment_targets_waiting", ())] == 0     # no phased rollout here
         assert m[("edgefleet_artifact_bytes_served_total", ())] == sum(len(c.data) for c in chunks)
         assert m[("edgefleet_grpc_requests_total", (("code", "OK"), ("method", "UploadBundle"),
                                                     ("service", "edgefleet.v1.AdminService")))] == 1

@@ -60,6 +60,7 @@ def test_one_in_flight_releases_the_targets_one_by_one_in_device_id_order(db, tm
     assert view.deployment.max_in_flight == 1
     assert [(t.device_id, t.release) for t in view.targets] == [(a, RELEASED), (b, WAITING), (c, WAITING)]
     assert db.desired_state(a).bundle_id == new
+    assert db.fleet_snapshot().targets_waiting == 2          # what edgefleet_deployment_targets_waiting exports
     for waiting in (b, c):           # untouched: the old bundle of the old deployment
         assert (db.desired_state(waiting).bundle_id, db.desired_state(waiting).deployment_id) == (old, old_dep)
 
@@ -72,12 +73,14 @@ def test_one_in_flight_releases_the_targets_one_by_one_in_device_id_order(db, tm
 
     outcome = _installed(db, a, new, dep)
     assert (outcome.ended, outcome.released) == (None, [b])
+    assert db.fleet_snapshot().targets_waiting == 1
     assert db.desired_state(b).bundle_id == new and db.desired_state(c).bundle_id == old
     assert _installed(db, a, new, dep).released == []       # a repeated report frees nothing more
     outcome = _installed(db, b, new, dep)
     assert (outcome.ended, outcome.released) == (None, [c])
     outcome = _installed(db, c, new, dep)
     assert (outcome.ended, outcome.released) == ((dep, SUCCEEDED), [])
+    assert db.fleet_snapshot().targets_waiting == 0
     assert _releases(db, dep) == {a: RELEASED, b: RELEASED, c: RELEASED}
 
 
@@ -109,6 +112,7 @@ def test_a_failure_stops_the_rollout(db, tmp_path, publisher_key, rollback):
     by_id = {t.device_id: t for t in view.targets}
     assert (by_id[d].release, by_id[d].phase) == (NOT_STARTED, PHASE_PENDING)
     assert by_id[d].error == f"not started: the deployment failed on {b}"
+    assert db.fleet_snapshot().targets_waiting == 0          # not started is no longer waiting
     assert (by_id[b].phase, by_id[b].error) == (PHASE_FAILED, "disk full")
     # the waiting target never moved, and c installing now releases nothing
     assert (db.desired_state(d).bundle_id, db.desired_state(d).deployment_id) == (old, old_dep)
