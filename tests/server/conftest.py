@@ -8,6 +8,7 @@ import pathlib
 import queue
 import secrets
 import threading
+import time
 
 import grpc
 import pytest
@@ -58,6 +59,15 @@ def publisher_key():
 @pytest.fixture
 def bundle(tmp_path, publisher_key):
     return make_bundle(tmp_path / "bundle", publisher_key)
+
+
+def wait_until(predicate, what: str, timeout: float = 30.0) -> None:
+    """Poll predicate until it holds; the timeout is a hang guard, not a speed assertion."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise TimeoutError(f"{what}: not within {timeout} s")
+        time.sleep(0.05)
 
 
 # -- server ----------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from proto.manifest import Manifest, sha256_digest
 from server.admin_client import AdminClient
 from server.artifacts import TEMP_ABANDONED_SECONDS
 from server.models import BundleArtifact
-from tests.server.conftest import DeviceStream, auth, enroll, make_bundle, start_server, store_lock_is_free
+from tests.server.conftest import (DeviceStream, auth, enroll, make_bundle, start_server, store_lock_is_free,
+                                  wait_until)
 
 Code = grpc.StatusCode
 Phase = fleet_pb2.ReportedState.Phase
@@ -232,15 +233,6 @@ def _age(path, seconds: float) -> None:
     """Make `path` look untouched for `seconds`."""
     then = time.time() - seconds
     os.utime(path, (then, then))
-
-
-def wait_until(predicate, what: str, timeout: float = 30.0) -> None:
-    """Wait for an event, with a hang guard (not a speed assertion)."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise TimeoutError(f"{what} not within {timeout} s")
-        time.sleep(0.02)
 
 
 def _leave_orphans(server) -> set[str]:

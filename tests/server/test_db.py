@@ -17,7 +17,7 @@ from server.models import (SCHEMA_VERSION, UPGRADE_COLUMNS, Artifact, ArtifactSt
                            DeploymentTarget, Device, SchemaInfo)
 from server.notify import listener_conninfo
 from server.reaper import DeploymentReaper
-from tests.server.conftest import make_bundle, store_lock_is_free
+from tests.server.conftest import make_bundle, store_lock_is_free, wait_until
 
 Phase = fleet_pb2.ReportedState.Phase
 
@@ -623,9 +623,9 @@ def test_replicas_upgrading_at_once_add_the_columns_once(pg_url):
     try:
         blocker.execute("LOCK TABLE deployments IN ACCESS EXCLUSIVE MODE")
         threads[0].start()
-        _wait_for(lambda: waiting("ALTER TABLE deployments%"), "the first replica's ALTER TABLE to wait")
+        wait_until(lambda: waiting("ALTER TABLE deployments%"), "the first replica's ALTER TABLE to wait")
         threads[1].start()
-        _wait_for(lambda: waiting("%FROM schema_info%FOR UPDATE%"), "the second replica to wait for the first")
+        wait_until(lambda: waiting("%FROM schema_info%FOR UPDATE%"), "the second replica to wait for the first")
         blocker.rollback()
         for t in threads:
             t.join(timeout=60)
@@ -640,12 +640,3 @@ def test_replicas_upgrading_at_once_add_the_columns_once(pg_url):
             t.join(timeout=60)
         for r in replicas:
             r.dispose()
-
-
-def _wait_for(predicate, what: str, timeout: float = 30.0) -> None:
-    """Wait for an event (a hang guard, not a speed assertion)."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise TimeoutError(f"{what}: not within {timeout} s")
-        time.sleep(0.05)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 
 import grpc
 import psycopg
@@ -21,18 +20,10 @@ from server.admin_client import AdminClient
 from server.notify import (ALL, MAX_NOTIFICATIONS, MAX_PAYLOAD_BYTES, NotifyListener,
                            NotifySender, decode, encode, listener_conninfo)
 from server.sessions import DESIRED_CHANGED, SessionHub
-from tests.server.conftest import DeviceStream, enroll, make_bundle, start_server
+from tests.server.conftest import DeviceStream, enroll, make_bundle, start_server, wait_until
 
 DEADLINE = 30.0          # hang guard, not a speed assertion
 NO_RECHECK = 3600.0
-
-
-def wait_until(predicate, what: str, timeout: float = DEADLINE) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise TimeoutError(f"{what} not within {timeout} s")
-        time.sleep(0.05)
 
 
 def listener_threads() -> list[threading.Thread]:

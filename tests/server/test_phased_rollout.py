@@ -17,19 +17,11 @@ from server.db import (FAILED, IN_PROGRESS, PHASE_FAILED, PHASE_INSTALLED, PHASE
 from server.models import NOT_STARTED, RELEASED, WAITING
 from server.notify import listener_conninfo
 from server.reaper import DeploymentReaper
-from tests.server.conftest import DeviceStream, enroll, make_bundle, start_server
+from tests.server.conftest import DeviceStream, enroll, make_bundle, start_server, wait_until
 from tests.server.test_db import _bundle, _enroll, db  # noqa: F401 - the db fixture
 
 Phase = fleet_pb2.ReportedState.Phase
 DEADLINE = 30.0          # hang guard, not a speed assertion
-
-
-def _wait_for(predicate, what: str, timeout: float = DEADLINE) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise TimeoutError(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
 
 
 def _installed(db, device_id, bundle_id, dep_id):
@@ -212,7 +204,7 @@ def test_two_concurrent_successes_never_release_more_than_the_limit(pg_url, tmp_
             return watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                                    "AND wait_event_type = 'Lock'").fetchone()[0] > 0
 
-        _wait_for(lambda: b_waits_on_a_lock() or not tb.is_alive(), "b's report to wait or finish")
+        wait_until(lambda: b_waits_on_a_lock() or not tb.is_alive(), "b's report to wait or finish")
         go.set()
         ta.join(DEADLINE)
         tb.join(DEADLINE)
@@ -258,7 +250,7 @@ def test_streams_receive_the_bundle_as_their_turn_comes(tmp_path, publisher_key)
             enrolled = enroll(admin, channel, hostname=f"dev{i}")
             streams[enrolled.device_id] = DeviceStream(channel, enrolled.credential)
         ids = sorted(streams)
-        _wait_for(lambda: set(ids) <= server.hub.connected(), "three streams")
+        wait_until(lambda: set(ids) <= server.hub.connected(), "three streams")
         for i, device_id in enumerate(ids):
             _no_desired_before_ack(streams[device_id], i + 1)
         bundle = admin.upload_bundle(make_bundle(tmp_path / "bundle", publisher_key)[0]).bundle_id
