@@ -173,8 +173,9 @@ def cmd_status(argv: list[str]) -> int:
 
         print(json_format.MessageToJson(status))
         return 0
+    waiting = f" ({status.targets_waiting} target(s) waiting in phased rollouts)" if status.targets_waiting else ""
     print(f"devices {status.devices_online}/{status.devices_total} online, "
-          f"{status.bundles_total} bundle(s), {status.deployments_in_progress} deployment(s) in progress")
+          f"{status.bundles_total} bundle(s), {status.deployments_in_progress} deployment(s) in progress{waiting}")
     _print_devices(status.devices)
     return 0
 

@@ -514,15 +514,17 @@ class GetFleetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class FleetStatus(_message.Message):
-    __slots__ = ("devices_total", "devices_online", "bundles_total", "deployments_in_progress", "devices")
+    __slots__ = ("devices_total", "devices_online", "bundles_total", "deployments_in_progress", "devices", "targets_waiting")
     DEVICES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     DEVICES_ONLINE_FIELD_NUMBER: _ClassVar[int]
     BUNDLES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENTS_IN_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_WAITING_FIELD_NUMBER: _ClassVar[int]
     devices_total: int
     devices_online: int
     bundles_total: int
     deployments_in_progress: int
     devices: _containers.RepeatedCompositeFieldContainer[Device]
-    def __init__(self, devices_total: _Optional[int] = ..., devices_online: _Optional[int] = ..., bundles_total: _Optional[int] = ..., deployments_in_progress: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...
+    targets_waiting: int
+    def __init__(self, devices_total: _Optional[int] = ..., devices_online: _Optional[int] = ..., bundles_total: _Optional[int] = ..., deployments_in_progress: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., targets_waiting: _Optional[int] = ...) -> None: ...

@@ -311,4 +311,4 @@ class AdminService(fleet_pb2_grpc.AdminServiceServicer):
             devices_total=len(devices), devices_online=sum(d.online for d in devices),
             bundles_total=snap.bundles_total,
             deployments_in_progress=snap.deployments_by_state.get("IN_PROGRESS", 0),
-            devices=devices)
+            devices=devices, targets_waiting=snap.targets_waiting)

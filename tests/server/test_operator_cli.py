@@ -112,6 +112,8 @@ def test_deploy_with_max_in_flight_and_what_the_listing_says(server, admin, devi
         assert shown.returncode == 0, shown.stderr
         assert "0/2 installed" in shown.stdout and "max 1 in flight, 1 waiting" in shown.stdout
         assert f"    {devices[1].device_id}  WAITING" in shown.stdout
+        status = _cli(server, "status")
+        assert "1 deployment(s) in progress (1 target(s) waiting in phased rollouts)" in status.stdout
 
         (dep,) = admin.list_deployments()
         stream.send(state=fleet_pb2.ReportedState(deployment_id=dep.deployment_id, target_bundle_id=bundle_id,
@@ -122,6 +124,7 @@ def test_deploy_with_max_in_flight_and_what_the_listing_says(server, admin, devi
             time.sleep(0.05)
         shown = _cli(server, "deployments", "--targets")
         assert "FAILED" in shown.stdout and "max 1 in flight, 0 waiting, 1 not started" in shown.stdout
+        assert "waiting in phased rollouts" not in _cli(server, "status").stdout
         assert (f"    {devices[1].device_id}  NOT_STARTED   not started: the deployment failed on "
                 f"{devices[0].device_id}") in shown.stdout
     finally:
