@@ -9,12 +9,14 @@
  *
  * Claims are home-first: thread slot t (the caller is 0, worker i is i + 1) owns the t-th
  * contiguous share of the chunks and claims those first, in order; only then does it take
- * chunks left in the other shares. So when every thread is on time, each call gives a
- * thread the same rows of the weights as the call before, and a GEMV whose weights fit the
- * cores' L2 caches together (not one alone) reads them from its own core's L2. With one
- * shared counter the chunks went to whichever thread asked first, a different mix every
- * call, and part of each thread's weights came from the other core's cache (on two threads
- * the 1536 x 1536 sparse int8 GEMV of benchmarks/kernels_gemm.py ran ~20 % slower so).
+ * chunks left in the other shares. So when every thread is on time, each thread walks one
+ * contiguous run of rows, the same as in the call before: on separate cores a GEMV whose
+ * weights fit the cores' L2 caches together (not one alone) reads them from its own core's
+ * L2, and on any CPU each thread's weights are one sequential stream for the prefetchers.
+ * With one shared counter the chunks went to whichever thread asked first, interleaved and a
+ * different mix every call (on two threads the 1536 x 1536 sparse int8 GEMV of
+ * benchmarks/kernels_gemm.py ran ~20 % slower so on the session-10 Xeon, whose two vCPUs
+ * behave like hyperthreads of one core: which of the two effects it was is not measured).
  *
  * Protocol per job: the caller publishes it (generation++) with `open` = 1; a worker joins
  * only while the job is open (under the lock, joined++), claims chunks, and leaves
