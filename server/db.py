@@ -754,12 +754,19 @@ class Database:
         (keeping the order); the reaper's release_waiting fills the slot on its next pass."""
         if dep.state != IN_PROGRESS or not dep.max_in_flight:
             return []
-        targets = s.scalars(select(DeploymentTarget).where(DeploymentTarget.deployment_id == dep.id)
-                            .order_by(DeploymentTarget.device_id)).all()
-        in_flight = sum(1 for t in targets if t.release == RELEASED and t.phase != PHASE_INSTALLED)
-        waiting = [t for t in targets if t.release == WAITING]
+        # Counted and picked in SQL: this runs on every INSTALLED report of a phased rollout, and
+        # loading all its targets each time would cost the whole fleet's rows per report.
+        in_flight = s.scalar(select(func.count()).select_from(DeploymentTarget)
+                             .where(DeploymentTarget.deployment_id == dep.id, DeploymentTarget.release == RELEASED,
+                                    DeploymentTarget.phase != PHASE_INSTALLED)) or 0
+        free = dep.max_in_flight - in_flight
+        if free <= 0:
+            return []
+        waiting = s.scalars(select(DeploymentTarget)
+                            .where(DeploymentTarget.deployment_id == dep.id, DeploymentTarget.release == WAITING)
+                            .order_by(DeploymentTarget.device_id).limit(free)).all()
         released = []
-        for t in waiting[:max(0, dep.max_in_flight - in_flight)]:
+        for t in waiting:
             device = s.scalar(select(Device).where(Device.id == t.device_id)
                               .with_for_update(skip_locked=True))
             if device is None:
